@@ -1,0 +1,134 @@
+"""The unified image catalog: one row per image, one schema for every source.
+
+``build`` merges the configured sources, maps each upstream finding to a label (an unknown
+finding is an error, never a guess), opens every image once to record its size, mode and
+sha256, and reports exact duplicates. ``filter_views`` keeps the views the study used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from cxr.config import Config, Filter
+from cxr.errors import CxrError
+from cxr.sources import read_source
+from cxr.sources.layout import SourceTable
+from cxr.validation import CATALOG_COLUMNS
+
+IMAGE_READERS = 4
+
+
+class CatalogError(CxrError):
+    """An image or finding the catalog cannot accept; the message names it and its rows."""
+
+
+def build(config: Config, raw_root: Path) -> tuple[pd.DataFrame, dict]:
+    """Merge every configured source into the catalog; return it with its data report."""
+    tables = {name: read_source(name, raw_root / name, config) for name in config.sources.use}
+    images = pd.concat([table.images for table in tables.values()], ignore_index=True)
+    images["label"] = map_findings(images, config.labels)
+    described = describe_images(images["path"].tolist())
+    catalog = pd.concat([images, described], axis=1)
+    extras = [column for column in catalog.columns if column not in CATALOG_COLUMNS]
+    catalog = catalog[CATALOG_COLUMNS + extras].sort_values("image_id", ignore_index=True)
+    return catalog, data_report(catalog, tables)
+
+
+def read(path: Path) -> pd.DataFrame:
+    """Load a catalog CSV written by a stage, with its columns typed."""
+    frame = pd.read_csv(path, dtype=str)
+    return frame.astype({"width": int, "height": int})
+
+
+def map_findings(images: pd.DataFrame, labels: dict[str, str]) -> pd.Series:
+    """The label of each row's finding; unknown findings raise, naming them and their images."""
+    unknown = images.loc[~images["finding"].isin(list(labels))]
+    if not unknown.empty:
+        lines = [
+            f"{finding!r} ({len(rows)} image(s), e.g. {rows['image_id'].head(3).tolist()})"
+            for finding, rows in unknown.groupby("finding", sort=True)
+        ]
+        raise CatalogError(
+            "finding(s) not in the `labels` map of params.yaml: " + "; ".join(lines)
+            + ". Add each to `labels` with the label it means; unknown findings are never guessed."
+        )
+    return images["finding"].map(labels)
+
+
+def describe_image(path: str) -> dict:
+    """sha256, width, height and PIL mode of one image, decoding it fully to catch corruption."""
+    data = Path(path).read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            width, height, mode = image.width, image.height, image.mode
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise CatalogError(f"{path}: cannot be decoded as an image ({exc})") from None
+    return {"sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height, "mode": mode}
+
+
+def describe_images(paths: list[str]) -> pd.DataFrame:
+    with ThreadPoolExecutor(IMAGE_READERS) as pool:
+        return pd.DataFrame(list(pool.map(describe_image, paths)),
+                            columns=["sha256", "width", "height", "mode"])
+
+
+def duplicate_groups(catalog: pd.DataFrame) -> list[list[str]]:
+    """Image ids that share one sha256 (byte-identical files), one list per file content."""
+    repeated = catalog[catalog.duplicated("sha256", keep=False)]
+    return [sorted(group["image_id"]) for _, group in repeated.groupby("sha256")]
+
+
+def data_report(catalog: pd.DataFrame, tables: dict[str, SourceTable]) -> dict:
+    """What the study printed about its data, and what it should have: counts and gaps."""
+    def crosstab(column: str) -> dict:
+        values = catalog[column].fillna("(none)")
+        return pd.crosstab(catalog["source"], values).to_dict(orient="index")
+
+    return {
+        "images": len(catalog),
+        "patients": int(catalog["patient_id"].nunique()),
+        "images_per_source_label": crosstab("label"),
+        "images_per_source_view": crosstab("view"),
+        "images_per_source_modality": crosstab("modality"),
+        "metadata_nulls": {
+            name: {"rows": len(table.metadata), "nulls": table.metadata.isna().sum().to_dict()}
+            for name, table in tables.items() if table.metadata is not None
+        },
+        "dropped_rows": [row for table in tables.values() for row in table.dropped],
+        "duplicate_images": duplicate_groups(catalog),
+    }
+
+
+def filter_views(catalog: pd.DataFrame, rules: Filter) -> tuple[pd.DataFrame, dict]:
+    """Keep ``rules.views`` and ``rules.modalities`` (exact match); return the kept rows and counts.
+
+    Images from a source that records no view are kept or dropped by ``rules.missing_view``.
+    """
+    no_view = catalog["view"].isna()
+    kept = pd.Series(True, index=catalog.index)
+    rules_applied = {}
+    if rules.modalities:
+        ok = catalog["modality"].isin(rules.modalities)
+        rules_applied["modality not in filter.modalities"] = int((kept & ~ok).sum())
+        kept &= ok
+    if rules.views:
+        ok = catalog["view"].isin(rules.views) | (no_view & (rules.missing_view == "keep"))
+        rules_applied["view not in filter.views"] = int((kept & ~ok & ~no_view).sum())
+        rules_applied["no view recorded (filter.missing_view=drop)"] = int((kept & ~ok & no_view).sum())
+        kept &= ok
+    report = {
+        "images_in": len(catalog),
+        "images_kept": int(kept.sum()),
+        "dropped_by_rule": rules_applied,
+        "kept_without_view_record": int((kept & no_view).sum()),
+        "kept_per_source_label": pd.crosstab(catalog.loc[kept, "source"], catalog.loc[kept, "label"])
+        .to_dict(orient="index"),
+    }
+    return catalog.loc[kept].reset_index(drop=True), report

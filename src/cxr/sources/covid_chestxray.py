@@ -1,0 +1,85 @@
+"""The COVID-19 image data collection (ieee8023/covid-chestxray-dataset) at a pinned commit.
+
+Its ``metadata.csv`` has one row per image; rows in ``folder == "volumes"`` are CT volumes,
+not images, and are left out. The archive is GitHub's commit zip, whose top folder is
+``covid-chestxray-dataset-<commit>/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from cxr.config import CovidChestXraySource
+from cxr.sources.layout import SourceLayoutError, SourceTable, is_macos_junk
+
+NAME = "covid_chestxray"
+METADATA = "metadata.csv"
+REQUIRED_COLUMNS = ["patientid", "finding", "view", "modality", "folder", "filename"]
+EXTRA_COLUMNS = {"sex": "sex", "age": "age"}
+
+
+def select_member(name: PurePosixPath) -> PurePosixPath | None:
+    """Keep ``metadata.csv`` and ``images/`` below the archive's top folder, without that folder."""
+    if is_macos_junk(name) or len(name.parts) < 2:
+        return None
+    inner = PurePosixPath(*name.parts[1:])
+    if inner == PurePosixPath(METADATA) or inner.parts[0] == "images":
+        return inner
+    return None
+
+
+def check_layout(root: Path) -> None:
+    if not (root / METADATA).is_file():
+        raise SourceLayoutError(f"{root}: no {METADATA} in the archive's top folder")
+
+
+def read(root: Path, params: CovidChestXraySource) -> SourceTable:
+    """Rows for the images ``metadata.csv`` lists; rows without a file per ``missing_files``."""
+    metadata_path = root / METADATA
+    metadata = pd.read_csv(metadata_path, dtype=str, keep_default_na=True)
+    missing_columns = [column for column in REQUIRED_COLUMNS if column not in metadata.columns]
+    if missing_columns:
+        raise SourceLayoutError(
+            f"{metadata_path}: missing column(s) {missing_columns}; found {list(metadata.columns)}"
+        )
+    empty = metadata[REQUIRED_COLUMNS[:2] + ["folder", "filename"]].isna().any(axis=1)
+    if empty.any():
+        lines = (metadata.index[empty] + 2).tolist()
+        raise SourceLayoutError(
+            f"{metadata_path}: rows with an empty patientid, finding, folder or filename at lines {lines[:20]}"
+        )
+
+    dropped: list[dict[str, str]] = []
+    rows = []
+    missing = []
+    for index, record in metadata.iterrows():
+        line = int(index) + 2
+        if record["folder"] != "images":
+            dropped.append({"source": NAME, "line": str(line), "file": f"{record['folder']}/{record['filename']}",
+                            "reason": f"folder={record['folder']} is not an image folder (CT volume)"})
+            continue
+        relative = PurePosixPath("images") / record["filename"]
+        if not (root / relative).is_file():
+            missing.append({"source": NAME, "line": str(line), "file": str(relative),
+                            "reason": "listed in metadata.csv but absent from the archive"})
+            continue
+        rows.append({
+            "image_id": f"{NAME}/{record['filename']}",
+            "source": NAME,
+            "path": (root / relative).as_posix(),
+            "patient_id": f"{NAME}:{record['patientid']}",
+            "finding": record["finding"],
+            "view": record["view"],
+            "modality": record["modality"],
+            **{column: record.get(original) for column, original in EXTRA_COLUMNS.items()},
+        })
+    if missing and params.missing_files == "error":
+        listed = ", ".join(f"line {item['line']}: {item['file']}" for item in missing[:10])
+        raise SourceLayoutError(
+            f"{metadata_path}: {len(missing)} row(s) name images absent from the archive ({listed}"
+            f"{', ...' if len(missing) > 10 else ''}); set sources.covid_chestxray.missing_files=drop "
+            "to drop them (they are listed in the data report)"
+        )
+    return SourceTable(images=pd.DataFrame(rows), metadata=metadata, dropped=dropped + missing)

@@ -1,0 +1,31 @@
+"""What every source module hands to the catalog: rows in one schema, plus what it left out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import pandas as pd
+
+from cxr.errors import CxrError
+
+# Columns a source module must fill; merge adds sha256, width, height, mode and label.
+SOURCE_COLUMNS = ["image_id", "source", "path", "patient_id", "finding", "view", "modality"]
+
+
+class SourceLayoutError(CxrError, ValueError):
+    """Upstream data is not laid out as expected; the message names the file, row or column."""
+
+
+@dataclass
+class SourceTable:
+    """One source's images (``SOURCE_COLUMNS`` plus its own extras) and its raw metadata."""
+
+    images: pd.DataFrame
+    metadata: pd.DataFrame | None = None
+    dropped: list[dict[str, str]] = field(default_factory=list)
+
+
+def is_macos_junk(name: PurePosixPath) -> bool:
+    """``__MACOSX/`` resource forks, ``._*`` AppleDouble files and ``.DS_Store`` are not data."""
+    return "__MACOSX" in name.parts or name.name.startswith("._") or name.name == ".DS_Store"

@@ -1,0 +1,263 @@
+"""Offline stand-ins for the upstream archives, laid out byte-for-byte like the real ones.
+
+The generated zips have the real folder structure, file names and metadata columns, and the
+quirks the extraction code must survive (Kermany's duplicate ``chest_xray/chest_xray`` tree and
+``__MACOSX`` resource forks; the COVID collection's CT ``volumes`` rows and optional missing
+files). Images are drawn procedurally: the class shows in the lungs (lobar consolidation,
+diffuse interstitial pattern, bilateral peripheral opacities) and, as in the real data, the
+two sources also differ visibly outside the lungs, unless ``source_shift`` is off.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cxr.config import Synthetic
+
+FIXED_ZIP_TIME = (2020, 4, 17, 0, 0, 0)
+
+COVID_METADATA_COLUMNS = [
+    "patientid", "offset", "sex", "age", "finding", "survival", "intubated", "went_icu",
+    "needed_supplemental_O2", "extubated", "temperature", "pO2_saturation", "leukocyte_count",
+    "neutrophil_count", "lymphocyte_count", "view", "modality", "date", "location", "folder",
+    "filename", "doi", "url", "license", "clinical_notes", "other_notes",
+]
+
+# Findings of the COVID collection in April 2020 with their rough shares of patients.
+COVID_FINDINGS = {
+    "COVID-19": 0.66, "COVID-19, ARDS": 0.06, "SARS": 0.06, "Streptococcus": 0.05,
+    "Klebsiella": 0.02, "Legionella": 0.02, "Chlamydophila": 0.02, "E.Coli": 0.02,
+    "Pneumocystis": 0.04, "ARDS": 0.03, "No Finding": 0.02,
+}
+PATTERN_OF_FINDING = {
+    "COVID-19": "covid", "COVID-19, ARDS": "covid", "SARS": "viral", "Streptococcus": "bacteria",
+    "Klebsiella": "bacteria", "Legionella": "bacteria", "Chlamydophila": "bacteria",
+    "E.Coli": "bacteria", "Pneumocystis": "perihilar", "ARDS": "whiteout", "No Finding": "normal",
+    "bacteria": "bacteria", "virus": "viral", "NORMAL": "normal",
+}
+XRAY_VIEWS = {"PA": 0.55, "AP": 0.2, "AP Supine": 0.15, "L": 0.1}
+KERMANY_SPLITS = {"train": 0.8, "test": 0.15, "val": 0.05}
+
+
+def covid_chestxray_archive_name(commit: str) -> str:
+    return f"covid-chestxray-dataset-{commit}.zip"
+
+
+KERMANY_ARCHIVE_NAME = "chest-xray-pneumonia.zip"
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a source frames its images: the non-medical cues a model could learn instead."""
+
+    thorax_scale: float
+    brightness: float
+    contrast: float
+    marker: bool
+    border: float
+
+
+ADULT = Style(thorax_scale=1.0, brightness=0.0, contrast=0.85, marker=True, border=0.0)
+CHILD = Style(thorax_scale=0.78, brightness=0.12, contrast=1.15, marker=False, border=0.06)
+NEUTRAL = Style(thorax_scale=0.9, brightness=0.06, contrast=1.0, marker=False, border=0.03)
+
+
+def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, style: Style) -> np.ndarray:
+    """A grayscale chest radiograph-like image (uint8, height x width) showing ``pattern``."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy /= height
+    xx /= width
+    scale = style.thorax_scale * rng.uniform(0.95, 1.05)
+    cx, cy = 0.5 + rng.normal(0, 0.015), 0.55 + rng.normal(0, 0.015)
+    u = (xx - cx) / scale
+    v = (yy - cy) / scale
+
+    def ellipse(x0: float, y0: float, rx: float, ry: float) -> np.ndarray:
+        return ((u - x0) / rx) ** 2 + ((v - y0) / ry) ** 2 <= 1.0
+
+    def blob(x0: float, y0: float, sigma: float) -> np.ndarray:
+        return np.exp(-(((u - x0) ** 2 + (v - y0) ** 2) / (2 * sigma**2)))
+
+    image = np.full((height, width), 0.08, np.float32)
+    image[ellipse(0.0, 0.0, 0.44, 0.5)] = 0.5
+    lung_right = ellipse(-0.19, -0.04, 0.15, 0.3)
+    lung_left = ellipse(0.19, -0.04, 0.14, 0.29)
+    lungs = lung_right | lung_left
+    image[lungs] = 0.2
+    ribs = (np.sin(2 * np.pi * (v * 7.0 + 1.5 * u**2)) > 0.75) & lungs
+    image[ribs] += 0.07
+    image[np.abs(u) < 0.035] = 0.72
+    heart = ellipse(0.06, 0.14, 0.13, 0.11)
+    image[heart] = np.maximum(image[heart], 0.6)
+    diaphragm = (v > 0.24 + 0.06 * np.cos(u * 6)) & ellipse(0.0, 0.0, 0.44, 0.5)
+    image[diaphragm] = np.maximum(image[diaphragm], 0.62)
+
+    severity = rng.uniform(0.7, 1.2)
+    lungs_f = lungs.astype(np.float32)
+    if pattern == "bacteria":
+        side = rng.choice([-0.19, 0.19])
+        lobe = rng.choice([-0.18, 0.02, 0.16])
+        image += 0.5 * severity * blob(side, lobe, rng.uniform(0.05, 0.08)) * lungs_f
+    elif pattern == "viral":
+        freq = rng.uniform(38, 48)
+        phase = rng.uniform(0, 2 * np.pi, 2)
+        mesh = np.abs(np.sin(freq * u + phase[0]) * np.sin(freq * v + phase[1]))
+        hilar = blob(-0.1, -0.02, 0.16) + blob(0.1, -0.02, 0.16)
+        image += 0.18 * severity * mesh * lungs_f * (0.5 + hilar)
+    elif pattern == "covid":
+        lower = rng.uniform(0.05, 0.15)
+        periphery = blob(-0.3, lower, 0.07) + blob(0.3, lower, 0.07)
+        image += 0.38 * severity * periphery * lungs_f
+    elif pattern == "perihilar":
+        image += 0.25 * severity * (blob(-0.1, -0.05, 0.1) + blob(0.1, -0.05, 0.1)) * lungs_f
+    elif pattern == "whiteout":
+        image += 0.3 * severity * lungs_f
+    elif pattern != "normal":
+        raise ValueError(f"unknown synthetic pattern {pattern!r}")
+
+    image = (image - 0.4) * style.contrast + 0.4 + style.brightness
+    if style.border:
+        edge = (xx < style.border) | (xx > 1 - style.border) | (yy < style.border) | (yy > 1 - style.border)
+        image[edge] = 0.02
+    if style.marker:
+        image[(xx > 0.84) & (xx < 0.92) & (yy > 0.06) & (yy < 0.14)] = 0.97
+    image += rng.normal(0, 0.025, image.shape).astype(np.float32)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def _encode(image: np.ndarray, fmt: str, rgb: bool) -> bytes:
+    picture = Image.fromarray(image, mode="L")
+    if rgb:
+        picture = picture.convert("RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def _writestr(archive: zipfile.ZipFile, name: str, data: bytes | str) -> None:
+    """Write with a fixed timestamp, so the same parameters give byte-identical archives."""
+    info = zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    archive.writestr(info, data)
+
+
+def _size(rng: np.random.Generator, params: Synthetic) -> tuple[int, int]:
+    width = int(rng.integers(params.min_size, params.max_size + 1))
+    height = int(np.clip(width * rng.uniform(0.85, 1.2), params.min_size, params.max_size))
+    return width, height
+
+
+def _pick(rng: np.random.Generator, shares: dict[str, float]) -> str:
+    names = list(shares)
+    weights = np.array([shares[name] for name in names])
+    return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+
+def write_covid_chestxray_archive(path: Path, params: Synthetic, commit: str) -> Path:
+    """A GitHub-style archive of the COVID collection: ``<repo>-<commit>/metadata.csv``, ``images/``."""
+    rng = np.random.default_rng([params.seed, 1])
+    top = f"covid-chestxray-dataset-{commit}"
+    style = ADULT if params.source_shift else NEUTRAL
+    rows: list[dict[str, str]] = []
+    images: dict[str, bytes] = {}
+    for patient in range(1, params.covid_chestxray_patients + 1):
+        finding = _pick(rng, COVID_FINDINGS)
+        sex, age = rng.choice(["M", "F"]), str(int(rng.integers(25, 85)))
+        for shot in range(int(rng.integers(1, 4))):
+            view = _pick(rng, XRAY_VIEWS)
+            fmt, ext = ("PNG", "png") if rng.random() < 0.3 else ("JPEG", "jpg")
+            slug = finding.lower().replace(", ", "-").replace(" ", "-").replace(".", "")
+            filename = f"{slug}-{patient}-{shot}-{view.replace(' ', '')}.{ext}"
+            width, height = _size(rng, params)
+            image = draw_chest(rng, width, height, PATTERN_OF_FINDING[finding], style)
+            images[filename] = _encode(image, fmt, rgb=rng.random() < 0.25)
+            rows.append(_covid_row(rng, patient, sex, age, finding, view, "X-ray", "images", filename, shot))
+        if rng.random() < 0.08:
+            filename = f"{patient}-ct-axial.jpg"
+            width, height = _size(rng, params)
+            images[filename] = _encode(draw_chest(rng, width, height, "normal", style), "JPEG", rgb=False)
+            rows.append(_covid_row(rng, patient, sex, age, finding, "Axial", "CT", "images", filename, 9))
+        if rng.random() < 0.05:
+            rows.append(_covid_row(rng, patient, sex, age, finding, "Axial", "CT", "volumes",
+                                   f"{patient}-ct.nii.gz", 9))
+    image_rows = [row for row in rows if row["folder"] == "images"]
+    missing = {row["filename"] for row in image_rows[: params.missing_files]}
+
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COVID_METADATA_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        _writestr(archive, f"{top}/README.md", "# COVID-19 image data collection (synthetic stand-in)\n")
+        _writestr(archive, f"{top}/metadata.csv", table.getvalue())
+        for filename, data in images.items():
+            if filename not in missing:
+                _writestr(archive, f"{top}/images/{filename}", data)
+        for row in rows:
+            if row["folder"] == "volumes":
+                _writestr(archive, f"{top}/volumes/{row['filename']}", b"\x1f\x8b synthetic CT volume")
+    return path
+
+
+def _covid_row(rng, patient, sex, age, finding, view, modality, folder, filename, shot) -> dict[str, str]:
+    """One metadata row; clinical columns are mostly empty, as they are upstream."""
+    row = dict.fromkeys(COVID_METADATA_COLUMNS, "")
+    row.update(patientid=str(patient), offset=str(shot), sex=sex, age=age, finding=finding,
+               view=view, modality=modality, folder=folder, filename=filename,
+               date="2020", location="synthetic", license="CC BY 4.0")
+    if rng.random() < 0.3:
+        row["survival"] = rng.choice(["Y", "N"])
+    if rng.random() < 0.1:
+        row["temperature"] = f"{rng.uniform(36.5, 39.5):.1f}"
+    return row
+
+
+def write_kermany_archive(path: Path, params: Synthetic) -> Path:
+    """A Kaggle-style ``chest-xray-pneumonia.zip`` with its duplicate tree and ``__MACOSX`` forks."""
+    rng = np.random.default_rng([params.seed, 2])
+    style = CHILD if params.source_shift else NEUTRAL
+    files: dict[str, bytes] = {}
+    splits = list(KERMANY_SPLITS)
+    shares = np.array(list(KERMANY_SPLITS.values()))
+
+    def add(folder: str, filename: str, pattern: str) -> None:
+        split = splits[int(rng.choice(len(splits), p=shares))]
+        width, height = _size(rng, params)
+        image = draw_chest(rng, width, height, pattern, style)
+        files[f"{split}/{folder}/{filename}"] = _encode(image, "JPEG", rgb=rng.random() < 0.1)
+
+    for index in range(params.kermany_patients_per_class):
+        prefix = f"NORMAL2-IM-{1000 + index:04d}" if index % 4 == 3 else f"IM-{100 + index:04d}"
+        for shot in range(1, int(rng.integers(1, 3)) + 1):
+            add("NORMAL", f"{prefix}-{shot:04d}.jpeg", "normal")
+    counter = {"bacteria": 0, "virus": 0}
+    for index in range(2 * params.kermany_patients_per_class):
+        person = f"person{index + 1}"
+        kinds = ["bacteria"] if index % 2 == 0 else ["virus"]
+        if index % 10 == 5:
+            kinds = ["bacteria", "virus"]
+        for kind in kinds:
+            for _ in range(int(rng.integers(1, 3))):
+                counter[kind] += 1
+                add("PNEUMONIA", f"{person}_{kind}_{counter[kind]}.jpeg", PATTERN_OF_FINDING[kind])
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in sorted(files.items()):
+            _writestr(archive, f"chest_xray/{name}", data)
+        for name, data in sorted(files.items()):
+            _writestr(archive, f"chest_xray/chest_xray/{name}", data)
+        for name in sorted(files)[::7]:
+            folder, _, filename = name.rpartition("/")
+            _writestr(archive, f"__MACOSX/chest_xray/{folder}/._{filename}", b"\x00\x05\x16\x07 resource fork")
+        _writestr(archive, "chest_xray/.DS_Store", b"\x00\x00\x00\x01Bud1")
+    return path

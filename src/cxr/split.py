@@ -1,0 +1,104 @@
+"""Patient-grouped, class-stratified train/val/test split.
+
+Images of one patient, and byte-identical images, always land in the same split, so no
+patient (and no duplicated file) is seen in training and again in testing. Groups are placed
+greedily, largest first, into the split whose class counts they bring closest to the target
+fractions; the order of equal-sized groups is shuffled by ``split.seed``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cxr.config import Config
+from cxr.errors import CxrError
+from cxr.validation import SPLIT_NAMES
+
+
+class SplitError(CxrError):
+    """The filtered catalog cannot be split for the task (e.g. a class has no images)."""
+
+
+def assign_classes(catalog: pd.DataFrame, config: Config, origin: str) -> tuple[pd.DataFrame, dict]:
+    """Add the task's ``class`` column; rows whose label the task leaves out are dropped."""
+    class_of_label = {label: name for name, labels in config.task_classes().items() for label in labels}
+    frame = catalog.assign(**{"class": catalog["label"].map(class_of_label)})
+    left_out = frame[frame["class"].isna()]["label"].value_counts().to_dict()
+    frame = frame.dropna(subset=["class"]).reset_index(drop=True)
+    empty = [name for name in config.class_names() if not (frame["class"] == name).any()]
+    if empty:
+        raise SplitError(
+            f"{origin}: class(es) {empty} of task {config.task!r} have no images after filtering "
+            f"(filter.views={config.filter.views}, filter.modalities={config.filter.modalities}, "
+            f"sources.use={config.sources.use}); every class needs images to train and test"
+        )
+    return frame, {"labels_left_out_by_task": left_out}
+
+
+def cap_per_class(frame: pd.DataFrame, cap: int | dict[str, int] | None, seed: int) -> pd.DataFrame:
+    """At most ``cap`` images per class (a number for all, or per class), sampled by ``seed``."""
+    if cap is None:
+        return frame
+    parts = []
+    for index, (name, rows) in enumerate(frame.groupby("class", sort=True)):
+        limit = cap.get(name) if isinstance(cap, dict) else cap
+        if limit is not None and len(rows) > limit:
+            rows = rows.sample(n=limit, random_state=np.random.default_rng([seed, index]))
+        parts.append(rows)
+    return pd.concat(parts).sort_values("image_id", ignore_index=True)
+
+
+def group_ids(frame: pd.DataFrame) -> pd.Series:
+    """One id per connected set of images sharing a patient or a sha256 (union-find)."""
+    parent: dict[str, str] = {}
+
+    def find(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for patient, digest in zip(frame["patient_id"], frame["sha256"]):
+        parent[find("p:" + patient)] = find("h:" + digest)
+    return frame["patient_id"].map(lambda patient: find("p:" + patient))
+
+
+def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
+    """The split of every row: grouped by :func:`group_ids`, stratified by ``class``."""
+    classes = sorted(frame["class"].unique())
+    groups = frame.assign(group=group_ids(frame))
+    counts = pd.crosstab(groups["group"], groups["class"]).reindex(columns=classes, fill_value=0)
+    order = np.random.default_rng(seed).permutation(len(counts))
+    counts = counts.iloc[order]
+    counts = counts.iloc[np.argsort(-counts.sum(axis=1).to_numpy(), kind="stable")]
+
+    names = list(SPLIT_NAMES)
+    totals = counts.sum().to_numpy(dtype=float)
+    target = np.outer([fractions[name] for name in names], totals)
+    placed = np.zeros_like(target)
+    choice = {}
+    for group, row in zip(counts.index, counts.to_numpy(dtype=float)):
+        before = ((placed - target) / totals) ** 2
+        after = ((placed + row - target) / totals) ** 2
+        best = int(np.argmin((after - before).sum(axis=1)))
+        placed[best] += row
+        choice[group] = names[best]
+    return groups["group"].map(choice)
+
+
+def make_split(catalog: pd.DataFrame, config: Config, origin: str) -> tuple[pd.DataFrame, dict]:
+    """The split table (image, patient, class, split, and the catalog columns it came with)."""
+    frame, report = assign_classes(catalog, config, origin)
+    frame = cap_per_class(frame, config.split.max_per_class, config.split.seed)
+    frame["split"] = assign_splits(frame, config.split.fractions, config.split.seed)
+    leading = ["image_id", "patient_id", "class", "split"]
+    frame = frame[leading + [column for column in frame.columns if column not in leading]]
+    counts = pd.crosstab(frame["split"], frame["class"]).reindex(index=list(SPLIT_NAMES), fill_value=0)
+    report.update({
+        "task": config.task,
+        "images": {name: int(counts.loc[name].sum()) for name in SPLIT_NAMES},
+        "patients": {name: int(frame.loc[frame["split"] == name, "patient_id"].nunique()) for name in SPLIT_NAMES},
+        "images_per_class": counts.to_dict(orient="index"),
+    })
+    return frame, report

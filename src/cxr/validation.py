@@ -1,0 +1,176 @@
+"""Great Expectations suites run inside the data stages.
+
+Each stage validates the table it is about to write (and small tables derived from it, e.g.
+one row per patient and split) before writing anything. A failure stops the stage with one
+line per failed expectation; the full Great Expectations result goes to
+``reports/validation/<stage>.json`` either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.errors import CxrError
+from cxr.outputs import write_json
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx  # noqa: E402  (reads GX_ANALYTICS_ENABLED at import)
+import great_expectations.expectations as gxe  # noqa: E402
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+CATALOG_COLUMNS = ["image_id", "source", "path", "sha256", "patient_id", "finding", "label",
+                   "view", "modality", "width", "height", "mode"]
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class DataValidationError(CxrError):
+    """An expectation failed; the message lists each failure and where the full result is."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A frame to validate, the expectations it must meet, and what it is called in messages."""
+
+    name: str
+    frame: pd.DataFrame
+    expectations: list[gxe.Expectation]
+
+
+def validate(stage: str, tables: list[Table], report: Path) -> dict:
+    """Validate every table; write the full result to ``report``; raise on any failure."""
+    context = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(),
+            progress_bars=ProgressBarsConfig(globally=False),
+            analytics_enabled=False,
+        ),
+    )
+    datasource = context.data_sources.add_pandas(stage)
+    results, failures = {}, []
+    for table in tables:
+        batch = (
+            datasource.add_dataframe_asset(table.name)
+            .add_batch_definition_whole_dataframe("whole")
+            .get_batch(batch_parameters={"dataframe": table.frame})
+        )
+        suite = gx.ExpectationSuite(name=f"{stage}.{table.name}", expectations=table.expectations)
+        result = batch.validate(suite)
+        results[table.name] = result.to_json_dict()
+        failures += [f"{table.name}: {_describe(item)}" for item in result.results if not item.success]
+    summary = {"stage": stage, "success": not failures, "failures": failures, "results": results}
+    write_json(report, summary)
+    if failures:
+        raise DataValidationError(
+            f"{stage}: {len(failures)} data expectation(s) failed (full result in {report}):\n  - "
+            + "\n  - ".join(failures)
+        )
+    return summary
+
+
+def _describe(result) -> str:
+    config = result.expectation_config
+    what = config.description or config.type
+    column = config.kwargs.get("column")
+    where = f" [{column}]" if column else ""
+    outcome = result.result or {}
+    errors = _exception_messages(result.exception_info)
+    if errors:
+        detail = f"could not be evaluated: {errors[0]}"
+    elif "unexpected_count" in outcome:
+        examples = outcome.get("partial_unexpected_list", [])[:5]
+        detail = f"{outcome['unexpected_count']} unexpected value(s), e.g. {examples}"
+    elif "details" in outcome:
+        detail = f"{outcome['details']}"
+    else:
+        detail = f"observed {outcome.get('observed_value')!r}"
+    return f"{what}{where}: {detail}"
+
+
+def _exception_messages(info) -> list[str]:
+    """Great Expectations nests exceptions per metric; return their messages."""
+    if not info:
+        return []
+    entries = [info] if "raised_exception" in info else list(info.values())
+    return [entry.get("exception_message") or "error" for entry in entries
+            if isinstance(entry, dict) and entry.get("raised_exception")]
+
+
+def catalog_expectations(labels: list[str], sources: list[str]) -> list[gxe.Expectation]:
+    """After merge: the schema, one row per image, known labels, files that opened."""
+    return [
+        gxe.ExpectTableColumnsToMatchSet(column_set=CATALOG_COLUMNS, exact_match=False,
+                                         description="catalog has every schema column"),
+        gxe.ExpectColumnValuesToBeUnique(column="image_id", description="image ids are unique"),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=column, description="required value present")
+          for column in ("image_id", "source", "path", "sha256", "patient_id", "finding", "label")],
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels, description="label is known"),
+        gxe.ExpectColumnValuesToBeInSet(column="source", value_set=sources, description="source is configured"),
+        gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$",
+                                           description="file was hashed"),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1, description="image opened"),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=1, description="image opened"),
+    ]
+
+
+def filter_expectations(views: list[str], modalities: list[str], missing_view: str) -> list[gxe.Expectation]:
+    """After filter_pa: only the kept views and modalities remain."""
+    expectations: list[gxe.Expectation] = []
+    if views:
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="view", value_set=views,
+                                                             description="only filter.views remain"))
+    if modalities:
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="modality", value_set=modalities,
+                                                            description="only filter.modalities remain"))
+    if missing_view == "drop":
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column="view",
+                                                              description="no image without a view"))
+    expectations.append(gxe.ExpectTableRowCountToBeBetween(min_value=1, description="something is left"))
+    return expectations
+
+
+def split_tables(split: pd.DataFrame, classes: list[str], fractions: dict[str, float], tolerance: float) -> list[Table]:
+    """After split: no patient or identical image in two splits, every class everywhere, shares."""
+    patients = split[["patient_id", "split"]].drop_duplicates()
+    images = split[["sha256", "split"]].drop_duplicates()
+    counts = (
+        pd.crosstab(split["split"], split["class"])
+        .reindex(index=list(SPLIT_NAMES), columns=classes, fill_value=0)
+        .stack()
+        .rename("images")
+        .reset_index()
+    )
+    totals = counts.groupby("class")["images"].transform("sum")
+    counts["deviation"] = (counts["images"] / totals.where(totals > 0) - counts["split"].map(fractions)).abs()
+    counts["cell"] = counts["split"] + "/" + counts["class"]
+    return [
+        Table("split", split, [
+            gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLIT_NAMES), description="known split"),
+            gxe.ExpectColumnValuesToBeInSet(column="class", value_set=classes, description="class of the task"),
+            gxe.ExpectColumnValuesToBeUnique(column="image_id", description="each image once"),
+        ]),
+        Table("patients", patients, [
+            gxe.ExpectColumnValuesToBeUnique(column="patient_id", description="no patient in two splits"),
+        ]),
+        Table("identical_images", images, [
+            gxe.ExpectColumnValuesToBeUnique(column="sha256", description="no identical image in two splits"),
+        ]),
+        Table("class_counts", counts, [
+            gxe.ExpectColumnValuesToBeBetween(column="images", min_value=1,
+                                              description="every class in every split"),
+            gxe.ExpectColumnValuesToBeBetween(column="deviation", max_value=tolerance,
+                                              description="class share per split within split.tolerance"),
+        ]),
+    ]
