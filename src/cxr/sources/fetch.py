@@ -138,7 +138,7 @@ class _Fatal(Exception):
 
 
 def _progress(total: int | None, name: str) -> tqdm:
-    return tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}", leave=False)
+    return tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}", leave=False, disable=None)
 
 
 def safe_extract(

@@ -1,0 +1,74 @@
+"""Shared fixtures: a small configuration and small generated upstream data."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cxr.config import Config, from_dict
+from cxr.sources import download_source
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {
+    "synthetic": {"covid_chestxray_patients": 40, "kermany_patients_per_class": 14,
+                  "min_size": 64, "max_size": 96},
+}
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def params_dict(overrides: dict | None = None) -> dict:
+    """The project's params.yaml, shrunk to test size, with ``overrides`` merged in."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    return deep_merge(deep_merge(raw, SMALL), overrides or {})
+
+
+def make_config(overrides: dict | None = None) -> Config:
+    return from_dict(params_dict(overrides))
+
+
+@pytest.fixture
+def config() -> Config:
+    return make_config()
+
+
+@pytest.fixture(scope="session")
+def raw_root(tmp_path_factory) -> Path:
+    """Both synthetic sources downloaded and extracted once for the session (read-only)."""
+    root = tmp_path_factory.mktemp("raw")
+    config = make_config()
+    for name in config.sources.use:
+        download_source(name, config, root)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, raw_root) -> Path:
+    """A scratch project folder with stage scripts, small params and the raw data in place."""
+    shutil.copytree(REPO / "stages", tmp_path / "stages")
+    shutil.copytree(raw_root, tmp_path / "data" / "raw")
+    write_params(tmp_path)
+    return tmp_path
+
+
+def write_params(folder: Path, overrides: dict | None = None) -> None:
+    (folder / "params.yaml").write_text(yaml.safe_dump(params_dict(overrides), sort_keys=False))
+
+
+def run_stage(folder: Path, stage: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"stages/{stage}.py", *args], cwd=folder,
+                          capture_output=True, text=True, timeout=300)

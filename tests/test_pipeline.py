@@ -1,0 +1,64 @@
+"""The README's pipeline end to end with DVC, in a fresh git clone of the working tree."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def sh(folder: Path, *command: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """The tracked and untracked (not ignored) project files, committed in a new git repo."""
+    folder = tmp_path_factory.mktemp("clone")
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, folder / name)
+    (folder / "dvc.lock").unlink(missing_ok=True)
+    sh(folder, "git", "init", "-q")
+    sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
+    return folder
+
+
+def test_repro_noop_and_seed_experiment(clone):
+    sh(clone, "dvc", "repro")
+    split = pd.read_csv(clone / "data/processed/split.csv")
+    assert set(split["split"]) == {"train", "val", "test"}
+
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    split_outs = {out["path"]: out for out in lock["stages"]["split"]["outs"]}
+    assert len(split_outs["data/processed/split.csv"]["md5"]) == 32
+    raw = {dep["path"]: dep for dep in lock["stages"]["merge"]["deps"]}
+    assert raw["data/raw"]["md5"].endswith(".dir")
+
+    again = sh(clone, "dvc", "repro")
+    assert "Data and pipelines are up to date" in again
+    assert "Running stage" not in again
+
+    sh(clone, "dvc", "exp", "run", "-S", "split.seed=7")
+    seven = pd.read_csv(clone / "data/processed/split.csv")
+    assert yaml.safe_load((clone / "params.yaml").read_text())["split"]["seed"] == 7
+    merged = split.merge(seven, on="image_id", suffixes=("", "_seven"))
+    assert len(merged) == len(split)
+    assert (merged["split"] != merged["split_seven"]).any()
+    shown = sh(clone, "dvc", "exp", "show", "--no-pager", "--csv")
+    assert "split.seed" in shown.splitlines()[0] and "images.train" in shown.splitlines()[0]

@@ -1,0 +1,102 @@
+"""The data stage scripts on bad inputs: a clear error, exit 1, no output that looks valid."""
+
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import params_dict, run_stage, write_params
+
+
+def outputs(folder):
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
+                  if path.is_file() and path.parts[len(folder.parts)] in ("reports", "data")
+                  and "raw" not in path.parts)
+
+
+def test_data_stages_run_in_order(project):
+    for stage in ("merge", "filter_pa", "split"):
+        result = run_stage(project, stage)
+        assert result.returncode == 0, result.stderr
+    split = pd.read_csv(project / "data/processed/split.csv")
+    assert list(split.columns[:4]) == ["image_id", "patient_id", "class", "split"]
+    assert (project / "reports/validation/split.json").is_file()
+
+
+def test_corrupt_image_stops_merge_and_keeps_earlier_catalog(project):
+    earlier = project / "data/interim/catalog.csv"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("image_id\nearlier-good-run\n")
+    victim = sorted((project / "data/raw/covid_chestxray/images").glob("*.jpg"))[0]
+    victim.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = run_stage(project, "merge")
+    assert result.returncode == 1
+    assert f"error: data/raw/covid_chestxray/images/{victim.name}: cannot be decoded" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert earlier.read_text() == "image_id\nearlier-good-run\n"
+    assert outputs(project) == ["data/interim/catalog.csv"]
+
+
+def test_unmapped_finding_stops_merge(project):
+    params = params_dict()
+    del params["labels"]["Pneumocystis"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(project, "merge")
+    assert result.returncode == 1
+    assert "finding(s) not in the `labels` map of params.yaml: 'Pneumocystis' (" in result.stderr
+    assert "covid_chestxray/pneumocystis-" in result.stderr
+    assert outputs(project) == []
+
+
+def test_metadata_missing_column_stops_merge(project):
+    metadata = project / "data/raw/covid_chestxray/metadata.csv"
+    pd.read_csv(metadata, dtype=str).drop(columns=["view"]).to_csv(metadata, index=False)
+    result = run_stage(project, "merge")
+    assert result.returncode == 1
+    assert "metadata.csv: missing column(s) ['view']" in result.stderr
+    assert outputs(project) == []
+
+
+def test_class_left_empty_by_filter_stops_split(project):
+    write_params(project, {"sources": {"use": ["kermany"]}})
+    assert run_stage(project, "merge").returncode == 0
+    assert run_stage(project, "filter_pa").returncode == 0
+    result = run_stage(project, "split")
+    assert result.returncode == 1
+    assert "class(es) ['COVID'] of task 'multiclass' have no images after filtering" in result.stderr
+    assert not (project / "data/processed/split.csv").exists()
+
+
+def test_bad_param_stops_a_stage_naming_the_key(project):
+    write_params(project, {"filter": {"view": ["PA"]}})
+    result = run_stage(project, "merge")
+    assert result.returncode == 1
+    assert "unknown key 'filter.view'; allowed: ['views', 'modalities', 'missing_view']" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zip_slip"])
+def test_bad_archive_stops_download_and_keeps_earlier_data(project, tmp_path, damage):
+    import zipfile
+
+    from cxr.sources import synthetic
+    from conftest import make_config
+
+    mirror = tmp_path / "mirror" / "chest-xray-pneumonia.zip"
+    synthetic.write_kermany_archive(mirror, make_config().synthetic)
+    if damage == "truncate":
+        mirror.write_bytes(mirror.read_bytes()[:-5000])
+        expected = "not a readable zip archive"
+    else:
+        with zipfile.ZipFile(mirror, "a") as archive:
+            archive.writestr("chest_xray/../../escape.jpeg", b"x")
+        expected = "unsafe member path 'chest_xray/../../escape.jpeg'"
+    write_params(project, {"sources": {"origin": "upstream", "kermany": {"method": "url", "url": mirror.as_uri()}}})
+    before = (project / "data/raw/kermany/MANIFEST.sha256").read_text()
+    result = run_stage(project, "download", "kermany")
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert (project / "data/raw/kermany/MANIFEST.sha256").read_text() == before
+    assert sorted(path.name for path in (project / "data/raw").iterdir()) == ["covid_chestxray", "kermany"]
+    assert not (project / "escape.jpeg").exists() and not (project / "data/escape.jpeg").exists()
+    shutil.rmtree(tmp_path / "mirror")
