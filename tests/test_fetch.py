@@ -9,7 +9,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from cxr.sources.fetch import FetchError, Limits, download, safe_extract, staged_directory, write_manifest
+from cxr.outputs import staged_directory
+from cxr.sources.fetch import FetchError, Limits, download, safe_extract, write_manifest
 
 LIMITS = Limits(max_archive_bytes=10**9, max_member_bytes=10**6, max_total_bytes=10**7)
 

@@ -16,10 +16,12 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from cxr.backbones import BACKBONES
 from cxr.errors import CxrError
 
 PARAMS_FILE = "params.yaml"
 SOURCE_NAMES = ("covid_chestxray", "kermany")
+
 
 
 class ConfigError(CxrError, ValueError):
@@ -100,6 +102,48 @@ class Split:
 
 
 @dataclass(frozen=True)
+class Head:
+    units: int = 256
+    dropout: float = 0.5
+    normalize: bool = False
+
+
+@dataclass(frozen=True)
+class Augment:
+    enabled: bool = True
+    rotation: float = 0.05
+    zoom: float = 0.1
+    shift: float = 0.05
+    contrast: float = 0.1
+    horizontal_flip: bool = False
+
+
+@dataclass(frozen=True)
+class Train:
+    weights: str | None = "imagenet"
+    image_size: int | Literal["native"] = "native"
+    batch_size: int = 32
+    epochs: int = 50
+    learning_rate: float = 0.001
+    amsgrad: bool = True
+    class_weights: bool = True
+    early_stopping_patience: int | None = None
+    head: Head = field(default_factory=Head)
+    augment: Augment = field(default_factory=Augment)
+    cache: Literal["memory", "disk"] = "memory"
+    distribute: Literal["auto", "mirrored", "none"] = "auto"
+    mixed_precision: bool = False
+    deterministic: bool = True
+
+
+@dataclass(frozen=True)
+class Finetune:
+    unfreeze: int = 2
+    learning_rate: float = 0.0001
+    epochs: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 42
     task: str = "multiclass"
@@ -110,6 +154,10 @@ class Config:
     classes: dict[str, dict[str, list[str] | Literal["*"]]] = field(default_factory=dict)
     filter: Filter = field(default_factory=Filter)
     split: Split = field(default_factory=Split)
+    backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
+    backbone: str = "xception"
+    train: Train = field(default_factory=Train)
+    finetune: Finetune = field(default_factory=Finetune)
 
     def task_classes(self) -> dict[str, list[str]]:
         """Class -> labels for the configured task, with ``"*"`` expanded to the unclaimed labels."""
@@ -167,6 +215,15 @@ def _check_semantics(config: Config, source: str) -> None:
         )
     if not config.sources.use:
         raise ConfigError(f"{source}: sources.use: at least one source is needed; allowed: {list(SOURCE_NAMES)}")
+    for key, names in (("backbones", config.backbones), ("backbone", [config.backbone])):
+        for name in names:
+            if name not in BACKBONES:
+                raise ConfigError(f"{source}: {key}: unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+    if config.backbone not in config.backbones:
+        raise ConfigError(
+            f"{source}: backbone: {config.backbone!r} is not in backbones {config.backbones}; finetune refines "
+            f"a trained backbone (set both, e.g. -S 'backbones=[{config.backbone}]' -S backbone={config.backbone})"
+        )
     if config.synthetic.min_size > config.synthetic.max_size:
         raise ConfigError(f"{source}: synthetic.min_size must not exceed synthetic.max_size")
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from cxr.config import Config
 from cxr.sources import covid_chestxray, kermany, synthetic
-from cxr.sources.fetch import MANIFEST, FetchError, Limits, download, safe_extract, sha256_file, staged_directory, write_manifest
+from cxr.outputs import staged_directory
+from cxr.sources.fetch import MANIFEST, FetchError, Limits, download, safe_extract, sha256_file, write_manifest
 from cxr.sources.layout import SourceLayoutError, SourceTable
 
 MODULES = {covid_chestxray.NAME: covid_chestxray, kermany.NAME: kermany}

@@ -7,16 +7,12 @@ against truncated downloads, zip-slip and silent upstream changes is the code th
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import stat
-import tempfile
 import time
 import urllib.parse
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -224,22 +220,3 @@ def write_manifest(directory: Path) -> str:
     manifest = directory / MANIFEST
     manifest.write_text("".join(lines))
     return sha256_file(manifest)
-
-
-@contextmanager
-def staged_directory(final: Path) -> Iterator[Path]:
-    """Yield an empty sibling directory that replaces ``final`` only if the block succeeds.
-
-    A failure removes the staging directory and leaves any earlier ``final`` untouched, so a
-    failed stage never leaves a half-extracted tree that looks like data.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield staging
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)

@@ -1,0 +1,86 @@
+"""The classifier: preprocessing, a frozen ImageNet base, and the study's small head.
+
+``image (0-255) -> preprocessing -> base (inference mode) -> GlobalAveragePooling2D -> head``
+where the head is ``Dense(units, relu) -> Dropout -> Dense(n_classes, softmax)``, optionally
+preceded by a standardisation of the features (``train.head.normalize``). The
+backbone's ``preprocess_input`` is built in from standard Keras layers, so a saved model takes
+raw pixels and loads anywhere without this package.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from cxr.backbones import Backbone, build_base
+from cxr.config import Head
+
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def preprocessing(backbone: Backbone) -> keras.layers.Layer:
+    """``backbone.preprocess_input`` as a layer: scale to [-1, 1] ("tf") or RGB->BGR minus mean ("caffe")."""
+    if backbone.preprocess_mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+    if backbone.preprocess_mode == "caffe":
+        swap = np.zeros((1, 1, 3, 3), np.float32)
+        for channel in range(3):
+            swap[0, 0, channel, 2 - channel] = 1.0
+        layer = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
+        layer.build((None, None, None, 3))
+        layer.set_weights([swap, -np.array(CAFFE_BGR_MEAN, np.float32)])
+        return layer
+    raise ValueError(f"unknown preprocess mode {backbone.preprocess_mode!r}")
+
+
+def build_head(n_features: int, n_classes: int, params: Head) -> keras.Model:
+    """Dense(relu) -> Dropout -> Dense(softmax), optionally after feature standardisation."""
+    normalize = [keras.layers.Normalization(name="normalize")] if params.normalize else []
+    return keras.Sequential(
+        [
+            keras.Input((n_features,), name="features"),
+            *normalize,
+            keras.layers.Dense(params.units, activation="relu", name="dense"),
+            keras.layers.Dropout(params.dropout, name="dropout"),
+            keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities"),
+        ],
+        name="head",
+    )
+
+
+def build_classifier(backbone: Backbone, size: int, n_classes: int, head: Head, weights: str | None) -> keras.Model:
+    """The full model with the base frozen and called in inference mode (BatchNorm stays frozen)."""
+    inputs = keras.Input((size, size, 3), name="image")
+    base = build_base(backbone, size, weights)
+    base.trainable = False
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(base(preprocessing(backbone)(inputs), training=False))
+    outputs = build_head(features.shape[-1], n_classes, head)(features)
+    return keras.Model(inputs, outputs, name=f"cxr_{backbone.name}")
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    [base] = [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head"]
+    return base
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """Image -> pooled base features: what the head sees, computed once when the base is frozen."""
+    return keras.Model(model.inputs, model.get_layer("pool").output, name="features")
+
+
+def unfreeze_last(model: keras.Model, count: int) -> list[str]:
+    """Make the last ``count`` weighted layers of the base trainable; BatchNorm stays frozen.
+
+    Returns the names of the layers unfrozen. The base is still called with training=False,
+    so BatchNorm statistics are not updated either.
+    """
+    base = base_of(model)
+    candidates = [layer for layer in base.layers
+                  if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    if not 0 <= count <= len(candidates):
+        raise ValueError(f"finetune.unfreeze={count}: the base has {len(candidates)} unfreezable layers")
+    chosen = candidates[len(candidates) - count:] if count else []
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = layer in chosen
+    return [layer.name for layer in chosen]

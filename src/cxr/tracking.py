@@ -1,0 +1,198 @@
+"""MLflow conventions: where runs go, what each run carries, and how models are logged.
+
+- Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``; the
+  repo root is ``DVC_ROOT`` when DVC runs the stage (experiments run in temporary copies).
+- One experiment per task (``cxr-<task>``), artifacts under ``<repo root>/mlartifacts``.
+- One run per stage execution, named after the stage (``train@vgg16``, ``finetune``); under
+  ``mlflow run`` (which sets ``MLFLOW_RUN_ID``) it is a child of that run, never the run itself.
+- Every run carries all effective params, the git commit, DVC_STAGE, DVC_EXP_NAME, the md5 of
+  the split it trained on, backbone, task and data origin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from cxr.config import Config
+
+SYNTHETIC_NOTE = ("Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, "
+                  "not a medical result.")
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def experiment_name(task: str) -> str:
+    return f"cxr-{task}"
+
+
+def model_name(task: str, backbone: str | None = None) -> str:
+    """Registered model names: ``cxr-<task>`` (the release candidate), ``cxr-<task>-<backbone>``."""
+    return f"cxr-{task}" if backbone is None else f"cxr-{task}-{backbone}"
+
+
+def flat_params(config: Config) -> dict[str, str]:
+    """Every effective parameter as ``section.key`` -> value, with names MLflow accepts."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            flat[re.sub(r"[^\w\-. /]", "_", prefix)] = str(value)[:6000]
+
+    walk("", dataclasses.asdict(config))
+    return flat
+
+
+def file_md5(path: Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=repo_root()).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_tags(config: Config, stage: str, split_file: Path, backbone: str) -> dict[str, str]:
+    commit = git_commit()
+    return {
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "DVC_STAGE": os.environ.get("DVC_STAGE", stage),
+        "DVC_EXP_NAME": os.environ.get("DVC_EXP_NAME", ""),
+        "split_md5": file_md5(split_file),
+        "backbone": backbone,
+        "task": config.task,
+        "data_origin": config.sources.origin,
+        "synthetic": str(config.sources.origin == "synthetic").lower(),
+        "stage": stage,
+    }
+
+
+def _experiment_id(name: str) -> str:
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(name, artifact_location=(repo_root() / "mlartifacts").as_uri())
+
+
+@contextmanager
+def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run for one stage execution, with params and tags; FAILED if the stage raises."""
+    mlflow.set_tracking_uri(tracking_uri())
+    tags = run_tags(config, stage, split_file, backbone)
+    parent = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        if parent:
+            experiment_id = MlflowClient().get_run(parent).info.experiment_id
+            tags["mlflow.parentRunId"] = parent
+        else:
+            experiment_id = _experiment_id(experiment_name(config.task))
+        description = SYNTHETIC_NOTE if config.sources.origin == "synthetic" else None
+        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags,
+                              description=description) as run:
+            mlflow.log_params(flat_params(config))
+            yield run
+    finally:
+        if parent:
+            os.environ["MLFLOW_RUN_ID"] = parent
+
+
+class EpochMetrics(keras.callbacks.Callback):
+    """Log each epoch's metrics (loss, accuracy, val_*, learning_rate) to the active run."""
+
+    def __init__(self, prefix: str = ""):
+        super().__init__()
+        self.prefix = prefix
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {f"{self.prefix}{key}": float(value) for key, value in (logs or {}).items()}
+        mlflow.log_metrics(metrics, step=epoch + 1)
+
+
+def curves_figure(history: pd.DataFrame, title: str):
+    """Loss and accuracy per epoch, train and validation: the study's training plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
+        axis.plot(history["epoch"], history[metric], label=f"train {metric}")
+        axis.plot(history["epoch"], history[f"val_{metric}"], label=f"validation {metric}")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def log_fit(result_history: pd.DataFrame, summary: dict, title: str) -> None:
+    """The fit's summary numbers as run metrics and its curves as a figure artifact."""
+    mlflow.log_metrics({
+        "best_epoch": summary["best_epoch"],
+        "best_val_loss": summary["best"]["val_loss"],
+        "best_val_accuracy": summary["best"]["val_accuracy"],
+    })
+    mlflow.log_figure(curves_figure(result_history, title), "training_curves.png")
+    mlflow.log_table(result_history, "history.json")
+
+
+class _KerasFlavor:
+    """``mlflow.keras``, creating the model folder before the input example is written.
+
+    MLflow 3.17's Keras flavour writes ``input_example.json`` before it creates the folder and
+    fails (mlflow/mlflow#16183); this wrapper is the only difference.
+    """
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path, **kwargs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def log_model(model: keras.Model, example: np.ndarray, registered_name: str) -> str:
+    """Log the Keras model with signature and input example, register it; return the model URI."""
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    info = mlflow.models.Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=_KerasFlavor,
+        model=model,
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_name,
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow-cpu=={tf.__version__}",
+                          f"mlflow=={mlflow.__version__}"],
+    )
+    return info.model_uri

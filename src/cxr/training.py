@@ -1,0 +1,224 @@
+"""Fitting: runtime set-up, class weights, best checkpoint, resume, and the two training paths.
+
+With the base frozen and no augmentation, the base's output for an image never changes, so
+its pooled features are computed once and the head is trained on them: the same model and
+the same numbers as fitting the whole network, at a fraction of the cost. With augmentation
+the whole network is fitted on augmented batches (the base still frozen, in inference mode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
+
+from cxr import images
+from cxr.config import Train
+from cxr.errors import CxrError
+from cxr.model import feature_extractor
+from cxr.outputs import staged_directory, write_json
+
+class TrainingError(CxrError):
+    """A model or input the training stages cannot use; the message names the file."""
+
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
+
+
+@dataclass
+class FitResult:
+    history: pd.DataFrame  # one row per epoch, HISTORY_COLUMNS
+    best: dict  # epoch (0: the starting weights), val_loss, val_accuracy of the weights kept
+
+
+def configure_runtime(params: Train, seed: int) -> tf.distribute.Strategy:
+    """Seeds, op determinism, precision policy and the distribution strategy, before any model."""
+    keras.utils.set_random_seed(seed)
+    gpus = tf.config.list_physical_devices("GPU")
+    if params.deterministic and not gpus:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if params.mixed_precision and gpus else "float32")
+    if params.distribute == "mirrored" or (params.distribute == "auto" and len(gpus) > 1):
+        devices = None if gpus else [device.name for device in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    return tf.distribute.get_strategy()
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced weights, n_samples / (n_classes * count), so rare classes count as much in the loss."""
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(index): float(weight) for index, weight in zip(present, weights)} | {
+        index: 1.0 for index in range(n_classes) if index not in present
+    }
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Keep the weights with the lowest val_loss on disk, surviving a killed and resumed run.
+
+    The starting weights count as epoch 0, so a fit that never improves on validation (e.g. a
+    fine-tune that hurts) ends with the weights it started from, and says so.
+    """
+
+    def __init__(self, folder: Path, validation: tf.data.Dataset):
+        super().__init__()
+        self.weights = folder / "best.weights.h5"
+        self.record = folder / "best.json"
+        self.validation = validation
+        self.best = json.loads(self.record.read_text()) if self.record.exists() else None
+
+    def on_train_begin(self, logs=None):
+        if self.best is None:
+            loss, accuracy = self.model.evaluate(self.validation, verbose=0)
+            self._save(0, loss, accuracy)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if float(logs.get("val_loss", np.inf)) < self.best["val_loss"]:
+            self._save(epoch + 1, logs["val_loss"], logs["val_accuracy"])
+
+    def _save(self, epoch: int, loss: float, accuracy: float) -> None:
+        self.model.save_weights(self.weights)
+        self.best = {"epoch": epoch, "val_loss": float(loss), "val_accuracy": float(accuracy)}
+        self.record.write_text(json.dumps(self.best))
+
+    def restore(self) -> dict:
+        self.model.load_weights(self.weights)
+        return self.best
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Put the optimizer's learning rate into each epoch's logs (for history and MLflow)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def resume_dir(folder: Path, key: dict) -> Path:
+    """The checkpoint folder of one configuration: state left by another configuration is wiped.
+
+    ``key`` holds everything the fit depends on (params, split md5, stage); a killed run re-run
+    with the same key resumes, a run with changed params starts afresh.
+    """
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    stamp = folder / "fingerprint"
+    if folder.exists() and (not stamp.is_file() or stamp.read_text() != digest):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
+    return folder
+
+
+def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, *, epochs: int, learning_rate: float,
+        amsgrad: bool, weights: dict[int, float] | None, patience: int | None, work_dir: Path,
+        callbacks: list[keras.callbacks.Callback] = ()) -> FitResult:
+    """Compile and fit with resume (``work_dir`` keeps the backup), then load the best weights."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, amsgrad=amsgrad),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    best = KeepBest(work_dir, val)
+    history_file = work_dir / "history.csv"
+    chain = [
+        LearningRateLog(),
+        keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
+        best,
+        keras.callbacks.CSVLogger(str(history_file), append=True),
+        *callbacks,
+    ]
+    if patience is not None:
+        chain.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
+    model.fit(train, validation_data=val, epochs=epochs, class_weight=weights, callbacks=chain, verbose=2)
+    history = pd.read_csv(history_file)
+    history["epoch"] += 1
+    history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    return FitResult(history=history[[column for column in HISTORY_COLUMNS if column in history]],
+                     best=best.restore())
+
+
+def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], size: int, params: Train,
+                 seed: int, work_dir: Path, callbacks: list[keras.callbacks.Callback] = ()) -> FitResult:
+    """Fit the head of ``model`` (base frozen) on the train split, validating on val."""
+    train_rows, val_rows = split[split["split"] == "train"], split[split["split"] == "val"]
+    train_images = images.image_dataset(train_rows, classes, size, params.cache)
+    val_images = images.image_dataset(val_rows, classes, size, params.cache)
+    weights = class_weights(images.label_indices(train_rows, classes), len(classes)) if params.class_weights else None
+    augment = images.augmenter(params.augment, seed)
+    head = model.get_layer("head")
+    extractor = feature_extractor(model)
+    train_labels, val_labels = images.label_indices(train_rows, classes), images.label_indices(val_rows, classes)
+    if augment is None or params.head.normalize:
+        train_features = _features(extractor, train_images, params.batch_size)
+    if params.head.normalize:
+        head.get_layer("normalize").adapt(train_features)
+    if augment is None:
+        target = head
+        train_set = tf.data.Dataset.from_tensor_slices((train_features, train_labels))
+        val_set = tf.data.Dataset.from_tensor_slices((_features(extractor, val_images, params.batch_size), val_labels))
+        train_batches = images.batches(train_set, params.batch_size, shuffle_seed=seed)
+        val_batches = images.batches(val_set, params.batch_size)
+    else:
+        target = model
+        train_batches = images.batches(train_images, params.batch_size, shuffle_seed=seed, augment=augment)
+        val_batches = images.batches(val_images, params.batch_size)
+    return fit(target, train_batches, val_batches, epochs=params.epochs, learning_rate=params.learning_rate,
+               amsgrad=params.amsgrad, weights=weights, patience=params.early_stopping_patience,
+               work_dir=work_dir, callbacks=callbacks)
+
+
+def train_whole(model: keras.Model, split: pd.DataFrame, classes: list[str], size: int, params: Train, *,
+                epochs: int, learning_rate: float, seed: int, work_dir: Path,
+                callbacks: list[keras.callbacks.Callback] = ()) -> FitResult:
+    """Fit the whole model as it is (e.g. after unfreezing layers), with augmentation if enabled."""
+    train_rows, val_rows = split[split["split"] == "train"], split[split["split"] == "val"]
+    weights = class_weights(images.label_indices(train_rows, classes), len(classes)) if params.class_weights else None
+    train_batches = images.batches(images.image_dataset(train_rows, classes, size, params.cache), params.batch_size,
+                                   shuffle_seed=seed, augment=images.augmenter(params.augment, seed))
+    val_batches = images.batches(images.image_dataset(val_rows, classes, size, params.cache), params.batch_size)
+    return fit(model, train_batches, val_batches, epochs=epochs, learning_rate=learning_rate, amsgrad=params.amsgrad,
+               weights=weights, patience=params.early_stopping_patience, work_dir=work_dir, callbacks=callbacks)
+
+
+def _features(extractor: keras.Model, dataset: tf.data.Dataset, batch_size: int) -> np.ndarray:
+    """Run the frozen base once over an (image, label) dataset: its pooled features, in order."""
+    return extractor.predict(dataset.map(lambda image, label: image).batch(batch_size), verbose=0)
+
+
+def save_model(model: keras.Model, folder: Path, meta: dict) -> None:
+    """Write ``model.keras`` and ``meta.json`` to ``folder`` all at once, or not at all."""
+    with staged_directory(folder) as staging:
+        model.save(staging / "model.keras")
+        write_json(staging / "meta.json", meta)
+
+
+def load_model(folder: Path) -> tuple[keras.Model, dict]:
+    """A model written by :func:`save_model`; a missing or unreadable file is named."""
+    path, meta_path = folder / "model.keras", folder / "meta.json"
+    for required in (path, meta_path):
+        if not required.is_file():
+            raise TrainingError(f"{required}: not found; run the stage that trains it (dvc repro)")
+    try:
+        model = keras.models.load_model(path)
+    except Exception as exc:  # Keras raises many types for unreadable archives
+        raise TrainingError(f"{path}: cannot be loaded as a Keras model: {exc}") from None
+    return model, json.loads(meta_path.read_text())
+
+
+def summary(result: FitResult) -> dict:
+    """The metrics file of a fit: the last epoch, and the best epoch whose weights are kept."""
+    last = result.history.iloc[-1]
+    return {
+        "epochs": int(last["epoch"]),
+        "best_epoch": int(result.best["epoch"]),
+        "train": {"loss": float(last["loss"]), "accuracy": float(last["accuracy"])},
+        "val": {"loss": float(last["val_loss"]), "accuracy": float(last["val_accuracy"])},
+        "best": {"val_loss": result.best["val_loss"], "val_accuracy": result.best["val_accuracy"]},
+    }
