@@ -12,7 +12,7 @@ import pandas as pd
 from cxr import images, tracking, training
 from cxr.config import load
 from cxr.model import unfreeze_last
-from cxr.outputs import write_csv, write_json
+from cxr.outputs import write_json
 from cxr.stage import run
 
 SPLIT = Path("data/processed/split.csv")
@@ -36,8 +36,9 @@ def main() -> None:
         tracking.log_fit(result.history, summary, f"finetune {config.backbone}")
         tracking.log_model(model, images.example_batch(split, meta["image_size"]), tracking.model_name(config.task))
         training.save_model(model, Path("models/finetuned"), meta | {"finetuned_from": config.backbone,
-                                                                      "unfrozen_layers": unfrozen})
-        write_csv(Path("reports/train/curves/finetuned.csv"), result.history)
+                                                                      "unfrozen_layers": unfrozen},
+                            result.history)
+        training.write_curves(result.history, "finetuned")
         write_json(Path("reports/finetune.json"), summary)
     shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"finetune {config.backbone}: unfroze {unfrozen}; best val_accuracy {summary['best']['val_accuracy']:.3f}")

@@ -1,8 +1,8 @@
 """DVC stage `train@<backbone>`: the study's frozen-base training of one backbone, in MLflow.
 
-Writes models/<backbone>/ (model.keras, meta.json), reports/train/<backbone>.json (metrics)
-and reports/train/curves/<backbone>.csv (per-epoch curves); logs and registers the model as
-cxr-<task>-<backbone>.
+Writes models/<backbone>/ (model.keras, meta.json, history.csv), reports/train/<backbone>.json
+(metrics) and reports/train/curves/{accuracy,loss}/<backbone>.csv (DVC plots); logs the run
+and registers the model as cxr-<task>-<backbone> in MLflow.
 """
 
 import shutil
@@ -15,7 +15,7 @@ import pandas as pd
 from cxr import backbones, images, tracking, training
 from cxr.config import load
 from cxr.model import build_classifier
-from cxr.outputs import write_csv, write_json
+from cxr.outputs import write_json
 from cxr.stage import run
 
 SPLIT = Path("data/processed/split.csv")
@@ -40,8 +40,9 @@ def main() -> None:
         example = images.example_batch(split, size)
         tracking.log_model(model, example, tracking.model_name(config.task, backbone.name))
         training.save_model(model, Path("models") / backbone.name,
-                            {"backbone": backbone.name, "image_size": size, "classes": classes, "task": config.task})
-        write_csv(Path("reports/train/curves") / f"{backbone.name}.csv", result.history)
+                            {"backbone": backbone.name, "image_size": size, "classes": classes, "task": config.task},
+                            result.history)
+        training.write_curves(result.history, backbone.name)
         write_json(Path("reports/train") / f"{backbone.name}.json", summary)
     shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"train@{backbone.name}: best val_accuracy {summary['best']['val_accuracy']:.3f} "

@@ -24,7 +24,7 @@ from cxr import images
 from cxr.config import Train
 from cxr.errors import CxrError
 from cxr.model import feature_extractor
-from cxr.outputs import staged_directory, write_json
+from cxr.outputs import staged_directory, write_csv, write_json
 
 class TrainingError(CxrError):
     """A model or input the training stages cannot use; the message names the file."""
@@ -192,11 +192,21 @@ def _features(extractor: keras.Model, dataset: tf.data.Dataset, batch_size: int)
     return extractor.predict(dataset.map(lambda image, label: image).batch(batch_size), verbose=0)
 
 
-def save_model(model: keras.Model, folder: Path, meta: dict) -> None:
-    """Write ``model.keras`` and ``meta.json`` to ``folder`` all at once, or not at all."""
+CURVES = Path("reports/train/curves")
+
+
+def save_model(model: keras.Model, folder: Path, meta: dict, history: pd.DataFrame) -> None:
+    """Write ``model.keras``, ``meta.json`` and ``history.csv`` to ``folder`` at once, or not at all."""
     with staged_directory(folder) as staging:
         model.save(staging / "model.keras")
         write_json(staging / "meta.json", meta)
+        write_csv(staging / "history.csv", history)
+
+
+def write_curves(history: pd.DataFrame, name: str) -> None:
+    """Per-epoch accuracy and loss (train and validation) as the CSV files DVC plots read."""
+    for metric in ("accuracy", "loss"):
+        write_csv(CURVES / metric / f"{name}.csv", history[["epoch", metric, f"val_{metric}"]])
 
 
 def load_model(folder: Path) -> tuple[keras.Model, dict]:
