@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,13 @@ def write_params(folder: Path, overrides: dict | None = None) -> None:
     (folder / "params.yaml").write_text(yaml.safe_dump(params_dict(overrides), sort_keys=False))
 
 
-def run_stage(folder: Path, stage: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"stages/{stage}.py", *args], cwd=folder,
-                          capture_output=True, text=True, timeout=300)
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment of a stage run outside DVC and MLflow, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("MLFLOW_", "DVC_"))}
+    return env | {"TF_CPP_MIN_LOG_LEVEL": "2"} | extra
+
+
+def run_stage(folder: Path, stage: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, f"stages/{stage}.py", *args], cwd=folder, env=env or stage_env(),
+                          capture_output=True, text=True, timeout=600)

@@ -1,0 +1,90 @@
+"""Backbones, the head, freezing and unfreezing."""
+
+import keras
+import numpy as np
+import pytest
+
+from cxr import backbones
+from cxr.backbones import BackboneError
+from cxr.config import Head
+from cxr.model import base_of, build_classifier, feature_extractor, preprocessing, unfreeze_last
+
+TINY_HEAD = Head(units=8, dropout=0.0)
+
+
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_each_backbone_builds_and_trains_a_step_at_its_minimum_size(name):
+    backbone = backbones.get(name)
+    size = backbone.min_size
+    model = build_classifier(backbone, size, 4, TINY_HEAD, weights=None)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    before = [weight.numpy().copy() for weight in model.trainable_weights]
+    images = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype(np.float32)
+    model.train_on_batch(images, np.array([0, 1, 2, 3]))
+    assert model.predict(images, verbose=0).shape == (4, 4)
+    assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, model.trainable_weights))
+
+
+def test_too_small_unknown_and_missing_weights_are_clear_errors(tmp_path):
+    with pytest.raises(BackboneError, match="xception needs images of at least 71 px, got train.image_size=64"):
+        backbones.get("xception").input_size(64)
+    with pytest.raises(BackboneError, match="inceptionresnetv2 needs images of at least 75 px"):
+        backbones.get("inceptionresnetv2").input_size(74)
+    assert backbones.get("vgg16").input_size("native") == 224
+    with pytest.raises(BackboneError, match=r"unknown backbone 'resnet50'; known: \['inceptionresnetv2', 'nasnetlarge'"):
+        backbones.get("resnet50")
+    missing = tmp_path / "vgg16.weights.h5"
+    with pytest.raises(BackboneError, match=f"weights file {missing} does not exist"):
+        backbones.build_base(backbones.get("vgg16"), 32, str(missing))
+
+
+def test_weights_file_is_loaded(tmp_path):
+    backbone = backbones.get("vgg16")
+    source = backbones.build_base(backbone, 32, None)
+    path = tmp_path / "vgg16_notop.weights.h5"
+    source.save_weights(path)
+    loaded = backbones.build_base(backbone, 32, str(path))
+    assert all(np.array_equal(a, b) for a, b in zip(source.get_weights(), loaded.get_weights()))
+
+
+@pytest.mark.parametrize("name", ["vgg16", "xception"])
+def test_built_in_preprocessing_matches_keras_preprocess_input(name):
+    backbone = backbones.get(name)
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    expected = backbone.preprocess_input(pixels.copy())
+    assert np.allclose(keras.ops.convert_to_numpy(preprocessing(backbone)(pixels)), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_only_the_head_trains_and_batchnorm_stays_in_inference_mode(normalize):
+    model = build_classifier(backbones.get("xception"), 71, 3, Head(units=16, dropout=0.0, normalize=normalize), None)
+    assert [tuple(weight.shape) for weight in model.trainable_weights] == [(2048, 16), (16,), (16, 3), (3,)]
+    assert not base_of(model).trainable
+    images = np.random.default_rng(2).uniform(0, 255, (3, 71, 71, 3)).astype(np.float32)
+    training_mode = keras.ops.convert_to_numpy(model(images, training=True))
+    inference_mode = keras.ops.convert_to_numpy(model(images, training=False))
+    assert np.allclose(training_mode, inference_mode, atol=1e-6)
+
+
+def test_head_on_cached_features_equals_the_whole_model():
+    model = build_classifier(backbones.get("vgg16"), 32, 4, Head(units=8, dropout=0.5), None)
+    images = np.random.default_rng(3).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    features = feature_extractor(model).predict(images, verbose=0)
+    through_head = model.get_layer("head").predict(features, verbose=0)
+    assert np.allclose(model.predict(images, verbose=0), through_head, atol=1e-6)
+
+
+@pytest.mark.parametrize("count", [0, 2, 5])
+def test_unfreeze_exactly_n_layers_and_keep_batchnorm_frozen(count):
+    model = build_classifier(backbones.get("xception"), 71, 4, TINY_HEAD, None)
+    names = unfreeze_last(model, count)
+    base = base_of(model)
+    trainable = [layer for layer in base.layers if layer.trainable and layer.weights]
+    assert [layer.name for layer in trainable] == names and len(names) == count
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
+    assert all(not layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert len(model.trainable_weights) == 4 + sum(len(layer.trainable_weights) for layer in trainable)
+    if count:
+        assert names[-1] == "block14_sepconv2"
+    with pytest.raises(ValueError, match="finetune.unfreeze=1000"):
+        unfreeze_last(model, 1000)

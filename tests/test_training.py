@@ -1,0 +1,203 @@
+"""The train and finetune stages on tiny data: outputs, MLflow runs read back, resume, errors."""
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cxr import training
+from conftest import REPO, run_stage, stage_env, write_params
+
+TINY = {
+    "backbones": ["vgg16"], "backbone": "vgg16",
+    "train": {"image_size": 32, "epochs": 3, "batch_size": 16, "head": {"units": 8}},
+    "finetune": {"epochs": 1, "unfreeze": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def data_project(tmp_path_factory, raw_root):
+    """A project folder whose data stages have run, shared by this module's tests (copied per test)."""
+    folder = tmp_path_factory.mktemp("data_project")
+    shutil.copytree(REPO / "stages", folder / "stages")
+    shutil.copytree(raw_root, folder / "data" / "raw")
+    write_params(folder, TINY)
+    for stage in ("merge", "filter_pa", "split"):
+        assert run_stage(folder, stage).returncode == 0
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path, data_project):
+    shutil.copytree(data_project, tmp_path / "p")
+    return tmp_path / "p"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_project):
+    """train@vgg16 then finetune, run once; MLflow at the default place (sqlite in the project)."""
+    folder = tmp_path_factory.mktemp("trained") / "p"
+    shutil.copytree(data_project, folder)
+    for stage, args in (("train", ["vgg16"]), ("finetune", [])):
+        result = run_stage(folder, stage, *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    return folder
+
+
+def runs_named(client: MlflowClient, name: str):
+    experiment = client.get_experiment_by_name("cxr-multiclass")
+    return client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+
+
+def test_train_stage_writes_model_metrics_and_curves(trained):
+    meta = json.loads((trained / "models/vgg16/meta.json").read_text())
+    assert meta == {"backbone": "vgg16", "image_size": 32, "classes": ["BACTERIA", "COVID", "NORMAL", "VIRAL"],
+                    "task": "multiclass"}
+    report = json.loads((trained / "reports/train/vgg16.json").read_text())
+    assert report["epochs"] == 3 and 0 <= report["best_epoch"] <= 3
+    assert 0 <= report["best"]["val_accuracy"] <= 1
+    history = pd.read_csv(trained / "models/vgg16/history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    accuracy = pd.read_csv(trained / "reports/train/curves/accuracy/vgg16.csv")
+    assert list(accuracy.columns) == ["epoch", "accuracy", "val_accuracy"]
+    assert not (trained / "models/.resume/vgg16").exists()
+
+
+def test_mlflow_run_has_params_metrics_tags_and_model(trained):
+    client = MlflowClient()
+    [run] = runs_named(client, "train@vgg16")
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.epochs"] == "3" and params["backbone"] == "vgg16" and params["split.seed"] == "42"
+    assert params["labels.COVID-19_ ARDS"] == "COVID"
+    tags = run.data.tags
+    split_md5 = hashlib.md5((trained / "data/processed/split.csv").read_bytes()).hexdigest()
+    assert tags["split_md5"] == split_md5
+    assert tags["DVC_STAGE"] == "train@vgg16" and tags["backbone"] == "vgg16" and tags["task"] == "multiclass"
+    assert tags["data_origin"] == "synthetic" and tags["synthetic"] == "true"
+    assert "not a medical result" in tags["mlflow.note.content"]
+    assert [metric.step for metric in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3]
+    assert len(client.get_metric_history(run.info.run_id, "learning_rate")) == 3
+    assert {"training_curves.png", "history.json"} <= {item.path for item in client.list_artifacts(run.info.run_id)}
+
+    [version] = client.search_model_versions("name = 'cxr-multiclass-vgg16'")
+    assert version.run_id == run.info.run_id
+    model = mlflow.pyfunc.load_model(f"models:/cxr-multiclass-vgg16/{version.version}")
+    assert tuple(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 32, 32, 3)
+    example = np.zeros((2, 32, 32, 3), np.float32)
+    assert np.asarray(model.predict(example)).shape == (2, 4)
+
+
+def test_finetune_is_logged_and_registered_as_the_task_model(trained):
+    report = json.loads((trained / "reports/finetune.json").read_text())
+    assert report["unfrozen_layers"] == ["block5_conv3"]
+    assert json.loads((trained / "models/finetuned/meta.json").read_text())["finetuned_from"] == "vgg16"
+    client = MlflowClient()
+    [run] = runs_named(client, "finetune")
+    assert run.data.tags["DVC_STAGE"] == "finetune"
+    [version] = client.search_model_versions("name = 'cxr-multiclass'")
+    assert version.run_id == run.info.run_id
+
+
+def test_stage_nests_under_mlflow_run(project):
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("outer", artifact_location=(project / "outer").as_uri())
+    parent = client.create_run(experiment, run_name="mlflow-run-parent").info.run_id
+    result = run_stage(project, "train", "vgg16", env=stage_env(MLFLOW_RUN_ID=parent, MLFLOW_TRACKING_URI=uri))
+    assert result.returncode == 0, result.stderr[-2000:]
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert [child.info.run_name for child in children] == ["train@vgg16"]
+    assert client.get_run(parent).data.params == {}
+
+
+def test_killed_run_leaves_no_model_and_resumes(project):
+    write_params(project, TINY | {"train": {"image_size": 32, "epochs": 12, "batch_size": 8, "head": {"units": 8},
+                                            "augment": {"enabled": True}}})
+    process = subprocess.Popen([sys.executable, "stages/train.py", "vgg16"], cwd=project, env=stage_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = project / "models/.resume/vgg16/history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 4):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (project / "models/vgg16").exists()
+    assert not (project / "reports/train/vgg16.json").exists()
+    done = len(pd.read_csv(history))
+    assert 3 <= done < 12
+
+    resumed = run_stage(project, "train", "vgg16")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    first_epoch = next(line for line in resumed.stdout.splitlines() if line.startswith("Epoch "))
+    assert int(first_epoch.split()[1].split("/")[0]) > 1
+    assert pd.read_csv(project / "models/vgg16/history.csv")["epoch"].tolist() == list(range(1, 13))
+
+
+def test_changed_params_discard_checkpoints(tmp_path):
+    folder = training.resume_dir(tmp_path / "resume", {"epochs": 3})
+    (folder / "best.json").write_text("{}")
+    assert (training.resume_dir(tmp_path / "resume", {"epochs": 3}) / "best.json").exists()
+    assert not (training.resume_dir(tmp_path / "resume", {"epochs": 4}) / "best.json").exists()
+
+
+def test_finetune_without_model_names_the_file(project):
+    result = run_stage(project, "finetune")
+    assert result.returncode == 1
+    assert "models/vgg16/model.keras: not found" in result.stderr
+    (project / "models/vgg16").mkdir(parents=True)
+    (project / "models/vgg16/model.keras").write_bytes(b"not a keras archive")
+    (project / "models/vgg16/meta.json").write_text("{}")
+    result = run_stage(project, "finetune")
+    assert "models/vgg16/model.keras: cannot be loaded as a Keras model" in result.stderr
+    assert not (project / "models/finetuned").exists()
+
+
+def test_image_too_small_stops_train(project):
+    write_params(project, {"backbones": ["xception"], "backbone": "xception", "train": {"image_size": 64}})
+    result = run_stage(project, "train", "xception")
+    assert result.returncode == 1
+    assert "xception needs images of at least 71 px, got train.image_size=64" in result.stderr
+
+
+def test_class_weights_are_balanced():
+    weights = training.class_weights(np.array([0, 0, 1, 2]), n_classes=4)
+    assert weights == pytest.approx({0: 4 / 6, 1: 4 / 3, 2: 4 / 3, 3: 1.0})
+
+
+MIRRORED = """
+import numpy as np, pandas as pd, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cxr import backbones
+from cxr.config import Head, Train
+from cxr.model import build_classifier
+from cxr.training import configure_runtime, fit
+strategy = configure_runtime(Train(distribute="{mode}", deterministic=False), seed=0)
+print("replicas", strategy.num_replicas_in_sync)
+with strategy.scope():
+    model = build_classifier(backbones.get("vgg16"), 32, 2, Head(units=4), None)
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, np.array([0, 1] * 4))).batch(4)
+    result = fit(model, data, data, epochs=1, learning_rate=1e-3, amsgrad=True, weights=None, patience=None,
+                 work_dir=__import__("pathlib").Path("{work}"))
+print("epochs", len(result.history))
+"""
+
+
+@pytest.mark.parametrize(("mode", "replicas"), [("mirrored", 2), ("auto", 1)])
+def test_distribution_strategy_on_two_logical_cpus(tmp_path, mode, replicas):
+    script = MIRRORED.replace("{mode}", mode).replace("{work}", str(tmp_path / "work"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=stage_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"replicas {replicas}" in result.stdout and "epochs 1" in result.stdout
