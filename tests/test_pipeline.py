@@ -33,16 +33,33 @@ def clone(tmp_path_factory) -> Path:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, folder / name)
     (folder / "dvc.lock").unlink(missing_ok=True)
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["train"].update(epochs=4, image_size=75)
+    params["finetune"]["epochs"] = 1
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(folder, "git", "init", "-q")
     sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
     return folder
 
 
-def test_repro_noop_and_seed_experiment(clone):
+def mlflow_runs(folder: Path) -> pd.DataFrame:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["cxr-multiclass"])
+
+
+def test_repro_noop_and_experiments(clone):
     sh(clone, "dvc", "repro")
     split = pd.read_csv(clone / "data/processed/split.csv")
     assert set(split["split"]) == {"train", "val", "test"}
+    for backbone in ("nasnetlarge", "vgg16", "xception", "inceptionresnetv2"):
+        assert (clone / "models" / backbone / "model.keras").is_file()
+    assert (clone / "models/finetuned/model.keras").is_file()
+    runs = mlflow_runs(clone)
+    assert sorted(runs["tags.mlflow.runName"]) == ["finetune", "train@inceptionresnetv2", "train@nasnetlarge",
+                                                   "train@vgg16", "train@xception"]
 
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     split_outs = {out["path"]: out for out in lock["stages"]["split"]["outs"]}
@@ -54,11 +71,21 @@ def test_repro_noop_and_seed_experiment(clone):
     assert "Data and pipelines are up to date" in again
     assert "Running stage" not in again
 
+    finetune_only = sh(clone, "dvc", "exp", "run", "-S", "backbone=vgg16")
+    assert "Running stage 'finetune'" in finetune_only and "Running stage 'train@" not in finetune_only
+    runs = mlflow_runs(clone)
+    latest = runs[runs["tags.mlflow.runName"] == "finetune"].iloc[0]
+    assert latest["tags.backbone"] == "vgg16" and latest["tags.DVC_EXP_NAME"]
+    assert not list((clone / ".dvc").rglob("mlflow.db"))
+
     sh(clone, "dvc", "exp", "run", "-S", "split.seed=7")
     seven = pd.read_csv(clone / "data/processed/split.csv")
     assert yaml.safe_load((clone / "params.yaml").read_text())["split"]["seed"] == 7
     merged = split.merge(seven, on="image_id", suffixes=("", "_seven"))
     assert len(merged) == len(split)
     assert (merged["split"] != merged["split_seven"]).any()
-    shown = sh(clone, "dvc", "exp", "show", "--no-pager", "--csv")
-    assert "split.seed" in shown.splitlines()[0] and "images.train" in shown.splitlines()[0]
+    header = sh(clone, "dvc", "exp", "show", "--no-pager", "--csv").splitlines()[0]
+    for column in ("split.seed", "backbone", "images.train", "best.val_accuracy"):
+        assert column in header
+    plots = sh(clone, "dvc", "plots", "show", "-o", "plots")
+    assert "plots" in plots and "val_accuracy" in (clone / "plots/index.html").read_text()
