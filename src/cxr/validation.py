@@ -120,6 +120,9 @@ def catalog_expectations(labels: list[str], sources: list[str]) -> list[gxe.Expe
         gxe.ExpectColumnValuesToBeInSet(column="source", value_set=sources, description="source is configured"),
         gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$",
                                            description="file was hashed"),
+        *[gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=["int64", "int32"],
+                                                description="image size is an integer")
+          for column in ("width", "height")],
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1, description="image opened"),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=1, description="image opened"),
     ]
