@@ -39,6 +39,7 @@ def main() -> None:
                                                                       "unfrozen_layers": unfrozen},
                             result.history)
         training.write_curves(result.history, "finetuned")
+        tracking.tag_model_file(Path("models/finetuned/model.keras"))
         write_json(Path("reports/finetune.json"), summary)
     shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"finetune {config.backbone}: unfroze {unfrozen}; best val_accuracy {summary['best']['val_accuracy']:.3f}")

@@ -43,6 +43,7 @@ def main() -> None:
                             {"backbone": backbone.name, "image_size": size, "classes": classes, "task": config.task},
                             result.history)
         training.write_curves(result.history, backbone.name)
+        tracking.tag_model_file(Path("models") / backbone.name / "model.keras")
         write_json(Path("reports/train") / f"{backbone.name}.json", summary)
     shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"train@{backbone.name}: best val_accuracy {summary['best']['val_accuracy']:.3f} "

@@ -201,3 +201,44 @@ def test_distribution_strategy_on_two_logical_cpus(tmp_path, mode, replicas):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=stage_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"replicas {replicas}" in result.stdout and "epochs 1" in result.stdout
+
+
+def test_evaluate_stage_reports_and_logs_to_each_training_run(trained):
+    result = run_stage(trained, "evaluate", env=stage_env(TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    comparison = pd.read_csv(trained / "reports/eval/comparison.csv")
+    assert comparison["model"].tolist() == ["vgg16", "finetuned"]
+    assert (comparison["accuracy_low"] <= comparison["accuracy"]).all()
+    assert (comparison["accuracy"] <= comparison["accuracy_high"]).all()
+    markdown = (trained / "reports/eval/comparison.md").read_text()
+    assert "| vgg16 | " in markdown and "| finetuned | " in markdown and "not a medical result" in markdown
+    metrics = json.loads((trained / "reports/eval/metrics.json").read_text())
+    assert set(metrics) == {"vgg16", "finetuned"} and "macro_f1_high" in metrics["vgg16"]
+    predictions = pd.read_csv(trained / "reports/eval/models/vgg16/predictions.csv")
+    test_rows = pd.read_csv(trained / "data/processed/split.csv").query("split == 'test'")
+    assert len(predictions) == len(test_rows)
+    assert list(predictions.columns) == ["image_id", "patient_id", "source", "actual", "predicted",
+                                         "p_BACTERIA", "p_COVID", "p_NORMAL", "p_VIRAL"]
+    assert np.allclose(predictions.filter(like="p_").sum(axis=1), 1, atol=1e-4)
+    confusion = pd.read_csv(trained / "reports/eval/confusion/vgg16.csv")
+    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == len(test_rows)
+    assert len(pd.read_csv(trained / "reports/eval/mcnemar.csv")) == 1
+
+    client = MlflowClient()
+    [train_run] = runs_named(client, "train@vgg16")
+    logged = client.get_run(train_run.info.run_id).data.metrics
+    assert logged["test_accuracy"] == pytest.approx(metrics["vgg16"]["accuracy"])
+    artifacts = {item.path for item in client.list_artifacts(train_run.info.run_id, "evaluation")}
+    assert {"evaluation/confusion.png", "evaluation/predictions.csv", "evaluation/report.json"} <= artifacts
+    [evaluate_run] = runs_named(client, "evaluate")
+    assert evaluate_run.data.metrics["finetuned.accuracy"] == pytest.approx(metrics["finetuned"]["accuracy"])
+
+
+def test_evaluate_names_a_model_that_fails_to_load(project):
+    (project / "models/vgg16").mkdir(parents=True)
+    (project / "models/vgg16/model.keras").write_bytes(b"truncated")
+    (project / "models/vgg16/meta.json").write_text("{}")
+    result = run_stage(project, "evaluate")
+    assert result.returncode == 1
+    assert "models/vgg16/model.keras: cannot be loaded as a Keras model" in result.stderr
+    assert not (project / "reports/eval/models").exists()

@@ -144,6 +144,12 @@ class Finetune:
 
 
 @dataclass(frozen=True)
+class Evaluate:
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 42
     task: str = "multiclass"
@@ -158,6 +164,7 @@ class Config:
     backbone: str = "xception"
     train: Train = field(default_factory=Train)
     finetune: Finetune = field(default_factory=Finetune)
+    evaluate: Evaluate = field(default_factory=Evaluate)
 
     def task_classes(self) -> dict[str, list[str]]:
         """Class -> labels for the configured task, with ``"*"`` expanded to the unclaimed labels."""

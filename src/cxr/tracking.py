@@ -28,6 +28,7 @@ import tensorflow as tf
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from cxr import figures
 from cxr.config import Config
 
 SYNTHETIC_NOTE = ("Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, "
@@ -135,26 +136,6 @@ class EpochMetrics(keras.callbacks.Callback):
         mlflow.log_metrics(metrics, step=epoch + 1)
 
 
-def curves_figure(history: pd.DataFrame, title: str):
-    """Loss and accuracy per epoch, train and validation: the study's training plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
-        axis.plot(history["epoch"], history[metric], label=f"train {metric}")
-        axis.plot(history["epoch"], history[f"val_{metric}"], label=f"validation {metric}")
-        axis.set_xlabel("epoch")
-        axis.set_title(metric)
-        axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    plt.close(figure)
-    return figure
-
-
 def log_fit(result_history: pd.DataFrame, summary: dict, title: str) -> None:
     """The fit's summary numbers as run metrics and its curves as a figure artifact."""
     mlflow.log_metrics({
@@ -162,7 +143,7 @@ def log_fit(result_history: pd.DataFrame, summary: dict, title: str) -> None:
         "best_val_loss": summary["best"]["val_loss"],
         "best_val_accuracy": summary["best"]["val_accuracy"],
     })
-    mlflow.log_figure(curves_figure(result_history, title), "training_curves.png")
+    mlflow.log_figure(figures.training_curves(result_history, title), "training_curves.png")
     mlflow.log_table(result_history, "history.json")
 
 
@@ -196,3 +177,30 @@ def log_model(model: keras.Model, example: np.ndarray, registered_name: str) -> 
                           f"mlflow=={mlflow.__version__}"],
     )
     return info.model_uri
+
+
+def tag_model_file(path: Path) -> None:
+    """Tag the active run with the md5 of the model file it produced, so evaluation finds it."""
+    mlflow.set_tag("model_md5", file_md5(path))
+
+
+def find_model_run(task: str, model_file: Path) -> str | None:
+    """The id of the run that produced ``model_file`` (by its ``model_md5`` tag), if any."""
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.get_experiment_by_name(experiment_name(task))
+    if experiment is None:
+        return None
+    runs = MlflowClient().search_runs([experiment.experiment_id],
+                                      filter_string=f"tags.model_md5 = '{file_md5(model_file)}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, confusion: pd.DataFrame) -> None:
+    """Test metrics, reports, figures and predictions of one model, added to its training run."""
+    client = MlflowClient()
+    timestamp = int(pd.Timestamp.now().timestamp() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(key, value, timestamp, 0)
+                                      for key, value in metrics.items() if value is not None])
+    client.log_artifacts(run_id, str(folder), "evaluation")
+    client.log_table(run_id, confusion, "evaluation/confusion_table.json")

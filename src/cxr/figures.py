@@ -1,0 +1,96 @@
+"""Matplotlib figures for reports and MLflow: curves, confusion matrices, ROC, comparisons."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def training_curves(history: pd.DataFrame, title: str) -> Figure:
+    """Loss and accuracy per epoch, train and validation: the study's training plot."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _curves(axes, history, "")
+    figure.suptitle(title)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def curves_side_by_side(histories: dict[str, pd.DataFrame]) -> Figure:
+    """Every model's loss and accuracy curves in one row each, on shared axes."""
+    figure, axes = plt.subplots(len(histories), 2, figsize=(10, 3 * len(histories)), squeeze=False,
+                                sharex="col", sharey="col")
+    for row, (name, history) in zip(axes, histories.items()):
+        _curves(row, history, name)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def _curves(axes, history: pd.DataFrame, name: str) -> None:
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        axis.plot(history["epoch"], history[metric], label=f"train {metric}")
+        axis.plot(history["epoch"], history[f"val_{metric}"], label=f"validation {metric}")
+        axis.set_xlabel("epoch")
+        axis.set_title(f"{name} {metric}".strip())
+        axis.legend()
+
+
+def confusion(matrix: list[list[int]], labels: list[str], title: str) -> Figure:
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    values = np.asarray(matrix)
+    axis.imshow(values, cmap="Blues")
+    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("actual")
+    for (i, j), value in np.ndenumerate(values):
+        axis.text(j, i, str(value), ha="center", va="center",
+                  color="white" if value > values.max() / 2 else "black")
+    axis.set_title(title)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def roc(predictions: pd.DataFrame, classes: list[str], aucs: dict[str, float | None], title: str) -> Figure:
+    """One-vs-rest ROC curve per class."""
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    for name in classes:
+        if aucs.get(name) is None:
+            continue
+        false_positive, true_positive, _ = roc_curve(predictions["actual"] == name, predictions[f"p_{name}"])
+        axis.plot(false_positive, true_positive, label=f"{name} (AUC {aucs[name]:.2f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_title(title)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def comparison_bars(table: pd.DataFrame, metrics: list[str]) -> Figure:
+    """Per model, each metric with its 95% interval as an error bar."""
+    figure, axis = plt.subplots(figsize=(max(6, 1.8 * len(table)), 4))
+    width = 0.8 / len(metrics)
+    positions = np.arange(len(table))
+    for index, metric in enumerate(metrics):
+        values = table[metric].to_numpy()
+        errors = np.vstack([values - table[f"{metric}_low"].to_numpy(), table[f"{metric}_high"].to_numpy() - values])
+        axis.bar(positions + index * width, values, width, yerr=errors, capsize=3, label=metric)
+    axis.set_xticks(positions + width * (len(metrics) - 1) / 2, table["model"])
+    axis.set_ylim(0, 1.1)
+    axis.set_ylabel("test set, 95% CI (patient bootstrap)")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure

@@ -1,0 +1,81 @@
+"""DVC stage `evaluate`: every trained model on the test split, compared with uncertainty.
+
+Writes reports/eval/models/<model>/ (predictions, classification report, confusion matrix and
+ROC figures), reports/eval/confusion/<model>.csv (DVC confusion plots), the comparison table
+(comparison.md/.csv/.png), McNemar tests (mcnemar.csv), all training curves side by side, and
+reports/eval/metrics.json (DVC metrics). Test metrics and reports are added to each model's
+own MLflow training run; one `evaluate` run holds the comparison.
+"""
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from cxr import evaluation, figures, tracking, training
+from cxr.config import load
+from cxr.outputs import staged_directory, write_csv, write_json, write_text
+from cxr.stage import run
+
+SPLIT = Path("data/processed/split.csv")
+OUT = Path("reports/eval")
+
+
+def main() -> None:
+    config = load()
+    test = pd.read_csv(SPLIT).query("split == 'test'").reset_index(drop=True)
+    names = [*config.backbones, "finetuned"]
+    predictions, reports, rows, histories, metrics = {}, {}, [], {}, {}
+    with staged_directory(OUT / "models") as staging:
+        for name in names:
+            model, meta = training.load_model(Path("models") / name)
+            classes = meta["classes"]
+            probabilities = evaluation.predict(model, test, classes, meta["image_size"], config.train.batch_size,
+                                               config.train.cache)
+            table = evaluation.predictions_frame(test, classes, probabilities)
+            report = evaluation.report(table, classes)
+            intervals = evaluation.patient_bootstrap(table, classes, resamples=config.evaluate.bootstrap_resamples,
+                                                     seed=config.evaluate.bootstrap_seed)
+            folder = staging / name
+            write_csv(folder / "predictions.csv", table)
+            write_json(folder / "report.json", report | {"intervals": intervals})
+            write_text(folder / "report.txt", evaluation.report_text(table, classes))
+            figures.confusion(report["confusion_matrix"]["matrix"], classes, name).savefig(folder / "confusion.png")
+            figures.roc(table, classes, report["roc_auc"], name).savefig(folder / "roc.png")
+            write_csv(OUT / "confusion" / f"{name}.csv", table[["actual", "predicted"]])
+            predictions[name], reports[name] = table, report
+            histories[name] = pd.read_csv(Path("models") / name / "history.csv")
+            rows.append(evaluation.comparison_row(name, report, intervals, classes))
+            metrics[name] = {key: None if value != value else value for key, value in rows[-1].items()
+                             if key not in ("model", "never_predicted")}
+    comparison = pd.DataFrame(rows)
+    tests = evaluation.pairwise_mcnemar(predictions)
+    note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
+    write_csv(OUT / "comparison.csv", comparison)
+    write_csv(OUT / "mcnemar.csv", tests)
+    write_text(OUT / "comparison.md", evaluation.comparison_markdown(comparison, config.class_names(), tests, note))
+    figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(OUT / "comparison.png")
+    figures.curves_side_by_side(histories).savefig(OUT / "training_curves.png")
+    write_json(OUT / "metrics.json", metrics)
+
+    for name in names:
+        run_id = tracking.find_model_run(config.task, Path("models") / name / "model.keras")
+        if run_id is None:
+            print(f"warning: no MLflow run is tagged with the md5 of models/{name}/model.keras; "
+                  "its test metrics are in reports/eval only")
+            continue
+        matrix = reports[name]["confusion_matrix"]
+        confusion = pd.DataFrame(matrix["matrix"], columns=matrix["labels"], index=matrix["labels"])
+        tracking.log_evaluation(run_id, {f"test_{key}": value for key, value in metrics[name].items()},
+                                OUT / "models" / name, confusion.reset_index(names="actual"))
+    with tracking.stage_run(config, "evaluate", SPLIT, config.backbone):
+        mlflow.log_metrics({f"{name}.{key}": value for name, values in metrics.items()
+                            for key, value in values.items() if value is not None})
+        mlflow.log_table(comparison, "comparison.json")
+        for artifact in ("comparison.md", "comparison.csv", "comparison.png", "mcnemar.csv", "training_curves.png"):
+            mlflow.log_artifact(str(OUT / artifact))
+    print((OUT / "comparison.md").read_text())
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,124 @@
+"""Evaluation metrics against hand-computed values, the patient bootstrap, McNemar, DVC plots."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr import evaluation
+
+CLASSES = ["A", "B", "C"]
+
+
+def frame(actual, predicted, patients=None, probabilities=None):
+    n = len(actual)
+    if probabilities is None:
+        probabilities = np.array([[0.8 if name == guess else 0.1 for name in CLASSES] for guess in predicted])
+    rows = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)],
+                         "patient_id": patients or [f"p{k}" for k in range(n)],
+                         "source": "s", "class": actual})
+    return evaluation.predictions_frame(rows, CLASSES, np.asarray(probabilities))
+
+
+def test_report_matches_hand_computed_values():
+    table = frame(["A", "A", "B", "B", "C", "C"], ["A", "B", "B", "B", "C", "A"])
+    report = evaluation.report(table, CLASSES)
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["sensitivity"] == pytest.approx({"A": 0.5, "B": 1.0, "C": 0.5})
+    assert report["ppv"] == pytest.approx({"A": 0.5, "B": 2 / 3, "C": 1.0})
+    f1 = {"A": 0.5, "B": 0.8, "C": 2 / 3}
+    assert report["macro_f1"] == pytest.approx(sum(f1.values()) / 3)
+    assert report["classification_report"]["B"]["f1-score"] == pytest.approx(0.8)
+    assert report["classification_report"]["weighted avg"]["support"] == 6
+    assert report["confusion_matrix"]["matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert report["never_predicted"] == []
+    assert "macro avg" in evaluation.report_text(table, CLASSES)
+
+
+def test_one_vs_rest_auc_by_hand():
+    probabilities = [[0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.6, 0.2, 0.2], [0.1, 0.8, 0.1]]
+    table = frame(["A", "A", "B", "C"], ["A", "A", "A", "B"], probabilities=probabilities)
+    aucs = evaluation.roc_auc(table, CLASSES)
+    # A's scores: positives 0.9, 0.4; negatives 0.6, 0.1 -> 3 of 4 pairs ranked right.
+    assert aucs["A"] == pytest.approx(0.75)
+    assert aucs["C"] == pytest.approx(1 / 3)
+
+
+def test_a_model_predicting_one_class_is_evaluated():
+    table = frame(["A", "B", "C", "C"], ["A", "A", "A", "A"])
+    report = evaluation.report(table, CLASSES)
+    assert report["never_predicted"] == ["B", "C"]
+    assert report["ppv"]["B"] is None and report["sensitivity"]["B"] == 0.0
+    assert report["macro_f1"] == pytest.approx((2 * 0.25 / 1.25) / 3)
+    intervals = evaluation.patient_bootstrap(table, CLASSES, resamples=50, seed=0)
+    assert intervals["recall_C"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_bootstrap_resamples_patients_not_images():
+    one_patient = frame(["A"] * 10, ["A"] * 5 + ["B"] * 5, patients=["p"] * 10)
+    interval = evaluation.patient_bootstrap(one_patient, CLASSES, resamples=200, seed=0)["accuracy"]
+    assert interval == {"value": 0.5, "low": 0.5, "high": 0.5}
+
+    two_patients = frame(["A"] * 20, ["A"] * 10 + ["B"] * 10, patients=["right"] * 10 + ["wrong"] * 10)
+    groups = [group.index.to_numpy() for _, group in two_patients.groupby("patient_id")]
+    rng = np.random.default_rng(0)
+    accuracies = {evaluation.headline(two_patients.loc[np.concatenate([groups[i] for i in rng.integers(0, 2, 2)])],
+                                      CLASSES)["accuracy"] for _ in range(100)}
+    assert accuracies == {0.0, 0.5, 1.0}
+    interval = evaluation.patient_bootstrap(two_patients, CLASSES, resamples=400, seed=1)["accuracy"]
+    assert interval["low"] == 0.0 and interval["high"] == 1.0
+
+
+def test_mcnemar_on_known_tables():
+    exact = evaluation.mcnemar([True] * 10 + [False] * 2 + [True] * 5, [False] * 10 + [True] * 2 + [True] * 5)
+    assert (exact.b, exact.c) == (10, 2)
+    assert exact.p_value == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    large = evaluation.mcnemar([True] * 30 + [False] * 10, [False] * 30 + [True] * 10)
+    assert large.statistic == pytest.approx(361 / 40)
+    assert large.p_value == pytest.approx(0.002663, rel=1e-3)
+    assert evaluation.mcnemar([True, False], [True, False]).p_value == 1.0
+
+
+def test_pairwise_mcnemar_uses_shared_images():
+    first = frame(["A", "B", "C"], ["A", "B", "A"])
+    second = frame(["A", "B", "C"], ["B", "B", "C"])
+    [row] = evaluation.pairwise_mcnemar({"m1": first, "m2": second}).to_dict(orient="records")
+    assert (row["model_a"], row["model_b"], row["images"], row["only_a_correct"], row["only_b_correct"]) == \
+        ("m1", "m2", 3, 1, 1)
+
+
+def test_confusion_file_renders_with_dvc_confusion_template(tmp_path):
+    env_bin = Path(sys.executable).parent
+    table = frame(["A", "A", "B", "C"], ["A", "B", "B", "C"])
+    (tmp_path / "eval").mkdir()
+    table[["actual", "predicted"]].to_csv(tmp_path / "eval" / "model.csv", index=False)
+    (tmp_path / "dvc.yaml").write_text("plots:\n  - eval/model.csv:\n      template: confusion\n"
+                                       "      x: actual\n      y: predicted\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([env_bin / "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    result = subprocess.run([env_bin / "dvc", "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    [plot] = json.loads(result.stdout)["data"]["eval/model.csv"]
+    assert plot["type"] == "vega"
+    values = plot["content"]["data"]["values"]
+    assert [(row["actual"], row["predicted"]) for row in values] == [("A", "A"), ("A", "B"), ("B", "B"), ("C", "C")]
+    assert "rect" in json.dumps(plot["content"]["spec"] if "spec" in plot["content"] else plot["content"])
+
+
+def test_comparison_markdown_has_one_row_per_model_with_intervals():
+    table = frame(["A", "A", "B", "C"], ["A", "B", "B", "C"])
+    report = evaluation.report(table, CLASSES)
+    intervals = evaluation.patient_bootstrap(table, CLASSES, resamples=20, seed=0)
+    rows = pd.DataFrame([evaluation.comparison_row(name, report, intervals, CLASSES) for name in ("m1", "m2")])
+    tests = evaluation.pairwise_mcnemar({"m1": table, "m2": table})
+    text = evaluation.comparison_markdown(rows, CLASSES, tests, "note")
+    model_rows = [line for line in text.splitlines() if line.startswith(("| m1 ", "| m2 "))]
+    assert len(model_rows) == 3  # two models and one McNemar row
+    assert f"{intervals['accuracy']['value']:.2f} [{intervals['accuracy']['low']:.2f}," in model_rows[0]
+    assert not math.isnan(rows.loc[0, "roc_auc_macro"])
