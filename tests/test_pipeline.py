@@ -1,5 +1,6 @@
 """The README's pipeline end to end with DVC, in a fresh git clone of the working tree."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ def clone(tmp_path_factory) -> Path:
     params = yaml.safe_load((folder / "params.yaml").read_text())
     params["train"].update(epochs=4, image_size=75)
     params["finetune"]["epochs"] = 1
+    params["evaluate"]["bootstrap_resamples"] = 100
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(folder, "git", "init", "-q")
     sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
@@ -58,8 +60,13 @@ def test_repro_noop_and_experiments(clone):
         assert (clone / "models" / backbone / "model.keras").is_file()
     assert (clone / "models/finetuned/model.keras").is_file()
     runs = mlflow_runs(clone)
-    assert sorted(runs["tags.mlflow.runName"]) == ["finetune", "train@inceptionresnetv2", "train@nasnetlarge",
-                                                   "train@vgg16", "train@xception"]
+    assert sorted(runs["tags.mlflow.runName"]) == ["evaluate", "finetune", "train@inceptionresnetv2",
+                                                   "train@nasnetlarge", "train@vgg16", "train@xception"]
+    comparison = (clone / "reports/eval/comparison.md").read_text()
+    for model in ("nasnetlarge", "vgg16", "xception", "inceptionresnetv2", "finetuned"):
+        assert f"| {model} | " in comparison
+    metrics = sh(clone, "dvc", "metrics", "show")
+    assert "reports/eval/metrics.json" in metrics and "accuracy_low" in metrics
 
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     split_outs = {out["path"]: out for out in lock["stages"]["split"]["outs"]}
@@ -88,4 +95,27 @@ def test_repro_noop_and_experiments(clone):
     for column in ("split.seed", "backbone", "images.train", "best.val_accuracy"):
         assert column in header
     plots = sh(clone, "dvc", "plots", "show", "-o", "plots")
-    assert "plots" in plots and "val_accuracy" in (clone / "plots/index.html").read_text()
+    html = (clone / "plots/index.html").read_text()
+    assert "plots" in plots and "val_accuracy" in html and "reports_eval_confusion_vgg16_csv" in html
+
+
+TINY = ["--set", "train.epochs=2", "--set", "train.image_size=75", "--set", "finetune.epochs=1",
+        "--set", "evaluate.bootstrap_resamples=50"]
+
+
+@pytest.mark.parametrize(("recipe", "models", "task"), [
+    ("first_try", {"xception", "finetuned"}, "binary"),
+    ("nasnet_no_augmentation", {"nasnetlarge", "finetuned"}, "multiclass"),
+    ("binary_finetune", {"inceptionresnetv2", "finetuned"}, "binary"),
+    ("main_comparison", {"nasnetlarge", "vgg16", "xception", "inceptionresnetv2", "finetuned"}, "multiclass"),
+])
+def test_study_recipes_run_offline(clone, recipe, models, task):
+    output = sh(clone, "cxr-recipe", recipe, "--settings", "demo", *TINY)
+    assert "dvc exp run" in output
+    assert set(json.loads((clone / "reports/eval/metrics.json").read_text())) == models
+    assert json.loads((clone / "reports/data/split.json").read_text())["task"] == task
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    assert params["sources"]["origin"] == "synthetic" and params["train"]["weights"] is None
+    if recipe == "first_try":
+        catalog = pd.read_csv(clone / "data/processed/split.csv")
+        assert set(catalog["source"]) == {"covid_chestxray"} and len(set(catalog["view"].dropna())) > 1

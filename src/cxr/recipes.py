@@ -1,0 +1,120 @@
+"""The study's experiments as named recipes: each one ``dvc exp run`` with param overrides.
+
+``recipes.yaml`` holds two layers: *settings* (the real study's, or the offline demo's) and
+*recipes* (what each experiment of the study changes). ``cxr-recipe first_try`` runs the first
+experiment with the study's settings; ``--settings demo`` swaps in the offline ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from cxr.config import ConfigError, from_dict
+from cxr.errors import CxrError
+
+RECIPES_FILE = Path("recipes.yaml")
+
+
+class RecipeError(CxrError):
+    """An unknown recipe or settings name, or overrides that do not make valid params."""
+
+
+def load_recipes(path: Path = RECIPES_FILE) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def overrides(book: dict, recipe: str, settings: str, baseline: dict, extra: dict | None = None) -> dict:
+    """The param overrides of ``recipe`` under ``settings``; later layers win.
+
+    Every key any recipe or settings touches is set, to the committed ``baseline`` value when
+    this recipe leaves it alone: ``dvc exp run`` starts from the workspace, which an earlier
+    experiment may have changed, and a recipe must not inherit another recipe's changes.
+    """
+    for kind, name in (("recipes", recipe), ("settings", settings)):
+        if name not in book[kind]:
+            raise RecipeError(f"{RECIPES_FILE}: unknown {kind[:-1]} {name!r}; known: {sorted(book[kind])}")
+    touched = {key for kind in ("settings", "recipes") for layer in book[kind].values() for key in layer}
+    committed = {key: lookup(baseline, key) for key in sorted(touched)}
+    return {**committed, **book["settings"][settings], **book["recipes"][recipe], **(extra or {})}
+
+
+def lookup(params: dict, key: str):
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise RecipeError(f"{RECIPES_FILE}: {key!r} is not a key of params.yaml")
+        node = node[part]
+    return node
+
+
+def committed_params(params_file: Path) -> dict:
+    """params.yaml as committed at HEAD (the baseline of ``dvc exp run``), else as on disk."""
+    shown = subprocess.run(["git", "show", f"HEAD:{params_file.as_posix()}"], capture_output=True, text=True)
+    return yaml.safe_load(shown.stdout if shown.returncode == 0 else params_file.read_text())
+
+
+def apply(params: dict, changes: dict) -> dict:
+    """``params`` (as read from params.yaml) with dotted-key ``changes`` set."""
+    result = json.loads(json.dumps(params))
+    for key, value in changes.items():
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return result
+
+
+def set_arguments(changes: dict) -> list[str]:
+    """``-S key=value`` pairs as ``dvc exp run`` parses them (values in YAML flow style)."""
+    arguments = []
+    for key, value in changes.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        arguments += ["-S", f"{key}={text}"]
+    return arguments
+
+
+def command(recipe: str, settings: str, extra: dict | None = None, *, queue: bool = False,
+            name: str | None = None, params_file: Path = Path("params.yaml")) -> list[str]:
+    """The ``dvc exp run`` command line for a recipe, after checking the params it would make."""
+    baseline = committed_params(params_file)
+    changes = overrides(load_recipes(), recipe, settings, baseline, extra)
+    try:
+        from_dict(apply(baseline, changes))
+    except ConfigError as exc:
+        raise RecipeError(f"recipe {recipe!r} with settings {settings!r} makes invalid params: {exc}") from None
+    return ["dvc", "exp", "run", *(["--queue"] if queue else []), *(["-n", name] if name else []),
+            *set_arguments(changes)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cxr-recipe", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="a recipe of recipes.yaml (study, first_try, ...)")
+    parser.add_argument("--settings", default="study", help="study (default) or demo (offline, synthetic)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more override, e.g. --set train.epochs=2 (YAML value)")
+    parser.add_argument("--queue", action="store_true", help="queue the experiment (dvc exp run --queue)")
+    parser.add_argument("--name", help="experiment name (dvc exp run -n)")
+    parser.add_argument("--dry-run", action="store_true", help="print the dvc command only")
+    arguments = parser.parse_args(argv)
+    extra = {}
+    for item in arguments.set:
+        key, separator, value = item.partition("=")
+        if not separator:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        extra[key] = yaml.safe_load(value)
+    try:
+        line = command(arguments.recipe, arguments.settings, extra, queue=arguments.queue, name=arguments.name)
+    except CxrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(shlex.join(line))
+    if not arguments.dry_run:
+        raise SystemExit(subprocess.call(line))
