@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SMALL, deep_merge
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def clone(tmp_path_factory) -> Path:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, folder / name)
     (folder / "dvc.lock").unlink(missing_ok=True)
-    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params = deep_merge(yaml.safe_load((folder / "params.yaml").read_text()), SMALL)
     params["train"].update(epochs=4, image_size=75)
     params["finetune"]["epochs"] = 1
     params["evaluate"]["bootstrap_resamples"] = 100
@@ -85,7 +85,7 @@ def test_repro_noop_and_experiments(clone):
     assert latest["tags.backbone"] == "vgg16" and latest["tags.DVC_EXP_NAME"]
     assert not list((clone / ".dvc").rglob("mlflow.db"))
 
-    sh(clone, "dvc", "exp", "run", "-S", "split.seed=7")
+    sh(clone, "dvc", "exp", "run", "-S", "split.seed=7", "-S", "backbones=[vgg16]")
     seven = pd.read_csv(clone / "data/processed/split.csv")
     assert yaml.safe_load((clone / "params.yaml").read_text())["split"]["seed"] == 7
     merged = split.merge(seven, on="image_id", suffixes=("", "_seven"))
