@@ -99,7 +99,7 @@ def test_repro_noop_and_experiments(clone):
     assert "plots" in plots and "val_accuracy" in html and "reports_eval_confusion_vgg16_csv" in html
 
 
-TINY = ["--set", "train.epochs=2", "--set", "train.image_size=75", "--set", "finetune.epochs=1",
+TINY = ["--set", "train.epochs=1", "--set", "train.image_size=75", "--set", "finetune.epochs=1",
         "--set", "evaluate.bootstrap_resamples=50"]
 
 
