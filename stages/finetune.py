@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr import images, tracking, training
+from cxr import tracking, training
 from cxr.config import load
 from cxr.model import unfreeze_last
-from cxr.outputs import write_json
 from cxr.stage import run
 
 SPLIT = Path("data/processed/split.csv")
@@ -32,15 +31,11 @@ def main() -> None:
             result = training.train_whole(model, split, meta["classes"], meta["image_size"], config.train,
                                           epochs=config.finetune.epochs, learning_rate=config.finetune.learning_rate,
                                           seed=config.seed, work_dir=resume_dir, callbacks=[tracking.EpochMetrics()])
-        summary = training.summary(result) | {"unfrozen_layers": unfrozen}
-        tracking.log_fit(result.history, summary, f"finetune {config.backbone}")
-        tracking.log_model(model, images.example_batch(split, meta["image_size"]), tracking.model_name(config.task))
-        training.save_model(model, Path("models/finetuned"), meta | {"finetuned_from": config.backbone,
-                                                                      "unfrozen_layers": unfrozen},
-                            result.history)
-        training.write_curves(result.history, "finetuned")
-        tracking.tag_model_file(Path("models/finetuned/model.keras"))
-        write_json(Path("reports/finetune.json"), summary)
+        summary = training.publish(
+            model, result, name="finetuned", title=f"finetune {config.backbone}", split=split,
+            meta=meta | {"finetuned_from": config.backbone, "unfrozen_layers": unfrozen},
+            registered_name=tracking.model_name(config.task), report=Path("reports/finetune.json"),
+            extra={"unfrozen_layers": unfrozen})
     shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"finetune {config.backbone}: unfroze {unfrozen}; best val_accuracy {summary['best']['val_accuracy']:.3f}")
 

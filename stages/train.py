@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr import backbones, images, tracking, training
+from cxr import backbones, tracking, training
 from cxr.config import load
 from cxr.model import build_classifier
-from cxr.outputs import write_json
 from cxr.stage import run
 
 SPLIT = Path("data/processed/split.csv")
@@ -35,16 +34,11 @@ def main() -> None:
             model = build_classifier(backbone, size, len(classes), config.train.head, config.train.weights)
             result = training.train_frozen(model, split, classes, size, config.train, config.seed, resume_dir,
                                            callbacks=[tracking.EpochMetrics()])
-        summary = training.summary(result)
-        tracking.log_fit(result.history, summary, f"train@{backbone.name}")
-        example = images.example_batch(split, size)
-        tracking.log_model(model, example, tracking.model_name(config.task, backbone.name))
-        training.save_model(model, Path("models") / backbone.name,
-                            {"backbone": backbone.name, "image_size": size, "classes": classes, "task": config.task},
-                            result.history)
-        training.write_curves(result.history, backbone.name)
-        tracking.tag_model_file(Path("models") / backbone.name / "model.keras")
-        write_json(Path("reports/train") / f"{backbone.name}.json", summary)
+        summary = training.publish(
+            model, result, name=backbone.name, title=f"train@{backbone.name}", split=split,
+            meta={"backbone": backbone.name, "image_size": size, "classes": classes, "task": config.task},
+            registered_name=tracking.model_name(config.task, backbone.name),
+            report=Path("reports/train") / f"{backbone.name}.json")
     shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"train@{backbone.name}: best val_accuracy {summary['best']['val_accuracy']:.3f} "
           f"(epoch {summary['best_epoch']} of {summary['epochs']})")

@@ -20,7 +20,7 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from cxr import images
+from cxr import images, tracking
 from cxr.config import Train
 from cxr.errors import CxrError
 from cxr.model import feature_extractor
@@ -147,10 +147,9 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, *, epo
 def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], size: int, params: Train,
                  seed: int, work_dir: Path, callbacks: list[keras.callbacks.Callback] = ()) -> FitResult:
     """Fit the head of ``model`` (base frozen) on the train split, validating on val."""
-    train_rows, val_rows = split[split["split"] == "train"], split[split["split"] == "val"]
+    train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
     train_images = images.image_dataset(train_rows, classes, size, params.cache)
     val_images = images.image_dataset(val_rows, classes, size, params.cache)
-    weights = class_weights(images.label_indices(train_rows, classes), len(classes)) if params.class_weights else None
     augment = images.augmenter(params.augment, seed)
     head = model.get_layer("head")
     extractor = feature_extractor(model)
@@ -178,13 +177,19 @@ def train_whole(model: keras.Model, split: pd.DataFrame, classes: list[str], siz
                 epochs: int, learning_rate: float, seed: int, work_dir: Path,
                 callbacks: list[keras.callbacks.Callback] = ()) -> FitResult:
     """Fit the whole model as it is (e.g. after unfreezing layers), with augmentation if enabled."""
-    train_rows, val_rows = split[split["split"] == "train"], split[split["split"] == "val"]
-    weights = class_weights(images.label_indices(train_rows, classes), len(classes)) if params.class_weights else None
+    train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
     train_batches = images.batches(images.image_dataset(train_rows, classes, size, params.cache), params.batch_size,
                                    shuffle_seed=seed, augment=images.augmenter(params.augment, seed))
     val_batches = images.batches(images.image_dataset(val_rows, classes, size, params.cache), params.batch_size)
     return fit(model, train_batches, val_batches, epochs=epochs, learning_rate=learning_rate, amsgrad=params.amsgrad,
                weights=weights, patience=params.early_stopping_patience, work_dir=work_dir, callbacks=callbacks)
+
+
+def _rows_and_weights(split: pd.DataFrame, classes: list[str], params: Train):
+    """Train rows, val rows, and the train split's class weights (None when turned off)."""
+    train_rows, val_rows = split[split["split"] == "train"], split[split["split"] == "val"]
+    weights = class_weights(images.label_indices(train_rows, classes), len(classes)) if params.class_weights else None
+    return train_rows, val_rows, weights
 
 
 def _features(extractor: keras.Model, dataset: tf.data.Dataset, batch_size: int) -> np.ndarray:
@@ -220,6 +225,22 @@ def load_model(folder: Path) -> tuple[keras.Model, dict]:
     except Exception as exc:  # Keras raises many types for unreadable archives
         raise TrainingError(f"{path}: cannot be loaded as a Keras model: {exc}") from None
     return model, json.loads(meta_path.read_text())
+
+
+def publish(model: keras.Model, result: FitResult, *, name: str, title: str, meta: dict, split: pd.DataFrame,
+            registered_name: str, report: Path, extra: dict | None = None) -> dict:
+    """The end of a training stage: log the fit and model to the active MLflow run, then write
+    ``models/<name>/``, its curves and ``report``; tag the run with the model file's md5 so
+    evaluation finds it. Returns the metrics written to ``report``."""
+    metrics = summary(result) | (extra or {})
+    tracking.log_fit(result.history, metrics, title)
+    tracking.log_model(model, images.example_batch(split, meta["image_size"]), registered_name)
+    folder = Path("models") / name
+    save_model(model, folder, meta, result.history)
+    write_curves(result.history, name)
+    tracking.tag_model_file(folder / "model.keras")
+    write_json(report, metrics)
+    return metrics
 
 
 def summary(result: FitResult) -> dict:
