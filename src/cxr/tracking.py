@@ -127,12 +127,8 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
 class EpochMetrics(keras.callbacks.Callback):
     """Log each epoch's metrics (loss, accuracy, val_*, learning_rate) to the active run."""
 
-    def __init__(self, prefix: str = ""):
-        super().__init__()
-        self.prefix = prefix
-
     def on_epoch_end(self, epoch, logs=None):
-        metrics = {f"{self.prefix}{key}": float(value) for key, value in (logs or {}).items()}
+        metrics = {key: float(value) for key, value in (logs or {}).items()}
         mlflow.log_metrics(metrics, step=epoch + 1)
 
 
