@@ -1,4 +1,7 @@
-"""DVC stage `download@<source>`: fetch, verify and extract one source into data/raw/<source>."""
+"""DVC stages `download@<source>`, `download_external@<source>`: fetch, verify and extract one source.
+
+Training sources go to data/raw/<source>, external test sources to data/external/<source>.
+"""
 
 import sys
 from pathlib import Path
@@ -8,13 +11,15 @@ from cxr.sources import MODULES, download_source
 from cxr.stage import run
 
 RAW = Path("data/raw")
+EXTERNAL = Path("data/external")
 
 
 def main() -> None:
     name = sys.argv[1]
     if name not in MODULES:
         raise SystemExit(f"error: unknown source {name!r}; known: {sorted(MODULES)}")
-    folder = download_source(name, load(), RAW)
+    config = load()
+    folder = download_source(name, config, EXTERNAL if name in config.sources.external else RAW)
     print(f"{name}: extracted to {folder} (manifest: {folder / 'MANIFEST.sha256'})")
 
 

@@ -60,13 +60,17 @@ def test_repro_noop_and_experiments(clone):
         assert (clone / "models" / backbone / "model.keras").is_file()
     assert (clone / "models/finetuned/model.keras").is_file()
     runs = mlflow_runs(clone)
-    assert sorted(runs["tags.mlflow.runName"]) == ["evaluate", "finetune", "train@inceptionresnetv2",
-                                                   "train@nasnetlarge", "train@vgg16", "train@xception"]
+    backbones = ["inceptionresnetv2", "nasnetlarge", "vgg16", "xception"]
+    assert sorted(runs["tags.mlflow.runName"]) == sorted(
+        ["evaluate", "finetune", "audit_report"] + [f"{stage}@{name}" for stage in ("train", "audit") for name in backbones])
+    assert "**xception.**" in (clone / "reports/eval/audit.md").read_text()
+    assert (clone / "reports/model_card.md").is_file()
     comparison = (clone / "reports/eval/comparison.md").read_text()
     for model in ("nasnetlarge", "vgg16", "xception", "inceptionresnetv2", "finetuned"):
         assert f"| {model} | " in comparison
     metrics = sh(clone, "dvc", "metrics", "show")
     assert "reports/eval/metrics.json" in metrics and "accuracy_low" in metrics
+    assert "reports/audit/vgg16.json" in metrics and "within_class_accuracy" in metrics
 
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     split_outs = {out["path"]: out for out in lock["stages"]["split"]["outs"]}
@@ -79,7 +83,8 @@ def test_repro_noop_and_experiments(clone):
     assert "Running stage" not in again
 
     finetune_only = sh(clone, "dvc", "exp", "run", "-S", "backbone=vgg16")
-    assert "Running stage 'finetune'" in finetune_only and "Running stage 'train@" not in finetune_only
+    assert "Running stage 'finetune'" in finetune_only and "Running stage 'audit_report'" in finetune_only
+    assert "Running stage 'train@" not in finetune_only and "Running stage 'audit@" not in finetune_only
     runs = mlflow_runs(clone)
     latest = runs[runs["tags.mlflow.runName"] == "finetune"].iloc[0]
     assert latest["tags.backbone"] == "vgg16" and latest["tags.DVC_EXP_NAME"]

@@ -15,7 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cxr import training
-from conftest import REPO, run_stage, stage_env, write_params
+from conftest import REPO, make_config, run_stage, stage_env, write_params
+from cxr.sources import download_source
 
 TINY = {
     "backbones": ["vgg16"], "backbone": "vgg16",
@@ -242,3 +243,35 @@ def test_evaluate_names_a_model_that_fails_to_load(project):
     assert result.returncode == 1
     assert "models/vgg16/model.keras: cannot be loaded as a Keras model" in result.stderr
     assert not (project / "reports/eval/models").exists()
+
+
+def test_audit_stages_write_metrics_verdict_card_and_mlflow_overlays(trained):
+    if not (trained / "reports/eval/models/finetuned/report.json").is_file():
+        assert run_stage(trained, "evaluate").returncode == 0
+    download_source("actualmed", make_config(TINY), trained / "data/external")
+    for stage, args in (("external", []), ("audit", ["vgg16"]), ("audit_report", [])):
+        result = run_stage(trained, stage, *args, env=stage_env(TF_CPP_MIN_LOG_LEVEL="3"))
+        assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((trained / "reports/audit/vgg16.json").read_text())
+    assert set(metrics) == {"classifier", "source_probe", "lungs_hidden", "saliency", "external"}
+    assert metrics["source_probe"]["within_class_chance"] == 0.5
+    assert 0 <= metrics["saliency"]["lung_box_share"] <= 1 and metrics["saliency"]["images"] == 16
+    external = pd.read_csv(trained / "reports/audit/vgg16/external_predictions.csv")
+    assert set(external["actual"]) == {"COVID", "NORMAL"}
+    assert external["source"].eq("actualmed").all()
+    assert (trained / "reports/audit/vgg16/gradcam.png").stat().st_size > 10_000
+    assert not list((trained / "models/.resume").glob("audit-*"))
+    audit_md = (trained / "reports/eval/audit.md").read_text()
+    assert "| vgg16 | " in audit_md and "**vgg16.**" in audit_md and "not a medical result" in audit_md
+    card = (trained / "reports/model_card.md").read_text()
+    assert "# Model card: cxr-multiclass" in card and "## Shortcut audit" in card and "recall COVID" in card
+
+    client = MlflowClient()
+    [audit_run] = runs_named(client, "audit@vgg16")
+    assert audit_run.data.metrics["source_probe.within_class_chance"] == 0.5
+    assert audit_run.data.metrics["saliency.lung_box_share"] == pytest.approx(metrics["saliency"]["lung_box_share"])
+    overlays = [item.path for item in client.list_artifacts(audit_run.info.run_id, "gradcam/COVID")]
+    assert len(overlays) == 4 and all(path.endswith(".png") for path in overlays)
+    assert client.get_registered_model("cxr-multiclass").description == card
+    [report_run] = runs_named(client, "audit_report")
+    assert {"audit.md", "model_card.md"} <= {item.path for item in client.list_artifacts(report_run.info.run_id)}

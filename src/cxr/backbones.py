@@ -26,6 +26,8 @@ class Backbone:
     native_size: int
     min_size: int
     imagenet_file: str  # the no-top ImageNet weights file Keras caches
+    # Grad-CAM's layer: the last convolutional feature map before pooling; None: the base's output.
+    gradcam_layer: str | None = None
 
     def preprocess_input(self, images):
         import keras
@@ -46,7 +48,8 @@ BACKBONES = {
     backbone.name: backbone
     for backbone in (
         Backbone("nasnetlarge", "NASNetLarge", "nasnet", "tf", 331, 32, "NASNet-large-no-top.h5"),
-        Backbone("vgg16", "VGG16", "vgg16", "caffe", 224, 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        Backbone("vgg16", "VGG16", "vgg16", "caffe", 224, 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                 gradcam_layer="block5_conv3"),
         Backbone("xception", "Xception", "xception", "tf", 299, 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
         Backbone("inceptionresnetv2", "InceptionResNetV2", "inception_resnet_v2", "tf", 299, 75,
                  "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),

@@ -28,9 +28,9 @@ class CatalogError(CxrError):
     """An image or finding the catalog cannot accept; the message names it and its rows."""
 
 
-def build(config: Config, raw_root: Path) -> tuple[pd.DataFrame, dict]:
-    """Merge every configured source into the catalog; return it with its data report."""
-    tables = {name: read_source(name, raw_root / name, config) for name in config.sources.use}
+def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Merge sources ``names`` (default: ``sources.use``) into a catalog; return it with its data report."""
+    tables = {name: read_source(name, raw_root / name, config) for name in names or config.sources.use}
     images = pd.concat([table.images for table in tables.values()], ignore_index=True)
     images["label"] = map_findings(images, config.labels)
     described = describe_images(images["path"].tolist())

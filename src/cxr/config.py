@@ -20,8 +20,8 @@ from cxr.backbones import BACKBONES
 from cxr.errors import CxrError
 
 PARAMS_FILE = "params.yaml"
-SOURCE_NAMES = ("covid_chestxray", "kermany")
-
+SOURCE_NAMES = ("covid_chestxray", "kermany", "actualmed")
+SourceName = Literal["covid_chestxray", "kermany", "actualmed"]
 
 
 class ConfigError(CxrError, ValueError):
@@ -29,16 +29,30 @@ class ConfigError(CxrError, ValueError):
 
 
 @dataclass(frozen=True)
-class CovidChestXraySource:
-    repo: str = "ieee8023/covid-chestxray-dataset"
-    commit: str = "a64215bea3982e9f0d3a10c2b316d357d7fa7ed2"
+class GitHubSource:
+    """A source published as a GitHub repository, fetched as the zip of one pinned commit."""
+
+    repo: str
+    commit: str
     sha256: str | None = None
     manifest_sha256: str | None = None
-    missing_files: Literal["error", "drop"] = "error"
 
     @property
     def url(self) -> str:
         return f"https://github.com/{self.repo}/archive/{self.commit}.zip"
+
+
+@dataclass(frozen=True)
+class CovidChestXraySource(GitHubSource):
+    repo: str = "ieee8023/covid-chestxray-dataset"
+    commit: str = "a64215bea3982e9f0d3a10c2b316d357d7fa7ed2"
+    missing_files: Literal["error", "drop"] = "error"
+
+
+@dataclass(frozen=True)
+class ActualmedSource(GitHubSource):
+    repo: str = "agchung/Actualmed-COVID-chestxray-dataset"
+    commit: str = "27240dd8dec9454bc97f9f3c0c432ef434de2517"
 
 
 @dataclass(frozen=True)
@@ -53,11 +67,12 @@ class KermanySource:
 @dataclass(frozen=True)
 class Sources:
     origin: Literal["synthetic", "upstream"] = "synthetic"
-    use: list[Literal["covid_chestxray", "kermany"]] = field(
-        default_factory=lambda: list(SOURCE_NAMES)
-    )
+    use: list[SourceName] = field(default_factory=lambda: ["covid_chestxray", "kermany"])
+    # Sources never trained on: the audit's external test set.
+    external: list[SourceName] = field(default_factory=lambda: ["actualmed"])
     covid_chestxray: CovidChestXraySource = field(default_factory=CovidChestXraySource)
     kermany: KermanySource = field(default_factory=KermanySource)
+    actualmed: ActualmedSource = field(default_factory=ActualmedSource)
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,7 @@ class Synthetic:
     seed: int = 0
     covid_chestxray_patients: int = 90
     kermany_patients_per_class: int = 60
+    actualmed_patients: int = 60
     source_shift: bool = True
     missing_files: int = 0
     min_size: int = 160
@@ -150,6 +166,15 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Audit:
+    # Side of the central square (a fraction of the image side) taken as the lung region: blanked
+    # for the lungs-hidden classifier, and where Grad-CAM saliency mass is measured.
+    lung_box: float = 0.6
+    saliency_images_per_class: int = 4
+    saliency_seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 42
     task: str = "multiclass"
@@ -165,6 +190,7 @@ class Config:
     train: Train = field(default_factory=Train)
     finetune: Finetune = field(default_factory=Finetune)
     evaluate: Evaluate = field(default_factory=Evaluate)
+    audit: Audit = field(default_factory=Audit)
 
     def task_classes(self) -> dict[str, list[str]]:
         """Class -> labels for the configured task, with ``"*"`` expanded to the unclaimed labels."""
@@ -222,6 +248,12 @@ def _check_semantics(config: Config, source: str) -> None:
         )
     if not config.sources.use:
         raise ConfigError(f"{source}: sources.use: at least one source is needed; allowed: {list(SOURCE_NAMES)}")
+    both = sorted(set(config.sources.use) & set(config.sources.external))
+    if both:
+        raise ConfigError(f"{source}: sources.external: {both} also in sources.use; an external test source "
+                          "must never be trained on")
+    if not 0 < config.audit.lung_box < 1:
+        raise ConfigError(f"{source}: audit.lung_box must be between 0 and 1, got {config.audit.lung_box}")
     for key, names in (("backbones", config.backbones), ("backbone", [config.backbone])):
         for name in names:
             if name not in BACKBONES:

@@ -71,7 +71,8 @@ def roc_auc(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float | 
 
 
 def headline(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
-    """The statistics that get confidence intervals: accuracy, macro F1, recall per class."""
+    """The statistics that get confidence intervals: accuracy, macro F1, recall per class, and
+    balanced accuracy (mean recall over the classes present; chance is 1/classes)."""
     actual, predicted = predictions["actual"].to_numpy(), predictions["predicted"].to_numpy()
     values = {
         "accuracy": float((actual == predicted).mean()),
@@ -80,6 +81,8 @@ def headline(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
     for name in classes:
         mask = actual == name
         values[f"recall_{name}"] = float((predicted[mask] == name).mean()) if mask.any() else math.nan
+    recalls = [values[f"recall_{name}"] for name in classes if not math.isnan(values[f"recall_{name}"])]
+    values["balanced_accuracy"] = float(np.mean(recalls)) if recalls else math.nan
     return values
 
 
@@ -146,21 +149,29 @@ def pairwise_mcnemar(predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def predict(model, rows: pd.DataFrame, classes: list[str], size: int, batch_size: int, cache: str) -> np.ndarray:
+def predict(model, rows: pd.DataFrame, classes: list[str], size: int, batch_size: int, cache: str,
+            hidden_center: float | None = None) -> np.ndarray:
     """Class probabilities for ``rows``, in order, through the same input pipeline as training."""
     from cxr import images
 
-    dataset = images.image_dataset(rows, classes, size, cache).map(lambda image, label: image).batch(batch_size)
+    dataset = images.image_dataset(rows, classes, size, cache, hidden_center)
+    dataset = dataset.map(lambda image, label: image).batch(batch_size)
     return model.predict(dataset, verbose=0)
 
 
-def comparison_row(name: str, model_report: dict, intervals: dict, classes: list[str]) -> dict:
-    """The study's table row for one model, with intervals and AUC."""
-    row = {"model": name}
+def flat_intervals(intervals: dict) -> dict:
+    """``{stat: {value, low, high}}`` -> ``{stat, stat_low, stat_high}`` (table and metrics form)."""
+    row = {}
     for statistic, interval in intervals.items():
         row[statistic] = interval["value"]
         row[f"{statistic}_low"] = interval["low"]
         row[f"{statistic}_high"] = interval["high"]
+    return row
+
+
+def comparison_row(name: str, model_report: dict, intervals: dict, classes: list[str]) -> dict:
+    """The study's table row for one model, with intervals and AUC."""
+    row = {"model": name, **flat_intervals(intervals)}
     aucs = [value for value in model_report["roc_auc"].values() if value is not None]
     row["roc_auc_macro"] = float(np.mean(aucs)) if aucs else math.nan
     for name_ in classes:

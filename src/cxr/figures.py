@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 
@@ -91,6 +92,37 @@ def comparison_bars(table: pd.DataFrame, metrics: list[str]) -> Figure:
     axis.set_ylim(0, 1.1)
     axis.set_ylabel("test set, 95% CI (patient bootstrap)")
     axis.legend(loc="lower right")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """An RGB uint8 image: the X-ray in gray with its saliency map in the jet colour map on top."""
+    gray = image.mean(axis=-1, keepdims=True) / 255.0
+    heat = matplotlib.colormaps["jet"](saliency)[..., :3]
+    return (np.clip((1 - alpha * saliency[..., None]) * gray + alpha * saliency[..., None] * heat, 0, 1)
+            * 255).astype(np.uint8)
+
+
+def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box: slice, title: str) -> Figure:
+    """Overlays in one row per class, each titled actual -> predicted and its lung-box share."""
+    classes = list(dict.fromkeys(table["class"]))
+    columns = int(table.groupby("class").size().max())
+    figure, axes = plt.subplots(len(classes), columns, figsize=(2.4 * columns, 2.6 * len(classes)), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for row_index, name in enumerate(classes):
+        for column, index in enumerate(table.index[table["class"] == name]):
+            axis = axes[row_index, column]
+            axis.imshow(saliency_overlay(batch[index], maps[index]))
+            axis.add_patch(Rectangle((box.start, box.start), box.stop - box.start,
+                                                        box.stop - box.start, fill=False, edgecolor="white",
+                                                        linestyle="--", linewidth=1))
+            share = table.loc[index, "lung_box_share"]
+            axis.set_title(f"{name} -> {table.loc[index, 'predicted']}\nin box: "
+                           f"{'-' if np.isnan(share) else f'{share:.2f}'}", fontsize=8)
+    figure.suptitle(title)
     figure.tight_layout()
     plt.close(figure)
     return figure

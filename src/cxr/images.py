@@ -32,15 +32,39 @@ def label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return frame["class"].map({name: index for index, name in enumerate(classes)}).to_numpy(np.int32)
 
 
-def image_dataset(frame: pd.DataFrame, classes: list[str], size: int, cache: str) -> tf.data.Dataset:
-    """(image, label) pairs in the frame's order, decoded in parallel and cached."""
+def center_box(size: int, fraction: float) -> slice:
+    """Rows (and columns) of the central square whose side is ``fraction`` of ``size``."""
+    margin = int(round(size * (1 - fraction) / 2))
+    return slice(margin, size - margin)
+
+
+def hide_center(image: tf.Tensor, fraction: float) -> tf.Tensor:
+    """Blank the central square (to black) of one (size, size, 3) image: the lungs hidden."""
+    size = int(image.shape[0])
+    mask = np.ones((size, size, 1), np.float32)
+    box = center_box(size, fraction)
+    mask[box, box] = 0.0
+    return image * mask
+
+
+def image_dataset(frame: pd.DataFrame, classes: list[str], size: int, cache: str,
+                  hidden_center: float | None = None) -> tf.data.Dataset:
+    """(image, label) pairs in the frame's order, decoded in parallel and cached.
+
+    ``hidden_center``: blank the central square of that side fraction (after the cache, so
+    the decoded images are shared with the unmasked runs).
+    """
     paths = frame["path"].tolist()
     dataset = tf.data.Dataset.from_tensor_slices((paths, label_indices(frame, classes)))
     dataset = dataset.map(lambda path, label: (decode_resize(path, size), label), num_parallel_calls=AUTOTUNE)
     if cache == "disk":
         DISK_CACHE.mkdir(parents=True, exist_ok=True)
-        return dataset.cache(str(DISK_CACHE / cache_key(frame, size)))
-    return dataset.cache()
+        dataset = dataset.cache(str(DISK_CACHE / cache_key(frame, size)))
+    else:
+        dataset = dataset.cache()
+    if hidden_center is not None:
+        dataset = dataset.map(lambda image, label: (hide_center(image, hidden_center), label))
+    return dataset
 
 
 def cache_key(frame: pd.DataFrame, size: int) -> str:

@@ -20,14 +20,18 @@ class SplitError(CxrError):
     """The filtered catalog cannot be split for the task (e.g. a class has no images)."""
 
 
-def assign_classes(catalog: pd.DataFrame, config: Config, origin: str) -> tuple[pd.DataFrame, dict]:
-    """Add the task's ``class`` column; rows whose label the task leaves out are dropped."""
+def assign_classes(catalog: pd.DataFrame, config: Config, origin: str,
+                   every_class: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Add the task's ``class`` column; rows whose label the task leaves out are dropped.
+
+    With ``every_class`` (training data), a class left without images is an error.
+    """
     class_of_label = {label: name for name, labels in config.task_classes().items() for label in labels}
     frame = catalog.assign(**{"class": catalog["label"].map(class_of_label)})
     left_out = frame[frame["class"].isna()]["label"].value_counts().to_dict()
     frame = frame.dropna(subset=["class"]).reset_index(drop=True)
     empty = [name for name in config.class_names() if not (frame["class"] == name).any()]
-    if empty:
+    if empty and every_class:
         raise SplitError(
             f"{origin}: class(es) {empty} of task {config.task!r} have no images after filtering "
             f"(filter.views={config.filter.views}, filter.modalities={config.filter.modalities}, "
@@ -87,6 +91,49 @@ def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -
     return groups["group"].map(choice)
 
 
+def source_confound(frame: pd.DataFrame) -> dict:
+    """How much of the task the image's source alone solves.
+
+    Returns the images per source and class, and the test accuracy of a rule that knows only
+    the source: predict the class most common among that source's training images (versus
+    predicting the most common training class for every image).
+    """
+    train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
+    majority = train["class"].value_counts().idxmax()
+    rule = train.groupby("source")["class"].agg(lambda classes: classes.value_counts().idxmax())
+    guess = test["source"].map(rule).fillna(majority)
+    return {
+        "images_per_source_class": pd.crosstab(frame["source"], frame["class"]).to_dict(orient="index"),
+        "source_only_rule": rule.to_dict(),
+        "source_only_accuracy": float((guess == test["class"]).mean()),
+        "majority_class_accuracy": float((test["class"] == majority).mean()),
+    }
+
+
+def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFrame,
+                      origin: str) -> tuple[pd.DataFrame, dict]:
+    """Images of the external sources in the task's classes, minus any file also in ``training``.
+
+    Classes the external sources lack are simply absent; a byte-identical copy of a training
+    image is dropped (and counted), so the external test never scores a memorised file.
+    """
+    frame, report = assign_classes(catalog, config, origin, every_class=False)
+    seen = frame["sha256"].isin(set(training["sha256"]))
+    frame = frame[~seen].reset_index(drop=True)
+    if frame.empty:
+        raise SplitError(f"{origin}: no external image is left in the classes of task {config.task!r}")
+    frame["split"] = "external"
+    leading = ["image_id", "patient_id", "class", "split"]
+    frame = frame[leading + [column for column in frame.columns if column not in leading]]
+    report.update({
+        "task": config.task,
+        "identical_to_training_images": int(seen.sum()),
+        "images_per_source_class": pd.crosstab(frame["source"], frame["class"]).to_dict(orient="index"),
+        "patients": int(frame["patient_id"].nunique()),
+    })
+    return frame, report
+
+
 def make_split(catalog: pd.DataFrame, config: Config, origin: str) -> tuple[pd.DataFrame, dict]:
     """The split table (image, patient, class, split, and the catalog columns it came with)."""
     frame, report = assign_classes(catalog, config, origin)
@@ -100,5 +147,6 @@ def make_split(catalog: pd.DataFrame, config: Config, origin: str) -> tuple[pd.D
         "images": {name: int(counts.loc[name].sum()) for name in SPLIT_NAMES},
         "patients": {name: int(frame.loc[frame["split"] == name, "patient_id"].nunique()) for name in SPLIT_NAMES},
         "images_per_class": counts.to_dict(orient="index"),
+        "source_confound": source_confound(frame),
     })
     return frame, report

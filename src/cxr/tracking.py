@@ -67,6 +67,18 @@ def flat_params(config: Config) -> dict[str, str]:
     return flat
 
 
+def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Nested numeric metrics as ``a.b.c`` -> float for MLflow; None, text and NaN are left out."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flat_metrics(value, f"{name}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            flat[re.sub(r"[^\w\-. /]", "_", name)] = float(value)
+    return flat
+
+
 def file_md5(path: Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 

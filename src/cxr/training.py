@@ -145,11 +145,15 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, *, epo
 
 
 def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], size: int, params: Train,
-                 seed: int, work_dir: Path, callbacks: list[keras.callbacks.Callback] = ()) -> FitResult:
-    """Fit the head of ``model`` (base frozen) on the train split, validating on val."""
+                 seed: int, work_dir: Path, callbacks: list[keras.callbacks.Callback] = (),
+                 hidden_center: float | None = None) -> FitResult:
+    """Fit the head of ``model`` (base frozen) on the train split, validating on val.
+
+    ``hidden_center``: train on images whose central square is blanked (the shortcut audit).
+    """
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
-    train_images = images.image_dataset(train_rows, classes, size, params.cache)
-    val_images = images.image_dataset(val_rows, classes, size, params.cache)
+    train_images = images.image_dataset(train_rows, classes, size, params.cache, hidden_center)
+    val_images = images.image_dataset(val_rows, classes, size, params.cache, hidden_center)
     augment = images.augmenter(params.augment, seed)
     head = model.get_layer("head")
     extractor = feature_extractor(model)

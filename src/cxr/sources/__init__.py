@@ -14,13 +14,13 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from cxr.config import Config
-from cxr.sources import covid_chestxray, kermany, synthetic
+from cxr.config import Config, GitHubSource
+from cxr.sources import actualmed, covid_chestxray, kermany, synthetic
 from cxr.outputs import staged_directory
 from cxr.sources.fetch import MANIFEST, FetchError, Limits, download, safe_extract, sha256_file, write_manifest
 from cxr.sources.layout import SourceLayoutError, SourceTable
 
-MODULES = {covid_chestxray.NAME: covid_chestxray, kermany.NAME: kermany}
+MODULES = {module.NAME: module for module in (covid_chestxray, kermany, actualmed)}
 PROVENANCE = "SOURCE.json"
 
 __all__ = ["MODULES", "FetchError", "SourceLayoutError", "SourceTable", "download_source", "read_source"]
@@ -28,7 +28,7 @@ __all__ = ["MODULES", "FetchError", "SourceLayoutError", "SourceTable", "downloa
 
 def download_source(name: str, config: Config, raw_root: Path) -> Path:
     """Fetch, verify and extract source ``name`` into ``raw_root/name``; return that folder."""
-    module = MODULES[name]
+    module, params = MODULES[name], getattr(config.sources, name)
     limits = Limits(config.download.max_archive_bytes, config.download.max_member_bytes,
                     config.download.max_total_bytes)
     with tempfile.TemporaryDirectory(prefix=f"cxr-{name}-") as scratch:
@@ -37,7 +37,7 @@ def download_source(name: str, config: Config, raw_root: Path) -> Path:
             safe_extract(archive, staging, select=module.select_member, limits=limits)
             module.check_layout(staging)
             manifest_sha256 = write_manifest(staging)
-            expected = getattr(config.sources, name).manifest_sha256
+            expected = params.manifest_sha256
             if expected is not None and expected.lower() != manifest_sha256:
                 raise FetchError(
                     f"{url}: extracted files differ from the pinned content: {MANIFEST} sha256 is "
@@ -50,16 +50,14 @@ def download_source(name: str, config: Config, raw_root: Path) -> Path:
                 "archive_sha256": sha256_file(archive),
                 "archive_sha256_pinned": pinned_sha256 is not None,
                 "manifest_sha256": manifest_sha256,
-                **({"commit": config.sources.covid_chestxray.commit} if name == covid_chestxray.NAME else {}),
+                **({"commit": params.commit} if hasattr(params, "commit") else {}),
             }
             (staging / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     return raw_root / name
 
 
 def read_source(name: str, root: Path, config: Config) -> SourceTable:
-    if name == covid_chestxray.NAME:
-        return covid_chestxray.read(root, config.sources.covid_chestxray)
-    return kermany.read(root)
+    return MODULES[name].read(root, getattr(config.sources, name))
 
 
 def _obtain_archive(name: str, config: Config, scratch: Path) -> tuple[Path, str, str | None]:
@@ -71,15 +69,9 @@ def _obtain_archive(name: str, config: Config, scratch: Path) -> tuple[Path, str
     params = getattr(config.sources, name)
     fetch = config.download
     if config.sources.origin == "synthetic":
-        if name == covid_chestxray.NAME:
-            generated = synthetic.write_covid_chestxray_archive(
-                scratch / "generated" / synthetic.covid_chestxray_archive_name(params.commit),
-                config.synthetic, params.commit)
-        else:
-            generated = synthetic.write_kermany_archive(
-                scratch / "generated" / synthetic.KERMANY_ARCHIVE_NAME, config.synthetic)
+        generated = synthetic.write_archive(name, scratch / "generated", config.synthetic, params)
         url, label, pinned = generated.resolve().as_uri(), f"synthetic:{generated.name}", None
-    elif name == covid_chestxray.NAME:
+    elif isinstance(params, GitHubSource):
         url, label, pinned = params.url, params.url, params.sha256
     elif params.method == "url":
         if not params.url:

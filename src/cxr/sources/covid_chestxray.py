@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from cxr.config import CovidChestXraySource
-from cxr.sources.layout import SourceLayoutError, SourceTable, is_macos_junk
+from cxr.sources.layout import SourceLayoutError, SourceTable, select_below_top
 
 NAME = "covid_chestxray"
 METADATA = "metadata.csv"
@@ -22,12 +22,7 @@ EXTRA_COLUMNS = {"sex": "sex", "age": "age"}
 
 def select_member(name: PurePosixPath) -> PurePosixPath | None:
     """Keep ``metadata.csv`` and ``images/`` below the archive's top folder, without that folder."""
-    if is_macos_junk(name) or len(name.parts) < 2:
-        return None
-    inner = PurePosixPath(*name.parts[1:])
-    if inner == PurePosixPath(METADATA) or inner.parts[0] == "images":
-        return inner
-    return None
+    return select_below_top(name, (METADATA,), ("images",))
 
 
 def check_layout(root: Path) -> None:

@@ -37,8 +37,8 @@ def check_layout(root: Path) -> None:
         raise SourceLayoutError(f"{root}: no {TOP}/{{train,test,val}} folders in the archive")
 
 
-def read(root: Path) -> SourceTable:
-    """One row per image; the patient is ``personN`` or the ``IM-xxxx`` prefix."""
+def read(root: Path, params: object = None) -> SourceTable:
+    """One row per image; the patient is ``personN`` or the ``IM-xxxx`` prefix (no params needed)."""
     rows = []
     for path in sorted((root / TOP).glob("*/*/*")):
         split, folder, filename = path.relative_to(root / TOP).parts

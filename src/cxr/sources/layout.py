@@ -29,3 +29,14 @@ class SourceTable:
 def is_macos_junk(name: PurePosixPath) -> bool:
     """``__MACOSX/`` resource forks, ``._*`` AppleDouble files and ``.DS_Store`` are not data."""
     return "__MACOSX" in name.parts or name.name.startswith("._") or name.name == ".DS_Store"
+
+
+def select_below_top(name: PurePosixPath, files: tuple[str, ...], folders: tuple[str, ...]) -> PurePosixPath | None:
+    """For GitHub commit zips (``<repo>-<commit>/...``): keep ``files`` and everything in ``folders``
+    below the top folder, with that folder stripped; skip the rest and macOS junk."""
+    if is_macos_junk(name) or len(name.parts) < 2:
+        return None
+    inner = PurePosixPath(*name.parts[1:])
+    if inner.as_posix() in files or (len(inner.parts) > 1 and inner.parts[0] in folders):
+        return inner
+    return None

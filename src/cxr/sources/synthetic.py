@@ -46,11 +46,35 @@ XRAY_VIEWS = {"PA": 0.55, "AP": 0.2, "AP Supine": 0.15, "L": 0.1}
 KERMANY_SPLITS = {"train": 0.8, "test": 0.15, "val": 0.05}
 
 
+ACTUALMED_METADATA_COLUMNS = [
+    "patientid", "offset", "sex", "age", "finding", "survival", "view", "modality", "date", "location",
+    "imagename", "doi", "url", "license", "clinical_notes", "other_notes",
+]
+# Findings of the Actualmed collection: about a quarter COVID-19, half normal, the rest inconclusive.
+ACTUALMED_FINDINGS = {"COVID-19": 0.25, "No finding": 0.53, "": 0.22}
+ACTUALMED_VIEWS = {"PA": 0.6, "AP": 0.4}
+
+
 def covid_chestxray_archive_name(commit: str) -> str:
     return f"covid-chestxray-dataset-{commit}.zip"
 
 
+def actualmed_archive_name(commit: str) -> str:
+    return f"Actualmed-COVID-chestxray-dataset-{commit}.zip"
+
+
 KERMANY_ARCHIVE_NAME = "chest-xray-pneumonia.zip"
+
+
+def write_archive(source: str, folder: Path, params: Synthetic, source_params) -> Path:
+    """The stand-in archive of ``source``, named as its upstream download is."""
+    if source == "covid_chestxray":
+        return write_covid_chestxray_archive(folder / covid_chestxray_archive_name(source_params.commit), params,
+                                             source_params.commit)
+    if source == "actualmed":
+        return write_actualmed_archive(folder / actualmed_archive_name(source_params.commit), params,
+                                       source_params.commit)
+    return write_kermany_archive(folder / KERMANY_ARCHIVE_NAME, params)
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,8 @@ class Style:
 ADULT = Style(thorax_scale=1.0, brightness=0.0, contrast=0.85, marker=True, border=0.0)
 CHILD = Style(thorax_scale=0.78, brightness=0.12, contrast=1.15, marker=False, border=0.06)
 NEUTRAL = Style(thorax_scale=0.9, brightness=0.06, contrast=1.0, marker=False, border=0.03)
+# A third site: adults, but framed and exposed differently from the COVID collection.
+OTHER_SITE = Style(thorax_scale=0.95, brightness=-0.06, contrast=0.95, marker=False, border=0.0)
 
 
 def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, style: Style) -> np.ndarray:
@@ -219,6 +245,38 @@ def _covid_row(rng, patient, sex, age, finding, view, modality, folder, filename
     if rng.random() < 0.1:
         row["temperature"] = f"{rng.uniform(36.5, 39.5):.1f}"
     return row
+
+
+def write_actualmed_archive(path: Path, params: Synthetic, commit: str) -> Path:
+    """A GitHub-style archive of the Actualmed collection: ``metadata.csv`` with ``imagename``, ``images/``."""
+    rng = np.random.default_rng([params.seed, 3])
+    top = f"Actualmed-COVID-chestxray-dataset-{commit}"
+    style = OTHER_SITE if params.source_shift else NEUTRAL
+    rows, images = [], {}
+    for patient in range(1, params.actualmed_patients + 1):
+        finding = _pick(rng, ACTUALMED_FINDINGS)
+        pattern = "covid" if finding == "COVID-19" else "normal" if finding == "No finding" else rng.choice(
+            ["covid", "normal"])
+        for shot in range(int(rng.integers(1, 3))):
+            imagename = f"{rng.integers(16**8):08x}-{patient:04d}-{shot}.jpg"
+            width, height = _size(rng, params)
+            images[imagename] = _encode(draw_chest(rng, width, height, pattern, style), "JPEG", rgb=rng.random() < 0.2)
+            row = dict.fromkeys(ACTUALMED_METADATA_COLUMNS, "")
+            row.update(patientid=f"ACT-{patient:04d}", offset=str(shot), sex=rng.choice(["M", "F"]),
+                       age=str(int(rng.integers(25, 90))), finding=finding, view=_pick(rng, ACTUALMED_VIEWS),
+                       modality="X-ray", date="2020", location="synthetic", imagename=imagename)
+            rows.append(row)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=ACTUALMED_METADATA_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        _writestr(archive, f"{top}/README.md", "# Actualmed COVID-19 chest X-rays (synthetic stand-in)\n")
+        _writestr(archive, f"{top}/metadata.csv", table.getvalue())
+        for imagename, data in images.items():
+            _writestr(archive, f"{top}/images/{imagename}", data)
+    return path
 
 
 def write_kermany_archive(path: Path, params: Synthetic) -> Path:

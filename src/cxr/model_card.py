@@ -1,0 +1,86 @@
+"""The model card of the registered model ``cxr-<task>``: what it was trained on, how well it
+does with uncertainty, and what the shortcut audit says about what it learned."""
+
+from __future__ import annotations
+
+from cxr.audit import verdict
+from cxr.config import Config
+
+
+def _interval(values: dict, statistic: str) -> str:
+    interval = values.get(statistic)
+    if not interval or interval["value"] is None or interval["value"] != interval["value"]:
+        return "-"
+    return f"{interval['value']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
+
+
+def model_card(config: Config, *, meta: dict, report: dict, split_report: dict, audit_metrics: dict | None,
+               external_report: dict | None, registered_name: str, run_id: str | None, model_md5: str,
+               note: str) -> str:
+    """``reports/model_card.md`` for the fine-tuned model, from the pipeline's own reports.
+
+    ``report`` is the model's evaluation report (with ``intervals``); ``audit_metrics`` the
+    audit of the backbone it was fine-tuned from.
+    """
+    classes = meta["classes"]
+    intervals = report["intervals"]
+    confound = split_report["source_confound"]
+    weights = f"weights: {config.train.weights}" if config.train.weights else "random initial weights"
+    lines = [
+        f"# Model card: {registered_name}", "",
+        note, "",
+        "## Model", "",
+        f"- {config.backbone} base ({weights}), frozen and trained with a small head, then its last "
+        f"{config.finetune.unfreeze} weighted layers fine-tuned (`finetune`).",
+        f"- Input: RGB {meta['image_size']}x{meta['image_size']} pixels in [0, 255] (preprocessing is inside "
+        f"the model). Output: probabilities of {', '.join(classes)} (task `{config.task}`).",
+        f"- Registered in MLflow as `{registered_name}`; training run `{run_id or 'not found'}`; "
+        f"`models/finetuned/model.keras` md5 `{model_md5}`.",
+        "",
+        "## Intended use", "",
+        "Research on reproducing and auditing a 2020 COVID-19 chest X-ray study. Not a medical device; not "
+        "for diagnosis, triage or any decision about a patient.",
+        "",
+        "## Data", "",
+        f"Sources: {', '.join(config.sources.use)} (`sources.origin: {config.sources.origin}`), views "
+        f"{config.filter.views or 'all'}; split by patient (no patient in two splits).", "",
+        "| split | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes),
+    ]
+    for name, counts in split_report["images_per_class"].items():
+        lines.append(f"| {name} | " + " | ".join(str(counts.get(cls, 0)) for cls in classes) + " |")
+    lines += ["", "Images per source and class: " + "; ".join(
+        f"{source}: " + ", ".join(f"{cls} {count}" for cls, count in counts.items())
+        for source, counts in confound["images_per_source_class"].items()) + "."]
+    lines += ["", "## Test results", "",
+              f"{report['support']} test images; 95% intervals from a bootstrap over patients.", "",
+              "| statistic | value [95% CI] |", "|---|---|",
+              f"| accuracy | {_interval(intervals, 'accuracy')} |",
+              f"| macro F1 | {_interval(intervals, 'macro_f1')} |",
+              f"| balanced accuracy | {_interval(intervals, 'balanced_accuracy')} |"]
+    lines += [f"| recall {name} | {_interval(intervals, f'recall_{name}')} |" for name in classes]
+    aucs = {name: value for name, value in report["roc_auc"].items() if value is not None}
+    lines += ["", "ROC AUC (one vs rest): " + ", ".join(f"{name} {value:.2f}" for name, value in aucs.items()) + "."]
+    if external_report and audit_metrics and "external" in audit_metrics:
+        external = audit_metrics["external"]
+        lines += ["", f"External source never trained on ({', '.join(config.sources.external)}, "
+                  f"{external['images']} images), the {config.backbone} model before fine-tuning: accuracy "
+                  f"{external['accuracy']:.2f}, COVID recall "
+                  f"{'-' if external.get('recall_COVID') is None else format(external['recall_COVID'], '.2f')}."]
+    lines += ["", "## Shortcut audit", ""]
+    if audit_metrics:
+        lines += [verdict(config.backbone, audit_metrics, len(classes)), "",
+                  "Details: `reports/eval/audit.md`."]
+    else:
+        lines += ["No audit of this backbone was run."]
+    lines += [
+        "", "## Limitations", "",
+        f"- Source and class are confounded: the source alone predicts the class with "
+        f"{confound['source_only_accuracy']:.2f} test accuracy (most common class: "
+        f"{confound['majority_class_accuracy']:.2f}). Every COVID image comes from "
+        + ", ".join(source for source, counts in confound["images_per_source_class"].items() if counts.get("COVID"))
+        + ".",
+        "- The test set is small: differences between models within the intervals above are noise.",
+        "- Views are filtered to those listed; the paediatric pneumonia images record no view.",
+        "- Thresholds, calibration and performance on other hospitals, devices and populations are unknown.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,71 @@
+"""The Actualmed COVID-19 chest X-rays (agchung/Actualmed-COVID-chestxray-dataset), pinned commit.
+
+Adult X-rays, PA and AP, from a site that contributes nothing to the training sources: the
+shortcut audit's external test set. ``metadata.csv`` names each file in ``imagename`` (not
+``filename`` as the COVID collection does); ``finding`` is ``COVID-19``, ``No finding``, or
+empty for inconclusive cases, which are left out and listed in the data report. The archive is
+GitHub's commit zip: ``Actualmed-COVID-chestxray-dataset-<commit>/{metadata.csv,images/}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from cxr.config import ActualmedSource
+from cxr.sources.layout import SourceLayoutError, SourceTable, select_below_top
+
+NAME = "actualmed"
+METADATA = "metadata.csv"
+REQUIRED_COLUMNS = ["patientid", "finding", "view", "imagename"]
+EXTRA_COLUMNS = ["sex", "age"]
+
+
+def select_member(name: PurePosixPath) -> PurePosixPath | None:
+    return select_below_top(name, (METADATA,), ("images",))
+
+
+def check_layout(root: Path) -> None:
+    if not (root / METADATA).is_file():
+        raise SourceLayoutError(f"{root}: no {METADATA} in the archive's top folder")
+
+
+def read(root: Path, params: ActualmedSource | None = None) -> SourceTable:
+    """One row per image with a finding; every image is an X-ray (the collection holds nothing else)."""
+    metadata_path = root / METADATA
+    metadata = pd.read_csv(metadata_path, dtype=str, keep_default_na=True)
+    missing_columns = [column for column in REQUIRED_COLUMNS if column not in metadata.columns]
+    if missing_columns:
+        raise SourceLayoutError(
+            f"{metadata_path}: missing column(s) {missing_columns}; found {list(metadata.columns)}"
+        )
+    rows, dropped, absent = [], [], []
+    for index, record in metadata.iterrows():
+        line = int(index) + 2
+        if pd.isna(record["imagename"]) or pd.isna(record["patientid"]):
+            raise SourceLayoutError(f"{metadata_path}: line {line}: empty patientid or imagename")
+        relative = PurePosixPath("images") / record["imagename"]
+        if pd.isna(record["finding"]):
+            dropped.append({"source": NAME, "line": str(line), "file": str(relative),
+                            "reason": "finding is empty (inconclusive)"})
+            continue
+        if not (root / relative).is_file():
+            absent.append(f"line {line}: {relative}")
+            continue
+        rows.append({
+            "image_id": f"{NAME}/{record['imagename']}",
+            "source": NAME,
+            "path": (root / relative).as_posix(),
+            "patient_id": f"{NAME}:{record['patientid']}",
+            "finding": record["finding"],
+            "view": record["view"],
+            "modality": record["modality"] if "modality" in metadata.columns else "X-ray",
+            **{column: record.get(column) for column in EXTRA_COLUMNS},
+        })
+    if absent:
+        raise SourceLayoutError(f"{metadata_path}: {len(absent)} row(s) name images absent from the archive "
+                                f"({', '.join(absent[:10])})")
+    if not rows:
+        raise SourceLayoutError(f"{metadata_path}: no image with a finding")
+    return SourceTable(images=pd.DataFrame(rows), metadata=metadata, dropped=dropped)

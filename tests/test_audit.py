@@ -1,0 +1,202 @@
+"""The shortcut audit: its statistics on known tables, Grad-CAM on a model whose answer depends
+on a known region, the external source, and the probe on data with and without a source shift."""
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr import audit, backbones, catalog, training
+from cxr.config import ConfigError
+from cxr.sources import SourceLayoutError, download_source, read_source
+from cxr.split import SplitError, external_test_set, make_split, source_confound
+from conftest import make_config
+
+
+def probe_table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["class", "actual", "predicted"])
+
+
+def test_within_class_probe_scores_a_class_only_guess_at_chance():
+    # Always answering the class's most common source: right for every "b" image, wrong for every "a".
+    guess = probe_table([("X", "a", "b")] * 3 + [("X", "b", "b")] * 9 + [("Y", "a", "b")] * 2 + [("Y", "b", "b")] * 5
+                        + [("Z", "a", "a")] * 4)
+    result = audit.within_class_source_accuracy(guess)
+    assert result["value"] == pytest.approx(0.5) and result["chance"] == 0.5
+    assert "Z" not in result["per_class"]  # one source only: no evidence either way
+    assert result["smallest_source_images"] == {"X": 3, "Y": 2}
+
+
+def test_within_class_probe_weights_classes_by_their_evidence():
+    perfect = [("X", "a", "a")] * 4 + [("X", "b", "b")] * 4
+    wrong_once = [("Y", "a", "b"), ("Y", "b", "a")]
+    result = audit.within_class_source_accuracy(probe_table(perfect + wrong_once))
+    assert result["per_class"] == {"X": 1.0, "Y": 0.0}
+    assert result["value"] == pytest.approx(4 / 5)
+
+
+def test_source_confound_rule_and_baselines():
+    frame = pd.DataFrame({
+        "split": ["train"] * 6 + ["test"] * 4,
+        "source": ["s1", "s1", "s2", "s2", "s2", "s2", "s1", "s2", "s2", "s2"],
+        "class": ["C", "C", "N", "N", "B", "N", "C", "N", "B", "B"],
+    })
+    result = source_confound(frame)
+    assert result["source_only_rule"] == {"s1": "C", "s2": "N"}
+    assert result["source_only_accuracy"] == pytest.approx(2 / 4)
+    assert result["majority_class_accuracy"] == pytest.approx(1 / 4)
+    assert result["images_per_source_class"]["s1"] == {"B": 0, "C": 3, "N": 0}
+
+
+class KeepTopLeft(keras.layers.Layer):
+    """Zero every feature outside the top-left quadrant: the model sees only that region."""
+
+    def call(self, features):
+        size = features.shape[1]
+        mask = np.zeros((1, size, size, 1), np.float32)
+        mask[:, : size // 2, : size // 2] = 1.0
+        return features * mask
+
+
+def region_model(size: int, masked: bool) -> keras.Model:
+    """A classifier laid out like build_classifier's whose class-1 score grows with the
+    brightness of the top-left quadrant only (or of the whole image when not ``masked``)."""
+    base_input = keras.Input((size, size, 3))
+    brightness = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", activation="relu",
+                                     name="brightness")(base_input)
+    base = keras.Model(base_input, KeepTopLeft()(brightness) if masked else brightness, name="base")
+    inputs = keras.Input((size, size, 3))
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(base(keras.layers.Rescaling(1 / 255, name="preprocess")(inputs)))
+    head = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, activation="softmax")], name="head")
+    head.layers[-1].set_weights([np.array([[-1.0, 1.0]], np.float32), np.zeros(2, np.float32)])
+    return keras.Model(inputs, head(features))
+
+
+def test_gradcam_finds_the_region_the_answer_depends_on():
+    size = 16
+    batch = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
+    quadrant = slice(0, size // 2)
+    maps = audit.gradcam(region_model(size, masked=True), batch, np.array([1, 1, 1]), layer=None)
+    assert maps.shape == (3, size, size) and maps.max() == pytest.approx(1.0)
+    inside = maps[:, quadrant, quadrant].sum(axis=(1, 2)) / maps.sum(axis=(1, 2))
+    assert (inside > 0.9).all()
+    # The same model looking at the whole image spreads its saliency: about a quarter in the quadrant.
+    spread = audit.gradcam(region_model(size, masked=False), batch, np.array([1, 1, 1]), layer="brightness")
+    share = spread[:, quadrant, quadrant].sum(axis=(1, 2)) / spread.sum(axis=(1, 2))
+    assert np.allclose(share, 0.25, atol=0.08)
+    # Class 0's score falls as the region brightens: no positive evidence, an all-zero map.
+    assert audit.gradcam(region_model(size, masked=True), batch[:1], np.array([0]), layer=None).max() == 0
+
+
+def test_box_share_of_even_peaked_and_empty_maps():
+    even = np.ones((1, 10, 10))
+    peaked = np.zeros((1, 10, 10))
+    peaked[0, 5, 5] = 1.0
+    shares = audit.box_share(np.concatenate([even, peaked, np.zeros((1, 10, 10))]), 0.6)
+    assert shares[0] == pytest.approx(0.36) and shares[1] == 1.0 and np.isnan(shares[2])
+
+
+@pytest.fixture(scope="module")
+def external_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("external")
+    download_source("actualmed", make_config(), root)
+    return root
+
+
+def test_actualmed_layout_imagename_and_inconclusive_rows(external_root):
+    config = make_config()
+    table = read_source("actualmed", external_root / "actualmed", config)
+    metadata = pd.read_csv(external_root / "actualmed" / "metadata.csv", dtype=str)
+    assert "imagename" in metadata.columns and "filename" not in metadata.columns
+    inconclusive = metadata["finding"].isna()
+    assert inconclusive.any() and len(table.images) == (~inconclusive).sum()
+    assert {row["reason"] for row in table.dropped} == {"finding is empty (inconclusive)"}
+    assert set(table.images["finding"]) == {"COVID-19", "No finding"}
+    assert set(table.images["view"]) == {"PA", "AP"}
+    assert table.images["patient_id"].str.startswith("actualmed:ACT-").all()
+    assert all(Path(path).is_file() for path in table.images["path"])
+
+
+def test_actualmed_without_imagename_column_is_named(external_root, tmp_path):
+    shutil.copytree(external_root / "actualmed", tmp_path / "actualmed")
+    metadata = pd.read_csv(tmp_path / "actualmed" / "metadata.csv", dtype=str)
+    metadata.rename(columns={"imagename": "filename"}).to_csv(tmp_path / "actualmed" / "metadata.csv", index=False)
+    with pytest.raises(SourceLayoutError, match=r"actualmed/metadata.csv: missing column\(s\) \['imagename'\]"):
+        read_source("actualmed", tmp_path / "actualmed", make_config())
+
+
+def test_external_set_keeps_task_classes_and_drops_copies_of_training_images(external_root):
+    config = make_config()
+    table, _ = catalog.build(config, external_root, names=["actualmed"])
+    kept, _ = catalog.filter_views(table, config.filter)
+    assert set(kept["view"]) == {"PA"}
+    training_rows = kept.head(2)
+    external, report = external_test_set(kept, config, training_rows, origin="data/external")
+    assert report["identical_to_training_images"] == 2 and len(external) == len(kept) - 2
+    assert set(external["class"]) == {"COVID", "NORMAL"} and set(external["split"]) == {"external"}
+    binary, _ = external_test_set(kept, make_config({"task": "binary"}), training_rows.head(0), "x")
+    assert set(binary["class"]) == {"COVID", "OTHER"}
+    with pytest.raises(SplitError, match="no external image is left"):
+        external_test_set(kept, config, kept, origin="data/external")
+
+
+def test_an_external_source_cannot_also_be_trained_on():
+    with pytest.raises(ConfigError, match=r"sources.external: \['actualmed'\] also in sources.use"):
+        make_config({"sources": {"use": ["covid_chestxray", "kermany", "actualmed"]}})
+    with pytest.raises(ConfigError, match="audit.lung_box"):
+        make_config({"audit": {"lung_box": 1.5}})
+
+
+def shortcut_split(source_shift: bool, root: Path) -> tuple[pd.DataFrame, object]:
+    """Enough synthetic data for the probe to have evidence: many COVID-collection patients, every view."""
+    config = make_config({
+        "synthetic": {"source_shift": source_shift, "covid_chestxray_patients": 400, "kermany_patients_per_class": 30},
+        "filter": {"views": []}, "backbones": ["vgg16"], "backbone": "vgg16",
+        "train": {"image_size": 64, "epochs": 30, "head": {"units": 32}},
+    })
+    for name in config.sources.use:
+        download_source(name, config, root)
+    table, _ = catalog.build(config, root)
+    kept, _ = catalog.filter_views(table, config.filter)
+    frame, _ = make_split(kept, config, "synthetic")
+    training.configure_runtime(config.train, config.seed)
+    return frame, config
+
+
+@pytest.mark.parametrize("source_shift", [True, False])
+def test_source_probe_detects_the_source_shift_and_falls_to_chance_without_it(tmp_path, source_shift):
+    frame, config = shortcut_split(source_shift, tmp_path / "raw")
+    vgg16 = backbones.get("vgg16")
+    probe = audit.within_class_source_accuracy(audit.source_probe(vgg16, frame, 64, config, tmp_path / "probe"))
+    assert sum(probe["smallest_source_images"].values()) >= 15
+    if source_shift:
+        assert probe["value"] >= 0.9
+        hidden = audit.lungs_hidden(vgg16, frame, config.class_names(), 64, config, tmp_path / "hidden")
+        scores = audit.scored(hidden, config.class_names(), resamples=200, seed=0)
+        assert scores["balanced_accuracy_low"] > 1 / len(config.class_names())
+    else:
+        assert probe["value"] < probe["chance"] + audit.PROBE_MARGIN
+
+
+def test_verdict_follows_the_numbers():
+    metrics = {
+        "classifier": {"accuracy": 0.97, "recall_COVID": 1.0},
+        "source_probe": {"within_class_accuracy": 1.0, "within_class_chance": 0.5},
+        "lungs_hidden": {"balanced_accuracy": 0.45, "balanced_accuracy_low": 0.35, "balanced_accuracy_high": 0.55,
+                         "recall_COVID": 0.8},
+        "saliency": {"lung_box_share": 0.2, "uniform_share": 0.36},
+        "external": {"recall_COVID": 0.5},
+    }
+    assert audit.evidence(metrics, 4) == {"probe": True, "lungs_hidden": True, "saliency": True, "external": True}
+    text = audit.verdict("vgg16", metrics, 4)
+    assert "1.00 (chance 0.50)" in text and "0.45 [0.35, 0.55]" in text
+    assert "The COVID result is not evidence of COVID detection" in text
+    clean = {**metrics, "source_probe": {"within_class_accuracy": 0.55, "within_class_chance": 0.5},
+             "lungs_hidden": {**metrics["lungs_hidden"], "balanced_accuracy_low": 0.2},
+             "saliency": {"lung_box_share": 0.6, "uniform_share": 0.36}, "external": {"recall_COVID": 0.95}}
+    assert not any(audit.evidence(clean, 4).values())
+    assert "find no sign" in audit.verdict("vgg16", clean, 4)
