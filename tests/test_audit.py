@@ -200,3 +200,16 @@ def test_verdict_follows_the_numbers():
              "saliency": {"lung_box_share": 0.6, "uniform_share": 0.36}, "external": {"recall_COVID": 0.95}}
     assert not any(audit.evidence(clean, 4).values())
     assert "find no sign" in audit.verdict("vgg16", clean, 4)
+
+
+def test_verdict_when_no_class_has_two_sources_in_the_test_split():
+    metrics = {
+        "classifier": {"recall_COVID": 1.0},
+        "source_probe": {"within_class_accuracy": None, "within_class_chance": 0.5, "accuracy": 1.0,
+                         "class_only_accuracy": 1.0},
+        "lungs_hidden": {"balanced_accuracy": 0.3, "balanced_accuracy_low": 0.2, "balanced_accuracy_high": 0.4},
+        "saliency": {"lung_box_share": 0.5, "uniform_share": 0.36},
+    }
+    assert not any(audit.evidence(metrics, 4).values())
+    text = audit.verdict("vgg16", metrics, 4)
+    assert "cannot be scored within a class" in text and "find no sign" in text

@@ -188,11 +188,17 @@ def verdict(backbone: str, metrics: dict, n_classes: int) -> str:
     found = evidence(metrics, n_classes)
     probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
     internal = metrics["classifier"]
+    if probe["within_class_accuracy"] is None:
+        probe_sentence = (f"No class has test images from two sources, so the source probe cannot be scored within "
+                          f"a class (its plain accuracy, {probe['accuracy']:.2f}, is no evidence: the class alone "
+                          f"gives {probe['class_only_accuracy']:.2f}).")
+    else:
+        probe_sentence = (f"The source probe tells the sources apart among images of the same class with balanced "
+                          f"accuracy {probe['within_class_accuracy']:.2f} (chance {probe['within_class_chance']:.2f})"
+                          + (": the sources look different whatever the diagnosis." if found["probe"] else
+                             ", so the sources are hard to tell apart."))
     sentences = [
-        f"The source probe tells the sources apart among images of the same class with balanced accuracy "
-        f"{_number(probe['within_class_accuracy'])} (chance {probe['within_class_chance']:.2f})"
-        + (": the sources look different whatever the diagnosis." if found["probe"] else
-           ", so the sources are hard to tell apart."),
+        probe_sentence,
         f"With the lungs hidden, the classifier still reaches a balanced accuracy of "
         f"{_interval(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) and a COVID recall of "
         f"{_number(hidden.get('recall_COVID'))}.",
@@ -210,8 +216,8 @@ def verdict(backbone: str, metrics: dict, n_classes: int) -> str:
         conclusion = ("The sources differ visibly, so the model could use them; the other tests do not show "
                       "that it does, but they do not rule it out.")
     elif others:
-        conclusion = (f"The sources are hard to tell apart, yet {_listing(others)} point{'s' if len(others) == 1 else ''}"
-                      " away from the lungs: read the COVID result with care.")
+        conclusion = (f"{_listing(others)[0].upper()}{_listing(others)[1:]} point{'s' if len(others) == 1 else ''} "
+                      "away from the lungs: read the COVID result with care.")
     else:
         conclusion = "These tests find no sign that the model relies on the source of the image."
     return f"**{backbone}.** " + " ".join(sentences) + " " + conclusion
