@@ -30,8 +30,7 @@ def main() -> None:
         for name in names:
             model, meta = training.load_model(Path("models") / name)
             classes = meta["classes"]
-            probabilities = evaluation.predict(model, test, classes, meta["image_size"], config.train.batch_size,
-                                               config.train.cache)
+            probabilities = evaluation.predict(model, test, classes, meta["image_size"], config.train)
             table = evaluation.predictions_frame(test, classes, probabilities)
             report = evaluation.report(table, classes)
             intervals = evaluation.patient_bootstrap(table, classes, resamples=config.evaluate.bootstrap_resamples,

@@ -1,6 +1,7 @@
 """The input pipeline: every source format to RGB at the backbone's size, cached after one pass."""
 
 import numpy as np
+import tensorflow as tf
 import pandas as pd
 import pytest
 from PIL import Image
@@ -53,6 +54,17 @@ def test_cached_epochs_do_not_read_files_again(mixed_formats, tmp_path, monkeypa
     assert list((tmp_path / "data/cache/images").glob("16px-*"))
 
 
+def test_a_memory_cache_over_its_limit_goes_to_disk(mixed_formats, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    size_mb = images.decoded_megabytes(len(mixed_formats), 16)
+    within = images.image_dataset(mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb * 2)
+    list(within.as_numpy_iterator())
+    assert not (tmp_path / "data/cache/images").exists()
+    over = images.image_dataset(mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb / 2)
+    assert len(list(over.as_numpy_iterator())) == len(mixed_formats)
+    assert list((tmp_path / "data/cache/images").glob("16px-*"))
+
+
 def test_disk_cache_key_follows_content_and_size(mixed_formats):
     key = images.cache_key(mixed_formats, 32)
     assert key == images.cache_key(mixed_formats.copy(), 32)
@@ -60,13 +72,38 @@ def test_disk_cache_key_follows_content_and_size(mixed_formats):
     assert key != images.cache_key(mixed_formats.assign(sha256=mixed_formats["sha256"] + "x"), 32)
 
 
-def test_augmentation_layers_follow_params():
+def test_augmentation_is_seeded_and_follows_params():
     assert images.augmenter(Augment(enabled=False), seed=0) is None
-    layers = images.augmenter(Augment(enabled=True, rotation=0.1, zoom=0, shift=0.1, contrast=0,
-                                      horizontal_flip=False), seed=0).layers
-    assert [type(layer).__name__ for layer in layers] == ["RandomRotation", "RandomTranslation"]
-    flipping = images.augmenter(Augment(enabled=True, horizontal_flip=True), seed=0).layers
-    assert type(flipping[-1]).__name__ == "RandomFlip"
-    batch = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    augmented = np.asarray(images.augmenter(Augment(enabled=True), seed=0)(batch, training=True))
-    assert augmented.shape == batch.shape and not np.allclose(augmented, batch)
+    batch = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    augment = images.augmenter(Augment(enabled=True), seed=0)
+    first = augment(batch, tf.constant([1, 2])).numpy()
+    assert first.shape == batch.shape and not np.allclose(first, batch)
+    assert np.array_equal(first, augment(batch, tf.constant([1, 2])).numpy())
+    assert not np.allclose(first, augment(batch, tf.constant([3, 4])).numpy())
+    assert first.min() >= 0 and first.max() <= 255
+    still = images.augmenter(Augment(enabled=True, rotation=0, zoom=0, shift=0, contrast=0), seed=0)
+    assert np.allclose(still(batch, tf.constant([1, 2])).numpy(), batch, atol=1e-3)
+
+
+def test_a_pure_shift_moves_the_image():
+    image = np.zeros((1, 20, 20, 3), np.float32)
+    image[0, 8:12, 8:12] = 255.0
+    shifted = images.augmenter(Augment(enabled=True, rotation=0, zoom=0, shift=0.25, contrast=0), seed=0)(
+        image, tf.constant([5, 6])).numpy()
+    assert shifted.sum() == pytest.approx(image.sum(), rel=0.05)  # moved, not lost (stays inside)
+    rows, columns = np.nonzero(shifted[0, :, :, 0] > 127)
+    assert (rows.mean(), columns.mean()) != pytest.approx((9.5, 9.5), abs=0.5)
+
+
+def test_augmented_batches_repeat_per_seed_and_vary_per_epoch():
+    data = tf.data.Dataset.from_tensor_slices((np.random.default_rng(1).uniform(0, 255, (6, 16, 16, 3))
+                                               .astype(np.float32), np.arange(6)))
+    augment = images.augmenter(Augment(enabled=True), seed=3)
+
+    def epochs(dataset):
+        return [np.concatenate([x.numpy() for x, _ in dataset]) for _ in range(2)]
+
+    one = epochs(images.batches(data, 4, augment=augment))
+    two = epochs(images.batches(data, 4, augment=augment))
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    assert not np.allclose(one[0], one[1])

@@ -122,8 +122,7 @@ def retrain(backbone: Backbone, split: pd.DataFrame, classes: list[str], size: i
 
 def predicted_table(model: keras.Model, rows: pd.DataFrame, classes: list[str], size: int, config: Config,
                      hidden_center: float | None = None) -> pd.DataFrame:
-    probabilities = evaluation.predict(model, rows, classes, size, config.train.batch_size, config.train.cache,
-                                       hidden_center)
+    probabilities = evaluation.predict(model, rows, classes, size, config.train, hidden_center)
     return evaluation.predictions_frame(rows, classes, probabilities)
 
 

@@ -147,8 +147,10 @@ class Train:
     head: Head = field(default_factory=Head)
     augment: Augment = field(default_factory=Augment)
     cache: Literal["memory", "disk"] = "memory"
+    cache_memory_limit_mb: float | None = 8192
     distribute: Literal["auto", "mirrored", "none"] = "auto"
     mixed_precision: bool = False
+    xla: bool = False
     deterministic: bool = True
 
 

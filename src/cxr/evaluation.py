@@ -15,6 +15,8 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import classification_report, confusion_matrix, f1_score, roc_auc_score
 
+from cxr.config import Train
+
 CI_LEVEL = 0.95
 
 
@@ -149,13 +151,13 @@ def pairwise_mcnemar(predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def predict(model, rows: pd.DataFrame, classes: list[str], size: int, batch_size: int, cache: str,
+def predict(model, rows: pd.DataFrame, classes: list[str], size: int, params: Train,
             hidden_center: float | None = None) -> np.ndarray:
     """Class probabilities for ``rows``, in order, through the same input pipeline as training."""
     from cxr import images
 
-    dataset = images.image_dataset(rows, classes, size, cache, hidden_center)
-    dataset = dataset.map(lambda image, label: image).batch(batch_size)
+    dataset = images.image_dataset(rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb)
+    dataset = dataset.map(lambda image, label: image).batch(params.batch_size)
     return model.predict(dataset, verbose=0)
 
 

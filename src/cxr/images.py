@@ -47,13 +47,23 @@ def hide_center(image: tf.Tensor, fraction: float) -> tf.Tensor:
     return image * mask
 
 
+def decoded_megabytes(count: int, size: int) -> float:
+    """Memory taken by ``count`` decoded float32 RGB images of side ``size``."""
+    return count * size * size * 3 * 4 / 2**20
+
+
 def image_dataset(frame: pd.DataFrame, classes: list[str], size: int, cache: str,
-                  hidden_center: float | None = None) -> tf.data.Dataset:
+                  hidden_center: float | None = None, memory_limit_mb: float | None = None) -> tf.data.Dataset:
     """(image, label) pairs in the frame's order, decoded in parallel and cached.
 
-    ``hidden_center``: blank the central square of that side fraction (after the cache, so
-    the decoded images are shared with the unmasked runs).
+    A memory cache larger than ``memory_limit_mb`` goes to disk instead. ``hidden_center``:
+    blank the central square of that side fraction (after the cache, so the decoded images are
+    shared with the unmasked runs).
     """
+    if cache == "memory" and memory_limit_mb is not None and decoded_megabytes(len(frame), size) > memory_limit_mb:
+        print(f"cache: {len(frame)} images at {size} px need {decoded_megabytes(len(frame), size):.0f} MB, over "
+              f"train.cache_memory_limit_mb={memory_limit_mb:g}: caching on disk under {DISK_CACHE}")
+        cache = "disk"
     paths = frame["path"].tolist()
     dataset = tf.data.Dataset.from_tensor_slices((paths, label_indices(frame, classes)))
     dataset = dataset.map(lambda path, label: (decode_resize(path, size), label), num_parallel_calls=AUTOTUNE)
@@ -75,35 +85,69 @@ def cache_key(frame: pd.DataFrame, size: int) -> str:
     return f"{size}px-{digest.hexdigest()[:16]}"
 
 
-def augmenter(params: Augment, seed: int):
-    """The study's augmentation as Keras preprocessing layers; None when it is off."""
-    import keras
+class Augmenter:
+    """The study's augmentation on a batch: rotation, zoom and shift composed into one affine warp
+    per image (one bilinear resampling, as ImageDataGenerator does, instead of three), then
+    contrast and an optional horizontal flip.
 
-    if not params.enabled:
-        return None
-    layers = []
-    if params.rotation:
-        layers.append(keras.layers.RandomRotation(params.rotation, fill_mode="constant", seed=seed))
-    if params.zoom:
-        layers.append(keras.layers.RandomZoom(params.zoom, fill_mode="constant", seed=seed + 1))
-    if params.shift:
-        layers.append(keras.layers.RandomTranslation(params.shift, params.shift, fill_mode="constant", seed=seed + 2))
-    if params.contrast:
-        layers.append(keras.layers.RandomContrast(params.contrast, value_range=(0, 255), seed=seed + 3))
-    if params.horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
-    return keras.Sequential(layers, name="augment") if layers else None
+    Random draws are stateless, keyed by a per-batch seed, so a run is reproducible however
+    many batches are augmented in parallel. Ranges: rotation and shift as fractions (of a full
+    turn, of the side), zoom as 1 +/- ``zoom``, contrast as 1 +/- ``contrast`` about the mean.
+    """
+
+    def __init__(self, params: Augment, seed: int):
+        self.params = params
+        self.seed = seed
+
+    def __call__(self, batch: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        params = self.params
+        batch = tf.convert_to_tensor(batch, tf.float32)
+        count = tf.shape(batch)[0]
+        height, width = tf.cast(tf.shape(batch)[1], tf.float32), tf.cast(tf.shape(batch)[2], tf.float32)
+        keys = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6)
+
+        def uniform(index: int, low: float, high: float) -> tf.Tensor:
+            return tf.random.stateless_uniform([count], keys[index], low, high)
+
+        angle = uniform(0, -params.rotation * 2 * np.pi, params.rotation * 2 * np.pi)
+        scale = 1.0 / uniform(1, 1 - params.zoom, 1 + params.zoom)
+        shift_x = uniform(2, -params.shift, params.shift) * width
+        shift_y = uniform(3, -params.shift, params.shift) * height
+        center_x, center_y = (width - 1) / 2, (height - 1) / 2
+        cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+        # Output pixel q samples the input at c + R(-angle) (q - c - shift) / zoom.
+        from_x, from_y = center_x + shift_x, center_y + shift_y
+        zeros = tf.zeros_like(angle)
+        transforms = tf.stack([cos, sin, center_x - cos * from_x - sin * from_y,
+                               -sin, cos, center_y + sin * from_x - cos * from_y, zeros, zeros], axis=1)
+        batch = tf.raw_ops.ImageProjectiveTransformV3(
+            images=batch, transforms=transforms, output_shape=tf.shape(batch)[1:3], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="CONSTANT")
+        if params.contrast:
+            factor = uniform(4, 1 - params.contrast, 1 + params.contrast)[:, None, None, None]
+            mean = tf.reduce_mean(batch, axis=(1, 2, 3), keepdims=True)
+            batch = tf.clip_by_value((batch - mean) * factor + mean, 0.0, 255.0)
+        if params.horizontal_flip:
+            flip = uniform(5, 0, 1)[:, None, None, None] < 0.5
+            batch = tf.where(flip, tf.reverse(batch, axis=[2]), batch)
+        return batch
+
+
+def augmenter(params: Augment, seed: int) -> Augmenter | None:
+    """The study's augmentation, or None when it is off."""
+    return Augmenter(params, seed) if params.enabled else None
 
 
 def batches(dataset: tf.data.Dataset, batch_size: int, *, shuffle_seed: int | None = None,
-            augment=None) -> tf.data.Dataset:
-    """Shuffle (when a seed is given), batch, augment on the CPU side, prefetch."""
+            augment: Augmenter | None = None) -> tf.data.Dataset:
+    """Shuffle (when a seed is given), batch, augment whole batches in parallel, prefetch."""
     if shuffle_seed is not None:
         dataset = dataset.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
     if augment is not None:
-        dataset = dataset.map(lambda images, labels: (augment(images, training=True), labels),
-                              num_parallel_calls=AUTOTUNE)
+        seeds = tf.data.Dataset.random(seed=augment.seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(
+            lambda batch, seed: (augment(batch[0], seed), batch[1]), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
 
 

@@ -120,11 +120,12 @@ def resume_dir(folder: Path, key: dict) -> Path:
 
 def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, *, epochs: int, learning_rate: float,
         amsgrad: bool, weights: dict[int, float] | None, patience: int | None, work_dir: Path,
-        callbacks: list[keras.callbacks.Callback] = ()) -> FitResult:
-    """Compile and fit with resume (``work_dir`` keeps the backup), then load the best weights."""
+        callbacks: list[keras.callbacks.Callback] = (), xla: bool = False) -> FitResult:
+    """Compile (with XLA when ``xla``) and fit with resume (``work_dir`` keeps the backup), then
+    load the best weights."""
     work_dir.mkdir(parents=True, exist_ok=True)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, amsgrad=amsgrad),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=xla)
     best = KeepBest(work_dir, val)
     history_file = work_dir / "history.csv"
     chain = [
@@ -152,8 +153,9 @@ def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], si
     ``hidden_center``: train on images whose central square is blanked (the shortcut audit).
     """
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
-    train_images = images.image_dataset(train_rows, classes, size, params.cache, hidden_center)
-    val_images = images.image_dataset(val_rows, classes, size, params.cache, hidden_center)
+    train_images = images.image_dataset(train_rows, classes, size, params.cache, hidden_center,
+                                        params.cache_memory_limit_mb)
+    val_images = images.image_dataset(val_rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb)
     augment = images.augmenter(params.augment, seed)
     head = model.get_layer("head")
     extractor = feature_extractor(model)
@@ -174,7 +176,7 @@ def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], si
         val_batches = images.batches(val_images, params.batch_size)
     return fit(target, train_batches, val_batches, epochs=params.epochs, learning_rate=params.learning_rate,
                amsgrad=params.amsgrad, weights=weights, patience=params.early_stopping_patience,
-               work_dir=work_dir, callbacks=callbacks)
+               work_dir=work_dir, callbacks=callbacks, xla=params.xla)
 
 
 def train_whole(model: keras.Model, split: pd.DataFrame, classes: list[str], size: int, params: Train, *,
@@ -182,11 +184,15 @@ def train_whole(model: keras.Model, split: pd.DataFrame, classes: list[str], siz
                 callbacks: list[keras.callbacks.Callback] = ()) -> FitResult:
     """Fit the whole model as it is (e.g. after unfreezing layers), with augmentation if enabled."""
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
-    train_batches = images.batches(images.image_dataset(train_rows, classes, size, params.cache), params.batch_size,
+    train_images = images.image_dataset(train_rows, classes, size, params.cache,
+                                        memory_limit_mb=params.cache_memory_limit_mb)
+    train_batches = images.batches(train_images, params.batch_size,
                                    shuffle_seed=seed, augment=images.augmenter(params.augment, seed))
-    val_batches = images.batches(images.image_dataset(val_rows, classes, size, params.cache), params.batch_size)
+    val_images = images.image_dataset(val_rows, classes, size, params.cache, memory_limit_mb=params.cache_memory_limit_mb)
+    val_batches = images.batches(val_images, params.batch_size)
     return fit(model, train_batches, val_batches, epochs=epochs, learning_rate=learning_rate, amsgrad=params.amsgrad,
-               weights=weights, patience=params.early_stopping_patience, work_dir=work_dir, callbacks=callbacks)
+               weights=weights, patience=params.early_stopping_patience, work_dir=work_dir, callbacks=callbacks,
+               xla=params.xla)
 
 
 def _rows_and_weights(split: pd.DataFrame, classes: list[str], params: Train):

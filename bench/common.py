@@ -1,0 +1,102 @@
+"""What every benchmark shares: the machine and versions, medians, results files, test images.
+
+Benchmarks print measured numbers and write them to ``bench/results/<name>.json``; they never
+assert. ``docs/PERFORMANCE.md`` keeps the table and the command behind each row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "dvc", "mlflow", "numpy", "pandas")
+
+
+def machine() -> dict:
+    """CPU model and cores, memory, GPUs (from nvidia-smi when present), OS and Python."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    memory_gib = None
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        kib = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
+        memory_gib = round(kib / 2**20, 1)
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        gpus = []
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "memory_gib": memory_gib, "gpus": gpus, "os": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> dict:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def save(name: str, command: str, settings: dict, results) -> Path:
+    """Write ``bench/results/<name>.json`` with the machine, versions, settings and results."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": name, "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": machine(), "versions": versions(), "settings": settings, "results": results}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+def synthetic_split(folder: Path, *, covid_patients: int, kermany_per_class: int, min_px: int, max_px: int):
+    """Generated archives (the pipeline's synthetic sources) -> the split table and its config.
+
+    ``min_px``/``max_px`` set the generated images' sides: the real X-rays are 1000-3000 px,
+    which is what makes decoding expensive.
+    """
+    import yaml
+
+    from cxr import catalog
+    from cxr.config import from_dict
+    from cxr.sources import download_source
+    from cxr.split import make_split
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["synthetic"].update(covid_chestxray_patients=covid_patients, kermany_patients_per_class=kermany_per_class,
+                               min_size=min_px, max_size=max_px)
+    config = from_dict(params)
+    for name in config.sources.use:
+        download_source(name, config, folder)
+    table, _ = catalog.build(config, folder)
+    kept, _ = catalog.filter_views(table, config.filter)
+    frame, _ = make_split(kept, config, "bench")
+    return frame, config
