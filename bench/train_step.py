@@ -142,7 +142,9 @@ def main() -> None:
                         print(f"{name} {size}px xla={xla} mixed={mixed}: frozen {row['frozen_images_per_s']:.1f} img/s, "
                               f"fine-tune {row['finetune_images_per_s']:.1f} img/s (Keras-published inference "
                               f"{row['keras_published_inference_images_per_s']:.0f} img/s on its machine)")
-            size = backbone.input_size(args.sizes[0])
+            if "96" not in args.sizes:
+                continue
+            size = backbone.input_size(96)
             caches[name] = {"feature_cache": feature_cache(backbone, frame, classes, size, args.batch, args.epochs),
                             "input_pipeline": real_vs_memory(backbone, frame, classes, size, args.batch, args.epochs)}
             cache, feed = caches[name]["feature_cache"], caches[name]["input_pipeline"]
@@ -150,7 +152,7 @@ def main() -> None:
                   f"{cache['cached_epoch_s']:.3f} s ({cache['speedup_after_first_epoch']:.0f}x); real-data epoch "
                   f"{feed['real_epoch_s']:.2f} s vs in-memory {feed['memory_epoch_s']:.2f} s "
                   f"({feed['real_over_memory']:.2f}x)")
-    save("train_step" + ("_gpu" if gpu else "_cpu"), "python " + " ".join(sys.argv), vars(args),
+    save(f"train_step_{'gpu' if gpu else 'cpu'}_{'-'.join(args.sizes)}", "python " + " ".join(sys.argv), vars(args),
          {"gpu": gpu, "steps": steps, "caches": caches})
 
 
