@@ -15,6 +15,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import Timer, median, save, synthetic_split  # noqa: E402
@@ -27,11 +28,27 @@ from cxr.model import preprocessing  # noqa: E402
 AUGMENT = Augment(enabled=True, rotation=0.05, zoom=0.1, shift=0.05, contrast=0.0, horizontal_flip=False)
 
 
-def ours(frame, classes, size: int, batch: int, epochs: int, backbone) -> list[float]:
-    """Seconds per epoch of ``images.batches`` over ``images.image_dataset`` + the model's preprocessing."""
+def keras_layers(seed: int = 0):
+    """The same augmentation as three Keras preprocessing layers (each resamples the batch)."""
+    layers = keras.Sequential([
+        keras.layers.RandomRotation(AUGMENT.rotation, fill_mode="constant", seed=seed),
+        keras.layers.RandomZoom(AUGMENT.zoom, fill_mode="constant", seed=seed + 1),
+        keras.layers.RandomTranslation(AUGMENT.shift, AUGMENT.shift, fill_mode="constant", seed=seed + 2),
+    ])
+    return lambda batch: layers(batch, training=True)
+
+
+def ours(frame, classes, size: int, batch: int, epochs: int, backbone, augment_with: str = "cxr") -> list[float]:
+    """Seconds per epoch of ``images.batches`` over ``images.image_dataset`` + the model's preprocessing;
+    augmentation by ``cxr.images.Augmenter`` or, for comparison, by Keras preprocessing layers."""
     preprocess = preprocessing(backbone)
-    dataset = images.batches(images.image_dataset(frame, classes, size, "memory"), batch, shuffle_seed=0,
-                             augment=images.augmenter(AUGMENT, seed=0))
+    decoded = images.image_dataset(frame, classes, size, "memory")
+    if augment_with == "cxr":
+        dataset = images.batches(decoded, batch, shuffle_seed=0, augment=images.augmenter(AUGMENT, seed=0))
+    else:
+        augment = keras_layers()
+        dataset = images.batches(decoded, batch, shuffle_seed=0).map(lambda x, y: (augment(x), y),
+                                                                      num_parallel_calls=images.AUTOTUNE)
     dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=images.AUTOTUNE)
     seconds = []
     for _ in range(epochs):
@@ -77,14 +94,16 @@ def main() -> None:
         classes = sorted(frame["class"].unique())
         n = len(frame)
         print(f"{n} images, {args.min_px}-{args.max_px} px, to {args.size} px, batch {args.batch}")
-        runs = {"ours_first": [], "ours_cached": [], "idg": []}
+        runs = {"ours_first": [], "ours_cached": [], "keras_layers_cached": [], "idg": []}
         for repeat in range(args.repeats):
             seconds = ours(frame, classes, args.size, args.batch, args.epochs, backbone)
             runs["ours_first"].append(n / seconds[0])
             runs["ours_cached"].append(n / median(seconds[1:]))
+            layers = ours(frame, classes, args.size, args.batch, args.epochs, backbone, augment_with="keras")
+            runs["keras_layers_cached"].append(n / median(layers[1:]))
             runs["idg"].append(n / median(image_data_generator(frame, args.size, args.batch, args.epochs, backbone)))
             print(f"run {repeat + 1}: ours first epoch {runs['ours_first'][-1]:.0f} img/s, cached "
-                  f"{runs['ours_cached'][-1]:.0f} img/s; ImageDataGenerator {runs['idg'][-1]:.0f} img/s")
+                  f"{runs['ours_cached'][-1]:.0f} img/s (Keras layers {runs['keras_layers_cached'][-1]:.0f}); ImageDataGenerator {runs['idg'][-1]:.0f} img/s")
     results = {name: median(values) for name, values in runs.items()}
     results |= {"images": n, "cached_vs_idg": results["ours_cached"] / results["idg"],
                 "first_vs_idg": results["ours_first"] / results["idg"], "runs": runs}

@@ -12,6 +12,7 @@ set of any single process the command ran.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -30,9 +31,12 @@ MEASURE = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]
 
 
 def timed(command: list[str], folder: Path) -> dict:
-    """Run ``command`` in ``folder``; its wall time, peak RSS (MiB) and the DVC stages it ran."""
+    """Run ``command`` in ``folder`` with its .venv activated (as the README says); its wall time,
+    peak RSS (MiB) and the DVC stages it ran."""
+    env = {**os.environ, "PATH": f"{folder / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     with Timer() as timer:
-        result = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=folder, capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=folder, env=env, capture_output=True,
+                                text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     peak_kib = int(re.findall(r"peak-rss-kib (\d+)", result.stderr)[-1])
@@ -47,10 +51,9 @@ def one_run(reuse_venv: bool) -> dict:
         if reuse_venv:
             (clone / ".venv").symlink_to(REPO / ".venv")
             (REPO / ".venv" / ".installed").touch()
-        dvc = str((clone / ".venv" / "bin" / "dvc"))
         results = {"make_repro": timed(["make", "repro"], clone),
-                   "noop_repro": timed([dvc, "repro"], clone),
-                   "exp_backbone_vgg16": timed([dvc, "exp", "run", "-S", "backbone=vgg16"], clone)}
+                   "noop_repro": timed(["dvc", "repro"], clone),
+                   "exp_backbone_vgg16": timed(["dvc", "exp", "run", "-S", "backbone=vgg16"], clone)}
     for name, result in results.items():
         print(f"{name}: {result['seconds']:.1f} s, peak {result['peak_rss_mib']:.0f} MiB, "
               f"stages: {', '.join(result['stages_run']) or 'none'}")

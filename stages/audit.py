@@ -69,7 +69,7 @@ def main() -> None:
         "saliency": {
             "lung_box_share": float(saliency["lung_box_share"].mean()),
             "per_class": saliency.groupby("class")["lung_box_share"].mean().to_dict(),
-            "uniform_share": (images.center_box(size, box).stop - images.center_box(size, box).start) ** 2 / size**2,
+            "uniform_share": audit.even_share(size, box),
             "layer": backbone.gradcam_layer or "base output",
             "images": len(saliency),
         },

@@ -98,6 +98,7 @@ def test_box_share_of_even_peaked_and_empty_maps():
     peaked[0, 5, 5] = 1.0
     shares = audit.box_share(np.concatenate([even, peaked, np.zeros((1, 10, 10))]), 0.6)
     assert shares[0] == pytest.approx(0.36) and shares[1] == 1.0 and np.isnan(shares[2])
+    assert audit.even_share(10, 0.6) == pytest.approx(0.36) and audit.even_share(96, 0.6) == pytest.approx((58 / 96) ** 2)
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,11 @@ def box_share(maps: np.ndarray, fraction: float) -> np.ndarray:
     return np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
 
 
+def even_share(size: int, fraction: float) -> float:
+    """The lung-box share of a saliency map spread evenly over a ``size`` x ``size`` image."""
+    return float(box_share(np.ones((1, size, size)), fraction)[0])
+
+
 def scored(table: pd.DataFrame, classes: list[str], resamples: int, seed: int) -> dict:
     """Accuracy, macro F1 and recall per class of a predictions table, with patient-bootstrap 95%
     intervals, flattened (``accuracy``, ``accuracy_low``, ...); NaN (a class absent) -> None."""
