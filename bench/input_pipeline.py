@@ -89,7 +89,8 @@ def main() -> None:
 
     backbone = backbones.get(args.backbone)
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as folder:
-        frame, config = synthetic_split(Path(folder), covid_patients=args.patients, kermany_per_class=args.patients // 2,
+        frame, config = synthetic_split(Path(folder), covid_patients=args.patients,
+                                        kermany_per_class=args.patients // 2,
                                         min_px=args.min_px, max_px=args.max_px)
         classes = sorted(frame["class"].unique())
         n = len(frame)
@@ -103,7 +104,8 @@ def main() -> None:
             runs["keras_layers_cached"].append(n / median(layers[1:]))
             runs["idg"].append(n / median(image_data_generator(frame, args.size, args.batch, args.epochs, backbone)))
             print(f"run {repeat + 1}: ours first epoch {runs['ours_first'][-1]:.0f} img/s, cached "
-                  f"{runs['ours_cached'][-1]:.0f} img/s (Keras layers {runs['keras_layers_cached'][-1]:.0f}); ImageDataGenerator {runs['idg'][-1]:.0f} img/s")
+                  f"{runs['ours_cached'][-1]:.0f} img/s (Keras layers {runs['keras_layers_cached'][-1]:.0f}); "
+                  f"ImageDataGenerator {runs['idg'][-1]:.0f} img/s")
     results = {name: median(values) for name, values in runs.items()}
     results |= {"images": n, "cached_vs_idg": results["ours_cached"] / results["idg"],
                 "first_vs_idg": results["ours_first"] / results["idg"], "runs": runs}

@@ -139,7 +139,8 @@ def main() -> None:
                         published = KERAS_PUBLISHED_MS[name][1 if gpu else 0]
                         row["keras_published_inference_images_per_s"] = 32 / (published / 1000)
                         steps.append(row)
-                        print(f"{name} {size}px xla={xla} mixed={mixed}: frozen {row['frozen_images_per_s']:.1f} img/s, "
+                        print(f"{name} {size}px xla={xla} mixed={mixed}: "
+                              f"frozen {row['frozen_images_per_s']:.1f} img/s, "
                               f"fine-tune {row['finetune_images_per_s']:.1f} img/s (Keras-published inference "
                               f"{row['keras_published_inference_images_per_s']:.0f} img/s on its machine)")
             if "96" not in args.sizes:

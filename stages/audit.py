@@ -42,8 +42,7 @@ def main() -> None:
     tables = {"classifier": audit.predicted_table(classifier, test, classes, size, config)}
     sample = audit.saliency_sample(test, config.audit.saliency_images_per_class, config.audit.saliency_seed)
     batch, maps, saliency = audit.saliency(classifier, backbone, sample, classes, size, box)
-    if config.sources.external:
-        tables["external"] = audit.predicted_table(classifier, pd.read_csv(EXTERNAL), classes, size, config)
+    tables["external"] = audit.predicted_table(classifier, pd.read_csv(EXTERNAL), classes, size, config)
     with strategy.scope():
         tables["source_probe"] = audit.source_probe(backbone, split, size, config, work["probe"])
         tables["lungs_hidden"] = audit.lungs_hidden(backbone, split, classes, size, config, work["hidden"])
@@ -74,9 +73,8 @@ def main() -> None:
             "images": len(saliency),
         },
     }
-    if "external" in tables:
-        metrics["external"] = {"images": len(tables["external"]),
-                               **audit.scored(tables["external"], classes, resamples, seed)}
+    metrics["external"] = {"images": len(tables["external"]),
+                           **audit.scored(tables["external"], classes, resamples, seed)}
     metrics = audit.without_nan(metrics)
 
     grid = figures.saliency_grid(batch, maps, saliency, images.center_box(size, box),
@@ -100,7 +98,8 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"audit@{backbone.name}: class accuracy {metrics['classifier']['accuracy']:.2f}, source probe within "
           f"class {within['value']:.2f} (chance {within['chance']:.2f}), lungs hidden "
-          f"{metrics['lungs_hidden']['accuracy']:.2f}, Grad-CAM in lung box {metrics['saliency']['lung_box_share']:.2f}")
+          f"{metrics['lungs_hidden']['accuracy']:.2f}, Grad-CAM in lung box "
+          f"{metrics['saliency']['lung_box_share']:.2f}")
 
 
 if __name__ == "__main__":

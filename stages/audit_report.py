@@ -31,7 +31,7 @@ def main() -> None:
     config = load()
     results = {name: read_json(AUDIT / f"{name}.json") for name in config.backbones}
     split_report = read_json(Path("reports/data/split.json"))
-    external = read_json(Path("reports/data/external.json"))["test_set"] if config.sources.external else None
+    external = read_json(Path("reports/data/external.json"))["test_set"]
     note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
     classes = config.class_names()
     write_text(AUDIT_MD, audit.audit_markdown(results, split_report["source_confound"], external, classes, note))

@@ -70,7 +70,8 @@ def region_model(size: int, masked: bool) -> keras.Model:
                                      name="brightness")(base_input)
     base = keras.Model(base_input, KeepTopLeft()(brightness) if masked else brightness, name="base")
     inputs = keras.Input((size, size, 3))
-    features = keras.layers.GlobalAveragePooling2D(name="pool")(base(keras.layers.Rescaling(1 / 255, name="preprocess")(inputs)))
+    scaled = keras.layers.Rescaling(1 / 255, name="preprocess")(inputs)
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(base(scaled))
     head = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, activation="softmax")], name="head")
     head.layers[-1].set_weights([np.array([[-1.0, 1.0]], np.float32), np.zeros(2, np.float32)])
     return keras.Model(inputs, head(features))
@@ -98,7 +99,8 @@ def test_box_share_of_even_peaked_and_empty_maps():
     peaked[0, 5, 5] = 1.0
     shares = audit.box_share(np.concatenate([even, peaked, np.zeros((1, 10, 10))]), 0.6)
     assert shares[0] == pytest.approx(0.36) and shares[1] == 1.0 and np.isnan(shares[2])
-    assert audit.even_share(10, 0.6) == pytest.approx(0.36) and audit.even_share(96, 0.6) == pytest.approx((58 / 96) ** 2)
+    assert audit.even_share(10, 0.6) == pytest.approx(0.36)
+    assert audit.even_share(96, 0.6) == pytest.approx((58 / 96) ** 2)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +150,8 @@ def test_external_set_keeps_task_classes_and_drops_copies_of_training_images(ext
 def test_an_external_source_cannot_also_be_trained_on():
     with pytest.raises(ConfigError, match=r"sources.external: \['actualmed'\] also in sources.use"):
         make_config({"sources": {"use": ["covid_chestxray", "kermany", "actualmed"]}})
+    with pytest.raises(ConfigError, match="sources.external: the shortcut audit needs one external test source"):
+        make_config({"sources": {"external": []}})
     with pytest.raises(ConfigError, match="audit.lung_box"):
         make_config({"audit": {"lung_box": 1.5}})
 

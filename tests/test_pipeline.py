@@ -62,7 +62,8 @@ def test_repro_noop_and_experiments(clone):
     runs = mlflow_runs(clone)
     backbones = ["inceptionresnetv2", "nasnetlarge", "vgg16", "xception"]
     assert sorted(runs["tags.mlflow.runName"]) == sorted(
-        ["evaluate", "finetune", "audit_report"] + [f"{stage}@{name}" for stage in ("train", "audit") for name in backbones])
+        ["evaluate", "finetune", "audit_report"]
+        + [f"{stage}@{name}" for stage in ("train", "audit") for name in backbones])
     assert "**xception.**" in (clone / "reports/eval/audit.md").read_text()
     assert (clone / "reports/model_card.md").is_file()
     comparison = (clone / "reports/eval/comparison.md").read_text()

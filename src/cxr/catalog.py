@@ -30,7 +30,8 @@ class CatalogError(CxrError):
 
 def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
     """Merge sources ``names`` (default: ``sources.use``) into a catalog; return it with its data report."""
-    tables = {name: read_source(name, raw_root / name, config) for name in names or config.sources.use}
+    names = config.sources.use if names is None else names
+    tables = {name: read_source(name, raw_root / name, config) for name in names}
     images = pd.concat([table.images for table in tables.values()], ignore_index=True)
     images["label"] = map_findings(images, config.labels)
     described = describe_images(images["path"].tolist())

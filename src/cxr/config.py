@@ -250,6 +250,9 @@ def _check_semantics(config: Config, source: str) -> None:
         )
     if not config.sources.use:
         raise ConfigError(f"{source}: sources.use: at least one source is needed; allowed: {list(SOURCE_NAMES)}")
+    if not config.sources.external:
+        raise ConfigError(f"{source}: sources.external: the shortcut audit needs one external test source; "
+                          f"allowed: {list(SOURCE_NAMES)} not in sources.use")
     both = sorted(set(config.sources.use) & set(config.sources.external))
     if both:
         raise ConfigError(f"{source}: sources.external: {both} also in sources.use; an external test source "

@@ -155,7 +155,8 @@ def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], si
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
     train_images = images.image_dataset(train_rows, classes, size, params.cache, hidden_center,
                                         params.cache_memory_limit_mb)
-    val_images = images.image_dataset(val_rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb)
+    val_images = images.image_dataset(val_rows, classes, size, params.cache, hidden_center,
+                                      params.cache_memory_limit_mb)
     augment = images.augmenter(params.augment, seed)
     head = model.get_layer("head")
     extractor = feature_extractor(model)
@@ -188,7 +189,8 @@ def train_whole(model: keras.Model, split: pd.DataFrame, classes: list[str], siz
                                         memory_limit_mb=params.cache_memory_limit_mb)
     train_batches = images.batches(train_images, params.batch_size,
                                    shuffle_seed=seed, augment=images.augmenter(params.augment, seed))
-    val_images = images.image_dataset(val_rows, classes, size, params.cache, memory_limit_mb=params.cache_memory_limit_mb)
+    val_images = images.image_dataset(val_rows, classes, size, params.cache,
+                                      memory_limit_mb=params.cache_memory_limit_mb)
     val_batches = images.batches(val_images, params.batch_size)
     return fit(model, train_batches, val_batches, epochs=epochs, learning_rate=learning_rate, amsgrad=params.amsgrad,
                weights=weights, patience=params.early_stopping_patience, work_dir=work_dir, callbacks=callbacks,
