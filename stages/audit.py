@@ -70,6 +70,7 @@ def main() -> None:
             "per_class": saliency.groupby("class")["lung_box_share"].mean().to_dict(),
             "uniform_share": audit.even_share(size, box),
             "layer": backbone.gradcam_layer or "base output",
+            "map_side": audit.map_side(classifier, backbone.gradcam_layer),
             "images": len(saliency),
         },
     }

@@ -193,16 +193,16 @@ def test_verdict_follows_the_numbers():
         "source_probe": {"within_class_accuracy": 1.0, "within_class_chance": 0.5},
         "lungs_hidden": {"balanced_accuracy": 0.45, "balanced_accuracy_low": 0.35, "balanced_accuracy_high": 0.55,
                          "recall_COVID": 0.8},
-        "saliency": {"lung_box_share": 0.2, "uniform_share": 0.36},
+        "saliency": {"lung_box_share": 0.2, "uniform_share": 0.36, "map_side": 7},
         "external": {"recall_COVID": 0.5},
     }
     assert audit.evidence(metrics, 4) == {"probe": True, "lungs_hidden": True, "saliency": True, "external": True}
     text = audit.verdict("vgg16", metrics, 4)
-    assert "1.00 (chance 0.50)" in text and "0.45 [0.35, 0.55]" in text
+    assert "1.00 (chance 0.50)" in text and "0.45 [0.35, 0.55]" in text and "a 7x7 feature map" in text
     assert "The COVID result is not evidence of COVID detection" in text
     clean = {**metrics, "source_probe": {"within_class_accuracy": 0.55, "within_class_chance": 0.5},
              "lungs_hidden": {**metrics["lungs_hidden"], "balanced_accuracy_low": 0.2},
-             "saliency": {"lung_box_share": 0.6, "uniform_share": 0.36}, "external": {"recall_COVID": 0.95}}
+             "saliency": {"lung_box_share": 0.35, "uniform_share": 0.36}, "external": {"recall_COVID": 0.95}}
     assert not any(audit.evidence(clean, 4).values())
     assert "find no sign" in audit.verdict("vgg16", clean, 4)
 

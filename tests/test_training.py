@@ -256,6 +256,7 @@ def test_audit_stages_write_metrics_verdict_card_and_mlflow_overlays(trained):
     assert set(metrics) == {"classifier", "source_probe", "lungs_hidden", "saliency", "external"}
     assert metrics["source_probe"]["within_class_chance"] == 0.5
     assert 0 <= metrics["saliency"]["lung_box_share"] <= 1 and metrics["saliency"]["images"] == 16
+    assert metrics["saliency"]["map_side"] == 2  # vgg16's block5_conv3 at 32 px
     external = pd.read_csv(trained / "reports/audit/vgg16/external_predictions.csv")
     assert set(external["actual"]) == {"COVID", "NORMAL"}
     assert external["source"].eq("actualmed").all()

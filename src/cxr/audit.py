@@ -150,6 +150,12 @@ def lungs_hidden(backbone: Backbone, split: pd.DataFrame, classes: list[str], si
     return predicted_table(model, split[split["split"] == "test"], classes, size, config, hidden_center=box)
 
 
+def map_side(model: keras.Model, layer: str | None) -> int:
+    """The side of the feature map Grad-CAM reads: its resolution before upsampling."""
+    base = base_of(model)
+    return int((base.get_layer(layer).output if layer else base.output).shape[1])
+
+
 def saliency(model: keras.Model, backbone: Backbone, sample: pd.DataFrame, classes: list[str], size: int,
              box: float) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Grad-CAM of the predicted class for each sampled image: (images, maps, one row per image)."""
@@ -170,6 +176,7 @@ def without_nan(value):
 
 # Thresholds the verdict uses; audit.md states them next to the numbers.
 PROBE_MARGIN = 0.2  # within-class probe accuracy this far above chance: the sources look different
+SALIENCY_MARGIN = 0.05  # lung-box share of saliency this far below an even spread: it looks elsewhere
 EXTERNAL_DROP = 0.2  # COVID recall this much lower on the external source than on the test split
 
 
@@ -180,8 +187,8 @@ def evidence(metrics: dict, n_classes: int) -> dict[str, bool]:
     return {
         "probe": (probe["within_class_accuracy"] or 0) >= probe["within_class_chance"] + PROBE_MARGIN,
         "lungs_hidden": (hidden["balanced_accuracy_low"] or 0) > 1 / n_classes,
-        "saliency": metrics["saliency"]["lung_box_share"] is not None
-        and saliency["lung_box_share"] < saliency["uniform_share"],
+        "saliency": saliency["lung_box_share"] is not None
+        and saliency["lung_box_share"] <= saliency["uniform_share"] - SALIENCY_MARGIN,
         "external": external.get("recall_COVID") is not None and internal.get("recall_COVID") is not None
         and external["recall_COVID"] <= internal["recall_COVID"] - EXTERNAL_DROP,
     }
@@ -207,7 +214,7 @@ def verdict(backbone: str, metrics: dict, n_classes: int) -> str:
         f"{_interval(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) and a COVID recall of "
         f"{_number(hidden.get('recall_COVID'))}.",
         f"Grad-CAM puts {_number(saliency['lung_box_share'])} of its mass inside the lung box "
-        f"({saliency['uniform_share']:.2f} if it were spread evenly).",
+        f"({saliency['uniform_share']:.2f} if it were spread evenly; {_map(saliency)}).",
     ]
     if "external" in metrics:
         sentences.append(f"On the external source, COVID recall is {_number(metrics['external'].get('recall_COVID'))}"
@@ -234,6 +241,11 @@ LABELS = {"lungs_hidden": "the lungs-hidden classifier", "saliency": "the salien
 def _listing(names: list[str]) -> str:
     labels = [LABELS[name] for name in names]
     return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def _map(saliency: dict) -> str:
+    side = saliency.get("map_side")
+    return "map size unknown" if side is None else f"a {side}x{side} feature map"
 
 
 def _number(value) -> str:
@@ -267,7 +279,7 @@ def audit_markdown(results: dict[str, dict], confound: dict, external: dict | No
     lines += ["", "## Results", "",
               "| backbone | test accuracy | source probe within class (chance) | source probe accuracy "
               "(class-only guess) | lungs hidden: balanced accuracy | lungs hidden: COVID recall | "
-              "Grad-CAM mass in lung box (even spread) | external: accuracy | external: COVID recall |",
+              "Grad-CAM mass in lung box (even spread; map) | external: accuracy | external: COVID recall |",
               "|---|---|---|---|---|---|---|---|---|"]
     for backbone, metrics in results.items():
         probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
@@ -277,7 +289,8 @@ def audit_markdown(results: dict[str, dict], confound: dict, external: dict | No
             f"{_number(probe['within_class_accuracy'])} ({probe['within_class_chance']:.2f})",
             f"{_number(probe['accuracy'])} ({probe['class_only_accuracy']:.2f})",
             _interval(hidden, "balanced_accuracy"), _number(hidden.get("recall_COVID")),
-            f"{_number(saliency['lung_box_share'])} ({saliency['uniform_share']:.2f})",
+            f"{_number(saliency['lung_box_share'])} ({saliency['uniform_share']:.2f}; "
+            f"{saliency.get('map_side')}x{saliency.get('map_side')} map)",
             _interval(external_metrics, "accuracy"), _number(external_metrics.get("recall_COVID")),
         ]) + " |")
     lines += ["", "## Verdict", ""]
@@ -295,7 +308,9 @@ def audit_markdown(results: dict[str, dict], confound: dict, external: dict | No
         "counts as above chance when the lower end of its 95% patient-bootstrap interval is.",
         "- **Grad-CAM**: saliency of the predicted class at the backbone's last feature map (layer in the "
         "backbone registry), for `audit.saliency_images_per_class` test images per class; the share of its "
-        "mass inside the lung box, against the share an even spread would have. Overlays: "
+        "mass inside the lung box, against the share an even spread would have; "
+        f"{SALIENCY_MARGIN} or more below it counts as looking elsewhere. A feature map of 1x1 (small inputs) "
+        "cannot localise anything. Overlays: "
         + ", ".join(f"[{backbone}](../audit/{backbone}/gradcam.png)" for backbone in results) + ".",
         f"- **External**: the trained classifier on the external source's images; a COVID recall "
         f"{EXTERNAL_DROP} or more below the test split's counts as a drop.",
