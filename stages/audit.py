@@ -18,7 +18,6 @@ import pandas as pd
 from cxr import audit, backbones, figures, images, tracking, training
 from cxr.config import load
 from cxr.outputs import staged_directory, write_csv, write_json
-from cxr.split import source_confound
 from cxr.stage import run
 
 SPLIT = Path("data/processed/split.csv")
@@ -28,16 +27,15 @@ EXTERNAL = Path("data/processed/external.csv")
 def main() -> None:
     config = load()
     backbone = backbones.get(sys.argv[1])
+    strategy = training.configure_runtime(config.train, config.seed)
     split = pd.read_csv(SPLIT)
     test = split[split["split"] == "test"].reset_index(drop=True)
     classifier, meta = training.load_model(Path("models") / backbone.name)
     classes, size = meta["classes"], meta["image_size"]
     box = config.audit.lung_box
-    resamples, seed = config.evaluate.bootstrap_resamples, config.evaluate.bootstrap_seed
     key = {"config": asdict(config), "split": tracking.file_md5(SPLIT)}
     work = {name: training.resume_dir(Path("models/.resume") / f"audit-{name}-{backbone.name}", key | {"stage": name})
             for name in ("probe", "hidden")}
-    strategy = training.configure_runtime(config.train, config.seed)
 
     tables = {"classifier": audit.predicted_table(classifier, test, classes, size, config)}
     sample = audit.saliency_sample(test, config.audit.saliency_images_per_class, config.audit.saliency_seed)
@@ -47,36 +45,8 @@ def main() -> None:
         tables["source_probe"] = audit.source_probe(backbone, split, size, config, work["probe"])
         tables["lungs_hidden"] = audit.lungs_hidden(backbone, split, classes, size, config, work["hidden"])
 
-    sources = sorted(split["source"].unique())
-    confound = source_confound(split)
-    within = audit.within_class_source_accuracy(tables["source_probe"])
-    metrics = {
-        "classifier": audit.scored(tables["classifier"], classes, resamples, seed),
-        "source_probe": {
-            "accuracy": float((tables["source_probe"]["actual"] == tables["source_probe"]["predicted"]).mean()),
-            "class_only_accuracy": audit.class_only_source_accuracy(split),
-            "within_class_accuracy": within["value"],
-            "within_class_chance": within["chance"],
-            "within_class_evidence": sum(within["smallest_source_images"].values()),
-            **audit.scored(tables["source_probe"], sources, resamples, seed),
-        },
-        "lungs_hidden": {
-            **audit.scored(tables["lungs_hidden"], classes, resamples, seed),
-            "source_only_accuracy": confound["source_only_accuracy"],
-            "majority_class_accuracy": confound["majority_class_accuracy"],
-        },
-        "saliency": {
-            "lung_box_share": float(saliency["lung_box_share"].mean()),
-            "per_class": saliency.groupby("class")["lung_box_share"].mean().to_dict(),
-            "uniform_share": audit.even_share(size, box),
-            "layer": backbone.gradcam_layer or "base output",
-            "map_side": audit.map_side(classifier, backbone.gradcam_layer),
-            "images": len(saliency),
-        },
-    }
-    metrics["external"] = {"images": len(tables["external"]),
-                           **audit.scored(tables["external"], classes, resamples, seed)}
-    metrics = audit.without_nan(metrics)
+    metrics = audit.summary(tables, saliency, split, classes, size, config,
+                            layer=backbone.gradcam_layer, map_side=audit.map_side(classifier, backbone.gradcam_layer))
 
     grid = figures.saliency_grid(batch, maps, saliency, images.center_box(size, box),
                                  f"Grad-CAM, {backbone.name} ({metrics['saliency']['layer']})")
@@ -97,10 +67,7 @@ def main() -> None:
         mlflow.log_artifacts(str(out), "audit")
     for folder in work.values():
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"audit@{backbone.name}: class accuracy {metrics['classifier']['accuracy']:.2f}, source probe within "
-          f"class {within['value']:.2f} (chance {within['chance']:.2f}), lungs hidden "
-          f"{metrics['lungs_hidden']['accuracy']:.2f}, Grad-CAM in lung box "
-          f"{metrics['saliency']['lung_box_share']:.2f}")
+    print(audit.verdict(backbone.name, metrics, len(classes)))
 
 
 if __name__ == "__main__":

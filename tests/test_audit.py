@@ -1,7 +1,6 @@
 """The shortcut audit: its statistics on known tables, Grad-CAM on a model whose answer depends
 on a known region, the external source, and the probe on data with and without a source shift."""
 
-import json
 import shutil
 from pathlib import Path
 

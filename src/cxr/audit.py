@@ -25,6 +25,7 @@ from cxr import evaluation, images, training
 from cxr.backbones import Backbone
 from cxr.config import Config
 from cxr.model import base_of, build_classifier
+from cxr.split import source_confound
 
 
 def within_class_source_accuracy(table: pd.DataFrame) -> dict:
@@ -165,6 +166,41 @@ def saliency(model: keras.Model, backbone: Backbone, sample: pd.DataFrame, class
     table = sample[["image_id", "source", "class"]].reset_index(drop=True).assign(
         predicted=np.asarray(classes)[predicted], lung_box_share=box_share(maps, box))
     return batch, maps, table
+
+
+def summary(tables: dict[str, pd.DataFrame], saliency_table: pd.DataFrame, split: pd.DataFrame,
+            classes: list[str], size: int, config: Config, *, layer: str | None, map_side: int) -> dict:
+    """The audit's metrics for one backbone (``reports/audit/<backbone>.json``) from its prediction
+    tables (``classifier``, ``source_probe``, ``lungs_hidden``, ``external``) and saliency table."""
+    resamples, seed = config.evaluate.bootstrap_resamples, config.evaluate.bootstrap_seed
+    probe = tables["source_probe"]
+    within = within_class_source_accuracy(probe)
+    confound = source_confound(split)
+    return without_nan({
+        "classifier": scored(tables["classifier"], classes, resamples, seed),
+        "source_probe": {
+            "accuracy": float((probe["actual"] == probe["predicted"]).mean()),
+            "class_only_accuracy": class_only_source_accuracy(split),
+            "within_class_accuracy": within["value"],
+            "within_class_chance": within["chance"],
+            "within_class_evidence": sum(within["smallest_source_images"].values()),
+            **scored(probe, sorted(split["source"].unique()), resamples, seed),
+        },
+        "lungs_hidden": {
+            **scored(tables["lungs_hidden"], classes, resamples, seed),
+            "source_only_accuracy": confound["source_only_accuracy"],
+            "majority_class_accuracy": confound["majority_class_accuracy"],
+        },
+        "saliency": {
+            "lung_box_share": float(saliency_table["lung_box_share"].mean()),
+            "per_class": saliency_table.groupby("class")["lung_box_share"].mean().to_dict(),
+            "uniform_share": even_share(size, config.audit.lung_box),
+            "layer": layer or "base output",
+            "map_side": map_side,
+            "images": len(saliency_table),
+        },
+        "external": {"images": len(tables["external"]), **scored(tables["external"], classes, resamples, seed)},
+    })
 
 
 def without_nan(value):
