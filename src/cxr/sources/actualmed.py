@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from cxr.config import ActualmedSource
-from cxr.sources.layout import SourceLayoutError, SourceTable, select_below_top
+from cxr.sources.layout import SourceLayoutError, SourceTable, check_has_file, read_metadata, select_below_top
 
 NAME = "actualmed"
 METADATA = "metadata.csv"
@@ -27,19 +27,13 @@ def select_member(name: PurePosixPath) -> PurePosixPath | None:
 
 
 def check_layout(root: Path) -> None:
-    if not (root / METADATA).is_file():
-        raise SourceLayoutError(f"{root}: no {METADATA} in the archive's top folder")
+    check_has_file(root, METADATA)
 
 
 def read(root: Path, params: ActualmedSource | None = None) -> SourceTable:
     """One row per image with a finding; every image is an X-ray (the collection holds nothing else)."""
     metadata_path = root / METADATA
-    metadata = pd.read_csv(metadata_path, dtype=str, keep_default_na=True)
-    missing_columns = [column for column in REQUIRED_COLUMNS if column not in metadata.columns]
-    if missing_columns:
-        raise SourceLayoutError(
-            f"{metadata_path}: missing column(s) {missing_columns}; found {list(metadata.columns)}"
-        )
+    metadata = read_metadata(metadata_path, REQUIRED_COLUMNS)
     rows, dropped, absent = [], [], []
     for index, record in metadata.iterrows():
         line = int(index) + 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -29,6 +29,21 @@ class SourceTable:
 def is_macos_junk(name: PurePosixPath) -> bool:
     """``__MACOSX/`` resource forks, ``._*`` AppleDouble files and ``.DS_Store`` are not data."""
     return "__MACOSX" in name.parts or name.name.startswith("._") or name.name == ".DS_Store"
+
+
+def read_metadata(path: Path, required: list[str]) -> pd.DataFrame:
+    """A source's metadata table as text (empty cells NaN); a missing required column is named."""
+    metadata = pd.read_csv(path, dtype=str, keep_default_na=True)
+    missing_columns = [column for column in required if column not in metadata.columns]
+    if missing_columns:
+        raise SourceLayoutError(f"{path}: missing column(s) {missing_columns}; found {list(metadata.columns)}")
+    return metadata
+
+
+def check_has_file(root: Path, name: str) -> None:
+    """The extracted archive must hold ``name`` below its top folder."""
+    if not (root / name).is_file():
+        raise SourceLayoutError(f"{root}: no {name} in the archive's top folder")
 
 
 def select_below_top(name: PurePosixPath, files: tuple[str, ...], folders: tuple[str, ...]) -> PurePosixPath | None:

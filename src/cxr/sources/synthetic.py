@@ -175,6 +175,15 @@ def _writestr(archive: zipfile.ZipFile, name: str, data: bytes | str) -> None:
     archive.writestr(info, data)
 
 
+def _csv_text(rows: list[dict[str, str]], columns: list[str]) -> str:
+    """A metadata.csv as upstream writes it: header, then one line per row, ``\n`` line ends."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return table.getvalue()
+
+
 def _size(rng: np.random.Generator, params: Synthetic) -> tuple[int, int]:
     width = int(rng.integers(params.min_size, params.max_size + 1))
     height = int(np.clip(width * rng.uniform(0.85, 1.2), params.min_size, params.max_size))
@@ -217,14 +226,11 @@ def write_covid_chestxray_archive(path: Path, params: Synthetic, commit: str) ->
     image_rows = [row for row in rows if row["folder"] == "images"]
     missing = {row["filename"] for row in image_rows[: params.missing_files]}
 
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COVID_METADATA_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    table = _csv_text(rows, COVID_METADATA_COLUMNS)
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:
         _writestr(archive, f"{top}/README.md", "# COVID-19 image data collection (synthetic stand-in)\n")
-        _writestr(archive, f"{top}/metadata.csv", table.getvalue())
+        _writestr(archive, f"{top}/metadata.csv", table)
         for filename, data in images.items():
             if filename not in missing:
                 _writestr(archive, f"{top}/images/{filename}", data)
@@ -266,14 +272,11 @@ def write_actualmed_archive(path: Path, params: Synthetic, commit: str) -> Path:
                        age=str(int(rng.integers(25, 90))), finding=finding, view=_pick(rng, ACTUALMED_VIEWS),
                        modality="X-ray", date="2020", location="synthetic", imagename=imagename)
             rows.append(row)
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=ACTUALMED_METADATA_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    table = _csv_text(rows, ACTUALMED_METADATA_COLUMNS)
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:
         _writestr(archive, f"{top}/README.md", "# Actualmed COVID-19 chest X-rays (synthetic stand-in)\n")
-        _writestr(archive, f"{top}/metadata.csv", table.getvalue())
+        _writestr(archive, f"{top}/metadata.csv", table)
         for imagename, data in images.items():
             _writestr(archive, f"{top}/images/{imagename}", data)
     return path
