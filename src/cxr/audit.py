@@ -247,7 +247,7 @@ def verdict(backbone: str, metrics: dict, n_classes: int) -> str:
     sentences = [
         probe_sentence,
         f"With the lungs hidden, the classifier still reaches a balanced accuracy of "
-        f"{_interval(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) and a COVID recall of "
+        f"{evaluation.interval_text(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) and a COVID recall of "
         f"{_number(hidden.get('recall_COVID'))}.",
         f"Grad-CAM puts {_number(saliency['lung_box_share'])} of its mass inside the lung box "
         f"({saliency['uniform_share']:.2f} if it were spread evenly; {_map(saliency)}).",
@@ -288,12 +288,6 @@ def _number(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _interval(values: dict, statistic: str) -> str:
-    if values.get(statistic) is None:
-        return "-"
-    return f"{values[statistic]:.2f} [{values[f'{statistic}_low']:.2f}, {values[f'{statistic}_high']:.2f}]"
-
-
 def audit_markdown(results: dict[str, dict], confound: dict, external: dict | None, classes: list[str],
                    note: str) -> str:
     """``reports/eval/audit.md``: the source x class table, one row of numbers per backbone,
@@ -321,13 +315,13 @@ def audit_markdown(results: dict[str, dict], confound: dict, external: dict | No
         probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
         external_metrics = metrics.get("external", {})
         lines.append(" | ".join([
-            f"| {backbone}", _interval(metrics["classifier"], "accuracy"),
+            f"| {backbone}", evaluation.interval_text(metrics["classifier"], "accuracy"),
             f"{_number(probe['within_class_accuracy'])} ({probe['within_class_chance']:.2f})",
             f"{_number(probe['accuracy'])} ({probe['class_only_accuracy']:.2f})",
-            _interval(hidden, "balanced_accuracy"), _number(hidden.get("recall_COVID")),
+            evaluation.interval_text(hidden, "balanced_accuracy"), _number(hidden.get("recall_COVID")),
             f"{_number(saliency['lung_box_share'])} ({saliency['uniform_share']:.2f}; "
             f"{saliency.get('map_side')}x{saliency.get('map_side')} map)",
-            _interval(external_metrics, "accuracy"), _number(external_metrics.get("recall_COVID")),
+            evaluation.interval_text(external_metrics, "accuracy"), _number(external_metrics.get("recall_COVID")),
         ]) + " |")
     lines += ["", "## Verdict", ""]
     for backbone, metrics in results.items():

@@ -171,6 +171,14 @@ def flat_intervals(intervals: dict) -> dict:
     return row
 
 
+def interval_text(values, statistic: str) -> str:
+    """``value [low, high]`` from flat statistics (a dict or a table row); ``-`` when missing."""
+    value = values.get(statistic)
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value:.2f} [{values[f'{statistic}_low']:.2f}, {values[f'{statistic}_high']:.2f}]"
+
+
 def comparison_row(name: str, model_report: dict, intervals: dict, classes: list[str]) -> dict:
     """The study's table row for one model, with intervals and AUC."""
     row = {"model": name, **flat_intervals(intervals)}
@@ -184,11 +192,6 @@ def comparison_row(name: str, model_report: dict, intervals: dict, classes: list
 
 def comparison_markdown(table: pd.DataFrame, classes: list[str], tests: pd.DataFrame, note: str) -> str:
     """``comparison.md``: one row per model with 95% intervals, then the McNemar table."""
-    def cell(row, statistic: str) -> str:
-        if pd.isna(row[statistic]):
-            return "-"
-        return f"{row[statistic]:.2f} [{row[f'{statistic}_low']:.2f}, {row[f'{statistic}_high']:.2f}]"
-
     statistics = ["accuracy", "macro_f1"] + [f"recall_{name}" for name in classes]
     header = ["model", *statistics, "ROC AUC (macro)"]
     lines = [
@@ -202,7 +205,8 @@ def comparison_markdown(table: pd.DataFrame, classes: list[str], tests: pd.DataF
         "|" + "---|" * len(header),
     ]
     for _, row in table.iterrows():
-        cells = [row["model"], *[cell(row, statistic) for statistic in statistics], f"{row['roc_auc_macro']:.2f}"]
+        cells = [row["model"], *[interval_text(row, statistic) for statistic in statistics],
+                 f"{row['roc_auc_macro']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     never = table[table["never_predicted"] != ""]
     if len(never):

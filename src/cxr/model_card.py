@@ -5,13 +5,7 @@ from __future__ import annotations
 
 from cxr.audit import verdict
 from cxr.config import Config
-
-
-def _interval(values: dict, statistic: str) -> str:
-    interval = values.get(statistic)
-    if not interval or interval["value"] is None or interval["value"] != interval["value"]:
-        return "-"
-    return f"{interval['value']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
+from cxr.evaluation import flat_intervals, interval_text
 
 
 def model_card(config: Config, *, meta: dict, report: dict, split_report: dict, audit_metrics: dict | None,
@@ -23,7 +17,7 @@ def model_card(config: Config, *, meta: dict, report: dict, split_report: dict, 
     audit of the backbone it was fine-tuned from.
     """
     classes = meta["classes"]
-    intervals = report["intervals"]
+    intervals = flat_intervals(report["intervals"])
     confound = split_report["source_confound"]
     weights = f"weights: {config.train.weights}" if config.train.weights else "random initial weights"
     lines = [
@@ -54,10 +48,10 @@ def model_card(config: Config, *, meta: dict, report: dict, split_report: dict, 
     lines += ["", "## Test results", "",
               f"{report['support']} test images; 95% intervals from a bootstrap over patients.", "",
               "| statistic | value [95% CI] |", "|---|---|",
-              f"| accuracy | {_interval(intervals, 'accuracy')} |",
-              f"| macro F1 | {_interval(intervals, 'macro_f1')} |",
-              f"| balanced accuracy | {_interval(intervals, 'balanced_accuracy')} |"]
-    lines += [f"| recall {name} | {_interval(intervals, f'recall_{name}')} |" for name in classes]
+              f"| accuracy | {interval_text(intervals, 'accuracy')} |",
+              f"| macro F1 | {interval_text(intervals, 'macro_f1')} |",
+              f"| balanced accuracy | {interval_text(intervals, 'balanced_accuracy')} |"]
+    lines += [f"| recall {name} | {interval_text(intervals, f'recall_{name}')} |" for name in classes]
     aucs = {name: value for name, value in report["roc_auc"].items() if value is not None}
     lines += ["", "ROC AUC (one vs rest): " + ", ".join(f"{name} {value:.2f}" for name, value in aucs.items()) + "."]
     if external_report and audit_metrics and "external" in audit_metrics:
