@@ -5,7 +5,7 @@ from pathlib import Path
 from cxr import catalog
 from cxr.config import load
 from cxr.outputs import write_csv, write_json
-from cxr.split import make_split
+from cxr.split import left_out_note, make_split
 from cxr.stage import run
 from cxr.validation import split_tables, validate
 
@@ -19,7 +19,8 @@ def main() -> None:
     config = load()
     table, report = make_split(catalog.read(FILTERED), config, origin=str(FILTERED))
     tables = split_tables(table, config.class_names(), config.split.fractions, config.split.tolerance)
-    validate("split", tables, VALIDATION)
+    hint = left_out_note(report["labels_left_out_by_task"], config.task)
+    validate("split", tables, VALIDATION, hint=hint)
     write_json(REPORT, report)
     write_csv(SPLIT, table)
     print(f"split: {report['images']} images -> {SPLIT}")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,20 @@ def stage_env(**extra: str) -> dict[str, str]:
 def run_stage(folder: Path, stage: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, f"stages/{stage}.py", *args], cwd=folder, env=env or stage_env(),
                           capture_output=True, text=True, timeout=600)
+
+
+@contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over HTTP from a child process bound to 127.0.0.1 on a free port; yield
+    its base URL; stop that process (by its own pid) afterwards."""
+    server = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(folder), "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        banner = server.stdout.readline()
+        port = re.search(r"port (\d+)", banner)
+        assert port, f"http.server did not start: {banner!r}"
+        yield f"http://127.0.0.1:{port[1]}"
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)

@@ -17,14 +17,16 @@ from conftest import make_config
 
 
 def probe_table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["class", "actual", "predicted"])
+    """Probe predictions, one patient per image."""
+    table = pd.DataFrame(rows, columns=["class", "actual", "predicted"])
+    return table.assign(patient_id=[f"p{index}" for index in range(len(table))])
 
 
 def test_within_class_probe_scores_a_class_only_guess_at_chance():
     # Always answering the class's most common source: right for every "b" image, wrong for every "a".
     guess = probe_table([("X", "a", "b")] * 3 + [("X", "b", "b")] * 9 + [("Y", "a", "b")] * 2 + [("Y", "b", "b")] * 5
                         + [("Z", "a", "a")] * 4)
-    result = audit.within_class_source_accuracy(guess)
+    result = audit.within_class_source_accuracy(guess, resamples=50, seed=0)
     assert result["value"] == pytest.approx(0.5) and result["chance"] == 0.5
     assert "Z" not in result["per_class"]  # one source only: no evidence either way
     assert result["smallest_source_images"] == {"X": 3, "Y": 2}
@@ -33,9 +35,22 @@ def test_within_class_probe_scores_a_class_only_guess_at_chance():
 def test_within_class_probe_weights_classes_by_their_evidence():
     perfect = [("X", "a", "a")] * 4 + [("X", "b", "b")] * 4
     wrong_once = [("Y", "a", "b"), ("Y", "b", "a")]
-    result = audit.within_class_source_accuracy(probe_table(perfect + wrong_once))
-    assert result["per_class"] == {"X": 1.0, "Y": 0.0}
+    result = audit.within_class_source_accuracy(probe_table(perfect + wrong_once), resamples=200, seed=0)
+    assert {name: score["balanced_accuracy"] for name, score in result["per_class"].items()} == {"X": 1.0, "Y": 0.0}
+    assert result["per_class"]["X"]["images"] == {"a": 4, "b": 4}
+    assert result["per_class"]["X"]["balanced_accuracy_low"] == 1.0  # every resample is perfect
     assert result["value"] == pytest.approx(4 / 5)
+
+
+def test_within_class_scores_say_what_they_rest_on():
+    table = probe_table([("BACTERIA", "covid_chestxray", "covid_chestxray")] * 3
+                        + [("BACTERIA", "kermany", "kermany")] * 40 + [("BACTERIA", "kermany", "covid_chestxray")] * 2)
+    result = audit.within_class_source_accuracy(table, resamples=300, seed=0)
+    bacteria = result["per_class"]["BACTERIA"]
+    assert bacteria["balanced_accuracy"] == pytest.approx((1 + 40 / 42) / 2)
+    assert bacteria["balanced_accuracy_low"] < bacteria["balanced_accuracy"] <= bacteria["balanced_accuracy_high"]
+    text = audit.within_class_text(result["per_class"])
+    assert text.startswith("BACTERIA 0.98 [") and text.endswith("on 3 covid_chestxray + 42 kermany images")
 
 
 def test_source_confound_rule_and_baselines():
@@ -119,8 +134,12 @@ def test_actualmed_layout_imagename_and_inconclusive_rows(external_root):
     assert {row["reason"] for row in table.dropped} == {"finding is empty (inconclusive)"}
     assert set(table.images["finding"]) == {"COVID-19", "No finding"}
     assert set(table.images["view"]) == {"PA", "AP"}
-    assert table.images["patient_id"].str.startswith("actualmed:ACT-").all()
+    assert table.images["patient_id"].str.fullmatch(r"actualmed:ANON\d+").all()
     assert all(Path(path).is_file() for path in table.images["path"])
+    # DICOM-UID file names with many dots; the repository's sample image is in no metadata row.
+    assert table.images["path"].str.fullmatch(r".*/images/(CR|DX)\.1\.2\.840\.[0-9.]+\.png").all()
+    assert {"artifacts/distortion", "notes"} <= set(table.metadata.columns)
+    assert (external_root / "actualmed" / "images" / "SAMPLE.png").is_file()
 
 
 def test_actualmed_without_imagename_column_is_named(external_root, tmp_path):
@@ -175,7 +194,8 @@ def shortcut_split(source_shift: bool, root: Path) -> tuple[pd.DataFrame, object
 def test_source_probe_detects_the_source_shift_and_falls_to_chance_without_it(tmp_path, source_shift):
     frame, config = shortcut_split(source_shift, tmp_path / "raw")
     vgg16 = backbones.get("vgg16")
-    probe = audit.within_class_source_accuracy(audit.source_probe(vgg16, frame, 64, config, tmp_path / "probe"))
+    probe = audit.within_class_source_accuracy(audit.source_probe(vgg16, frame, 64, config, tmp_path / "probe"),
+                                               resamples=100, seed=0)
     assert sum(probe["smallest_source_images"].values()) >= 15
     if source_shift:
         assert probe["value"] >= 0.9
@@ -189,7 +209,9 @@ def test_source_probe_detects_the_source_shift_and_falls_to_chance_without_it(tm
 def test_verdict_follows_the_numbers():
     metrics = {
         "classifier": {"accuracy": 0.97, "recall_COVID": 1.0},
-        "source_probe": {"within_class_accuracy": 1.0, "within_class_chance": 0.5},
+        "source_probe": {"within_class_accuracy": 1.0, "within_class_chance": 0.5, "within_class": {
+            "BACTERIA": {"balanced_accuracy": 1.0, "balanced_accuracy_low": 1.0, "balanced_accuracy_high": 1.0,
+                         "images": {"covid_chestxray": 3, "kermany": 40}}}},
         "lungs_hidden": {"balanced_accuracy": 0.45, "balanced_accuracy_low": 0.35, "balanced_accuracy_high": 0.55,
                          "recall_COVID": 0.8},
         "saliency": {"lung_box_share": 0.2, "uniform_share": 0.36, "map_side": 7},
@@ -197,7 +219,8 @@ def test_verdict_follows_the_numbers():
     }
     assert audit.evidence(metrics, 4) == {"probe": True, "lungs_hidden": True, "saliency": True, "external": True}
     text = audit.verdict("vgg16", metrics, 4)
-    assert "1.00 (chance 0.50)" in text and "0.45 [0.35, 0.55]" in text and "a 7x7 feature map" in text
+    assert "1.00 (chance 0.50; BACTERIA 1.00 [1.00, 1.00] on 3 covid_chestxray + 40 kermany images)" in text
+    assert "0.45 [0.35, 0.55]" in text and "a 7x7 feature map" in text
     assert "The COVID result is not evidence of COVID detection" in text
     clean = {**metrics, "source_probe": {"within_class_accuracy": 0.55, "within_class_chance": 0.5},
              "lungs_hidden": {**metrics["lungs_hidden"], "balanced_accuracy_low": 0.2},

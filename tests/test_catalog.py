@@ -59,8 +59,10 @@ def test_exact_duplicates_are_reported(tmp_path, raw_root):
     normal = sorted((root / "kermany" / "chest_xray").glob("*/NORMAL/*.jpeg"))
     shutil.copy(normal[0], normal[0].with_name("IM-9999-0001.jpeg"))
     _, report = catalog.build(make_config(), root)
-    [group] = report["duplicate_images"]
-    assert len(group) == 2 and any("IM-9999-0001" in image for image in group)
+    [group] = [group for group in report["duplicate_images"] if any("IM-9999-0001" in image for image in group)]
+    assert len(group) == 2
+    # The generated archive carries byte-identical files of its own, as the real set does.
+    assert len(report["duplicate_images"]) > 1
 
 
 def test_catalog_expectations_catch_bad_rows(tmp_path, merged):

@@ -26,6 +26,16 @@ def test_project_params_load_and_expand_classes():
         ({"classes": {"multiclass": {"COVID": ["CORONA"]}}}, "classes.multiclass.COVID: label 'CORONA'"),
         ({"split": {"train": 0.7}}, "must be positive and sum to 1"),
         ({"filter": {"views": "PA"}}, "filter.views: expected a list"),
+        ({"train": {"epochs": -3}}, "train.epochs: -3 is out of range; it must be >= 1"),
+        ({"train": {"learning_rate": 0}}, "train.learning_rate: 0.0 is out of range; it must be > 0"),
+        ({"train": {"head": {"dropout": 1.0}}}, "train.head.dropout: 1.0 is out of range; it must be >= 0 and < 1"),
+        ({"train": {"image_size": 8}}, "train.image_size: 8 is out of range; it must be >= 32"),
+        ({"split": {"max_per_class": {"COVID": 0}}}, "split.max_per_class.COVID: 0 is out of range; it must be >= 1"),
+        ({"finetune": {"unfreeze": 0}}, "finetune.unfreeze: 0 is out of range"),
+        ({"audit": {"lung_box": 1.2}}, "audit.lung_box: 1.2 is out of range; it must be > 0 and < 1"),
+        ({"evaluate": {"bootstrap_resamples": 0}}, "evaluate.bootstrap_resamples: 0 is out of range"),
+        ({"sources": {"kermany": {"unknown_names": "skip"}}}, "sources.kermany.unknown_names: 'skip' is not allowed"),
+        ({"sources": {"actualmed": {"missing_files": "ignore"}}}, "sources.actualmed.missing_files: 'ignore'"),
     ],
 )
 def test_bad_params_name_the_key(overrides, message):

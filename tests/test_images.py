@@ -21,6 +21,7 @@ def mixed_formats(tmp_path):
         "rgba.png": Image.fromarray(np.dstack([pixels] * 3 + [np.full_like(pixels, 255)]), "RGBA"),
         "gray16.png": Image.fromarray(pixels.astype(np.uint16) * 257),
         "gray.png": Image.fromarray(pixels, "L"),
+        "palette.png": Image.fromarray(np.stack([pixels] * 3, -1), "RGB").quantize(colors=4),
     }
     rows = []
     for name, picture in files.items():
@@ -107,3 +108,33 @@ def test_augmented_batches_repeat_per_seed_and_vary_per_epoch():
     two = epochs(images.batches(data, 4, augment=augment))
     assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
     assert not np.allclose(one[0], one[1])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_pil_does(tmp_path, orientation):
+    from PIL import ExifTags, ImageOps
+
+    pixels = np.zeros((30, 50), np.uint8)
+    pixels[:10, :20] = 255  # a bright block in one corner tells every turn and mirror apart
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    path = tmp_path / f"o{orientation}.png"
+    Image.fromarray(pixels, "L").save(path, exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)), np.float32)
+    upright = images.upright(tf.io.decode_image(tf.io.read_file(str(path)), channels=1), orientation).numpy()
+    assert upright.shape[:2] == expected.shape and np.array_equal(upright[..., 0], expected)
+
+
+def test_exif_rotated_jpeg_reaches_the_model_upright(tmp_path):
+    from cxr.catalog import describe_image
+    from cxr.sources.synthetic import encode
+
+    pixels = np.zeros((48, 32), np.uint8)
+    pixels[:16] = 220  # bright top third, when upright
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(encode(pixels, "jpeg-exif-rotated"))
+    described = describe_image(str(path))
+    assert (described["orientation"], described["width"], described["height"]) == (6, 32, 48)
+    frame = pd.DataFrame([{"path": str(path), "class": "A", "sha256": "x", "orientation": 6}])
+    image, _ = next(images.image_dataset(frame, ["A"], 24, cache="memory").as_numpy_iterator())
+    assert image[:6].mean() > 180 and image[-6:].mean() < 40

@@ -1,27 +1,31 @@
 """Each source's layout parsing, on archives generated exactly like the upstream ones."""
 
 import hashlib
+import json
+import re
 import subprocess
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import pytest
 
 from cxr.sources import FetchError, SourceLayoutError, covid_chestxray, download_source, kermany, read_source, synthetic
-from conftest import make_config
+from cxr.catalog import build
+from conftest import make_config, serve_folder
 
 
 def test_covid_collection_drops_ct_volumes_and_keeps_rows_with_images(raw_root, config):
     table = read_source("covid_chestxray", raw_root / "covid_chestxray", config)
-    metadata = pd.read_csv(raw_root / "covid_chestxray" / "metadata.csv", dtype=str)
+    metadata = table.metadata
     volumes = metadata[metadata["folder"] == "volumes"]
     assert len(table.images) == (metadata["folder"] == "images").sum()
     assert len(volumes) > 0 and {row["reason"].split()[0] for row in table.dropped} == {"folder=volumes"}
     assert table.images["patient_id"].str.startswith("covid_chestxray:").all()
     assert set(table.images["view"]) >= {"PA", "AP", "L"}
     assert all(Path(path).is_file() for path in table.images["path"])
-    assert list(table.metadata.columns) == synthetic.COVID_METADATA_COLUMNS
+    # The upstream header's stray spaces and trailing empty column are gone.
+    assert list(table.metadata.columns) == [name.strip() for name in synthetic.COVID_METADATA_HEADER if name]
 
 
 def test_covid_archive_layout_matches_github(tmp_path, config):
@@ -39,10 +43,11 @@ def test_kermany_skips_duplicate_tree_and_macos_forks(raw_root, config):
         synthetic.write_kermany_archive(raw_root.parent / "k.zip", config.synthetic)).namelist()
     images_in_zip = [name for name in commit_free if name.endswith(".jpeg")]
     assert any(name.startswith("chest_xray/chest_xray/") for name in images_in_zip)
-    assert any(name.startswith("__MACOSX/") and "/._" in name for name in commit_free)
+    assert any(name.startswith("chest_xray/__MACOSX/") and "/._" in name for name in commit_free)
+    assert "chest_xray/train/.DS_Store" in commit_free
 
     table = read_source("kermany", raw_root / "kermany", config)
-    primary = [name for name in images_in_zip if not name.startswith(("chest_xray/chest_xray/", "__MACOSX/"))]
+    primary = [name for name in images_in_zip if not name.startswith(("chest_xray/chest_xray/", "chest_xray/__MACOSX/"))]
     assert len(table.images) == len(primary)
     assert table.images["image_id"].is_unique
     assert not (raw_root / "kermany" / "chest_xray" / "chest_xray").exists()
@@ -61,18 +66,90 @@ def test_kermany_patients_and_findings(raw_root, config):
     assert images["view"].isna().all() and (images["modality"] == "X-ray").all()
 
 
-def test_kermany_file_not_following_naming_is_named(tmp_path, raw_root):
-    root = tmp_path / "kermany"
-    (root / "chest_xray" / "train" / "PNEUMONIA").mkdir(parents=True)
-    (root / "chest_xray" / "train" / "PNEUMONIA" / "scan_007.jpeg").write_bytes(b"")
-    with pytest.raises(SourceLayoutError, match=r"scan_007.jpeg: file name does not follow the PNEUMONIA naming"):
-        kermany.read(root)
+@pytest.mark.parametrize(("folder", "filename", "patient", "finding"), [
+    ("PNEUMONIA", "person12_bacteria_47.jpeg", "person12", "bacteria"),
+    ("PNEUMONIA", "person3_virus_16.jpeg", "person3", "virus"),
+    ("PNEUMONIA", "person447_virus_921_1.jpeg", "person447", "virus"),
+    ("PNEUMONIA", "person1068_bacteria_3002.JPEG", "person1068", "bacteria"),
+    ("PNEUMONIA", "BACTERIA-213622-0001.jpeg", "213622", "bacteria"),
+    ("PNEUMONIA", "VIRUS-3637528-0002.jpeg", "3637528", "virus"),
+    ("NORMAL", "IM-0115-0001.jpeg", "IM-0115", "NORMAL"),
+    ("NORMAL", "IM-0608-0001-0001.jpeg", "IM-0608", "NORMAL"),
+    ("NORMAL", "NORMAL2-IM-0927-0001.jpeg", "NORMAL2-IM-0927", "NORMAL"),
+    ("NORMAL", "NORMAL2-IM-0374-0001-0002.jpg", "NORMAL2-IM-0374", "NORMAL"),
+    ("NORMAL", "NORMAL-28501-0001.jpeg", "28501", "NORMAL"),
+])
+def test_kermany_reads_every_published_naming(folder, filename, patient, finding):
+    assert kermany.parse_name(folder, filename) == (patient, finding)
+
+
+@pytest.mark.parametrize(("folder", "filename"), [
+    ("PNEUMONIA", "scan_007.jpeg"), ("PNEUMONIA", "person12_fungus_3.jpeg"), ("PNEUMONIA", "IM-0115-0001.jpeg"),
+    ("NORMAL", "person1_bacteria_1.jpeg"), ("NORMAL", "IM-0115-0001.png"), ("NORMAL", "IM-0115.jpeg"),
+])
+def test_kermany_names_that_fit_no_naming_are_refused(folder, filename):
+    assert kermany.parse_name(folder, filename) is None
+
+
+def kermany_tree(root: Path, bad: int) -> Path:
+    """Two good images and ``bad`` badly named ones in a Kermany layout."""
+    for folder, name in (("NORMAL", "IM-0001-0001.jpeg"), ("PNEUMONIA", "person1_virus_1.jpeg")):
+        (root / "chest_xray" / "train" / folder).mkdir(parents=True, exist_ok=True)
+        (root / "chest_xray" / "train" / folder / name).write_bytes(b"")
+    for index in range(bad):
+        (root / "chest_xray" / "train" / "PNEUMONIA" / f"scan_{index:03d}.jpeg").write_bytes(b"")
+    return root
+
+
+def test_kermany_unknown_names_are_all_counted_in_one_error(tmp_path, config):
+    root = kermany_tree(tmp_path / "kermany", bad=12)
+    with pytest.raises(SourceLayoutError) as error:
+        kermany.read(root, config.sources.kermany)
+    message = str(error.value)
+    assert "12 file name(s) follow none of the Kermany namings" in message
+    assert "chest_xray/train/PNEUMONIA/scan_009.jpeg, ..." in message and "scan_010" not in message
+    assert "sources.kermany.unknown_names=drop" in message
+
+
+def test_kermany_unknown_names_dropped_and_listed_with_the_param(tmp_path):
+    root = kermany_tree(tmp_path / "kermany", bad=12)
+    params = make_config({"sources": {"kermany": {"unknown_names": "drop"}}}).sources.kermany
+    table = kermany.read(root, params)
+    assert sorted(table.images["patient_id"]) == ["kermany:IM-0001", "kermany:person1"]
+    assert [row["file"] for row in table.dropped] == [f"chest_xray/train/PNEUMONIA/scan_{i:03d}.jpeg" for i in range(12)]
+    assert all("follows no Kermany naming" in row["reason"] for row in table.dropped)
+
+
+def test_kermany_mendeley_v3_archive_layout_is_read():
+    assert kermany.select_member(PurePosixPath("CellData/chest_xray/train/NORMAL/NORMAL-28501-0001.jpeg")) == \
+        PurePosixPath("chest_xray/train/NORMAL/NORMAL-28501-0001.jpeg")
+    assert kermany.select_member(PurePosixPath("CellData/OCT/train/CNV/CNV-1016042-1.jpeg")) is None
+    assert kermany.select_member(PurePosixPath("chest_xray/__MACOSX/chest_xray/train/NORMAL/._IM-1-1.jpeg")) is None
+    assert kermany.select_member(PurePosixPath("chest_xray/chest_xray/train/NORMAL/IM-0001-0001.jpeg")) is None
+
+
+def test_generated_archives_carry_the_upstream_quirks(raw_root, config):
+    kermany_names = {path.name for path in (raw_root / "kermany" / "chest_xray").glob("*/*/*")}
+    assert any(re.fullmatch(r"person\d+_(bacteria|virus)_\d+_\d+\.jpeg", name) for name in kermany_names)
+    assert any(re.fullmatch(r"(NORMAL2-)?IM-\d+-\d+-\d+\.jpeg", name) for name in kermany_names)
+    assert any(name.startswith("NORMAL2-IM-") for name in kermany_names)
+    raw_metadata = (raw_root / "covid_chestxray" / "metadata.csv").read_bytes()
+    assert raw_metadata.splitlines()[0].endswith(b"clinical notes,other notes,")
+    assert b"\xe0" in raw_metadata  # not UTF-8
+    assert re.search(rb"\.(jpe?g|png) ,", raw_metadata)  # a filename with a trailing space
+    catalog, report = build(config, raw_root)
+    assert set(catalog["mode"]) >= {"L", "RGB", "RGBA", "P", "I;16"}
+    assert 6 in set(catalog["orientation"])
+    assert catalog["width"].max() >= 2000
+    assert report["duplicate_images"]
+    names = catalog.loc[catalog["source"] == "covid_chestxray", "path"].map(lambda path: Path(path).name)
+    assert names.str.contains(r"\..*\.").any() and names.str.endswith(".png").any() and names.str.endswith(".jpeg").any()
 
 
 def test_metadata_missing_a_column_is_named(tmp_path, raw_root, config):
     root = tmp_path / "covid"
     root.mkdir()
-    metadata = pd.read_csv(raw_root / "covid_chestxray" / "metadata.csv", dtype=str)
+    metadata = read_source("covid_chestxray", raw_root / "covid_chestxray", config).metadata
     metadata.drop(columns=["finding"]).to_csv(root / "metadata.csv", index=False)
     with pytest.raises(SourceLayoutError, match=r"metadata.csv: missing column\(s\) \['finding'\]"):
         covid_chestxray.read(root, config.sources.covid_chestxray)
@@ -132,3 +209,29 @@ def test_kaggle_without_credentials_says_how(tmp_path, monkeypatch):
     with pytest.raises(FetchError, match="no Kaggle credentials .* sources.kermany.method=url"):
         download_source("kermany", config, tmp_path / "raw")
     assert not (tmp_path / "raw" / "kermany").exists()
+
+
+@pytest.mark.parametrize("scheme", ["http", "file"])
+def test_github_sources_from_a_mirror_url(tmp_path, config, scheme):
+    mirror = tmp_path / "mirror"
+    commits = {name: getattr(config.sources, name).commit for name in ("covid_chestxray", "actualmed")}
+    synthetic.write_covid_chestxray_archive(mirror / "covid.zip", config.synthetic, commits["covid_chestxray"])
+    synthetic.write_actualmed_archive(mirror / "actualmed.zip", config.synthetic, commits["actualmed"])
+    with serve_folder(mirror) as base:
+        root = base if scheme == "http" else mirror.as_uri()
+        upstream = make_config({"sources": {"origin": "upstream",
+                                            "covid_chestxray": {"url": f"{root}/covid.zip"},
+                                            "actualmed": {"url": f"{root}/actualmed.zip"}}})
+        for name, archive in (("covid_chestxray", "covid.zip"), ("actualmed", "actualmed.zip")):
+            folder = download_source(name, upstream, tmp_path / "raw")
+            provenance = json.loads((folder / "SOURCE.json").read_text())
+            assert provenance["url"] == f"{root}/{archive}" and provenance["commit"] == commits[name]
+            assert provenance["origin"] == "upstream"
+            assert len(read_source(name, folder, upstream).images) > 0
+
+
+def test_github_source_defaults_to_the_commit_zip(config):
+    assert config.sources.covid_chestxray.archive_url == (
+        "https://github.com/ieee8023/covid-chestxray-dataset/archive/a64215bea3982e9f0d3a10c2b316d357d7fa7ed2.zip")
+    mirrored = make_config({"sources": {"actualmed": {"url": "file:///mirror/actualmed.zip"}}})
+    assert mirrored.sources.actualmed.archive_url == "file:///mirror/actualmed.zip"

@@ -1,12 +1,13 @@
 """The data stage scripts on bad inputs: a clear error, exit 1, no output that looks valid."""
 
+import json
 import shutil
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import params_dict, run_stage, write_params
+from conftest import REPO, params_dict, run_stage, write_params
 
 
 def outputs(folder):
@@ -45,13 +46,13 @@ def test_unmapped_finding_stops_merge(project):
     result = run_stage(project, "merge")
     assert result.returncode == 1
     assert "finding(s) not in the `labels` map of params.yaml: 'Pneumocystis' (" in result.stderr
-    assert "covid_chestxray/pneumocystis-" in result.stderr
+    assert "image(s), e.g. ['covid_chestxray/" in result.stderr
     assert outputs(project) == []
 
 
 def test_metadata_missing_column_stops_merge(project):
     metadata = project / "data/raw/covid_chestxray/metadata.csv"
-    pd.read_csv(metadata, dtype=str).drop(columns=["view"]).to_csv(metadata, index=False)
+    pd.read_csv(metadata, dtype=str, encoding_errors="replace").drop(columns=["view"]).to_csv(metadata, index=False)
     result = run_stage(project, "merge")
     assert result.returncode == 1
     assert "metadata.csv: missing column(s) ['view']" in result.stderr
@@ -66,6 +67,26 @@ def test_class_left_empty_by_filter_stops_split(project):
     assert result.returncode == 1
     assert "class(es) ['COVID'] of task 'multiclass' have no images after filtering" in result.stderr
     assert not (project / "data/processed/split.csv").exists()
+
+
+def test_label_a_task_leaves_out_is_named_when_a_class_shrinks(project):
+    params = params_dict()
+    params["labels"]["COVID-19"] = "CORONA"  # a typo'd label: COVID keeps only 'COVID-19, ARDS'
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("merge", "filter_pa"):
+        assert run_stage(project, stage).returncode == 0
+    result = run_stage(project, "split")
+    assert result.returncode == 1
+    assert "Labels that no class of task 'multiclass' lists were left out: " in result.stderr
+    assert "'CORONA' (" in result.stderr and "Traceback" not in result.stderr
+    assert not (project / "data/processed/split.csv").exists()
+
+
+def test_out_of_range_param_stops_a_stage_naming_the_key(project):
+    write_params(project, {"train": {"epochs": -3}})
+    result = run_stage(project, "merge")
+    assert result.returncode == 1
+    assert "train.epochs: -3 is out of range; it must be >= 1" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_param_stops_a_stage_naming_the_key(project):
@@ -100,3 +121,39 @@ def test_bad_archive_stops_download_and_keeps_earlier_data(project, tmp_path, da
     assert sorted(path.name for path in (project / "data/raw").iterdir()) == ["covid_chestxray", "kermany"]
     assert not (project / "escape.jpeg").exists() and not (project / "data/escape.jpeg").exists()
     shutil.rmtree(tmp_path / "mirror")
+
+
+def test_upstream_path_end_to_end_from_a_local_http_mirror(tmp_path):
+    """Not the synthetic branch: every source fetched by URL from a server, as from real mirrors."""
+    from cxr.sources import synthetic
+    from conftest import make_config, serve_folder
+
+    config = make_config()
+    mirror, project = tmp_path / "mirror", tmp_path / "project"
+    synthetic.write_covid_chestxray_archive(mirror / "covid-chestxray-dataset.zip", config.synthetic,
+                                            config.sources.covid_chestxray.commit)
+    synthetic.write_kermany_archive(mirror / "chest-xray-pneumonia.zip", config.synthetic)
+    synthetic.write_actualmed_archive(mirror / "Actualmed-COVID-chestxray-dataset.zip", config.synthetic,
+                                      config.sources.actualmed.commit)
+    shutil.copytree(REPO / "stages", project / "stages")
+    with serve_folder(mirror) as base:
+        write_params(project, {"sources": {
+            "origin": "upstream",
+            "covid_chestxray": {"url": f"{base}/covid-chestxray-dataset.zip"},
+            "kermany": {"method": "url", "url": f"{base}/chest-xray-pneumonia.zip"},
+            "actualmed": {"url": f"{base}/Actualmed-COVID-chestxray-dataset.zip"},
+        }})
+        for source in ("covid_chestxray", "kermany", "actualmed"):
+            result = run_stage(project, "download", source)
+            assert result.returncode == 0, result.stderr
+    for stage in ("merge", "filter_pa", "split", "external"):
+        result = run_stage(project, stage)
+        assert result.returncode == 0, result.stderr
+    for folder in ("raw/covid_chestxray", "raw/kermany", "external/actualmed"):
+        provenance = json.loads((project / "data" / folder / "SOURCE.json").read_text())
+        assert provenance["origin"] == "upstream" and provenance["url"].startswith(base + "/")
+    split = pd.read_csv(project / "data/processed/split.csv")
+    assert set(split["class"]) == {"BACTERIA", "COVID", "NORMAL", "VIRAL"}
+    assert set(split["source"]) == {"covid_chestxray", "kermany"}
+    assert (split.groupby("patient_id")["split"].nunique() == 1).all()
+    assert len(pd.read_csv(project / "data/processed/external.csv")) > 0

@@ -28,25 +28,42 @@ class ConfigError(CxrError, ValueError):
     """A parameter is unknown, missing or of the wrong type; the message names it."""
 
 
+def bounded(default: Any, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False) -> Any:
+    """A field whose numbers must lie in ``[low, high]`` (``(`` / ``)`` where open); None skips a side.
+
+    The range lives next to the field's type so that one place says what a parameter accepts;
+    :func:`_build` checks it for plain numbers and for every value of a mapping.
+    """
+    return field(default=default, metadata={"range": (low, high, low_open, high_open)})
+
+
 @dataclass(frozen=True)
 class GitHubSource:
-    """A source published as a GitHub repository, fetched as the zip of one pinned commit."""
+    """A source published as a GitHub repository, fetched as the zip of one pinned commit.
+
+    ``url`` points at a mirror of that zip (http(s):// or file://: an internal copy, a proxy, a
+    local file); unset, GitHub's own archive of ``commit`` is fetched. Either way the extracted
+    files are checked against ``manifest_sha256`` when it is pinned.
+    """
 
     repo: str
     commit: str
+    url: str | None = None
     sha256: str | None = None
     manifest_sha256: str | None = None
+    # Metadata rows whose image is absent from the archive: error | drop (listed in the report).
+    missing_files: Literal["error", "drop"] = "error"
 
     @property
-    def url(self) -> str:
-        return f"https://github.com/{self.repo}/archive/{self.commit}.zip"
+    def archive_url(self) -> str:
+        return self.url or f"https://github.com/{self.repo}/archive/{self.commit}.zip"
 
 
 @dataclass(frozen=True)
 class CovidChestXraySource(GitHubSource):
     repo: str = "ieee8023/covid-chestxray-dataset"
     commit: str = "a64215bea3982e9f0d3a10c2b316d357d7fa7ed2"
-    missing_files: Literal["error", "drop"] = "error"
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,8 @@ class KermanySource:
     url: str | None = None
     sha256: str | None = None
     manifest_sha256: str | None = None
+    # File names that follow none of the set's namings: error (all listed) | drop (listed in the report).
+    unknown_names: Literal["error", "drop"] = "error"
 
 
 @dataclass(frozen=True)
@@ -78,22 +97,23 @@ class Sources:
 @dataclass(frozen=True)
 class Synthetic:
     seed: int = 0
-    covid_chestxray_patients: int = 90
-    kermany_patients_per_class: int = 60
-    actualmed_patients: int = 60
+    covid_chestxray_patients: int = bounded(90, low=1)
+    kermany_patients_per_class: int = bounded(60, low=1)
+    actualmed_patients: int = bounded(60, low=1)
     source_shift: bool = True
-    missing_files: int = 0
-    min_size: int = 160
-    max_size: int = 320
+    missing_files: int = bounded(0, low=0)
+    min_size: int = bounded(160, low=16)
+    max_size: int = bounded(320, low=16)
+    large_images: int = bounded(0, low=0)
 
 
 @dataclass(frozen=True)
 class Download:
-    retries: int = 4
-    timeout_s: float = 60.0
-    max_archive_bytes: int = 20_000_000_000
-    max_member_bytes: int = 200_000_000
-    max_total_bytes: int = 40_000_000_000
+    retries: int = bounded(4, low=0)
+    timeout_s: float = bounded(60.0, low=0, low_open=True)
+    max_archive_bytes: int = bounded(20_000_000_000, low=1)
+    max_member_bytes: int = bounded(200_000_000, low=1)
+    max_total_bytes: int = bounded(40_000_000_000, low=1)
 
 
 @dataclass(frozen=True)
@@ -109,8 +129,8 @@ class Split:
     train: float = 0.64
     val: float = 0.16
     test: float = 0.20
-    max_per_class: int | dict[str, int] | None = None
-    tolerance: float = 0.08
+    max_per_class: int | dict[str, int] | None = bounded(None, low=1)
+    tolerance: float = bounded(0.08, low=0, high=1, low_open=True)
 
     @property
     def fractions(self) -> dict[str, float]:
@@ -119,35 +139,35 @@ class Split:
 
 @dataclass(frozen=True)
 class Head:
-    units: int = 256
-    dropout: float = 0.5
+    units: int = bounded(256, low=1)
+    dropout: float = bounded(0.5, low=0, high=1, high_open=True)
     normalize: bool = False
 
 
 @dataclass(frozen=True)
 class Augment:
     enabled: bool = True
-    rotation: float = 0.05
-    zoom: float = 0.1
-    shift: float = 0.05
-    contrast: float = 0.1
+    rotation: float = bounded(0.05, low=0, high=1)
+    zoom: float = bounded(0.1, low=0, high=1, high_open=True)
+    shift: float = bounded(0.05, low=0, high=1, high_open=True)
+    contrast: float = bounded(0.1, low=0, high=1, high_open=True)
     horizontal_flip: bool = False
 
 
 @dataclass(frozen=True)
 class Train:
     weights: str | None = "imagenet"
-    image_size: int | Literal["native"] = "native"
-    batch_size: int = 32
-    epochs: int = 50
-    learning_rate: float = 0.001
+    image_size: int | Literal["native"] = bounded("native", low=32)
+    batch_size: int = bounded(32, low=1)
+    epochs: int = bounded(50, low=1)
+    learning_rate: float = bounded(0.001, low=0, low_open=True)
     amsgrad: bool = True
     class_weights: bool = True
-    early_stopping_patience: int | None = None
+    early_stopping_patience: int | None = bounded(None, low=1)
     head: Head = field(default_factory=Head)
     augment: Augment = field(default_factory=Augment)
     cache: Literal["memory", "disk"] = "memory"
-    cache_memory_limit_mb: float | None = 8192
+    cache_memory_limit_mb: float | None = bounded(8192, low=0, low_open=True)
     distribute: Literal["auto", "mirrored", "none"] = "auto"
     mixed_precision: bool = False
     xla: bool = False
@@ -156,14 +176,14 @@ class Train:
 
 @dataclass(frozen=True)
 class Finetune:
-    unfreeze: int = 2
-    learning_rate: float = 0.0001
-    epochs: int = 10
+    unfreeze: int = bounded(2, low=1)
+    learning_rate: float = bounded(0.0001, low=0, low_open=True)
+    epochs: int = bounded(10, low=1)
 
 
 @dataclass(frozen=True)
 class Evaluate:
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: int = bounded(1000, low=1)
     bootstrap_seed: int = 0
 
 
@@ -171,8 +191,8 @@ class Evaluate:
 class Audit:
     # Side of the central square (a fraction of the image side) taken as the lung region: blanked
     # for the lungs-hidden classifier, and where Grad-CAM saliency mass is measured.
-    lung_box: float = 0.6
-    saliency_images_per_class: int = 4
+    lung_box: float = bounded(0.6, low=0, high=1, low_open=True, high_open=True)
+    saliency_images_per_class: int = bounded(4, low=1)
     saliency_seed: int = 0
 
 
@@ -257,8 +277,6 @@ def _check_semantics(config: Config, source: str) -> None:
     if both:
         raise ConfigError(f"{source}: sources.external: {both} also in sources.use; an external test source "
                           "must never be trained on")
-    if not 0 < config.audit.lung_box < 1:
-        raise ConfigError(f"{source}: audit.lung_box must be between 0 and 1, got {config.audit.lung_box}")
     for key, names in (("backbones", config.backbones), ("backbone", [config.backbone])):
         for name in names:
             if name not in BACKBONES:
@@ -285,7 +303,11 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
             raise ConfigError(
                 f"{where}: unknown key {_join(key, unknown[0])!r}; allowed: {_field_names(kind)}"
             )
-        return kind(**{name: _build(hints[name], item, _join(key, name), source) for name, item in value.items()})
+        built = {name: _build(hints[name], item, _join(key, name), source) for name, item in value.items()}
+        for item in dataclasses.fields(kind):
+            if "range" in item.metadata and item.name in built:
+                _check_range(built[item.name], item.metadata["range"], _join(key, item.name), source)
+        return kind(**built)
     if origin in (Union, types.UnionType):
         options = typing.get_args(kind)
         if value is None and type(None) in options:
@@ -324,6 +346,26 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
         return value
     raise TypeError(f"config type {kind!r} at {key} is not supported")
+
+
+def _check_range(value: Any, bounds: tuple, key: str, source: str) -> None:
+    """Every number in ``value`` (a number, or a mapping's values) lies within ``bounds``."""
+    low, high, low_open, high_open = bounds
+    numbers = value.items() if isinstance(value, dict) else [(None, value)]
+    for name, number in numbers:
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            continue
+        too_low = low is not None and (number <= low if low_open else number < low)
+        too_high = high is not None and (number >= high if high_open else number > high)
+        if too_low or too_high:
+            accepted = " and ".join(
+                part for part in (
+                    None if low is None else f"{'>' if low_open else '>='} {low:g}",
+                    None if high is None else f"{'<' if high_open else '<='} {high:g}",
+                ) if part
+            )
+            where = key if name is None else f"{key}.{name}"
+            raise ConfigError(f"{source}: {where}: {number!r} is out of range; it must be {accepted}")
 
 
 def _field_names(kind: Any) -> list[str]:

@@ -1,7 +1,7 @@
 """Decoding, resizing, augmentation and the tf.data pipelines that feed training.
 
-Every source format (grayscale, RGB, RGBA, 16-bit PNG, JPEG) decodes to float RGB in
-[0, 255] at the requested size; models take those pixels and do their own preprocessing.
+Every source format (grayscale, RGB, RGBA, palette and 16-bit PNG, JPEG, EXIF-rotated JPEG)
+decodes to upright float RGB in [0, 255] at the requested size; models take those pixels and do their own preprocessing.
 Decoded images are cached (in memory, or on disk keyed by the images' content and the size)
 so epochs after the first, and later backbones of the same size, never decode a file again.
 """
@@ -21,11 +21,40 @@ AUTOTUNE = tf.data.AUTOTUNE
 DISK_CACHE = Path("data/cache/images")
 
 
-def decode_resize(path: tf.Tensor, size: int) -> tf.Tensor:
-    """One image file -> float32 (size, size, 3) in [0, 255]."""
+def decode_resize(path: tf.Tensor, size: int, orientation: tf.Tensor | int = 1) -> tf.Tensor:
+    """One image file -> float32 (size, size, 3) in [0, 255], turned upright as its EXIF
+    ``orientation`` (the catalog's column) says."""
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.float32, expand_animations=False)
-    image = tf.image.resize(image, (size, size), antialias=True)
+    image = tf.image.resize(upright(image, orientation), (size, size), antialias=True)
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
+def upright(image: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:
+    """Apply EXIF orientation 1-8 (anything else: as stored); TensorFlow's decoders ignore EXIF.
+
+    The eight cases are PIL's ``ImageOps.exif_transpose``: 2 mirror, 3 half turn, 4 flip,
+    5 transpose, 6 quarter turn clockwise, 7 transverse, 8 quarter turn anticlockwise.
+    """
+    orientation = tf.cast(orientation, tf.int32)
+    branches = [
+        lambda: image,
+        lambda: tf.image.flip_left_right(image),
+        lambda: tf.image.rot90(image, 2),
+        lambda: tf.image.flip_up_down(image),
+        lambda: tf.image.transpose(image),
+        lambda: tf.image.rot90(image, 3),
+        lambda: tf.image.rot90(tf.image.transpose(image), 2),
+        lambda: tf.image.rot90(image, 1),
+    ]
+    known = (orientation >= 1) & (orientation <= 8)
+    return tf.switch_case(tf.where(known, orientation - 1, 0), branches)
+
+
+def orientations(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's EXIF orientation; 1 (as stored) for tables written before the catalog had it."""
+    if "orientation" not in frame.columns:
+        return np.ones(len(frame), np.int32)
+    return frame["orientation"].fillna(1).astype(int).to_numpy(np.int32)
 
 
 def label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
@@ -65,8 +94,9 @@ def image_dataset(frame: pd.DataFrame, classes: list[str], size: int, cache: str
               f"train.cache_memory_limit_mb={memory_limit_mb:g}: caching on disk under {DISK_CACHE}")
         cache = "disk"
     paths = frame["path"].tolist()
-    dataset = tf.data.Dataset.from_tensor_slices((paths, label_indices(frame, classes)))
-    dataset = dataset.map(lambda path, label: (decode_resize(path, size), label), num_parallel_calls=AUTOTUNE)
+    dataset = tf.data.Dataset.from_tensor_slices((paths, orientations(frame), label_indices(frame, classes)))
+    dataset = dataset.map(lambda path, orientation, label: (decode_resize(path, size, orientation), label),
+                          num_parallel_calls=AUTOTUNE)
     if cache == "disk":
         DISK_CACHE.mkdir(parents=True, exist_ok=True)
         dataset = dataset.cache(str(DISK_CACHE / cache_key(frame, size)))
@@ -79,7 +109,7 @@ def image_dataset(frame: pd.DataFrame, classes: list[str], size: int, cache: str
 
 def cache_key(frame: pd.DataFrame, size: int) -> str:
     """A name that changes whenever the images (by content), their order or the size change."""
-    digest = hashlib.sha256(f"{size}\n".encode())
+    digest = hashlib.sha256(f"{size}\nupright\n".encode())
     for value in frame["sha256"]:
         digest.update(value.encode())
     return f"{size}px-{digest.hexdigest()[:16]}"
@@ -153,5 +183,5 @@ def batches(dataset: tf.data.Dataset, batch_size: int, *, shuffle_seed: int | No
 
 def example_batch(split: pd.DataFrame, size: int) -> np.ndarray:
     """One validation image, decoded as a model expects it: MLflow's input example."""
-    row = split[split["split"] == "val"].iloc[0]
-    return decode_resize(tf.constant(row["path"]), size).numpy()[None]
+    rows = split[split["split"] == "val"].iloc[:1]
+    return decode_resize(tf.constant(rows["path"].iloc[0]), size, int(orientations(rows)[0])).numpy()[None]

@@ -36,20 +36,51 @@ def assign_classes(catalog: pd.DataFrame, config: Config, origin: str,
             f"{origin}: class(es) {empty} of task {config.task!r} have no images after filtering "
             f"(filter.views={config.filter.views}, filter.modalities={config.filter.modalities}, "
             f"sources.use={config.sources.use}); every class needs images to train and test"
+            + (f". {left_out_note(left_out, config.task)}" if left_out else "")
         )
     return frame, {"labels_left_out_by_task": left_out}
 
 
+def left_out_note(left_out: dict[str, int], task: str) -> str:
+    """Why a class may be empty or short: the labels the task's classes do not list, with counts."""
+    if not left_out:
+        return ""
+    listed = ", ".join(f"{label!r} ({count} image(s))" for label, count in sorted(left_out.items()))
+    return (f"Labels that no class of task {task!r} lists were left out: {listed}; if one of them belongs "
+            f"to a class, map its finding to that class's label in `labels` or add it under classes.{task}")
+
+
+def source_quotas(counts: dict[str, int], limit: int) -> dict[str, int]:
+    """How many images of each source one class keeps under ``limit``.
+
+    Each source gets an even share of the limit; a source with fewer images than its share
+    keeps them all and leaves the rest of its share to the others (water-filling). So a rare
+    source (the COVID collection's 14 bacterial images beside Kermany's thousands) is never lost
+    to the cap, and the shortcut audit can still compare sources within the class.
+    """
+    quotas, remaining = {}, limit
+    pending = sorted(counts, key=lambda source: (counts[source], source))
+    for position, source in enumerate(pending):
+        quotas[source] = min(counts[source], remaining // (len(pending) - position))
+        remaining -= quotas[source]
+    return quotas
+
+
 def cap_per_class(frame: pd.DataFrame, cap: int | dict[str, int] | None, seed: int) -> pd.DataFrame:
-    """At most ``cap`` images per class (a number for all, or per class), sampled by ``seed``."""
+    """At most ``cap`` images per class (a number for all, or per class), sampled by ``seed``
+    within each source as :func:`source_quotas` shares the cap out."""
     if cap is None:
         return frame
     parts = []
     for index, (name, rows) in enumerate(frame.groupby("class", sort=True)):
         limit = cap.get(name) if isinstance(cap, dict) else cap
-        if limit is not None and len(rows) > limit:
-            rows = rows.sample(n=limit, random_state=np.random.default_rng([seed, index]))
-        parts.append(rows)
+        if limit is None or len(rows) <= limit:
+            parts.append(rows)
+            continue
+        by_source = dict(list(rows.groupby("source", sort=True)))
+        quotas = source_quotas({source: len(images) for source, images in by_source.items()}, limit)
+        for position, (source, images) in enumerate(by_source.items()):
+            parts.append(images.sample(n=quotas[source], random_state=np.random.default_rng([seed, index, position])))
     return pd.concat(parts).sort_values("image_id", ignore_index=True)
 
 
@@ -69,10 +100,14 @@ def group_ids(frame: pd.DataFrame) -> pd.Series:
 
 
 def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
-    """The split of every row: grouped by :func:`group_ids`, stratified by ``class``."""
-    classes = sorted(frame["class"].unique())
-    groups = frame.assign(group=group_ids(frame))
-    counts = pd.crosstab(groups["group"], groups["class"]).reindex(columns=classes, fill_value=0)
+    """The split of every row: grouped by :func:`group_ids`, stratified by ``class`` and ``source``.
+
+    Stratifying by source too keeps each split's mix of sources within a class close to the
+    whole's, so a source's few images of a class reach the test split as well.
+    """
+    strata = frame["class"] + " | " + frame["source"]
+    groups = frame.assign(group=group_ids(frame), stratum=strata)
+    counts = pd.crosstab(groups["group"], groups["stratum"]).reindex(columns=sorted(strata.unique()), fill_value=0)
     order = np.random.default_rng(seed).permutation(len(counts))
     counts = counts.iloc[order]
     counts = counts.iloc[np.argsort(-counts.sum(axis=1).to_numpy(), kind="stable")]
@@ -147,6 +182,19 @@ def make_split(catalog: pd.DataFrame, config: Config, origin: str) -> tuple[pd.D
         "images": {name: int(counts.loc[name].sum()) for name in SPLIT_NAMES},
         "patients": {name: int(frame.loc[frame["split"] == name, "patient_id"].nunique()) for name in SPLIT_NAMES},
         "images_per_class": counts.to_dict(orient="index"),
+        "images_per_split_source_class": images_per_split_source_class(frame, config.class_names()),
         "source_confound": source_confound(frame),
     })
     return frame, report
+
+
+def images_per_split_source_class(frame: pd.DataFrame, classes: list[str]) -> dict:
+    """``{split: {source: {class: images}}}``, every split, source and class listed (zeros too)."""
+    sources = sorted(frame["source"].unique())
+    return {
+        split: {
+            source: {name: int(((rows["source"] == source) & (rows["class"] == name)).sum()) for name in classes}
+            for source in sources
+        }
+        for split, rows in ((name, frame[frame["split"] == name]) for name in SPLIT_NAMES)
+    }

@@ -31,7 +31,7 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 CATALOG_COLUMNS = ["image_id", "source", "path", "sha256", "patient_id", "finding", "label",
-                   "view", "modality", "width", "height", "mode"]
+                   "view", "modality", "width", "height", "mode", "orientation"]
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -48,8 +48,9 @@ class Table:
     expectations: list[gxe.Expectation]
 
 
-def validate(stage: str, tables: list[Table], report: Path) -> dict:
-    """Validate every table; write the full result to ``report``; raise on any failure."""
+def validate(stage: str, tables: list[Table], report: Path, hint: str = "") -> dict:
+    """Validate every table; write the full result to ``report``; raise on any failure, with
+    ``hint`` (what the stage knows that may explain it) after the list of failures."""
     context = gx.get_context(
         mode="ephemeral",
         project_config=DataContextConfig(
@@ -75,7 +76,7 @@ def validate(stage: str, tables: list[Table], report: Path) -> dict:
     if failures:
         raise DataValidationError(
             f"{stage}: {len(failures)} data expectation(s) failed (full result in {report}):\n  - "
-            + "\n  - ".join(failures)
+            + "\n  - ".join(failures) + (f"\n{hint}" if hint else "")
         )
     return summary
 
@@ -124,6 +125,8 @@ def catalog_expectations(labels: list[str], sources: list[str]) -> list[gxe.Expe
                                                 description="image size is an integer")
           for column in ("width", "height")],
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1, description="image opened"),
+        gxe.ExpectColumnValuesToBeBetween(column="orientation", min_value=1, max_value=8,
+                                          description="EXIF orientation is 1-8"),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=1, description="image opened"),
     ]
 

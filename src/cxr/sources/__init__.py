@@ -72,7 +72,7 @@ def _obtain_archive(name: str, config: Config, scratch: Path) -> tuple[Path, str
         generated = synthetic.write_archive(name, scratch / "generated", config.synthetic, params)
         url, label, pinned = generated.resolve().as_uri(), f"synthetic:{generated.name}", None
     elif isinstance(params, GitHubSource):
-        url, label, pinned = params.url, params.url, params.sha256
+        url, label, pinned = params.archive_url, params.archive_url, params.sha256
     elif params.method == "url":
         if not params.url:
             raise FetchError("sources.kermany.method is 'url' but sources.kermany.url is not set")

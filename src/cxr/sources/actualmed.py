@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from cxr.config import ActualmedSource
-from cxr.sources.layout import SourceLayoutError, SourceTable, check_has_file, read_metadata, select_below_top
+from cxr.sources.layout import (SourceLayoutError, SourceTable, absent_row, check_has_file, read_metadata,
+                               select_below_top, settle_absent_files)
 
 NAME = "actualmed"
 METADATA = "metadata.csv"
@@ -30,7 +31,7 @@ def check_layout(root: Path) -> None:
     check_has_file(root, METADATA)
 
 
-def read(root: Path, params: ActualmedSource | None = None) -> SourceTable:
+def read(root: Path, params: ActualmedSource) -> SourceTable:
     """One row per image with a finding; every image is an X-ray (the collection holds nothing else)."""
     metadata_path = root / METADATA
     metadata = read_metadata(metadata_path, REQUIRED_COLUMNS)
@@ -45,7 +46,7 @@ def read(root: Path, params: ActualmedSource | None = None) -> SourceTable:
                             "reason": "finding is empty (inconclusive)"})
             continue
         if not (root / relative).is_file():
-            absent.append(f"line {line}: {relative}")
+            absent.append(absent_row(NAME, line, relative, METADATA))
             continue
         rows.append({
             "image_id": f"{NAME}/{record['imagename']}",
@@ -57,9 +58,7 @@ def read(root: Path, params: ActualmedSource | None = None) -> SourceTable:
             "modality": record["modality"] if "modality" in metadata.columns else "X-ray",
             **{column: record.get(column) for column in EXTRA_COLUMNS},
         })
-    if absent:
-        raise SourceLayoutError(f"{metadata_path}: {len(absent)} row(s) name images absent from the archive "
-                                f"({', '.join(absent[:10])})")
+    dropped += settle_absent_files(metadata_path, absent, params.missing_files, NAME)
     if not rows:
         raise SourceLayoutError(f"{metadata_path}: no image with a finding")
     return SourceTable(images=pd.DataFrame(rows), metadata=metadata, dropped=dropped)

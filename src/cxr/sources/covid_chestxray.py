@@ -12,7 +12,8 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from cxr.config import CovidChestXraySource
-from cxr.sources.layout import SourceLayoutError, SourceTable, check_has_file, read_metadata, select_below_top
+from cxr.sources.layout import (SourceLayoutError, SourceTable, absent_row, check_has_file, read_metadata,
+                               select_below_top, settle_absent_files)
 
 NAME = "covid_chestxray"
 METADATA = "metadata.csv"
@@ -51,8 +52,7 @@ def read(root: Path, params: CovidChestXraySource) -> SourceTable:
             continue
         relative = PurePosixPath("images") / record["filename"]
         if not (root / relative).is_file():
-            missing.append({"source": NAME, "line": str(line), "file": str(relative),
-                            "reason": "listed in metadata.csv but absent from the archive"})
+            missing.append(absent_row(NAME, line, relative, METADATA))
             continue
         rows.append({
             "image_id": f"{NAME}/{record['filename']}",
@@ -64,11 +64,5 @@ def read(root: Path, params: CovidChestXraySource) -> SourceTable:
             "modality": record["modality"],
             **{column: record.get(original) for column, original in EXTRA_COLUMNS.items()},
         })
-    if missing and params.missing_files == "error":
-        listed = ", ".join(f"line {item['line']}: {item['file']}" for item in missing[:10])
-        raise SourceLayoutError(
-            f"{metadata_path}: {len(missing)} row(s) name images absent from the archive ({listed}"
-            f"{', ...' if len(missing) > 10 else ''}); set sources.covid_chestxray.missing_files=drop "
-            "to drop them (they are listed in the data report)"
-        )
+    missing = settle_absent_files(metadata_path, missing, params.missing_files, NAME)
     return SourceTable(images=pd.DataFrame(rows), metadata=metadata, dropped=dropped + missing)

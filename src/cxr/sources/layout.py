@@ -32,11 +32,22 @@ def is_macos_junk(name: PurePosixPath) -> bool:
 
 
 def read_metadata(path: Path, required: list[str]) -> pd.DataFrame:
-    """A source's metadata table as text (empty cells NaN); a missing required column is named."""
-    metadata = pd.read_csv(path, dtype=str, keep_default_na=True)
+    """A source's metadata table as text (empty cells NaN); a missing required column is named.
+
+    Tolerates what the published tables contain: header names with stray spaces (`` url``), a
+    trailing empty column, rows one field short, bytes that are not UTF-8; the required columns'
+    values are stripped (a ``filename`` cell with a trailing space names a file without one).
+    """
+    metadata = pd.read_csv(path, dtype=str, keep_default_na=True, encoding_errors="replace")
+    metadata.columns = [str(column).strip() for column in metadata.columns]
+    unnamed = [column for column in metadata.columns
+               if column.startswith("Unnamed:") and metadata[column].isna().all()]
+    metadata = metadata.drop(columns=unnamed)
     missing_columns = [column for column in required if column not in metadata.columns]
     if missing_columns:
         raise SourceLayoutError(f"{path}: missing column(s) {missing_columns}; found {list(metadata.columns)}")
+    for column in required:
+        metadata[column] = metadata[column].str.strip().replace("", None)
     return metadata
 
 
@@ -55,3 +66,24 @@ def select_below_top(name: PurePosixPath, files: tuple[str, ...], folders: tuple
     if inner.as_posix() in files or (len(inner.parts) > 1 and inner.parts[0] in folders):
         return inner
     return None
+
+
+ABSENT_SHOWN = 10
+
+
+def settle_absent_files(metadata_path: Path, absent: list[dict[str, str]], policy: str, source: str) -> list[dict[str, str]]:
+    """Metadata rows whose image is not in the archive: with ``policy`` ``error``, one error that
+    counts and lists them; with ``drop``, the rows for the data report's ``dropped_rows``."""
+    if absent and policy == "error":
+        listed = ", ".join(f"line {item['line']}: {item['file']}" for item in absent[:ABSENT_SHOWN])
+        raise SourceLayoutError(
+            f"{metadata_path}: {len(absent)} row(s) name images absent from the archive ({listed}"
+            f"{', ...' if len(absent) > ABSENT_SHOWN else ''}); set sources.{source}.missing_files=drop "
+            "to drop them (they are listed in the data report)"
+        )
+    return absent
+
+
+def absent_row(source: str, line: int, relative: PurePosixPath, metadata_name: str) -> dict[str, str]:
+    return {"source": source, "line": str(line), "file": str(relative),
+            "reason": f"listed in {metadata_name} but absent from the archive"}

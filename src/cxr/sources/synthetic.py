@@ -1,11 +1,24 @@
-"""Offline stand-ins for the upstream archives, laid out byte-for-byte like the real ones.
+"""Offline stand-ins for the upstream archives, laid out like the real ones, quirks included.
 
-The generated zips have the real folder structure, file names and metadata columns, and the
-quirks the extraction code must survive (Kermany's duplicate ``chest_xray/chest_xray`` tree and
-``__MACOSX`` resource forks; the COVID collection's CT ``volumes`` rows and optional missing
-files). Images are drawn procedurally: the class shows in the lungs (lobar consolidation,
-diffuse interstitial pattern, bilateral peripheral opacities) and, as in the real data, the
-two sources also differ visibly outside the lungs, unless ``source_shift`` is off.
+The generated zips have the real folder structure, file names, metadata headers and the quirks
+found in the published archives, so the readers are tested on them:
+
+- Kermany (Kaggle zip): the duplicate ``chest_xray/chest_xray`` tree, ``__MACOSX`` forks and
+  ``.DS_Store`` files; names with a further ``_K`` (``person447_virus_921_1.jpeg``), three-block
+  ``IM-0608-0001-0001.jpeg`` and ``NORMAL2-`` names; grey JPEGs stored as RGB (train/PNEUMONIA);
+  byte-identical files under two names; a few images over 2000 px.
+- COVID collection: the April-2020 header (spaces in names, `` url``, a trailing empty column,
+  one ragged row), a ``filename`` with a trailing space, a non-UTF-8 byte, mixed date formats,
+  multi-dot and upper-case UUID names, ``.jpg``/``.jpeg``/``.png`` files that are grey, RGB, RGBA,
+  palette or 16-bit, EXIF-rotated JPEGs, CT rows (axial and coronal slices in ``images``,
+  volumes whose files are not in the repository), optionally rows whose file is missing.
+- Actualmed: its own header (``imagename``, ``artifacts/distortion``, ``notes``), ``ANON``
+  patient ids, DICOM-UID file names with many dots, 8- and 16-bit PNGs, and the repository's
+  other files (``metadata.xlsx``, ``images/SAMPLE.png``).
+
+Images are drawn procedurally: the class shows in the lungs (lobar consolidation, diffuse
+interstitial pattern, bilateral peripheral opacities) and, as in the real data, the sources
+also differ visibly outside the lungs, unless ``source_shift`` is off.
 """
 
 from __future__ import annotations
@@ -17,17 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 from cxr.config import Synthetic
 
 FIXED_ZIP_TIME = (2020, 4, 17, 0, 0, 0)
 
-COVID_METADATA_COLUMNS = [
+# The April-2020 header of the COVID collection's metadata.csv, spaces and trailing comma included.
+COVID_METADATA_HEADER = [
     "patientid", "offset", "sex", "age", "finding", "survival", "intubated", "went_icu",
-    "needed_supplemental_O2", "extubated", "temperature", "pO2_saturation", "leukocyte_count",
-    "neutrophil_count", "lymphocyte_count", "view", "modality", "date", "location", "folder",
-    "filename", "doi", "url", "license", "clinical_notes", "other_notes",
+    "needed_supplemental_o2", "extubated", "temperature", "pO2 saturation", "leukocyte count",
+    "neutrophil count", "lymphocyte count", "view", "modality", "date", "location", "folder",
+    "filename", "doi", " url", "license", "clinical notes", "other notes", "",
 ]
 
 # Findings of the COVID collection in April 2020 with their rough shares of patients.
@@ -43,12 +57,19 @@ PATTERN_OF_FINDING = {
     "bacteria": "bacteria", "virus": "viral", "NORMAL": "normal",
 }
 XRAY_VIEWS = {"PA": 0.55, "AP": 0.2, "AP Supine": 0.15, "L": 0.1}
+CT_VIEWS = ("Axial", "Coronal")
+DATE_FORMATS = ("January 22, 2020", "3/3/2020", "03/16/20", "2020", "")
+# How the COVID collection's images are stored (web figures of every kind), with shares.
+COVID_ENCODINGS = {
+    "jpeg": 0.5, "jpeg-rgb": 0.15, "jpeg-exif-rotated": 0.05,
+    "png": 0.12, "png-rgb": 0.06, "png-rgba": 0.04, "png-palette": 0.04, "png-16bit": 0.04,
+}
 KERMANY_SPLITS = {"train": 0.8, "test": 0.15, "val": 0.05}
+LARGE_SIZE = (2000, 2600)
 
-
-ACTUALMED_METADATA_COLUMNS = [
-    "patientid", "offset", "sex", "age", "finding", "survival", "view", "modality", "date", "location",
-    "imagename", "doi", "url", "license", "clinical_notes", "other_notes",
+ACTUALMED_METADATA_HEADER = [
+    "patientid", "offset", "sex", "age", "finding", "survival", "temperature", "pO2 saturation", "view",
+    "modality", "imagename", "artifacts/distortion", "notes",
 ]
 # Findings of the Actualmed collection: about a quarter COVID-19, half normal, the rest inconclusive.
 ACTUALMED_FINDINGS = {"COVID-19": 0.25, "No finding": 0.53, "": 0.22}
@@ -158,12 +179,32 @@ def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, 
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def _encode(image: np.ndarray, fmt: str, rgb: bool) -> bytes:
+def encode(image: np.ndarray, encoding: str) -> bytes:
+    """An upright grey image (uint8) as file bytes in one of the encodings found upstream.
+
+    ``jpeg-exif-rotated`` stores the pixels turned a quarter left with EXIF orientation 6, so a
+    reader that honours EXIF shows it upright and one that ignores it shows it on its side.
+    """
+    fmt, _, variant = encoding.partition("-")
     picture = Image.fromarray(image, mode="L")
-    if rgb:
+    options: dict = {"quality": 92} if fmt == "jpeg" else {}
+    if variant == "rgb":
         picture = picture.convert("RGB")
+    elif variant == "rgba":
+        picture = picture.convert("RGBA")
+    elif variant == "palette":
+        picture = picture.convert("RGB").quantize(colors=256)
+    elif variant == "16bit":
+        picture = Image.fromarray(image.astype(np.uint16) * 257)
+    elif variant == "exif-rotated":
+        picture = Image.fromarray(np.ascontiguousarray(np.rot90(image, k=1)), mode="L")
+        exif = Image.Exif()
+        exif[ExifTags.Base.Orientation] = 6
+        options["exif"] = exif.tobytes()
+    elif variant:
+        raise ValueError(f"unknown synthetic encoding {encoding!r}")
     buffer = io.BytesIO()
-    picture.save(buffer, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    picture.save(buffer, format="JPEG" if fmt == "jpeg" else "PNG", **options)
     return buffer.getvalue()
 
 
@@ -184,9 +225,10 @@ def _csv_text(rows: list[dict[str, str]], columns: list[str]) -> str:
     return table.getvalue()
 
 
-def _size(rng: np.random.Generator, params: Synthetic) -> tuple[int, int]:
-    width = int(rng.integers(params.min_size, params.max_size + 1))
-    height = int(np.clip(width * rng.uniform(0.85, 1.2), params.min_size, params.max_size))
+def _size(rng: np.random.Generator, params: Synthetic, large: bool = False) -> tuple[int, int]:
+    low, high = LARGE_SIZE if large else (params.min_size, params.max_size)
+    width = int(rng.integers(low, high + 1))
+    height = int(np.clip(width * rng.uniform(0.85, 1.2), low, high))
     return width, height
 
 
@@ -194,6 +236,20 @@ def _pick(rng: np.random.Generator, shares: dict[str, float]) -> str:
     names = list(shares)
     weights = np.array([shares[name] for name in names])
     return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+
+def _covid_filename(rng: np.random.Generator, finding: str, patient: int, shot: int, view: str, encoding: str) -> str:
+    """One of the naming styles of the collection's images (slugs, paper figures, UUIDs)."""
+    ext = "png" if encoding.startswith("png") else ("jpeg" if rng.random() < 0.3 else "jpg")
+    style = rng.random()
+    if style < 0.15:
+        return f"1-s2.0-S{rng.integers(10**12):013d}-main.pdf-{patient:03d}-{shot}.{ext}"
+    if style < 0.25:
+        return f"{rng.integers(16**8):08X}-{rng.integers(16**4):04X}-{patient:03d}{shot}.{ext}"
+    if style < 0.3:
+        return f"case-{patient}-{shot}.annot.original.{ext}"
+    slug = finding.lower().replace(", ", "-").replace(" ", "-").replace(".", "")
+    return f"{slug}-{patient}-{shot}-{view.replace(' ', '')}.{ext}"
 
 
 def write_covid_chestxray_archive(path: Path, params: Synthetic, commit: str) -> Path:
@@ -208,25 +264,28 @@ def write_covid_chestxray_archive(path: Path, params: Synthetic, commit: str) ->
         sex, age = rng.choice(["M", "F"]), str(int(rng.integers(25, 85)))
         for shot in range(int(rng.integers(1, 4))):
             view = _pick(rng, XRAY_VIEWS)
-            fmt, ext = ("PNG", "png") if rng.random() < 0.3 else ("JPEG", "jpg")
-            slug = finding.lower().replace(", ", "-").replace(" ", "-").replace(".", "")
-            filename = f"{slug}-{patient}-{shot}-{view.replace(' ', '')}.{ext}"
+            encoding = _pick(rng, COVID_ENCODINGS)
+            filename = _covid_filename(rng, finding, patient, shot, view, encoding)
             width, height = _size(rng, params)
-            image = draw_chest(rng, width, height, PATTERN_OF_FINDING[finding], style)
-            images[filename] = _encode(image, fmt, rgb=rng.random() < 0.25)
+            images[filename] = encode(draw_chest(rng, width, height, PATTERN_OF_FINDING[finding], style), encoding)
             rows.append(_covid_row(rng, patient, sex, age, finding, view, "X-ray", "images", filename, shot))
         if rng.random() < 0.08:
-            filename = f"{patient}-ct-axial.jpg"
+            view = CT_VIEWS[int(rng.integers(len(CT_VIEWS)))]
+            filename = f"{patient}-ct-{view.lower()}.jpg"
             width, height = _size(rng, params)
-            images[filename] = _encode(draw_chest(rng, width, height, "normal", style), "JPEG", rgb=False)
-            rows.append(_covid_row(rng, patient, sex, age, finding, "Axial", "CT", "images", filename, 9))
+            images[filename] = encode(draw_chest(rng, width, height, "normal", style), "jpeg")
+            rows.append(_covid_row(rng, patient, sex, age, finding, view, "CT", "images", filename, 9))
         if rng.random() < 0.05:
             rows.append(_covid_row(rng, patient, sex, age, finding, "Axial", "CT", "volumes",
                                    f"{patient}-ct.nii.gz", 9))
     image_rows = [row for row in rows if row["folder"] == "images"]
     missing = {row["filename"] for row in image_rows[: params.missing_files]}
+    # Upstream quirk: one filename cell carries a trailing space the file name does not.
+    image_rows[-1]["filename"] += " "
 
-    table = _csv_text(rows, COVID_METADATA_COLUMNS)
+    lines = _csv_text(rows, COVID_METADATA_HEADER).splitlines(keepends=True)
+    lines[-1] = lines[-1].rstrip("\n").removesuffix(",") + "\n"  # one ragged row, as upstream
+    table = "".join(lines).encode("utf-8").replace("Hospital Universitari".encode(), b"Hospital Universit\xe0ri")
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:
         _writestr(archive, f"{top}/README.md", "# COVID-19 image data collection (synthetic stand-in)\n")
@@ -234,18 +293,18 @@ def write_covid_chestxray_archive(path: Path, params: Synthetic, commit: str) ->
         for filename, data in images.items():
             if filename not in missing:
                 _writestr(archive, f"{top}/images/{filename}", data)
-        for row in rows:
-            if row["folder"] == "volumes":
-                _writestr(archive, f"{top}/volumes/{row['filename']}", b"\x1f\x8b synthetic CT volume")
+        # The CT volumes are not in the repository: volumes/ holds only how to download them.
+        _writestr(archive, f"{top}/volumes/DOWNLOAD.md", "CT volumes: see the torrent link.\n")
     return path
 
 
 def _covid_row(rng, patient, sex, age, finding, view, modality, folder, filename, shot) -> dict[str, str]:
     """One metadata row; clinical columns are mostly empty, as they are upstream."""
-    row = dict.fromkeys(COVID_METADATA_COLUMNS, "")
+    row = dict.fromkeys(COVID_METADATA_HEADER, "")
+    location = "Hospital Universitari, Badalona" if rng.random() < 0.05 else "synthetic"
     row.update(patientid=str(patient), offset=str(shot), sex=sex, age=age, finding=finding,
                view=view, modality=modality, folder=folder, filename=filename,
-               date="2020", location="synthetic", license="CC BY 4.0")
+               date=DATE_FORMATS[int(rng.integers(len(DATE_FORMATS)))], location=location, license="CC BY 4.0")
     if rng.random() < 0.3:
         row["survival"] = rng.choice(["Y", "N"])
     if rng.random() < 0.1:
@@ -264,42 +323,57 @@ def write_actualmed_archive(path: Path, params: Synthetic, commit: str) -> Path:
         pattern = "covid" if finding == "COVID-19" else "normal" if finding == "No finding" else rng.choice(
             ["covid", "normal"])
         for shot in range(int(rng.integers(1, 3))):
-            imagename = f"{rng.integers(16**8):08x}-{patient:04d}-{shot}.jpg"
+            taken = f"202003{int(rng.integers(1, 32)):02d}"
+            imagename = (f"{rng.choice(['CR', 'DX'])}.1.2.840.113564.{rng.integers(10**10):010d}."
+                         f"{taken}{rng.integers(10**12):012d}.{rng.integers(10**13):013d}.png")
             width, height = _size(rng, params)
-            images[imagename] = _encode(draw_chest(rng, width, height, pattern, style), "JPEG", rgb=rng.random() < 0.2)
-            row = dict.fromkeys(ACTUALMED_METADATA_COLUMNS, "")
-            row.update(patientid=f"ACT-{patient:04d}", offset=str(shot), sex=rng.choice(["M", "F"]),
+            images[imagename] = encode(draw_chest(rng, width, height, pattern, style),
+                                       "png-16bit" if rng.random() < 0.3 else "png")
+            row = dict.fromkeys(ACTUALMED_METADATA_HEADER, "")
+            row.update(patientid=f"ANON{patient}", offset=str(shot), sex=rng.choice(["M", "F"]),
                        age=str(int(rng.integers(25, 90))), finding=finding, view=_pick(rng, ACTUALMED_VIEWS),
-                       modality="X-ray", date="2020", location="synthetic", imagename=imagename)
+                       modality="X-ray", imagename=imagename,
+                       notes=f"{'Inconclusive' if not finding else ''}, date taken (YYYYMMDD): {taken}")
             rows.append(row)
-    table = _csv_text(rows, ACTUALMED_METADATA_COLUMNS)
+    table = _csv_text(rows, ACTUALMED_METADATA_HEADER)
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:
         _writestr(archive, f"{top}/README.md", "# Actualmed COVID-19 chest X-rays (synthetic stand-in)\n")
         _writestr(archive, f"{top}/metadata.csv", table)
+        _writestr(archive, f"{top}/metadata.xlsx", b"PK\x03\x04 synthetic spreadsheet")
+        _writestr(archive, f"{top}/images/SAMPLE.png", encode(np.zeros((8, 8), np.uint8), "png"))
         for imagename, data in images.items():
             _writestr(archive, f"{top}/images/{imagename}", data)
     return path
 
 
 def write_kermany_archive(path: Path, params: Synthetic) -> Path:
-    """A Kaggle-style ``chest-xray-pneumonia.zip`` with its duplicate tree and ``__MACOSX`` forks."""
+    """A Kaggle-style ``chest-xray-pneumonia.zip`` with its duplicate tree, ``__MACOSX`` forks and
+    ``.DS_Store`` files, the naming variants and a few byte-identical files."""
     rng = np.random.default_rng([params.seed, 2])
     style = CHILD if params.source_shift else NEUTRAL
     files: dict[str, bytes] = {}
     splits = list(KERMANY_SPLITS)
     shares = np.array(list(KERMANY_SPLITS.values()))
+    large_left = params.large_images
 
-    def add(folder: str, filename: str, pattern: str) -> None:
+    def add(folder: str, filename: str, pattern: str) -> str:
+        nonlocal large_left
         split = splits[int(rng.choice(len(splits), p=shares))]
-        width, height = _size(rng, params)
-        image = draw_chest(rng, width, height, pattern, style)
-        files[f"{split}/{folder}/{filename}"] = _encode(image, "JPEG", rgb=rng.random() < 0.1)
+        width, height = _size(rng, params, large=large_left > 0)
+        large_left -= 1
+        # The real set's RGB files (grey in three channels) are all in train/PNEUMONIA.
+        rgb = split == "train" and folder == "PNEUMONIA" and rng.random() < 0.1
+        files[name := f"{split}/{folder}/{filename}"] = encode(draw_chest(rng, width, height, pattern, style),
+                                                               "jpeg-rgb" if rgb else "jpeg")
+        return name
 
     for index in range(params.kermany_patients_per_class):
         prefix = f"NORMAL2-IM-{1000 + index:04d}" if index % 4 == 3 else f"IM-{100 + index:04d}"
         for shot in range(1, int(rng.integers(1, 3)) + 1):
             add("NORMAL", f"{prefix}-{shot:04d}.jpeg", "normal")
+            if index % 9 == 4:  # IM-0608-0001-0001.jpeg beside IM-0608-0001.jpeg
+                add("NORMAL", f"{prefix}-{shot:04d}-0001.jpeg", "normal")
     counter = {"bacteria": 0, "virus": 0}
     for index in range(2 * params.kermany_patients_per_class):
         person = f"person{index + 1}"
@@ -310,6 +384,14 @@ def write_kermany_archive(path: Path, params: Synthetic) -> Path:
             for _ in range(int(rng.integers(1, 3))):
                 counter[kind] += 1
                 add("PNEUMONIA", f"{person}_{kind}_{counter[kind]}.jpeg", PATTERN_OF_FINDING[kind])
+                if index % 7 == 3:  # person447_virus_921_1.jpeg: a further _K
+                    add("PNEUMONIA", f"{person}_{kind}_{counter[kind]}_1.jpeg", PATTERN_OF_FINDING[kind])
+    # Byte-identical images filed under a second patient (the real set has 30 such groups).
+    for number, original in enumerate(sorted(files)[5::40], start=9001):
+        split, folder, filename = original.split("/")
+        kind = "virus" if "virus" in filename else "bacteria"
+        copy = f"IM-{number}-0001.jpeg" if folder == "NORMAL" else f"person{number}_{kind}_{number}.jpeg"
+        files[f"{split}/{folder}/{copy}"] = files[original]
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:
@@ -319,6 +401,9 @@ def write_kermany_archive(path: Path, params: Synthetic) -> Path:
             _writestr(archive, f"chest_xray/chest_xray/{name}", data)
         for name in sorted(files)[::7]:
             folder, _, filename = name.rpartition("/")
-            _writestr(archive, f"__MACOSX/chest_xray/{folder}/._{filename}", b"\x00\x05\x16\x07 resource fork")
+            _writestr(archive, f"chest_xray/__MACOSX/chest_xray/{folder}/._{filename}",
+                      b"\x00\x05\x16\x07 resource fork")
+        for split in splits:
+            _writestr(archive, f"chest_xray/{split}/.DS_Store", b"\x00\x00\x00\x01Bud1")
         _writestr(archive, "chest_xray/.DS_Store", b"\x00\x00\x00\x01Bud1")
     return path
