@@ -42,7 +42,7 @@ def main() -> None:
     card = model_card(config, meta=read_json(Path("models/finetuned/meta.json")),
                       report=read_json(Path("reports/eval/models/finetuned/report.json")),
                       split_report=split_report, audit_metrics=results.get(config.backbone),
-                      external_report=external, registered_name=registered, run_id=run_id,
+                      external_report=external, registered_name=registered,
                       model_md5=tracking.file_md5(model_file), note=note)
     write_text(CARD, card)
 

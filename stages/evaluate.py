@@ -25,10 +25,11 @@ def main() -> None:
     config = load()
     test = pd.read_csv(SPLIT).query("split == 'test'").reset_index(drop=True)
     names = [*config.backbones, "finetuned"]
-    predictions, reports, rows, histories, metrics = {}, {}, [], {}, {}
+    predictions, reports, rows, histories, metrics, metas = {}, {}, [], {}, {}, {}
     with staged_directory(OUT / "models") as staging:
         for name in names:
             model, meta = training.load_model(Path("models") / name)
+            metas[name] = meta
             classes = meta["classes"]
             probabilities = evaluation.predict(model, test, classes, meta["image_size"], config.train)
             table = evaluation.predictions_frame(test, classes, probabilities)
@@ -52,7 +53,9 @@ def main() -> None:
     note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
     write_csv(OUT / "comparison.csv", comparison)
     write_csv(OUT / "mcnemar.csv", tests)
-    write_text(OUT / "comparison.md", evaluation.comparison_markdown(comparison, config.class_names(), tests, note))
+    unchanged = {name: meta["finetuned_from"] for name, meta in metas.items() if meta.get("unchanged_from_base")}
+    write_text(OUT / "comparison.md", evaluation.comparison_markdown(comparison, config.class_names(), tests, note,
+                                                                     unchanged))
     figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(OUT / "comparison.png")
     figures.curves_side_by_side(histories).savefig(OUT / "training_curves.png")
     write_json(OUT / "metrics.json", metrics)

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 
 from cxr import tracking, training
@@ -31,13 +32,20 @@ def main() -> None:
             result = training.train_whole(model, split, meta["classes"], meta["image_size"], config.train,
                                           epochs=config.finetune.epochs, learning_rate=config.finetune.learning_rate,
                                           seed=config.seed, work_dir=resume_dir, callbacks=[tracking.EpochMetrics()])
+        # Epoch 0 is the base model before any fine-tuning step: if it stays the best, the weights kept
+        # are the base model's, and every report must say so rather than present a second model.
+        unchanged = int(result.best["epoch"]) == 0
+        mlflow.set_tag("finetune.unchanged_from_base", str(unchanged).lower())
         summary = training.publish(
             model, result, name="finetuned", title=f"finetune {config.backbone}", split=split,
-            meta=meta | {"finetuned_from": config.backbone, "unfrozen_layers": unfrozen},
+            meta=meta | {"finetuned_from": config.backbone, "unfrozen_layers": unfrozen,
+                         "unchanged_from_base": unchanged},
             registered_name=tracking.model_name(config.task), report=Path("reports/finetune.json"),
-            extra={"unfrozen_layers": unfrozen})
+            extra={"unfrozen_layers": unfrozen, "unchanged_from_base": unchanged})
     shutil.rmtree(resume_dir, ignore_errors=True)
-    print(f"finetune {config.backbone}: unfroze {unfrozen}; best val_accuracy {summary['best']['val_accuracy']:.3f}")
+    print(f"finetune {config.backbone}: unfroze {unfrozen}; best val_accuracy {summary['best']['val_accuracy']:.3f}"
+          + (f"; no epoch improved on the base model: the fine-tuned model is {config.backbone}'s weights" if unchanged
+             else ""))
 
 
 if __name__ == "__main__":

@@ -122,3 +122,5 @@ def test_comparison_markdown_has_one_row_per_model_with_intervals():
     assert len(model_rows) == 3  # two models and one McNemar row
     assert f"{intervals['accuracy']['value']:.2f} [{intervals['accuracy']['low']:.2f}," in model_rows[0]
     assert not math.isnan(rows.loc[0, "roc_auc_macro"])
+    marked = evaluation.comparison_markdown(rows, CLASSES, tests, "note", unchanged_from={"m2": "m1"})
+    assert "| m2 (= m1) | " in marked and "m2 keeps m1's weights" in marked and "| m2 (= m1)" not in text

@@ -1,5 +1,6 @@
 """The README's pipeline end to end with DVC, in a fresh git clone of the working tree."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -52,6 +53,19 @@ def mlflow_runs(folder: Path) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=["cxr-multiclass"])
 
 
+def output_bytes(folder: Path, lock: dict, stages: tuple[str, ...]) -> dict[str, str]:
+    """md5 of every file the stages write (directories file by file), by path."""
+    digests = {}
+    for stage in stages:
+        for out in lock["stages"][stage]["outs"]:
+            path = folder / out["path"]
+            for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+                if file.is_file():
+                    digests[file.relative_to(folder).as_posix()] = hashlib.md5(file.read_bytes()).hexdigest()
+    assert digests
+    return digests
+
+
 def test_repro_noop_and_experiments(clone):
     sh(clone, "dvc", "repro")
     split = pd.read_csv(clone / "data/processed/split.csv")
@@ -67,8 +81,13 @@ def test_repro_noop_and_experiments(clone):
     assert "**xception.**" in (clone / "reports/eval/audit.md").read_text()
     assert (clone / "reports/model_card.md").is_file()
     comparison = (clone / "reports/eval/comparison.md").read_text()
-    for model in ("nasnetlarge", "vgg16", "xception", "inceptionresnetv2", "finetuned"):
+    for model in ("nasnetlarge", "vgg16", "xception", "inceptionresnetv2"):
         assert f"| {model} | " in comparison
+    # A fine-tune whose best epoch is 0 kept the base's weights: every report says so, or none does.
+    unchanged = json.loads((clone / "reports/finetune.json").read_text())["unchanged_from_base"]
+    card = (clone / "reports/model_card.md").read_text()
+    assert ("| finetuned (= xception) | " in comparison) == unchanged == ("fine-tuning changed nothing" in card)
+    assert unchanged or "| finetuned | " in comparison
     metrics = sh(clone, "dvc", "metrics", "show")
     assert "reports/eval/metrics.json" in metrics and "accuracy_low" in metrics
     assert "reports/audit/vgg16.json" in metrics and "saliency.lung_box_share" in metrics
@@ -82,6 +101,15 @@ def test_repro_noop_and_experiments(clone):
     again = sh(clone, "dvc", "repro")
     assert "Data and pipelines are up to date" in again
     assert "Running stage" not in again
+
+    # Same inputs, same bytes: a forced retrain and re-evaluation write identical files, so DVC
+    # sees nothing new and nothing downstream reruns.
+    stages = ("train@xception", "evaluate")
+    before = output_bytes(clone, lock, stages)
+    for stage in stages:
+        sh(clone, "dvc", "repro", "-f", "-s", stage)
+    assert output_bytes(clone, lock, stages) == before
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
 
     finetune_only = sh(clone, "dvc", "exp", "run", "-S", "backbone=vgg16")
     assert "Running stage 'finetune'" in finetune_only and "Running stage 'audit_report'" in finetune_only

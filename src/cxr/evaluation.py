@@ -190,8 +190,14 @@ def comparison_row(name: str, model_report: dict, intervals: dict, classes: list
     return row
 
 
-def comparison_markdown(table: pd.DataFrame, classes: list[str], tests: pd.DataFrame, note: str) -> str:
-    """``comparison.md``: one row per model with 95% intervals, then the McNemar table."""
+def comparison_markdown(table: pd.DataFrame, classes: list[str], tests: pd.DataFrame, note: str,
+                        unchanged_from: dict[str, str] | None = None) -> str:
+    """``comparison.md``: one row per model with 95% intervals, then the McNemar table.
+
+    ``unchanged_from`` maps a model to the model whose weights it kept (a fine-tune whose best
+    epoch was 0): its row is marked, so an identical model is not read as a second result.
+    """
+    unchanged_from = unchanged_from or {}
     statistics = ["accuracy", "macro_f1"] + [f"recall_{name}" for name in classes]
     header = ["model", *statistics, "ROC AUC (macro)"]
     lines = [
@@ -205,9 +211,13 @@ def comparison_markdown(table: pd.DataFrame, classes: list[str], tests: pd.DataF
         "|" + "---|" * len(header),
     ]
     for _, row in table.iterrows():
-        cells = [row["model"], *[interval_text(row, statistic) for statistic in statistics],
+        name = row["model"] + (f" (= {unchanged_from[row['model']]})" if row["model"] in unchanged_from else "")
+        cells = [name, *[interval_text(row, statistic) for statistic in statistics],
                  f"{row['roc_auc_macro']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    for model, base in unchanged_from.items():
+        lines += ["", f"{model}: no fine-tuning epoch improved on the validation loss of {base} (best epoch 0), so "
+                  f"{model} keeps {base}'s weights; its row repeats {base}'s, it is not a second result."]
     never = table[table["never_predicted"] != ""]
     if len(never):
         lines += ["", "Classes never predicted (precision undefined, counted as 0): "

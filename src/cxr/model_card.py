@@ -9,12 +9,12 @@ from cxr.evaluation import flat_intervals, interval_text
 
 
 def model_card(config: Config, *, meta: dict, report: dict, split_report: dict, audit_metrics: dict | None,
-               external_report: dict | None, registered_name: str, run_id: str | None, model_md5: str,
-               note: str) -> str:
+               external_report: dict | None, registered_name: str, model_md5: str, note: str) -> str:
     """``reports/model_card.md`` for the fine-tuned model, from the pipeline's own reports.
 
     ``report`` is the model's evaluation report (with ``intervals``); ``audit_metrics`` the
-    audit of the backbone it was fine-tuned from.
+    audit of the backbone it was fine-tuned from. The card names the model by its file's md5,
+    never by an MLflow run id, so the same model gives the same card on every run.
     """
     classes = meta["classes"]
     intervals = flat_intervals(report["intervals"])
@@ -25,11 +25,14 @@ def model_card(config: Config, *, meta: dict, report: dict, split_report: dict, 
         note, "",
         "## Model", "",
         f"- {config.backbone} base ({weights}), frozen and trained with a small head, then its last "
-        f"{config.finetune.unfreeze} weighted layers fine-tuned (`finetune`).",
+        f"{config.finetune.unfreeze} weighted layers fine-tuned (`finetune`)."
+        + (f" No fine-tuning epoch improved on the validation loss (best epoch 0): this model keeps the "
+           f"{config.backbone} model's weights, and fine-tuning changed nothing." if meta.get("unchanged_from_base")
+           else ""),
         f"- Input: RGB {meta['image_size']}x{meta['image_size']} pixels in [0, 255] (preprocessing is inside "
         f"the model). Output: probabilities of {', '.join(classes)} (task `{config.task}`).",
-        f"- Registered in MLflow as `{registered_name}`; training run `{run_id or 'not found'}`; "
-        f"`models/finetuned/model.keras` md5 `{model_md5}`.",
+        f"- Registered in MLflow as `{registered_name}`; `models/finetuned/model.keras` md5 `{model_md5}` (its "
+        f"training run is the one tagged `model_md5 = '{model_md5}'`).",
         "",
         "## Intended use", "",
         "Research on reproducing and auditing a 2020 COVID-19 chest X-ray study. Not a medical device; not "

@@ -1,7 +1,10 @@
-"""Writing stage outputs so that a failure never leaves a file that looks valid.
+"""Writing stage outputs so that a failure never leaves a file that looks valid, and the same
+content always gives the same bytes.
 
 Each writer goes to a temporary sibling and renames it into place, which is atomic on one
 file system: readers (and DVC) see the old file or the complete new one, never a partial one.
+Nothing written embeds a time or a random id: DVC hashes outputs, and a new hash for the same
+content would rerun every stage downstream.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,3 +68,35 @@ def staged_directory(final: Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def make_zip_reproducible(path: Path, *, drop_json_keys: dict[str, tuple[str, ...]] | None = None) -> Path:
+    """Rewrite the zip at ``path`` in place with fixed member times and the same member order and
+    compression, removing ``drop_json_keys[member]`` from JSON members (e.g. a save date).
+
+    Keras' ``.keras`` archive stamps ``metadata.json`` with ``date_saved`` and the weights with
+    the save time; without both, the same weights give the same bytes.
+    """
+    drop_json_keys = drop_json_keys or {}
+    with zipfile.ZipFile(path) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    temporary = path.with_name(f".{path.name}.reproducible")
+    try:
+        with zipfile.ZipFile(temporary, "w") as archive:
+            for info, data in members:
+                if info.filename in drop_json_keys:
+                    content = json.loads(data)
+                    for key in drop_json_keys[info.filename]:
+                        content.pop(key, None)
+                    data = json.dumps(content, sort_keys=True).encode()
+                fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_TIME)
+                fixed.compress_type = info.compress_type
+                fixed.external_attr = 0o644 << 16
+                archive.writestr(fixed, data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

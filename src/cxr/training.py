@@ -24,7 +24,7 @@ from cxr import images, tracking
 from cxr.config import Train
 from cxr.errors import CxrError
 from cxr.model import feature_extractor
-from cxr.outputs import staged_directory, write_csv, write_json
+from cxr.outputs import make_zip_reproducible, staged_directory, write_csv, write_json
 
 class TrainingError(CxrError):
     """A model or input the training stages cannot use; the message names the file."""
@@ -213,9 +213,11 @@ CURVES = Path("reports/train/curves")
 
 
 def save_model(model: keras.Model, folder: Path, meta: dict, history: pd.DataFrame) -> None:
-    """Write ``model.keras``, ``meta.json`` and ``history.csv`` to ``folder`` at once, or not at all."""
+    """Write ``model.keras``, ``meta.json`` and ``history.csv`` to ``folder`` at once, or not at all;
+    the same weights always give the same ``model.keras`` bytes (no save date, fixed zip times)."""
     with staged_directory(folder) as staging:
         model.save(staging / "model.keras")
+        make_zip_reproducible(staging / "model.keras", drop_json_keys={"metadata.json": ("date_saved",)})
         write_json(staging / "meta.json", meta)
         write_csv(staging / "history.csv", history)
 
