@@ -111,9 +111,15 @@ def test_repro_noop_and_experiments(clone):
     assert output_bytes(clone, lock, stages) == before
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
 
-    finetune_only = sh(clone, "dvc", "exp", "run", "-S", "backbone=vgg16")
+    # A fine-tuning rate that can only hurt: no epoch beats the base, so the reports must say the
+    # fine-tuned model is vgg16's weights rather than present it as a second result.
+    finetune_only = sh(clone, "dvc", "exp", "run", "-S", "backbone=vgg16", "-S", "finetune.learning_rate=10")
     assert "Running stage 'finetune'" in finetune_only and "Running stage 'audit_report'" in finetune_only
     assert "Running stage 'train@" not in finetune_only and "Running stage 'audit@" not in finetune_only
+    assert json.loads((clone / "reports/finetune.json").read_text())["unchanged_from_base"] is True
+    assert "| finetuned (= vgg16) | " in (clone / "reports/eval/comparison.md").read_text()
+    assert "this model keeps the vgg16 model's weights, and fine-tuning changed nothing" in (
+        clone / "reports/model_card.md").read_text()
     runs = mlflow_runs(clone)
     latest = runs[runs["tags.mlflow.runName"] == "finetune"].iloc[0]
     assert latest["tags.backbone"] == "vgg16" and latest["tags.DVC_EXP_NAME"]
