@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -276,3 +277,27 @@ def test_audit_stages_write_metrics_verdict_card_and_mlflow_overlays(trained):
     assert client.get_registered_model("cxr-multiclass").description == card
     [report_run] = runs_named(client, "audit_report")
     assert {"audit.md", "model_card.md"} <= {item.path for item in client.list_artifacts(report_run.info.run_id)}
+
+
+TINY_MODEL_SAVE = """
+import sys
+from pathlib import Path
+import keras, pandas as pd
+from cxr.training import save_model
+keras.utils.set_random_seed(0)
+inputs = keras.Input((8, 8, 3))
+features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+model = keras.Model(inputs, keras.layers.Dense(2)(features))
+save_model(model, Path(sys.argv[1]), {"classes": ["A", "B"]}, pd.DataFrame({"epoch": [0]}))
+"""
+
+
+def test_the_same_weights_saved_by_two_processes_give_the_same_bytes(tmp_path):
+    """No save date, zip time or memory address reaches model.keras (DVC would see a new model)."""
+    exec(compile(TINY_MODEL_SAVE.replace("sys.argv[1]", repr(str(tmp_path / "here"))), "save", "exec"), {})
+    subprocess.run([sys.executable, "-c", TINY_MODEL_SAVE, str(tmp_path / "there")], check=True,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
+    here, there = ((tmp_path / name / "model.keras").read_bytes() for name in ("here", "there"))
+    assert here == there
+    model, meta = training.load_model(tmp_path / "there")
+    assert meta == {"classes": ["A", "B"]} and model.output_shape == (None, 2)

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,25 +73,19 @@ def staged_directory(final: Path) -> Iterator[Path]:
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-def make_zip_reproducible(path: Path, *, drop_json_keys: dict[str, tuple[str, ...]] | None = None) -> Path:
-    """Rewrite the zip at ``path`` in place with fixed member times and the same member order and
-    compression, removing ``drop_json_keys[member]`` from JSON members (e.g. a save date).
-
-    Keras' ``.keras`` archive stamps ``metadata.json`` with ``date_saved`` and the weights with
-    the save time; without both, the same weights give the same bytes.
-    """
-    drop_json_keys = drop_json_keys or {}
+def make_zip_reproducible(path: Path, *, rewrite_json: dict[str, Callable[[Any], Any]] | None = None) -> Path:
+    """Rewrite the zip at ``path`` in place with fixed member times, keeping the members' order
+    and compression; JSON members named in ``rewrite_json`` go through their function first
+    (to drop a save date, or renumber ids taken from memory addresses)."""
+    rewrite_json = rewrite_json or {}
     with zipfile.ZipFile(path) as archive:
         members = [(info, archive.read(info)) for info in archive.infolist()]
     temporary = path.with_name(f".{path.name}.reproducible")
     try:
         with zipfile.ZipFile(temporary, "w") as archive:
             for info, data in members:
-                if info.filename in drop_json_keys:
-                    content = json.loads(data)
-                    for key in drop_json_keys[info.filename]:
-                        content.pop(key, None)
-                    data = json.dumps(content, sort_keys=True).encode()
+                if info.filename in rewrite_json:
+                    data = json.dumps(rewrite_json[info.filename](json.loads(data))).encode()
                 fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_TIME)
                 fixed.compress_type = info.compress_type
                 fixed.external_attr = 0o644 << 16

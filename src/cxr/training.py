@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,12 +213,33 @@ def _features(extractor: keras.Model, dataset: tf.data.Dataset, batch_size: int)
 CURVES = Path("reports/train/curves")
 
 
+def renumber_shared_objects(config: Any) -> Any:
+    """Keras' config with each ``shared_object_id`` (a Python ``id()``, different in every
+    process) replaced by its rank of first appearance: the same sharing, stable numbers."""
+    ranks: dict[int, int] = {}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: ranks.setdefault(value, len(ranks) + 1) if key == "shared_object_id" else walk(value)
+                    for key, value in node.items()}
+        return [walk(item) for item in node] if isinstance(node, list) else node
+
+    return walk(config)
+
+
+# What makes two saves of the same weights differ: the save date, and ids taken from memory.
+KERAS_ARCHIVE_REWRITES = {
+    "metadata.json": lambda metadata: {key: value for key, value in metadata.items() if key != "date_saved"},
+    "config.json": renumber_shared_objects,
+}
+
+
 def save_model(model: keras.Model, folder: Path, meta: dict, history: pd.DataFrame) -> None:
     """Write ``model.keras``, ``meta.json`` and ``history.csv`` to ``folder`` at once, or not at all;
     the same weights always give the same ``model.keras`` bytes (no save date, fixed zip times)."""
     with staged_directory(folder) as staging:
         model.save(staging / "model.keras")
-        make_zip_reproducible(staging / "model.keras", drop_json_keys={"metadata.json": ("date_saved",)})
+        make_zip_reproducible(staging / "model.keras", rewrite_json=KERAS_ARCHIVE_REWRITES)
         write_json(staging / "meta.json", meta)
         write_csv(staging / "history.csv", history)
 
