@@ -285,15 +285,16 @@ from pathlib import Path
 import keras, pandas as pd
 from cxr.training import save_model
 keras.utils.set_random_seed(0)
-inputs = keras.Input((8, 8, 3))
-features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
-model = keras.Model(inputs, keras.layers.Dense(2)(features))
+inputs = keras.Input((8, 8, 3), name="image")
+features = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(2, 3, name="conv")(inputs))
+model = keras.Model(inputs, keras.layers.Dense(2, name="head")(features), name="tiny")
 save_model(model, Path(sys.argv[1]), {"classes": ["A", "B"]}, pd.DataFrame({"epoch": [0]}))
 """
 
 
 def test_the_same_weights_saved_by_two_processes_give_the_same_bytes(tmp_path):
-    """No save date, zip time or memory address reaches model.keras (DVC would see a new model)."""
+    """No save date, zip time or memory address reaches model.keras (DVC would see a new model).
+    Layers are named: Keras' automatic names count the layers a process has built before."""
     exec(compile(TINY_MODEL_SAVE.replace("sys.argv[1]", repr(str(tmp_path / "here"))), "save", "exec"), {})
     subprocess.run([sys.executable, "-c", TINY_MODEL_SAVE, str(tmp_path / "there")], check=True,
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
