@@ -25,8 +25,20 @@ def decode_resize(path: tf.Tensor, size: int, orientation: tf.Tensor | int = 1) 
     """One image file -> float32 (size, size, 3) in [0, 255], turned upright as its EXIF
     ``orientation`` (the catalog's column) says."""
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.float32, expand_animations=False)
-    image = tf.image.resize(upright(image, orientation), (size, size), antialias=True)
+    return model_input(upright(image, orientation), size)
+
+
+def model_input(image: tf.Tensor, size: int) -> tf.Tensor:
+    """An upright (height, width, 3) image in [0, 1] -> what every model takes: float32
+    (size, size, 3) in [0, 255]. Training, evaluation and prediction all resize here."""
+    image = tf.image.resize(image, (size, size), antialias=True)
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
+def grey_model_input(pixels: np.ndarray, size: int) -> tf.Tensor:
+    """A grey uint8 (height, width) array (a DICOM's pixels, already windowed) -> model input."""
+    grey = tf.convert_to_tensor(pixels[..., None], tf.float32) / 255.0
+    return model_input(tf.image.grayscale_to_rgb(grey), size)
 
 
 def upright(image: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:

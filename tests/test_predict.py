@@ -1,0 +1,143 @@
+"""`cxr-predict` on generated PNG, JPEG and DICOM files with a small real model."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from cxr import backbones, images, training
+from cxr.config import Head
+from cxr.model import build_classifier
+from cxr.serve import predict
+from cxr.serve.dicom import DicomError, read_dicom
+from cxr.sources.synthetic import draw_chest, encode, CHILD
+
+CLASSES = ["COVID", "NORMAL"]
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A VGG16 classifier with random weights, saved as the pipeline saves models."""
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    model = build_classifier(backbones.get("vgg16"), SIZE, len(CLASSES), Head(units=8, dropout=0.0), None)
+    training.save_model(model, folder, {"backbone": "vgg16", "classes": CLASSES, "image_size": SIZE},
+                        pd.DataFrame({"epoch": [0]}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chest() -> np.ndarray:
+    """A grey chest image spanning the whole 0-255 range."""
+    pixels = draw_chest(np.random.default_rng(0), 96, 112, "covid", CHILD)
+    pixels[0, 0], pixels[0, 1] = 0, 255
+    return pixels
+
+
+def write_dicom(path: Path, values: np.ndarray, *, photometric: str = "MONOCHROME2", view: str = "PA",
+                frames: int = 1, window: tuple[float, float] | None = None) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Modality, dataset.ViewPosition = "DX", view
+    dataset.Rows, dataset.Columns = values.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
+    if window:
+        dataset.WindowCenter, dataset.WindowWidth = window
+    if frames > 1:
+        dataset.NumberOfFrames = frames
+    dataset.PixelData = np.stack([values] * frames).astype(np.uint16).tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def probabilities(table: pd.DataFrame, name: str) -> np.ndarray:
+    row = table[table["path"].str.endswith(name)].iloc[0]
+    assert row["error"] == "", row["error"]
+    return row[[f"p_{cls}" for cls in CLASSES]].to_numpy(float)
+
+
+def test_every_format_gives_the_keras_models_probabilities_on_the_same_pixels(tmp_path, model_folder, chest):
+    model, _ = training.load_model(model_folder)
+    wide = chest.astype(np.uint16) * 257
+    files = {
+        "chest.png": encode(chest, "png"),
+        "chest16.png": encode(chest, "png-16bit"),
+        "chest.jpg": encode(chest, "jpeg"),
+        "rotated.jpg": encode(chest, "jpeg-exif-rotated"),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    write_dicom(tmp_path / "mono2.dcm", wide)
+    write_dicom(tmp_path / "mono1.dcm", 65535 - wide, photometric="MONOCHROME1")
+    write_dicom(tmp_path / "windowed.dcm", wide, window=(32767.5, 65535))
+    table = predict.predict_files(model, CLASSES, SIZE, predict.input_files([str(tmp_path)]), batch_size=4, views=[])
+    expected = model.predict(images.decode_resize(tf.constant(str(tmp_path / "chest.png")), SIZE)[None], verbose=0)[0]
+    for name in ("chest.png", "chest16.png", "mono2.dcm", "mono1.dcm", "windowed.dcm"):
+        assert probabilities(table, name) == pytest.approx(expected, abs=1e-4), name
+    # JPEG is lossy: close, not equal; the rotated one is read upright like the other.
+    assert probabilities(table, "rotated.jpg") == pytest.approx(probabilities(table, "chest.jpg"), abs=1e-3)
+
+
+def test_dicom_window_clips_and_monochrome1_inverts(tmp_path):
+    ramp = np.tile(np.linspace(0, 4000, 80), (70, 1))
+    windowed = read_dicom(write_dicom(tmp_path / "w.dcm", ramp, window=(2000, 1000))).pixels
+    assert windowed[:, :30].max() == 0 and windowed[:, -30:].min() == 255  # outside the window: black / white
+    inverted = read_dicom(write_dicom(tmp_path / "m1.dcm", ramp, photometric="MONOCHROME1")).pixels
+    assert inverted[:, 0].min() == 255 and inverted[:, -1].max() == 0
+
+
+def test_multiframe_dicom_is_refused_with_a_reason(tmp_path):
+    path = write_dicom(tmp_path / "cine.dcm", np.zeros((70, 70)) + np.arange(70), frames=3)
+    with pytest.raises(DicomError, match=r"cine.dcm: multi-frame DICOM \(3 frames\) is not supported"):
+        read_dicom(path)
+
+
+def test_folder_with_bad_files_writes_every_row_and_fails(tmp_path, model_folder, chest, capsys):
+    scans = tmp_path / "scans"
+    (scans / "deeper").mkdir(parents=True)
+    (scans / "good.png").write_bytes(encode(chest, "png"))
+    (scans / "deeper" / "good.jpeg").write_bytes(encode(chest, "jpeg"))
+    write_dicom(scans / "lateral.dcm", chest.astype(np.uint16) * 257, view="LL")
+    (scans / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (scans / "empty.png").write_bytes(b"")
+    small = io.BytesIO()
+    Image.fromarray(chest[:40, :40]).save(small, format="PNG")
+    (scans / "tiny.png").write_bytes(small.getvalue())
+    (scans / "notes.txt").write_text("not an image")  # not an image suffix: not read
+    output = tmp_path / "out.csv"
+    with pytest.raises(SystemExit) as exit_:
+        predict.main([str(scans), "--model", str(model_folder), "--output", str(output), "--views", "PA",
+                      "--explain", str(tmp_path / "gradcam")])
+    assert exit_.value.code == 1
+    table = pd.read_csv(output, keep_default_na=False)
+    assert len(table) == 6 and set(table["model"]) == {"tiny"} and table["model_version"].str.startswith("md5:").all()
+    errors = dict(zip(table["path"].map(lambda path: Path(path).name), table["error"]))
+    assert "cannot be decoded as an image" in errors["corrupt.jpg"]
+    assert errors["empty.png"].endswith("empty.png: empty file")
+    assert "40 px on its shorter side; at least 64 px" in errors["tiny.png"]
+    assert errors["good.png"] == errors["good.jpeg"] == errors["lateral.dcm"] == ""
+    lateral = table[table["path"].str.endswith("lateral.dcm")].iloc[0]
+    assert "ViewPosition LL is not among the views the model was trained on (PA)" in lateral["warning"]
+    overlays = sorted(path.name for path in (tmp_path / "gradcam").iterdir())
+    assert overlays == ["good.jpeg.gradcam.png", "good.png.gradcam.png", "lateral.dcm.gradcam.png"]
+    assert Image.open(tmp_path / "gradcam" / "good.png.gradcam.png").size == (SIZE, SIZE)
+    printed = capsys.readouterr().out
+    assert "6 file(s), 3 predicted" in printed and "3 failed, 1 with a warning" in printed
+    assert "not diagnostic devices" in printed
+
+
+def test_a_missing_model_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: .*nowhere/model.keras: not found"):
+        predict.main([str(tmp_path), "--model", str(tmp_path / "nowhere"), "--views"])
