@@ -91,6 +91,13 @@ def test_mlflow_run_has_params_metrics_tags_and_model(trained):
     assert [metric.step for metric in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2, 3]
     assert len(client.get_metric_history(run.info.run_id, "learning_rate")) == 3
     assert {"training_curves.png", "history.json"} <= {item.path for item in client.list_artifacts(run.info.run_id)}
+    inputs = {item.tags[0].value: item.dataset for item in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["test", "train", "val"]
+    assert {dataset.digest for dataset in inputs.values()} == {split_md5}
+    assert inputs["train"].name == "split.csv:train"
+    experiment = client.get_experiment_by_name("cxr-multiclass")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "one run per DVC stage execution" in experiment.tags["mlflow.note.content"]
 
     [version] = client.search_model_versions("name = 'cxr-multiclass-vgg16'")
     assert version.run_id == run.info.run_id

@@ -6,7 +6,10 @@
 - One run per stage execution, named after the stage (``train@vgg16``, ``finetune``); under
   ``mlflow run`` (which sets ``MLFLOW_RUN_ID``) it is a child of that run, never the run itself.
 - Every run carries all effective params, the git commit, DVC_STAGE, DVC_EXP_NAME, the md5 of
-  the split it trained on, backbone, task and data origin.
+  the split it trained on, backbone, task and data origin, and the split's train/val/test parts
+  as dataset inputs whose digest is the split file's DVC hash.
+- Experiments carry ``mlflow.experimentKind = custom_model_development`` (the UI opens on the
+  runs) and a description.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import keras
 import mlflow
+import mlflow.data
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -107,11 +111,45 @@ def run_tags(config: Config, stage: str, split_file: Path, backbone: str) -> dic
     }
 
 
+# MLflow 3's UI opens an experiment on its runs (not on GenAI traces) when it carries this kind.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_description(name: str) -> str:
+    return (f"cxr: chest X-ray classification ({name}), one run per DVC stage execution (train@<backbone>, "
+            "finetune, evaluate, audit@<backbone>, audit_report). Compare backbones with the runs' test "
+            "metrics; see the project README, sections 'MLflow' and 'Reproduce the study'.")
+
+
 def _experiment_id(name: str) -> str:
+    """The experiment ``name``, created with its kind and description if it does not exist yet (by
+    this process or, concurrently, by another: a lost race reads the winner's)."""
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=(repo_root() / "mlartifacts").as_uri())
+    if experiment is None:
+        tags = EXPERIMENT_TAGS | {"mlflow.note.content": experiment_description(name)}
+        try:
+            return mlflow.create_experiment(name, artifact_location=(repo_root() / "mlartifacts").as_uri(),
+                                            tags=tags)
+        except mlflow.exceptions.MlflowException:
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def log_split_inputs(split_file: Path) -> None:
+    """The train, val and test parts of the split as the run's dataset inputs. Their digest is the
+    DVC hash of the split file (its md5), so two runs on the same split show the same digest."""
+    split = pd.read_csv(split_file)
+    digest = file_md5(split_file)
+    for part in ("train", "val", "test"):
+        rows = split[split["split"] == part][["image_id", "patient_id", "source", "class"]]
+        dataset = mlflow.data.from_pandas(rows, source=split_file.as_posix(), targets="class",
+                                          name=f"{split_file.name}:{part}", digest=digest)
+        mlflow.log_input(dataset, context=part)
 
 
 @contextmanager
@@ -130,6 +168,7 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
         with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags,
                               description=description) as run:
             mlflow.log_params(flat_params(config))
+            log_split_inputs(split_file)
             yield run
     finally:
         if parent:
