@@ -1,7 +1,8 @@
 """Decoding, resizing, augmentation and the tf.data pipelines that feed training.
 
 Every source format (grayscale, RGB, RGBA, palette and 16-bit PNG, JPEG, EXIF-rotated JPEG)
-decodes to upright float RGB in [0, 255] at the requested size; models take those pixels and do their own preprocessing.
+decodes to upright float RGB in [0, 255] at the requested size; models take those pixels and do
+their own preprocessing.
 Decoded images are cached (in memory, or on disk keyed by the images' content and the size)
 so epochs after the first, and later backbones of the same size, never decode a file again.
 """

@@ -140,11 +140,10 @@ def _experiment_id(name: str) -> str:
     return experiment.experiment_id
 
 
-def log_split_inputs(split_file: Path) -> None:
-    """The train, val and test parts of the split as the run's dataset inputs. Their digest is the
-    DVC hash of the split file (its md5), so two runs on the same split show the same digest."""
+def log_split_inputs(split_file: Path, digest: str) -> None:
+    """The train, val and test parts of the split as the run's dataset inputs. Their ``digest`` is
+    the DVC hash of the split file (its md5), so two runs on the same split show the same digest."""
     split = pd.read_csv(split_file)
-    digest = file_md5(split_file)
     for part in ("train", "val", "test"):
         rows = split[split["split"] == part][["image_id", "patient_id", "source", "class"]]
         dataset = mlflow.data.from_pandas(rows, source=split_file.as_posix(), targets="class",
@@ -168,7 +167,7 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
         with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags,
                               description=description) as run:
             mlflow.log_params(flat_params(config))
-            log_split_inputs(split_file)
+            log_split_inputs(split_file, tags["split_md5"])
             yield run
     finally:
         if parent:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from cxr.figures import saliency_overlay
 from cxr.outputs import write_csv
 from cxr.serve.dicom import SUFFIXES as DICOM_SUFFIXES
 from cxr.serve.dicom import is_dicom, read_dicom
+from cxr.tracking import file_md5
 
 DISCLAIMER = ("cxr models are research artefacts, not diagnostic devices: never use a prediction for a "
               "decision about a patient.")
@@ -76,7 +76,7 @@ def read_input(path: Path, size: int, views: list[str]) -> tuple[np.ndarray, str
         warning = ""
     if side < MIN_SIDE:
         raise CxrError(f"{path}: the image is {side} px on its shorter side; at least {MIN_SIDE} px are needed")
-    return pixels.numpy() if hasattr(pixels, "numpy") else pixels, warning
+    return pixels.numpy(), warning
 
 
 def predict_files(model, classes: list[str], size: int, paths: list[Path], *, batch_size: int,
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     explain = Explainer(args.explain, meta["backbone"], args.batch_size) if args.explain else None
     table = predict_files(model, meta["classes"], meta["image_size"], paths, batch_size=args.batch_size,
                           views=args.views, progress=len(paths) > 1, explain=explain)
-    version = hashlib.md5((args.model / "model.keras").read_bytes()).hexdigest()[:12]
+    version = file_md5(args.model / "model.keras")[:12]
     table.insert(2, "model", args.model.name)
     table.insert(3, "model_version", f"md5:{version}")
     write_csv(args.output, table)

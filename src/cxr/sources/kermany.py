@@ -4,9 +4,9 @@ Layout: ``chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/<file>.jpeg``. The clas
 folder and, for pneumonia, in the file name (``person12_bacteria_47.jpeg``,
 ``person3_virus_16.jpeg``, some with a further ``_K``: ``person447_virus_921_1.jpeg``); normal
 files are ``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0927-0001.jpeg``. Mendeley's version 3 renamed
-them ``BACTERIA-<patient>-0001.jpeg``, ``VIRUS-...``, ``NORMAL-...``: both are read. The Kaggle zip also carries a second copy of everything under
-``chest_xray/chest_xray/`` and macOS ``__MACOSX`` forks: both are skipped so each image counts
-once. No view is recorded (the images are paediatric anterior-posterior films).
+them ``BACTERIA-<patient>-0001.jpeg``, ``VIRUS-...``, ``NORMAL-...``: both are read. The Kaggle
+zip also carries a second copy of everything under ``chest_xray/chest_xray/`` and macOS
+``__MACOSX`` forks: both are skipped so each image counts once. No view is recorded (the images are paediatric anterior-posterior films).
 """
 
 from __future__ import annotations

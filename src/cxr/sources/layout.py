@@ -71,7 +71,8 @@ def select_below_top(name: PurePosixPath, files: tuple[str, ...], folders: tuple
 ABSENT_SHOWN = 10
 
 
-def settle_absent_files(metadata_path: Path, absent: list[dict[str, str]], policy: str, source: str) -> list[dict[str, str]]:
+def settle_absent_files(metadata_path: Path, absent: list[dict[str, str]], policy: str,
+                        source: str) -> list[dict[str, str]]:
     """Metadata rows whose image is not in the archive: with ``policy`` ``error``, one error that
     counts and lists them; with ``drop``, the rows for the data report's ``dropped_rows``."""
     if absent and policy == "error":
