@@ -15,8 +15,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "dvc", "mlflow", "numpy", "pandas")
+# CXR_BENCH_RESULTS writes elsewhere (a scratch run, or a machine whose files are copied back).
+RESULTS = Path(os.environ.get("CXR_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
+PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "jax", "jaxlib", "dvc", "mlflow", "numpy", "pandas")
 
 
 def machine() -> dict:
@@ -67,7 +68,8 @@ class Timer:
 
 
 def save(name: str, command: str, settings: dict, results) -> Path:
-    """Write ``bench/results/<name>.json`` with the machine, versions, settings and results."""
+    """Write ``bench/results/<name>.json`` (or under ``CXR_BENCH_RESULTS``) with the machine, versions,
+    settings and results."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": machine(), "versions": versions(), "settings": settings, "results": results}
