@@ -16,6 +16,7 @@ import mlflow
 import pandas as pd
 
 from cxr import audit, backbones, figures, images, tracking, training
+from cxr.model_files import load_model
 from cxr.config import load
 from cxr.outputs import staged_directory, write_csv, write_json
 from cxr.stage import run
@@ -26,11 +27,12 @@ EXTERNAL = Path("data/processed/external.csv")
 
 def main() -> None:
     config = load()
+    tracking.require_tracking_store()
     backbone = backbones.get(sys.argv[1])
     strategy = training.configure_runtime(config.train, config.seed)
     split = pd.read_csv(SPLIT)
     test = split[split["split"] == "test"].reset_index(drop=True)
-    classifier, meta = training.load_model(Path("models") / backbone.name)
+    classifier, meta = load_model(Path("models") / backbone.name)
     classes, size = meta["classes"], meta["image_size"]
     box = config.audit.lung_box
     key = {"config": asdict(config), "split": tracking.file_md5(SPLIT)}
@@ -59,6 +61,7 @@ def main() -> None:
     write_json(Path("reports/audit") / f"{backbone.name}.json", metrics)
 
     with tracking.stage_run(config, f"audit@{backbone.name}", SPLIT, backbone.name):
+        tracking.log_table_input(pd.read_csv(EXTERNAL), EXTERNAL, "external", tracking.file_md5(EXTERNAL))
         mlflow.log_metrics(tracking.flat_metrics(metrics))
         mlflow.log_figure(grid, "gradcam/overview.png")
         for index, row in saliency.iterrows():

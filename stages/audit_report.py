@@ -29,6 +29,7 @@ def read_json(path: Path) -> dict:
 
 def main() -> None:
     config = load()
+    tracking.require_tracking_store()
     results = {name: read_json(AUDIT / f"{name}.json") for name in config.backbones}
     split_report = read_json(Path("reports/data/split.json"))
     external = read_json(Path("reports/data/external.json"))["test_set"]
@@ -56,6 +57,13 @@ def main() -> None:
         client = MlflowClient()
         client.log_artifact(run_id, str(CARD))
         client.update_registered_model(registered, description=card)
+        tracking.describe_version(registered, run_id, description=card,
+                                  tags={"audit.shortcut_evidence": audit.evidence_text(results.get(config.backbone), len(classes))})
+    for backbone, metrics in results.items():
+        backbone_run = tracking.find_model_run(config.task, Path("models") / backbone / "model.keras")
+        if backbone_run is not None:
+            tracking.describe_version(tracking.model_name(config.task, backbone), backbone_run,
+                                      tags={"audit.shortcut_evidence": audit.evidence_text(metrics, len(classes))})
     print(AUDIT_MD.read_text())
 
 

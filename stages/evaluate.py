@@ -3,8 +3,10 @@
 Writes reports/eval/models/<model>/ (predictions, classification report, confusion matrix and
 ROC figures), reports/eval/confusion/<model>.csv (DVC confusion plots), the comparison table
 (comparison.md/.csv/.png), McNemar tests (mcnemar.csv), all training curves side by side, and
-reports/eval/metrics.json (DVC metrics). Test metrics and reports are added to each model's
-own MLflow training run; one `evaluate` run holds the comparison.
+two DVC metrics files: reports/eval/headline.json (accuracy and macro-F1 with intervals, what
+`dvc exp show` leads with) and reports/eval/metrics.json (every statistic). Test metrics and
+reports are added to each model's MLflow training run, and the headline to the pipeline's parent
+run; one `evaluate` run holds the comparison. The evaluated release candidate becomes @champion.
 """
 
 from pathlib import Path
@@ -13,6 +15,7 @@ import mlflow
 import pandas as pd
 
 from cxr import evaluation, figures, tracking, training
+from cxr.model_files import load_model
 from cxr.config import load
 from cxr.outputs import staged_directory, write_csv, write_json, write_text
 from cxr.stage import run
@@ -23,12 +26,13 @@ OUT = Path("reports/eval")
 
 def main() -> None:
     config = load()
+    tracking.require_tracking_store()
     test = pd.read_csv(SPLIT).query("split == 'test'").reset_index(drop=True)
     names = [*config.backbones, "finetuned"]
     predictions, reports, rows, histories, metrics, metas = {}, {}, [], {}, {}, {}
     with staged_directory(OUT / "models") as staging:
         for name in names:
-            model, meta = training.load_model(Path("models") / name)
+            model, meta = load_model(Path("models") / name)
             metas[name] = meta
             classes = meta["classes"]
             probabilities = evaluation.predict(model, test, classes, meta["image_size"], config.train)
@@ -58,6 +62,7 @@ def main() -> None:
                                                                      unchanged))
     figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(OUT / "comparison.png")
     figures.curves_side_by_side(histories).savefig(OUT / "training_curves.png")
+    write_json(OUT / "headline.json", evaluation.lead_metrics(metrics))
     write_json(OUT / "metrics.json", metrics)
 
     for name in names:
@@ -70,9 +75,18 @@ def main() -> None:
         confusion = pd.DataFrame(matrix["matrix"], columns=matrix["labels"], index=matrix["labels"])
         tracking.log_evaluation(run_id, {f"test_{key}": value for key, value in metrics[name].items()},
                                 OUT / "models" / name, confusion.reset_index(names="actual"))
+        release = name == "finetuned"
+        version = tracking.describe_version(
+            tracking.model_name(config.task, None if release else name), run_id,
+            tags={f"test.{statistic}": evaluation.interval_text(metrics[name], statistic)
+                  for statistic in ("accuracy", "macro_f1")} | {"test.split_md5": tracking.file_md5(SPLIT)},
+            alias=tracking.CHAMPION if release else None)
+        if release and version is not None:
+            print(f"{tracking.model_name(config.task)} version {version} is @{tracking.CHAMPION}")
     with tracking.stage_run(config, "evaluate", SPLIT, config.backbone):
         mlflow.log_metrics({f"{name}.{key}": value for name, values in metrics.items()
                             for key, value in values.items() if value is not None})
+        tracking.log_headline_metrics(evaluation.lead_metrics(metrics))
         mlflow.log_table(comparison, "comparison.json")
         for artifact in ("comparison.md", "comparison.csv", "comparison.png", "mcnemar.csv", "training_curves.png"):
             mlflow.log_artifact(str(OUT / artifact))

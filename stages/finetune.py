@@ -11,6 +11,7 @@ import mlflow
 import pandas as pd
 
 from cxr import tracking, training
+from cxr.model_files import load_model
 from cxr.config import load
 from cxr.model import unfreeze_last
 from cxr.stage import run
@@ -20,11 +21,12 @@ SPLIT = Path("data/processed/split.csv")
 
 def main() -> None:
     config = load()
+    tracking.require_tracking_store()
     split = pd.read_csv(SPLIT)
     strategy = training.configure_runtime(config.train, config.seed)
     with tracking.stage_run(config, "finetune", SPLIT, config.backbone):
         with strategy.scope():
-            model, meta = training.load_model(Path("models") / config.backbone)
+            model, meta = load_model(Path("models") / config.backbone)
             resume_dir = training.resume_dir(Path("models/.resume/finetuned"), {
                 "config": asdict(config), "split": tracking.file_md5(SPLIT), "stage": "finetune",
                 "base_model": tracking.file_md5(Path("models") / config.backbone / "model.keras")})

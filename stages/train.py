@@ -15,6 +15,7 @@ import pandas as pd
 from cxr import backbones, tracking, training
 from cxr.config import load
 from cxr.model import build_classifier
+from cxr.model_files import trained_on
 from cxr.stage import run
 
 SPLIT = Path("data/processed/split.csv")
@@ -22,6 +23,7 @@ SPLIT = Path("data/processed/split.csv")
 
 def main() -> None:
     config = load()
+    tracking.require_tracking_store()
     backbone = backbones.get(sys.argv[1])
     size = backbone.input_size(config.train.image_size)
     split = pd.read_csv(SPLIT)
@@ -36,7 +38,8 @@ def main() -> None:
                                            callbacks=[tracking.EpochMetrics()])
         summary = training.publish(
             model, result, name=backbone.name, title=f"train@{backbone.name}", split=split,
-            meta={"backbone": backbone.name, "image_size": size, "classes": classes, "task": config.task},
+            meta={"backbone": backbone.name, "image_size": size, "classes": classes, "task": config.task,
+                  **trained_on(split, config.filter.views)},
             registered_name=tracking.model_name(config.task, backbone.name),
             report=Path("reports/train") / f"{backbone.name}.json")
     shutil.rmtree(resume_dir, ignore_errors=True)

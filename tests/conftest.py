@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from cxr.config import Config, from_dict
+from cxr.serve.local import free_port, mlflow_command, running
 from cxr.sources import download_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,3 +102,15 @@ def serve_folder(folder: Path) -> Iterator[str]:
     finally:
         os.kill(server.pid, signal.SIGTERM)
         server.wait(timeout=10)
+
+
+@contextmanager
+def serve_model(model_uri: str, folder: Path, env: dict[str, str]) -> Iterator[str]:
+    """``mlflow models serve`` of ``model_uri`` on 127.0.0.1 and a free port, run from ``folder``;
+    yield its base URL once ``/ping`` answers; its process group is stopped afterwards."""
+    port = free_port()
+    command = mlflow_command("models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1",
+                             "--port", str(port))
+    with running(command, f"http://127.0.0.1:{port}/ping", cwd=folder, env=env):
+        yield f"http://127.0.0.1:{port}"
+

@@ -7,6 +7,7 @@ import pytest
 
 from cxr import catalog
 from cxr.catalog import CatalogError
+from cxr.image_files import ImageFileError
 from cxr.config import Filter
 from cxr.validation import CATALOG_COLUMNS, DataValidationError, Table, catalog_expectations, validate
 from conftest import make_config
@@ -49,7 +50,7 @@ def test_corrupt_image_names_the_file(tmp_path, raw_root):
     shutil.copytree(raw_root, root)
     victim = next((root / "kermany" / "chest_xray").rglob("*.jpeg"))
     victim.write_bytes(victim.read_bytes()[:200])
-    with pytest.raises(CatalogError, match=f"{victim.name}: cannot be decoded as an image"):
+    with pytest.raises(ImageFileError, match=f"{victim.name}: cannot be decoded as an image"):
         catalog.build(make_config(), root)
 
 

@@ -1,18 +1,20 @@
 """The README's pipeline end to end with DVC, in a fresh git clone of the working tree."""
 
+import base64
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, SMALL, deep_merge
+from conftest import REPO, SMALL, deep_merge, serve_model
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +48,25 @@ def clone(tmp_path_factory) -> Path:
     return folder
 
 
+def stdout(folder: Path, *command: str) -> str:
+    """What ``command`` prints on stdout alone (for machine-readable output)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{command} failed:\n{result.stderr}"
+    return result.stdout
+
+
 def mlflow_runs(folder: Path) -> pd.DataFrame:
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
     return mlflow.search_runs(experiment_names=["cxr-multiclass"])
+
+
+def mlflow_client(folder: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
 
 
 def output_bytes(folder: Path, lock: dict, stages: tuple[str, ...]) -> dict[str, str]:
@@ -91,6 +107,19 @@ def test_repro_noop_and_experiments(clone):
     metrics = sh(clone, "dvc", "metrics", "show")
     assert "reports/eval/metrics.json" in metrics and "accuracy_low" in metrics
     assert "reports/audit/vgg16.json" in metrics and "saliency.lung_box_share" in metrics
+    # What users compare comes first: the test headline, then every statistic; split counts last.
+    [shown] = json.loads(stdout(clone, "dvc", "metrics", "show", "--json")).values()
+    files = list(shown["data"])
+    assert files[:2] == ["reports/eval/headline.json", "reports/eval/metrics.json"], files
+    assert files[-1] == "reports/data/split.json", files
+    assert list(shown["data"][files[0]]["data"]["xception"]) == [
+        "accuracy", "accuracy_low", "accuracy_high", "macro_f1", "macro_f1_low", "macro_f1_high"]
+    # One parent run groups the repro's stage runs and carries every model's headline.
+    assert runs["tags.mlflow.parentRunId"].nunique() == 1
+    parent = mlflow_client(clone).get_run(runs["tags.mlflow.parentRunId"].iloc[0])
+    commit = sh(clone, "git", "rev-parse", "HEAD").strip()
+    assert parent.info.run_name == f"workspace@{commit[:7]}"
+    assert {f"test.{model}.macro_f1_low" for model in [*backbones, "finetuned"]} <= set(parent.data.metrics)
 
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     split_outs = {out["path"]: out for out in lock["stages"]["split"]["outs"]}
@@ -123,6 +152,13 @@ def test_repro_noop_and_experiments(clone):
     runs = mlflow_runs(clone)
     latest = runs[runs["tags.mlflow.runName"] == "finetune"].iloc[0]
     assert latest["tags.backbone"] == "vgg16" and latest["tags.DVC_EXP_NAME"]
+    # The experiment's stage runs are children of a parent named after the DVC experiment.
+    experiment_runs = runs[runs["tags.DVC_EXP_NAME"] == latest["tags.DVC_EXP_NAME"]]
+    assert sorted(experiment_runs["tags.mlflow.runName"]) == ["audit_report", "evaluate", "finetune"]
+    [parent_id] = set(experiment_runs["tags.mlflow.parentRunId"])
+    parent = mlflow_client(clone).get_run(parent_id)
+    assert parent.info.run_name == latest["tags.DVC_EXP_NAME"] and parent.data.params["backbone"] == "vgg16"
+    assert parent.data.params["finetune.learning_rate"] == "10" and "test.finetuned.accuracy" in parent.data.metrics
     assert not list((clone / ".dvc").rglob("mlflow.db"))
 
     sh(clone, "dvc", "exp", "run", "-S", "split.seed=7", "-S", "backbones=[vgg16]")
@@ -131,12 +167,39 @@ def test_repro_noop_and_experiments(clone):
     merged = split.merge(seven, on="image_id", suffixes=("", "_seven"))
     assert len(merged) == len(split)
     assert (merged["split"] != merged["split_seven"]).any()
-    header = sh(clone, "dvc", "exp", "show", "--no-pager", "--csv").splitlines()[0]
+    header = stdout(clone, "dvc", "exp", "show", "--no-pager", "--csv").splitlines()[0]
     for column in ("split.seed", "backbone", "images.train", "best.val_accuracy"):
         assert column in header
+    first_metric = next(column for column in header.split(",") if ":" in column)
+    assert first_metric.startswith("reports/eval/headline.json:") and first_metric.endswith(".accuracy"), header
     plots = sh(clone, "dvc", "plots", "show", "-o", "plots")
     html = (clone / "plots/index.html").read_text()
     assert "plots" in plots and "val_accuracy" in html and "reports_eval_confusion_vgg16_csv" in html
+
+
+def test_the_champion_predicts_files_and_is_served(clone):
+    """README's "Use the model": cxr-predict with its default model, then `mlflow models serve`."""
+    client = mlflow_client(clone)
+    champion = client.get_model_version_by_alias("cxr-multiclass", "champion")
+    runs = mlflow_runs(clone)
+    assert champion.run_id == runs[runs["tags.mlflow.runName"] == "finetune"].iloc[0]["run_id"]
+    assert champion.tags["test.accuracy"] and champion.tags["audit.shortcut_evidence"]
+    test = pd.read_csv(clone / "data/processed/split.csv").query("split == 'test'").head(3)
+    printed = sh(clone, "cxr-predict", *test["path"], "--output", "predictions.csv")
+    assert "3 file(s), 3 predicted" in printed and "not diagnostic devices" in printed
+    table = pd.read_csv(clone / "predictions.csv", keep_default_na=False)
+    assert set(table["model"]) == {"cxr-multiclass"} and set(table["model_version"]) == {champion.version}
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{clone / 'mlflow.db'}"}
+    image = base64.b64encode((clone / test["path"].iloc[0]).read_bytes()).decode()
+    request = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
+    with serve_model("models:/cxr-multiclass@champion", clone, env) as url:
+        post = urllib.request.Request(f"{url}/invocations", data=request, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(post, timeout=60) as answer:
+            [prediction] = json.loads(answer.read())["predictions"]
+    assert prediction["error"] == "" and prediction["predicted"] == table["predicted"].iloc[0]
+    assert prediction["p_COVID"] == pytest.approx(table["p_COVID"].iloc[0], abs=1e-5)
 
 
 TINY = ["--set", "train.epochs=1", "--set", "train.image_size=75", "--set", "finetune.epochs=1",

@@ -11,10 +11,14 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from cxr import backbones, images, training
+import mlflow.pyfunc
+
+from cxr import backbones, images
 from cxr.config import Head
 from cxr.model import build_classifier
+from cxr.model_files import load_model, save_model
 from cxr.serve import predict
+from cxr.serve.pyfunc import XrayClassifier, signature
 from cxr.serve.dicom import DicomError, read_dicom
 from cxr.sources.synthetic import draw_chest, encode, CHILD
 
@@ -27,8 +31,9 @@ def model_folder(tmp_path_factory) -> Path:
     """A VGG16 classifier with random weights, saved as the pipeline saves models."""
     folder = tmp_path_factory.mktemp("models") / "tiny"
     model = build_classifier(backbones.get("vgg16"), SIZE, len(CLASSES), Head(units=8, dropout=0.0), None)
-    training.save_model(model, folder, {"backbone": "vgg16", "classes": CLASSES, "image_size": SIZE},
-                        pd.DataFrame({"epoch": [0]}))
+    save_model(model, folder, {"backbone": "vgg16", "classes": CLASSES, "image_size": SIZE, "views": ["PA", "AP"],
+                               "ages": {"min": 18.0, "max": 90.0, "recorded": 40, "images": 60}},
+               pd.DataFrame({"epoch": [0]}))
     return folder
 
 
@@ -41,7 +46,7 @@ def chest() -> np.ndarray:
 
 
 def write_dicom(path: Path, values: np.ndarray, *, photometric: str = "MONOCHROME2", view: str = "PA",
-                frames: int = 1, window: tuple[float, float] | None = None) -> Path:
+                frames: int = 1, window: tuple[float, float] | None = None, age: str | None = None) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -57,6 +62,8 @@ def write_dicom(path: Path, values: np.ndarray, *, photometric: str = "MONOCHROM
         dataset.WindowCenter, dataset.WindowWidth = window
     if frames > 1:
         dataset.NumberOfFrames = frames
+    if age:
+        dataset.PatientAge = age
     dataset.PixelData = np.stack([values] * frames).astype(np.uint16).tobytes()
     dataset.save_as(path, enforce_file_format=True)
     return path
@@ -69,7 +76,9 @@ def probabilities(table: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def test_every_format_gives_the_keras_models_probabilities_on_the_same_pixels(tmp_path, model_folder, chest):
-    model, _ = training.load_model(model_folder)
+    """cxr-predict's reader and the registered pyfunc (raw bytes in a DataFrame, as MLflow's scoring
+    server passes them) both give what the Keras model gives on the decoded PNG."""
+    model, meta = load_model(model_folder)
     wide = chest.astype(np.uint16) * 257
     files = {
         "chest.png": encode(chest, "png"),
@@ -82,12 +91,22 @@ def test_every_format_gives_the_keras_models_probabilities_on_the_same_pixels(tm
     write_dicom(tmp_path / "mono2.dcm", wide)
     write_dicom(tmp_path / "mono1.dcm", 65535 - wide, photometric="MONOCHROME1")
     write_dicom(tmp_path / "windowed.dcm", wide, window=(32767.5, 65535))
-    table = predict.predict_files(model, CLASSES, SIZE, predict.input_files([str(tmp_path)]), batch_size=4, views=[])
+    paths = predict.input_files([str(tmp_path)])
+    table = predict.predict_sources(model, meta, paths, batch_size=4)
+    mlflow.pyfunc.save_model(tmp_path / "pyfunc", python_model=XrayClassifier(), artifacts={"model": str(model_folder)},
+                             signature=signature(CLASSES))
+    served = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(
+        pd.DataFrame({"image": [path.read_bytes() for path in paths] + [b"not an image"]}))
+    # A bad row fails alone, named by its position, not the request.
+    assert f"row {len(paths)}: cannot be decoded as an image" in served.iloc[-1]["error"]
+    served = served.iloc[:-1].assign(path=[str(path) for path in paths])
     expected = model.predict(images.decode_resize(tf.constant(str(tmp_path / "chest.png")), SIZE)[None], verbose=0)[0]
-    for name in ("chest.png", "chest16.png", "mono2.dcm", "mono1.dcm", "windowed.dcm"):
-        assert probabilities(table, name) == pytest.approx(expected, abs=1e-4), name
-    # JPEG is lossy: close, not equal; the rotated one is read upright like the other.
-    assert probabilities(table, "rotated.jpg") == pytest.approx(probabilities(table, "chest.jpg"), abs=1e-3)
+    for result in (table, served):
+        for name in ("chest.png", "chest16.png", "mono2.dcm", "mono1.dcm", "windowed.dcm"):
+            assert probabilities(result, name) == pytest.approx(expected, abs=1e-4), name
+        # JPEG is lossy: close, not equal; the rotated one is read upright like the other.
+        assert probabilities(result, "rotated.jpg") == pytest.approx(probabilities(result, "chest.jpg"), abs=1e-3)
+        assert set(result["predicted"]) <= set(CLASSES)
 
 
 def test_dicom_window_clips_and_monochrome1_inverts(tmp_path):
@@ -110,6 +129,7 @@ def test_folder_with_bad_files_writes_every_row_and_fails(tmp_path, model_folder
     (scans / "good.png").write_bytes(encode(chest, "png"))
     (scans / "deeper" / "good.jpeg").write_bytes(encode(chest, "jpeg"))
     write_dicom(scans / "lateral.dcm", chest.astype(np.uint16) * 257, view="LL")
+    write_dicom(scans / "child.dcm", chest.astype(np.uint16) * 257, view="PA", age="004Y")
     (scans / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     (scans / "empty.png").write_bytes(b"")
     small = io.BytesIO()
@@ -122,19 +142,23 @@ def test_folder_with_bad_files_writes_every_row_and_fails(tmp_path, model_folder
                       "--explain", str(tmp_path / "gradcam")])
     assert exit_.value.code == 1
     table = pd.read_csv(output, keep_default_na=False)
-    assert len(table) == 6 and set(table["model"]) == {"tiny"} and table["model_version"].str.startswith("md5:").all()
+    assert len(table) == 7 and set(table["model"]) == {"tiny"} and table["model_version"].str.startswith("md5:").all()
     errors = dict(zip(table["path"].map(lambda path: Path(path).name), table["error"]))
     assert "cannot be decoded as an image" in errors["corrupt.jpg"]
     assert errors["empty.png"].endswith("empty.png: empty file")
     assert "40 px on its shorter side; at least 64 px" in errors["tiny.png"]
-    assert errors["good.png"] == errors["good.jpeg"] == errors["lateral.dcm"] == ""
+    assert errors["good.png"] == errors["good.jpeg"] == errors["lateral.dcm"] == errors["child.dcm"] == ""
     lateral = table[table["path"].str.endswith("lateral.dcm")].iloc[0]
     assert "ViewPosition LL is not among the views the model was trained on (PA)" in lateral["warning"]
+    child = table[table["path"].str.endswith("child.dcm")].iloc[0]
+    assert child["warning"] == ("PatientAge 4.0 years is outside the ages of the training images that record one "
+                                "(18-90 years; 40 of 60 images record an age)")
     overlays = sorted(path.name for path in (tmp_path / "gradcam").iterdir())
-    assert overlays == ["good.jpeg.gradcam.png", "good.png.gradcam.png", "lateral.dcm.gradcam.png"]
+    assert overlays == ["child.dcm.gradcam.png", "good.jpeg.gradcam.png", "good.png.gradcam.png",
+                        "lateral.dcm.gradcam.png"]
     assert Image.open(tmp_path / "gradcam" / "good.png.gradcam.png").size == (SIZE, SIZE)
     printed = capsys.readouterr().out
-    assert "6 file(s), 3 predicted" in printed and "3 failed, 1 with a warning" in printed
+    assert "7 file(s), 4 predicted" in printed and "3 failed, 2 with a warning" in printed
     assert "not diagnostic devices" in printed
 
 

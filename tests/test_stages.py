@@ -1,5 +1,6 @@
 """The data stage scripts on bad inputs: a clear error, exit 1, no output that looks valid."""
 
+import html
 import json
 import shutil
 
@@ -23,6 +24,13 @@ def test_data_stages_run_in_order(project):
     split = pd.read_csv(project / "data/processed/split.csv")
     assert list(split.columns[:4]) == ["image_id", "patient_id", "class", "split"]
     assert (project / "reports/validation/split.json").is_file()
+    # Each validating stage's Data Docs name every expectation it checked.
+    for stage in ("merge", "filter_pa", "split"):
+        report = json.loads((project / f"reports/validation/{stage}.json").read_text())
+        pages = "".join(page.read_text() for page in (project / "reports/validation" / stage).rglob("*.html"))
+        descriptions = {item["expectation_config"]["description"] for result in report["results"].values()
+                        for item in result["results"]}
+        assert descriptions and all(html.escape(text) in pages for text in descriptions), stage
 
 
 def test_corrupt_image_stops_merge_and_keeps_earlier_catalog(project):

@@ -16,7 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cxr import training
-from conftest import REPO, make_config, run_stage, stage_env, write_params
+from cxr.model_files import load_model
+from conftest import REPO, free_port, make_config, run_stage, stage_env, write_params
 from cxr.sources import download_source
 
 TINY = {
@@ -63,8 +64,11 @@ def runs_named(client: MlflowClient, name: str):
 
 def test_train_stage_writes_model_metrics_and_curves(trained):
     meta = json.loads((trained / "models/vgg16/meta.json").read_text())
+    split = pd.read_csv(trained / "data/processed/split.csv").query("split == 'train'")
     assert meta == {"backbone": "vgg16", "image_size": 32, "classes": ["BACTERIA", "COVID", "NORMAL", "VIRAL"],
-                    "task": "multiclass"}
+                    "task": "multiclass", "views": ["PA"],
+                    "ages": {"min": split["age"].min(), "max": split["age"].max(),
+                             "recorded": int(split["age"].notna().sum()), "images": len(split)}}
     report = json.loads((trained / "reports/train/vgg16.json").read_text())
     assert report["epochs"] == 3 and 0 <= report["best_epoch"] <= 3
     assert 0 <= report["best"]["val_accuracy"] <= 1
@@ -101,10 +105,15 @@ def test_mlflow_run_has_params_metrics_tags_and_model(trained):
 
     [version] = client.search_model_versions("name = 'cxr-multiclass-vgg16'")
     assert version.run_id == run.info.run_id
+    # The registered version takes image files' bytes and answers with a class and probabilities.
     model = mlflow.pyfunc.load_model(f"models:/cxr-multiclass-vgg16/{version.version}")
-    assert tuple(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 32, 32, 3)
-    example = np.zeros((2, 32, 32, 3), np.float32)
-    assert np.asarray(model.predict(example)).shape == (2, 4)
+    assert model.metadata.signature.inputs.to_dict() == [{"type": "binary", "name": "image", "required": True}]
+    paths = pd.read_csv(trained / "data/processed/split.csv")["path"].head(2)
+    answer = model.predict(pd.DataFrame({"image": [(trained / path).read_bytes() for path in paths]}))
+    classes = ["BACTERIA", "COVID", "NORMAL", "VIRAL"]
+    assert list(answer.columns) == ["predicted", *[f"p_{name}" for name in classes], "warning", "error"]
+    assert set(answer["predicted"]) <= set(classes) and (answer["error"] == "").all()
+    assert answer[[f"p_{name}" for name in classes]].sum(axis=1).to_numpy() == pytest.approx([1, 1], abs=1e-5)
 
 
 def test_finetune_is_logged_and_registered_as_the_task_model(trained):
@@ -158,6 +167,15 @@ def test_changed_params_discard_checkpoints(tmp_path):
     (folder / "best.json").write_text("{}")
     assert (training.resume_dir(tmp_path / "resume", {"epochs": 3}) / "best.json").exists()
     assert not (training.resume_dir(tmp_path / "resume", {"epochs": 4}) / "best.json").exists()
+
+
+def test_an_unreachable_tracking_server_stops_train_at_once(project):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    result = run_stage(project, "train", "vgg16", env=stage_env(MLFLOW_TRACKING_URI=uri))
+    assert result.returncode == 1 and time.monotonic() - started < 15
+    assert f"error: the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer" in result.stderr
+    assert "Traceback" not in result.stderr and not (project / "models/vgg16").exists()
 
 
 def test_finetune_without_model_names_the_file(project):
@@ -241,6 +259,21 @@ def test_evaluate_stage_reports_and_logs_to_each_training_run(trained):
     assert {"evaluation/confusion.png", "evaluation/predictions.csv", "evaluation/report.json"} <= artifacts
     [evaluate_run] = runs_named(client, "evaluate")
     assert evaluate_run.data.metrics["finetuned.accuracy"] == pytest.approx(metrics["finetuned"]["accuracy"])
+    # One parent run groups the stages of this pipeline execution and carries the headline numbers.
+    [parent] = {run.data.tags["mlflow.parentRunId"] for run in (train_run, evaluate_run)}
+    parent = client.get_run(parent)
+    assert parent.info.run_name.startswith("workspace@") and parent.data.params["backbone"] == "vgg16"
+    assert parent.data.metrics["test.vgg16.accuracy"] == pytest.approx(metrics["vgg16"]["accuracy"])
+    assert parent.data.metrics["test.finetuned.macro_f1_high"] == pytest.approx(metrics["finetuned"]["macro_f1_high"])
+    # The evaluated release candidate is @champion, and each version carries its test numbers.
+    [finetune_run] = runs_named(client, "finetune")
+    champion = client.get_model_version_by_alias("cxr-multiclass", "champion")
+    assert champion.run_id == finetune_run.info.run_id
+    finetuned = metrics["finetuned"]
+    assert champion.tags["test.accuracy"] == (f"{finetuned['accuracy']:.2f} [{finetuned['accuracy_low']:.2f}, "
+                                              f"{finetuned['accuracy_high']:.2f}]")
+    [vgg16] = client.search_model_versions("name = 'cxr-multiclass-vgg16'")
+    assert vgg16.tags["test.macro_f1"].startswith(f"{metrics['vgg16']['macro_f1']:.2f} [")
 
 
 def test_evaluate_names_a_model_that_fails_to_load(project):
@@ -281,7 +314,15 @@ def test_audit_stages_write_metrics_verdict_card_and_mlflow_overlays(trained):
     assert audit_run.data.metrics["saliency.lung_box_share"] == pytest.approx(metrics["saliency"]["lung_box_share"])
     overlays = [item.path for item in client.list_artifacts(audit_run.info.run_id, "gradcam/COVID")]
     assert len(overlays) == 4 and all(path.endswith(".png") for path in overlays)
+    inputs = {item.tags[0].value: item.dataset for item in client.get_run(audit_run.info.run_id).inputs.dataset_inputs}
+    assert sorted(inputs) == ["external", "test", "train", "val"]
+    external_md5 = hashlib.md5((trained / "data/processed/external.csv").read_bytes()).hexdigest()
+    assert inputs["external"].digest == external_md5 and inputs["external"].name == "external.csv:external"
     assert client.get_registered_model("cxr-multiclass").description == card
+    [release] = client.search_model_versions("name = 'cxr-multiclass'")
+    assert release.description == card
+    [vgg16] = client.search_model_versions("name = 'cxr-multiclass-vgg16'")
+    assert release.tags["audit.shortcut_evidence"] == vgg16.tags["audit.shortcut_evidence"] != ""
     [report_run] = runs_named(client, "audit_report")
     assert {"audit.md", "model_card.md"} <= {item.path for item in client.list_artifacts(report_run.info.run_id)}
 
@@ -290,7 +331,7 @@ TINY_MODEL_SAVE = """
 import sys
 from pathlib import Path
 import keras, pandas as pd
-from cxr.training import save_model
+from cxr.model_files import save_model
 keras.utils.set_random_seed(0)
 inputs = keras.Input((8, 8, 3), name="image")
 features = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(2, 3, name="conv")(inputs))
@@ -307,5 +348,5 @@ def test_the_same_weights_saved_by_two_processes_give_the_same_bytes(tmp_path):
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
     here, there = ((tmp_path / name / "model.keras").read_bytes() for name in ("here", "there"))
     assert here == there
-    model, meta = training.load_model(tmp_path / "there")
+    model, meta = load_model(tmp_path / "there")
     assert meta == {"classes": ["A", "B"]} and model.output_shape == (None, 2)

@@ -238,6 +238,14 @@ def evidence(metrics: dict, n_classes: int) -> dict[str, bool]:
     }
 
 
+def evidence_text(metrics: dict | None, n_classes: int) -> str:
+    """The audit's tests that point at a source shortcut, for a registered version's tag."""
+    if metrics is None:
+        return "not audited"
+    found = [name for name, shown in evidence(metrics, n_classes).items() if shown]
+    return ", ".join(found) if found else "none of the four tests"
+
+
 def verdict(backbone: str, metrics: dict, n_classes: int) -> str:
     """One paragraph, generated from the numbers, on whether the COVID result is COVID detection."""
     found = evidence(metrics, n_classes)

@@ -7,23 +7,16 @@ sha256, and reports exact duplicates. ``filter_views`` keeps the views the study
 
 from __future__ import annotations
 
-import hashlib
-import io
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-from PIL import ExifTags, Image, UnidentifiedImageError
 
 from cxr.config import Config, Filter
 from cxr.errors import CxrError
+from cxr.image_files import describe_images
 from cxr.sources import read_source
 from cxr.sources.layout import SourceTable
 from cxr.validation import CATALOG_COLUMNS
-
-IMAGE_READERS = 4
-# EXIF orientations that turn the image a quarter (5-8): width and height swap when upright.
-QUARTER_TURNS = (5, 6, 7, 8)
 
 
 class CatalogError(CxrError):
@@ -62,30 +55,6 @@ def map_findings(images: pd.DataFrame, labels: dict[str, str]) -> pd.Series:
             + ". Add each to `labels` with the label it means; unknown findings are never guessed."
         )
     return images["finding"].map(labels)
-
-
-def describe_image(path: str) -> dict:
-    """sha256, upright width and height, PIL mode and EXIF orientation (1-8; 1 when absent) of
-    one image, decoding it fully to catch corruption."""
-    data = Path(path).read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
-            orientation = orientation if 1 <= orientation <= 8 else 1
-            width, height, mode = image.width, image.height, image.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CatalogError(f"{path}: cannot be decoded as an image ({exc})") from None
-    if orientation in QUARTER_TURNS:
-        width, height = height, width
-    return {"sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height, "mode": mode,
-            "orientation": orientation}
-
-
-def describe_images(paths: list[str]) -> pd.DataFrame:
-    with ThreadPoolExecutor(IMAGE_READERS) as pool:
-        return pd.DataFrame(list(pool.map(describe_image, paths)),
-                            columns=["sha256", "width", "height", "mode", "orientation"])
 
 
 def duplicate_groups(catalog: pd.DataFrame) -> list[list[str]]:

@@ -179,6 +179,16 @@ def interval_text(values, statistic: str) -> str:
     return f"{value:.2f} [{values[f'{statistic}_low']:.2f}, {values[f'{statistic}_high']:.2f}]"
 
 
+# What the comparison of experiments leads with: per model, these with their 95% intervals.
+LEAD_STATISTICS = ("accuracy", "macro_f1")
+
+
+def lead_metrics(metrics: dict[str, dict]) -> dict[str, dict]:
+    """``{model: {accuracy, accuracy_low, accuracy_high, macro_f1, ...}}`` from every model's metrics."""
+    return {model: {f"{statistic}{end}": values.get(f"{statistic}{end}") for statistic in LEAD_STATISTICS
+                    for end in ("", "_low", "_high")} for model, values in metrics.items()}
+
+
 def comparison_row(name: str, model_report: dict, intervals: dict, classes: list[str]) -> dict:
     """The study's table row for one model, with intervals and AUC."""
     row = {"model": name, **flat_intervals(intervals)}

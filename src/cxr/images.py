@@ -25,7 +25,12 @@ DISK_CACHE = Path("data/cache/images")
 def decode_resize(path: tf.Tensor, size: int, orientation: tf.Tensor | int = 1) -> tf.Tensor:
     """One image file -> float32 (size, size, 3) in [0, 255], turned upright as its EXIF
     ``orientation`` (the catalog's column) says."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.float32, expand_animations=False)
+    return decode_bytes(tf.io.read_file(path), size, orientation)
+
+
+def decode_bytes(data: tf.Tensor, size: int, orientation: tf.Tensor | int = 1) -> tf.Tensor:
+    """One image file's bytes (PNG, JPEG, BMP, GIF) -> what :func:`decode_resize` gives for the file."""
+    image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
     return model_input(upright(image, orientation), size)
 
 
@@ -193,8 +198,3 @@ def batches(dataset: tf.data.Dataset, batch_size: int, *, shuffle_seed: int | No
             lambda batch, seed: (augment(batch[0], seed), batch[1]), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
 
-
-def example_batch(split: pd.DataFrame, size: int) -> np.ndarray:
-    """One validation image, decoded as a model expects it: MLflow's input example."""
-    rows = split[split["split"] == "val"].iloc[:1]
-    return decode_resize(tf.constant(rows["path"].iloc[0]), size, int(orientations(rows)[0])).numpy()[None]

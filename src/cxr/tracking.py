@@ -3,8 +3,11 @@
 - Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``; the
   repo root is ``DVC_ROOT`` when DVC runs the stage (experiments run in temporary copies).
 - One experiment per task (``cxr-<task>``), artifacts under ``<repo root>/mlartifacts``.
-- One run per stage execution, named after the stage (``train@vgg16``, ``finetune``); under
-  ``mlflow run`` (which sets ``MLFLOW_RUN_ID``) it is a child of that run, never the run itself.
+- One run per stage execution, named after the stage (``train@vgg16``, ``finetune``), a child of
+  one parent run per pipeline execution: the DVC experiment (named after it) under ``dvc exp run``
+  and queue workers, ``workspace@<commit>`` for a plain ``dvc repro`` (one per commit and
+  params.yaml), or the ``mlflow run`` run (which sets ``MLFLOW_RUN_ID``). The parent carries the
+  experiment's params and, after ``evaluate``, every model's headline test metrics.
 - Every run carries all effective params, the git commit, DVC_STAGE, DVC_EXP_NAME, the md5 of
   the split it trained on, backbone, task and data origin, and the split's train/val/test parts
   as dataset inputs whose digest is the split file's DVC hash.
@@ -19,21 +22,24 @@ import hashlib
 import os
 import re
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 import keras
 import mlflow
 import mlflow.data
-import numpy as np
+import mlflow.pyfunc
 import pandas as pd
-import tensorflow as tf
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+import cxr
 from cxr import figures
 from cxr.config import Config
+from cxr.errors import CxrError
+from cxr.serve import pyfunc
 
 SYNTHETIC_NOTE = ("Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, "
                   "not a medical result.")
@@ -45,6 +51,39 @@ def repo_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+class TrackingError(CxrError):
+    """The MLflow tracking store cannot be reached; the message names it and what to do."""
+
+
+# A tracking server that does not answer /health within this is reported at once, not after
+# MLflow's own retries (minutes).
+SERVER_TIMEOUT_S = 5
+
+
+def check_tracking_store(uri: str) -> None:
+    """Raise :class:`TrackingError` unless the tracking server answers (http) or the SQLite
+    file's folder exists (sqlite); other stores are left to MLflow."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S):
+                return
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer ({reason}); start it "
+                "(README, 'Working as a team'), or unset MLFLOW_TRACKING_URI to log to the local mlflow.db") from None
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise TrackingError(f"the MLflow tracking store {uri}: the folder {folder} does not exist; create it or "
+                                "point MLFLOW_TRACKING_URI elsewhere")
+
+
+def require_tracking_store() -> None:
+    """Stop a stage before any work when its runs could not be logged (see check_tracking_store)."""
+    check_tracking_store(tracking_uri())
 
 
 def experiment_name(task: str) -> str:
@@ -145,24 +184,94 @@ def log_split_inputs(split_file: Path, digest: str) -> None:
     the DVC hash of the split file (its md5), so two runs on the same split show the same digest."""
     split = pd.read_csv(split_file)
     for part in ("train", "val", "test"):
-        rows = split[split["split"] == part][["image_id", "patient_id", "source", "class"]]
-        dataset = mlflow.data.from_pandas(rows, source=split_file.as_posix(), targets="class",
-                                          name=f"{split_file.name}:{part}", digest=digest)
-        mlflow.log_input(dataset, context=part)
+        log_table_input(split[split["split"] == part], split_file, part, digest)
+
+
+def log_table_input(rows: pd.DataFrame, source: Path, context: str, digest: str) -> None:
+    """``rows`` of the table file ``source`` as the active run's dataset input for ``context``
+    (``train``, ``external``...), named ``<file>:<context>``, with the file's DVC hash as digest."""
+    columns = [column for column in ("image_id", "patient_id", "source", "class") if column in rows]
+    dataset = mlflow.data.from_pandas(rows[columns], source=source.as_posix(), targets="class",
+                                      name=f"{source.name}:{context}", digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+PIPELINE_KEY = "cxr.pipeline"
+
+
+def pipeline_identity() -> tuple[str, str]:
+    """(key, run name) of this pipeline execution: the DVC experiment when DVC runs one (each queue
+    worker has its own), else the workspace at its git commit and params.yaml."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment:
+        return f"exp:{experiment}", experiment
+    commit = git_commit()
+    params = repo_root() / "params.yaml"
+    params_md5 = file_md5(params)[:8] if params.is_file() else "none"
+    return f"workspace:{commit}:{params_md5}", f"workspace@{commit[:7]}"
+
+
+def pipeline_run(experiment_id: str, config: Config) -> str:
+    """The parent run of this pipeline execution in ``experiment_id``: found by its key, or created
+    (finished at once: it only groups) with the experiment's params. Two processes that create it
+    at the same moment keep the older of the two and delete the other."""
+    client = MlflowClient()
+    key, name = pipeline_identity()
+    query = f"tags.`{PIPELINE_KEY}` = '{key}'"
+    found = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    commit = git_commit()
+    run = client.create_run(experiment_id, run_name=name, tags={
+        PIPELINE_KEY: key, "git_commit": commit, "mlflow.source.git.commit": commit,
+        "DVC_EXP_NAME": os.environ.get("DVC_EXP_NAME", ""), "task": config.task, "backbone": config.backbone,
+        "data_origin": config.sources.origin,
+        "mlflow.note.content": "One pipeline execution (`dvc repro` / `dvc exp run`); its stages are the child runs. "
+                               "Headline test metrics are logged here by `evaluate`."})
+    params = [mlflow.entities.Param(key_, value) for key_, value in flat_params(config).items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    client.set_terminated(run.info.run_id)
+    winners = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
+    if winners and winners[0].info.run_id != run.info.run_id:
+        client.delete_run(run.info.run_id)
+        return winners[0].info.run_id
+    return run.info.run_id
+
+
+def parent_run_id() -> str | None:
+    """The run the active stage run is a child of."""
+    run = mlflow.active_run()
+    return run.data.tags.get("mlflow.parentRunId") if run else None
+
+
+def log_headline_metrics(headline: dict[str, dict]) -> None:
+    """``test.<model>.<statistic>`` for every model's headline statistics, on the parent run of the
+    active stage run, so the runs table compares pipeline executions at a glance."""
+    parent = parent_run_id()
+    if parent is None:
+        return
+    timestamp = int(pd.Timestamp.now().timestamp() * 1000)
+    MlflowClient().log_batch(parent, metrics=[
+        mlflow.entities.Metric(f"test.{model}.{statistic}", float(value), timestamp, 0)
+        for model, values in headline.items() for statistic, value in values.items() if value is not None])
 
 
 @contextmanager
 def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage execution, with params and tags; FAILED if the stage raises."""
+    """An MLflow run for one stage execution, with params, tags and dataset inputs, a child of the
+    pipeline's parent run; FAILED if the stage raises."""
+    require_tracking_store()
     mlflow.set_tracking_uri(tracking_uri())
     tags = run_tags(config, stage, split_file, backbone)
-    parent = os.environ.pop("MLFLOW_RUN_ID", None)
+    outer = os.environ.pop("MLFLOW_RUN_ID", None)
     try:
-        if parent:
-            experiment_id = MlflowClient().get_run(parent).info.experiment_id
-            tags["mlflow.parentRunId"] = parent
+        if outer:
+            experiment_id = MlflowClient().get_run(outer).info.experiment_id
+            tags["mlflow.parentRunId"] = outer
         else:
             experiment_id = _experiment_id(experiment_name(config.task))
+            tags["mlflow.parentRunId"] = pipeline_run(experiment_id, config)
         description = SYNTHETIC_NOTE if config.sources.origin == "synthetic" else None
         with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags,
                               description=description) as run:
@@ -170,8 +279,8 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
             log_split_inputs(split_file, tags["split_md5"])
             yield run
     finally:
-        if parent:
-            os.environ["MLFLOW_RUN_ID"] = parent
+        if outer:
+            os.environ["MLFLOW_RUN_ID"] = outer
 
 
 class EpochMetrics(keras.callbacks.Callback):
@@ -193,34 +302,33 @@ def log_fit(result_history: pd.DataFrame, summary: dict, title: str) -> None:
     mlflow.log_table(result_history, "history.json")
 
 
-class _KerasFlavor:
-    """``mlflow.keras``, creating the model folder before the input example is written.
-
-    MLflow 3.17's Keras flavour writes ``input_example.json`` before it creates the folder and
-    fails (mlflow/mlflow#16183); this wrapper is the only difference.
-    """
-
-    __name__ = "mlflow.keras"
-
-    @staticmethod
-    def save_model(path, **kwargs):
-        Path(path).mkdir(parents=True, exist_ok=True)
-        mlflow.keras.save_model(path=path, **kwargs)
+# What the registered pyfunc needs where it is served; the code itself travels with the model.
+SERVING_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow", "pydicom", "pyyaml",
+                    "scikit-learn", "matplotlib", "tqdm", "great-expectations")
 
 
-def log_model(model: keras.Model, example: np.ndarray, registered_name: str) -> str:
-    """Log the Keras model with signature and input example, register it; return the model URI."""
-    signature = infer_signature(example, model.predict(example, verbose=0))
-    info = mlflow.models.Model.log(
-        artifact_path=None,
+def serving_requirements() -> list[str]:
+    found = []
+    for name in SERVING_PACKAGES:
+        try:
+            found.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def log_model(folder: Path, meta: dict, example: Path, registered_name: str) -> str:
+    """Log the saved model folder as the image-taking pyfunc (:mod:`cxr.serve.pyfunc`, logged from
+    code), with its signature, an example image and cxr's code, and register it; return the URI."""
+    info = mlflow.pyfunc.log_model(
         name="model",
-        flavor=_KerasFlavor,
-        model=model,
-        signature=signature,
-        input_example=example,
+        python_model=str(Path(pyfunc.__file__).with_name("model_code.py")),
+        artifacts={"model": str(folder)},
+        code_paths=[str(Path(cxr.__file__).parent)],
+        signature=pyfunc.signature(meta["classes"]),
+        input_example=pd.DataFrame({pyfunc.COLUMN: [example.read_bytes()]}),
         registered_model_name=registered_name,
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow-cpu=={tf.__version__}",
-                          f"mlflow=={mlflow.__version__}"],
+        pip_requirements=serving_requirements(),
     )
     return info.model_uri
 
@@ -250,3 +358,27 @@ def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, 
                                       for key, value in metrics.items() if value is not None])
     client.log_artifacts(run_id, str(folder), "evaluation")
     client.log_table(run_id, confusion, "evaluation/confusion_table.json")
+
+
+# The alias of the release candidate: the cxr-<task> version that `evaluate` last evaluated.
+CHAMPION = "champion"
+
+
+def describe_version(name: str, run_id: str, *, tags: dict[str, str], description: str | None = None,
+                     alias: str | None = None) -> str | None:
+    """Tag the version of registered model ``name`` that run ``run_id`` logged (its latest, if it
+    logged several), optionally describe it and point ``alias`` at it; return its version number,
+    or None when the run registered no version of ``name``."""
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        return None
+    version = max(versions, key=lambda found: int(found.version)).version
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if description is not None:
+        client.update_model_version(name, version, description=description)
+    if alias is not None:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+

@@ -13,7 +13,6 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -23,12 +22,9 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from cxr import images, tracking
 from cxr.config import Train
-from cxr.errors import CxrError
 from cxr.model import feature_extractor
-from cxr.outputs import make_zip_reproducible, staged_directory, write_csv, write_json
-
-class TrainingError(CxrError):
-    """A model or input the training stages cannot use; the message names the file."""
+from cxr.model_files import save_model
+from cxr.outputs import write_csv, write_json
 
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
@@ -213,67 +209,24 @@ def _features(extractor: keras.Model, dataset: tf.data.Dataset, batch_size: int)
 CURVES = Path("reports/train/curves")
 
 
-def renumber_shared_objects(config: Any) -> Any:
-    """Keras' config with each ``shared_object_id`` (a Python ``id()``, different in every
-    process) replaced by its rank of first appearance: the same sharing, stable numbers."""
-    ranks: dict[int, int] = {}
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {key: ranks.setdefault(value, len(ranks) + 1) if key == "shared_object_id" else walk(value)
-                    for key, value in node.items()}
-        return [walk(item) for item in node] if isinstance(node, list) else node
-
-    return walk(config)
-
-
-# What makes two saves of the same weights differ: the save date, and ids taken from memory.
-KERAS_ARCHIVE_REWRITES = {
-    "metadata.json": lambda metadata: {key: value for key, value in metadata.items() if key != "date_saved"},
-    "config.json": renumber_shared_objects,
-}
-
-
-def save_model(model: keras.Model, folder: Path, meta: dict, history: pd.DataFrame) -> None:
-    """Write ``model.keras``, ``meta.json`` and ``history.csv`` to ``folder`` at once, or not at all;
-    the same weights always give the same ``model.keras`` bytes (no save date, fixed zip times)."""
-    with staged_directory(folder) as staging:
-        model.save(staging / "model.keras")
-        make_zip_reproducible(staging / "model.keras", rewrite_json=KERAS_ARCHIVE_REWRITES)
-        write_json(staging / "meta.json", meta)
-        write_csv(staging / "history.csv", history)
-
-
 def write_curves(history: pd.DataFrame, name: str) -> None:
     """Per-epoch accuracy and loss (train and validation) as the CSV files DVC plots read."""
     for metric in ("accuracy", "loss"):
         write_csv(CURVES / metric / f"{name}.csv", history[["epoch", metric, f"val_{metric}"]])
 
 
-def load_model(folder: Path) -> tuple[keras.Model, dict]:
-    """A model written by :func:`save_model`; a missing or unreadable file is named."""
-    path, meta_path = folder / "model.keras", folder / "meta.json"
-    for required in (path, meta_path):
-        if not required.is_file():
-            raise TrainingError(f"{required}: not found; run the stage that trains it (dvc repro)")
-    try:
-        model = keras.models.load_model(path)
-    except Exception as exc:  # Keras raises many types for unreadable archives
-        raise TrainingError(f"{path}: cannot be loaded as a Keras model: {exc}") from None
-    return model, json.loads(meta_path.read_text())
-
-
 def publish(model: keras.Model, result: FitResult, *, name: str, title: str, meta: dict, split: pd.DataFrame,
             registered_name: str, report: Path, extra: dict | None = None) -> dict:
-    """The end of a training stage: log the fit and model to the active MLflow run, then write
-    ``models/<name>/``, its curves and ``report``; tag the run with the model file's md5 so
-    evaluation finds it. Returns the metrics written to ``report``."""
+    """The end of a training stage: write ``models/<name>/`` and its curves, log the fit to the
+    active MLflow run and register the saved model (a pyfunc that takes image files), tag the run
+    with the model file's md5 so evaluation finds it, then write ``report``. Returns its metrics."""
     metrics = summary(result) | (extra or {})
-    tracking.log_fit(result.history, metrics, title)
-    tracking.log_model(model, images.example_batch(split, meta["image_size"]), registered_name)
     folder = Path("models") / name
     save_model(model, folder, meta, result.history)
     write_curves(result.history, name)
+    tracking.log_fit(result.history, metrics, title)
+    example = Path(split[split["split"] == "val"].iloc[0]["path"])
+    tracking.log_model(folder, meta, example, registered_name)
     tracking.tag_model_file(folder / "model.keras")
     write_json(report, metrics)
     return metrics

@@ -3,29 +3,38 @@
 Each stage validates the table it is about to write (and small tables derived from it, e.g.
 one row per patient and split) before writing anything. A failure stops the stage with one
 line per failed expectation; the full Great Expectations result goes to
-``reports/validation/<stage>.json`` either way.
+``reports/validation/<stage>.json`` either way, and its static HTML Data Docs (every expectation
+with its observed value) to ``reports/validation/<stage>/index.html``.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from cxr.errors import CxrError
-from cxr.outputs import write_json
+from cxr.outputs import staged_directory, write_json
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import great_expectations as gx  # noqa: E402  (reads GX_ANALYTICS_ENABLED at import)
 import great_expectations.expectations as gxe  # noqa: E402
+from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
 from great_expectations.data_context.types.base import (  # noqa: E402
     DataContextConfig,
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
+)
+from great_expectations.data_context.types.resource_identifiers import (  # noqa: E402
+    ExpectationSuiteIdentifier,
+    ValidationResultIdentifier,
 )
 
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -49,8 +58,9 @@ class Table:
 
 
 def validate(stage: str, tables: list[Table], report: Path, hint: str = "") -> dict:
-    """Validate every table; write the full result to ``report``; raise on any failure, with
-    ``hint`` (what the stage knows that may explain it) after the list of failures."""
+    """Validate every table; write the full result to ``report`` and its Data Docs to the folder
+    of the same name; raise on any failure, with ``hint`` (what the stage knows that may explain
+    it) after the list of failures."""
     context = gx.get_context(
         mode="ephemeral",
         project_config=DataContextConfig(
@@ -60,25 +70,60 @@ def validate(stage: str, tables: list[Table], report: Path, hint: str = "") -> d
         ),
     )
     datasource = context.data_sources.add_pandas(stage)
-    results, failures = {}, []
+    results, validated, failures = {}, {}, []
     for table in tables:
         batch = (
             datasource.add_dataframe_asset(table.name)
             .add_batch_definition_whole_dataframe("whole")
             .get_batch(batch_parameters={"dataframe": table.frame})
         )
-        suite = gx.ExpectationSuite(name=f"{stage}.{table.name}", expectations=table.expectations)
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{stage}.{table.name}",
+                                                       expectations=[copy.copy(item) for item in table.expectations]))
         result = batch.validate(suite)
+        validated[table.name] = result
         results[table.name] = without_load_time(result.to_json_dict())
         failures += [f"{table.name}: {_describe(item)}" for item in result.results if not item.success]
     summary = {"stage": stage, "success": not failures, "failures": failures, "results": results}
     write_json(report, summary)
+    docs = write_data_docs(context, stage, validated, report.with_suffix(""))
     if failures:
         raise DataValidationError(
-            f"{stage}: {len(failures)} data expectation(s) failed (full result in {report}):\n  - "
+            f"{stage}: {len(failures)} data expectation(s) failed (full result in {report}, "
+            f"{docs / 'index.html'}):\n  - "
             + "\n  - ".join(failures) + (f"\n{hint}" if hint else "")
         )
     return summary
+
+
+# Data Docs record no time (the same data must give the same bytes): results are filed under this.
+DOCS_RUN_TIME = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+GX_TIMESTAMP = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def write_data_docs(context, stage: str, results: dict, folder: Path) -> Path:
+    """The static HTML Data Docs of ``results`` (table name -> GX validation result) in ``folder``
+    (``index.html``, one page per suite and per result). GX stamps pages with the render time and
+    random element ids: both are replaced by fixed values so the same results give the same bytes.
+    Its onboarding animations (3 MB of GIFs no page shows) are left out."""
+    with staged_directory(folder) as staging:
+        context.add_data_docs_site(site_name=stage, site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(staging.resolve())},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
+        run_id = RunIdentifier(run_name=stage, run_time=DOCS_RUN_TIME)
+        for name, result in results.items():
+            key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=f"{stage}.{name}"), run_id, name)
+            context.validation_results_store.set(key, result)
+        context.build_data_docs(site_names=[stage])
+        for animation in staging.glob("static/images/*.gif"):
+            animation.unlink()
+        fixed_time = DOCS_RUN_TIME.strftime("%Y%m%dT%H%M%S.%fZ")
+        for page in staging.rglob("*.html"):
+            ids: dict[str, str] = {}
+            html = GX_TIMESTAMP.sub(fixed_time, page.read_text())
+            page.write_text(UUID.sub(lambda found: ids.setdefault(found[0], f"id{len(ids) + 1}"), html))
+    return folder
 
 
 def without_load_time(result: dict) -> dict:

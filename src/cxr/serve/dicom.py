@@ -8,6 +8,7 @@ ours to guess.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,20 +30,29 @@ class DicomError(CxrError):
 class DicomImage:
     pixels: np.ndarray  # uint8, (height, width)
     view: str | None  # ViewPosition (PA, AP, LL, ...), when the header records it
+    age: float | None  # PatientAge in years, when the header records it
 
 
-def is_dicom(path: Path) -> bool:
+def is_dicom(name: str, data: bytes) -> bool:
     """By suffix, or by the ``DICM`` marker at byte 128 (DICOM files often have no suffix)."""
-    if path.suffix.lower() in SUFFIXES:
-        return True
-    with open(path, "rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
+    return Path(name).suffix.lower() in SUFFIXES or data[128:132] == b"DICM"
 
 
-def read_dicom(path: Path) -> DicomImage:
+def age_in_years(text: str) -> float | None:
+    """DICOM's PatientAge (``nnnD``, ``nnnW``, ``nnnM`` or ``nnnY``) in years; None when absent or
+    malformed."""
+    text = str(text or "").strip().upper()
+    per_year = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}
+    if len(text) < 2 or text[-1] not in per_year or not text[:-1].isdigit():
+        return None
+    return int(text[:-1]) / per_year[text[-1]]
+
+
+def read_dicom(source: Path | bytes, path: str | Path | None = None) -> DicomImage:
+    """A DICOM file, or its bytes (``path`` then names it in errors), as one grey X-ray."""
+    path = path or source
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
     except (InvalidDicomError, OSError, ValueError) as exc:
         raise DicomError(f"{path}: not a readable DICOM file ({exc})") from None
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
@@ -67,4 +77,4 @@ def read_dicom(path: Path) -> DicomImage:
         raise DicomError(f"{path}: every pixel has the same value; there is no image to read")
     pixels = np.round((values - low) / (high - low) * 255).astype(np.uint8)
     view = str(dataset.get("ViewPosition", "") or "").strip() or None
-    return DicomImage(pixels=pixels, view=view)
+    return DicomImage(pixels=pixels, view=view, age=age_in_years(dataset.get("PatientAge", "")))

@@ -1,44 +1,38 @@
 """``cxr-predict``: apply a trained model to X-ray files, folders or globs (PNG, JPEG, DICOM).
 
-    cxr-predict scans/ new.png study.dcm --model models/finetuned --output predictions.csv --explain gradcam/
+    cxr-predict scans/ new.png study.dcm --model models:/cxr-multiclass@champion --explain gradcam/
 
-Every image is read as training read it (the catalog's checks and EXIF orientation, the same
-resize), DICOMs through :mod:`cxr.serve.dicom`. A file that cannot be read gets its error in its
-own row and the others go on; the exit status is 1 when any row failed. Models are research
-artefacts, not diagnostic devices, and every run says so.
+The model is a registry URI (default ``models:/cxr-<task>@champion``, the release candidate that
+``evaluate`` last evaluated), a run URI (``runs:/<run id>/model``) or a pipeline folder
+(``models/<name>``). Every image is read as training read it (:mod:`cxr.serve.classify`). A file
+that cannot be read gets its error in its own row and the others go on; the exit status is 1 when
+any row failed. Models are research artefacts, not diagnostic devices, and every run says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from PIL import Image
-from tqdm import tqdm
 
-from cxr import backbones, images, training
+from cxr import backbones, tracking
 from cxr.audit import gradcam
-from cxr.catalog import describe_image
 from cxr.config import PARAMS_FILE, load
 from cxr.errors import CxrError
 from cxr.figures import saliency_overlay
+from cxr.model_files import load_model
 from cxr.outputs import write_csv
+from cxr.serve.classify import predict_sources
 from cxr.serve.dicom import SUFFIXES as DICOM_SUFFIXES
-from cxr.serve.dicom import is_dicom, read_dicom
-from cxr.tracking import file_md5
 
 DISCLAIMER = ("cxr models are research artefacts, not diagnostic devices: never use a prediction for a "
               "decision about a patient.")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Images are decoded this many at a time, so a large folder never holds all its pixels at once.
-CHUNK = 256
-# Shorter sides below this are refused: upscaled to the model's size they carry no detail.
-MIN_SIDE = 64
 
 
 def input_files(items: list[str]) -> list[Path]:
@@ -57,62 +51,35 @@ def input_files(items: list[str]) -> list[Path]:
     return found
 
 
-def read_input(path: Path, size: int, views: list[str]) -> tuple[np.ndarray, str]:
-    """One file -> (model input, warning). Raises :class:`CxrError` naming the file."""
-    if not path.is_file():
-        raise CxrError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise CxrError(f"{path}: empty file")
-    if is_dicom(path):
-        dicom = read_dicom(path)
-        side = min(dicom.pixels.shape)
-        pixels = images.grey_model_input(dicom.pixels, size)
-        warning = (f"ViewPosition {dicom.view} is not among the views the model was trained on ({', '.join(views)})"
-                   if views and dicom.view and dicom.view not in views else "")
-    else:
-        described = describe_image(str(path))
-        side = min(described["width"], described["height"])
-        pixels = images.decode_resize(tf.constant(str(path)), size, described["orientation"])
-        warning = ""
-    if side < MIN_SIDE:
-        raise CxrError(f"{path}: the image is {side} px on its shorter side; at least {MIN_SIDE} px are needed")
-    return pixels.numpy(), warning
+@dataclass
+class LoadedModel:
+    model: object  # the Keras model
+    meta: dict  # its meta.json
+    name: str  # registered name, or the folder's name
+    version: str  # registry version, run id, or the md5 of a folder's model.keras
 
 
-def predict_files(model, classes: list[str], size: int, paths: list[Path], *, batch_size: int,
-                  views: list[str], progress: bool = False, explain: Explainer | None = None) -> pd.DataFrame:
-    """One row per file: path, predicted class, one probability per class, warning, error (and,
-    with ``explain``, a Grad-CAM overlay per predicted file)."""
-    rows = []
-    bar = tqdm(total=len(paths), unit="image", disable=not progress, file=sys.stderr)
-    for start in range(0, len(paths), CHUNK):
-        chunk, decoded = paths[start:start + CHUNK], {}
-        for path in chunk:
-            try:
-                decoded[path] = read_input(path, size, views)
-            except CxrError as exc:
-                decoded[path] = exc
-            bar.update(1)
-        good = [path for path in chunk if not isinstance(decoded[path], CxrError)]
-        probabilities = {}
-        if good:
-            batch = tf.data.Dataset.from_tensor_slices(np.stack([decoded[path][0] for path in good])).batch(batch_size)
-            probabilities = dict(zip(good, model.predict(batch, verbose=0)))
-            if explain is not None:
-                explain(model, good, np.stack([decoded[path][0] for path in good]),
-                        np.array([int(np.argmax(probabilities[path])) for path in good]))
-        for path in chunk:
-            row = {"path": str(path), "predicted": None, **{f"p_{name}": None for name in classes},
-                   "warning": "", "error": ""}
-            if path in probabilities:
-                row["predicted"] = classes[int(np.argmax(probabilities[path]))]
-                row.update({f"p_{name}": float(value) for name, value in zip(classes, probabilities[path])})
-                row["warning"] = decoded[path][1]
-            else:
-                row["error"] = str(decoded[path])
-            rows.append(row)
-    bar.close()
-    return pd.DataFrame(rows)
+def load_reference(reference: str) -> LoadedModel:
+    """A model by registry URI (``models:/name@alias``, ``models:/name/3``), run URI
+    (``runs:/<id>/model``) or pipeline folder; a reference that does not resolve is named."""
+    if not reference.startswith(("models:/", "runs:/")):
+        model, meta = load_model(Path(reference))
+        return LoadedModel(model, meta, Path(reference).name, f"md5:{tracking.file_md5(Path(reference) / 'model.keras')[:12]}")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    try:
+        loaded = mlflow.pyfunc.load_model(reference)
+    except mlflow.exceptions.MlflowException as exc:
+        raise CxrError(f"{reference}: cannot be loaded from {tracking.tracking_uri()} ({exc.message.splitlines()[0]}); "
+                       "run `dvc repro` first, or pass --model models/<name>") from None
+    classifier = loaded.unwrap_python_model()
+    name, version = reference, loaded.metadata.run_id
+    if reference.startswith("models:/"):
+        name, _, label = reference.removeprefix("models:/").replace("@", "/").partition("/")
+        client = mlflow.MlflowClient()
+        version = (client.get_model_version_by_alias(name, label).version if "@" in reference else label)
+    return LoadedModel(classifier.model, classifier.meta, name, str(version))
 
 
 class Explainer:
@@ -123,12 +90,12 @@ class Explainer:
         self.folder, self.layer, self.batch_size = folder, backbones.get(backbone).gradcam_layer, batch_size
         folder.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, model, paths: list[Path], batch: np.ndarray, predicted: np.ndarray) -> None:
-        for start in range(0, len(paths), self.batch_size):
+    def __call__(self, model, names: list[str], batch: np.ndarray, predicted: np.ndarray) -> None:
+        for start in range(0, len(names), self.batch_size):
             part = slice(start, start + self.batch_size)
             maps = gradcam(model, batch[part], predicted[part], self.layer)
-            for path, image, saliency in zip(paths[part], batch[part], maps):
-                Image.fromarray(saliency_overlay(image, saliency)).save(self.folder / f"{path.name}.gradcam.png")
+            for name, image, saliency in zip(names[part], batch[part], maps):
+                Image.fromarray(saliency_overlay(image, saliency)).save(self.folder / f"{Path(name).name}.gradcam.png")
 
 
 def summary(table: pd.DataFrame, output: Path) -> str:
@@ -140,37 +107,40 @@ def summary(table: pd.DataFrame, output: Path) -> str:
             f"{int((table['warning'] != '').sum())} with a warning -> {output}")
 
 
+def default_model() -> str:
+    """``models:/cxr-<task>@champion``, the task from ./params.yaml (multiclass without one)."""
+    task = load(PARAMS_FILE).task if Path(PARAMS_FILE).is_file() else "multiclass"
+    return f"models:/{tracking.model_name(task)}@{tracking.CHAMPION}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cxr-predict", description=__doc__.splitlines()[0],
                                      epilog=DISCLAIMER)
     parser.add_argument("inputs", nargs="+", help="image files (PNG, JPEG, DICOM), folders (searched "
                         "recursively) or globs")
-    parser.add_argument("--model", type=Path, default=Path("models/finetuned"),
-                        help="a model folder written by the pipeline (model.keras + meta.json); default: "
-                        "models/finetuned, the registered release candidate")
+    parser.add_argument("--model", help="models:/<name>@<alias> or models:/<name>/<version> (MLflow registry), "
+                        "runs:/<run id>/model, or a pipeline folder such as models/finetuned; default: "
+                        "models:/cxr-<task>@champion")
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="the CSV to write")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--explain", type=Path, metavar="DIR",
                         help="write a Grad-CAM overlay of the predicted class per image into DIR")
     parser.add_argument("--views", nargs="*", default=None,
                         help="views the model was trained on; a DICOM whose ViewPosition is another gets a "
-                        "warning (default: filter.views of ./params.yaml, when there is one)")
+                        "warning (default: the views the model records)")
     args = parser.parse_args(argv)
     try:
-        if args.views is None:
-            args.views = load(PARAMS_FILE).filter.views if Path(PARAMS_FILE).is_file() else []
-        model, meta = training.load_model(args.model)
+        loaded = load_reference(args.model or default_model())
     except CxrError as exc:
         raise SystemExit(f"error: {exc}") from None
     paths = input_files(args.inputs)
     if not paths:
         raise SystemExit(f"error: no PNG, JPEG or DICOM file in {args.inputs}")
-    explain = Explainer(args.explain, meta["backbone"], args.batch_size) if args.explain else None
-    table = predict_files(model, meta["classes"], meta["image_size"], paths, batch_size=args.batch_size,
-                          views=args.views, progress=len(paths) > 1, explain=explain)
-    version = file_md5(args.model / "model.keras")[:12]
-    table.insert(2, "model", args.model.name)
-    table.insert(3, "model_version", f"md5:{version}")
+    explain = Explainer(args.explain, loaded.meta["backbone"], args.batch_size) if args.explain else None
+    table = predict_sources(loaded.model, loaded.meta, paths, batch_size=args.batch_size, views=args.views,
+                            progress=len(paths) > 1, explain=explain)
+    table.insert(2, "model", loaded.name)
+    table.insert(3, "model_version", loaded.version)
     write_csv(args.output, table)
     print(summary(table, args.output))
     print(DISCLAIMER)

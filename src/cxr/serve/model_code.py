@@ -1,0 +1,11 @@
+"""The registered model's code, as MLflow logs it ("models from code": no pickled object).
+
+MLflow runs this file when it loads a registered version; it names the model class and nothing
+more. Never import it: :func:`cxr.tracking.log_model` passes its path.
+"""
+
+from mlflow.models import set_model
+
+from cxr.serve.pyfunc import XrayClassifier
+
+set_model(XrayClassifier())
