@@ -60,13 +60,16 @@ def pages(repo: Path, base: str, task: str) -> dict[str, str]:
     docs = sorted((repo / "reports/validation/split/validations").rglob("*.html"))
     if not docs:
         raise SystemExit("error: reports/validation/split has no Data Docs; run `make repro` first")
+    # MLflow 3.17's UI keeps a browser-wide GenAI/Model-training switch (GenAI on a first visit);
+    # ``workflowType`` in the link selects Model training, where the runs table is.
     experiment_url = f"{base}/#/experiments/{experiment.experiment_id}"
     return {
-        "mlflow-experiment.png": experiment_url,
-        "mlflow-confusion.png": f"{experiment_url}/runs/{train.info.run_id}/artifacts/evaluation/confusion.png",
+        "mlflow-experiment.png": f"{experiment_url}/runs?workflowType=machine_learning",
+        "mlflow-confusion.png": f"{experiment_url}/runs/{train.info.run_id}/artifacts/evaluation/confusion.png"
+                                "?workflowType=machine_learning",
         "mlflow-champion.png": f"{base}/#/models/cxr-{task}/versions/{champion.version}",
         "dvc-plots.png": (repo / "dvc_plots/offline.html").as_uri(),
-        "gx-data-docs.png": docs[0].as_uri(),
+        "gx-data-docs.png": max(docs, key=lambda page: page.stat().st_size).as_uri(),  # the main table
     }
 
 
