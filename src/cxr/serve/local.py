@@ -33,6 +33,9 @@ def running(command: list[str], ready_url: str, *, cwd: Path | None = None, env:
             timeout: float = 180) -> Iterator[subprocess.Popen]:
     """Run ``command`` until the block ends; enter once ``ready_url`` answers 200. A server that
     exits or stays silent for ``timeout`` seconds raises :class:`CxrError` with its last output."""
+    env = dict(os.environ if env is None else env)
+    # `mlflow models serve` execs `uvicorn` by name: find the tools installed beside this Python.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, start_new_session=True)
     try:
