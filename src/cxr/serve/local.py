@@ -49,7 +49,8 @@ def running(command: list[str], ready_url: str, *, cwd: Path | None = None, env:
                         break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise CxrError(f"{' '.join(command[:3])} did not answer on {ready_url} in {timeout:.0f} s") from None
+                    raise CxrError(f"{' '.join(command[:3])} did not answer on {ready_url} "
+                                   f"in {timeout:.0f} s") from None
                 time.sleep(1)
         yield server
     finally:

@@ -64,7 +64,8 @@ def load_reference(reference: str) -> LoadedModel:
     (``runs:/<id>/model``) or pipeline folder; a reference that does not resolve is named."""
     if not reference.startswith(("models:/", "runs:/")):
         model, meta = load_model(Path(reference))
-        return LoadedModel(model, meta, Path(reference).name, f"md5:{tracking.file_md5(Path(reference) / 'model.keras')[:12]}")
+        digest = tracking.file_md5(Path(reference) / "model.keras")
+        return LoadedModel(model, meta, Path(reference).name, f"md5:{digest[:12]}")
     import mlflow
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
