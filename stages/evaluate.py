@@ -65,6 +65,7 @@ def main() -> None:
     write_json(OUT / "headline.json", evaluation.lead_metrics(metrics))
     write_json(OUT / "metrics.json", metrics)
 
+    split_md5 = tracking.file_md5(SPLIT)
     for name in names:
         run_id = tracking.find_model_run(config.task, Path("models") / name / "model.keras")
         if run_id is None:
@@ -79,7 +80,7 @@ def main() -> None:
         version = tracking.describe_version(
             tracking.model_name(config.task, None if release else name), run_id,
             tags={f"test.{statistic}": evaluation.interval_text(metrics[name], statistic)
-                  for statistic in ("accuracy", "macro_f1")} | {"test.split_md5": tracking.file_md5(SPLIT)},
+                  for statistic in evaluation.LEAD_STATISTICS} | {"test.split_md5": split_md5},
             alias=tracking.CHAMPION if release else None)
         if release and version is not None:
             print(f"{tracking.model_name(config.task)} version {version} is @{tracking.CHAMPION}")

@@ -199,29 +199,27 @@ def log_table_input(rows: pd.DataFrame, source: Path, context: str, digest: str)
 PIPELINE_KEY = "cxr.pipeline"
 
 
-def pipeline_identity() -> tuple[str, str]:
+def pipeline_identity(commit: str) -> tuple[str, str]:
     """(key, run name) of this pipeline execution: the DVC experiment when DVC runs one (each queue
-    worker has its own), else the workspace at its git commit and params.yaml."""
+    worker has its own), else the workspace at git ``commit`` and its params.yaml."""
     experiment = os.environ.get("DVC_EXP_NAME")
     if experiment:
         return f"exp:{experiment}", experiment
-    commit = git_commit()
     params = repo_root() / "params.yaml"
     params_md5 = file_md5(params)[:8] if params.is_file() else "none"
     return f"workspace:{commit}:{params_md5}", f"workspace@{commit[:7]}"
 
 
-def pipeline_run(experiment_id: str, config: Config) -> str:
+def pipeline_run(experiment_id: str, config: Config, commit: str) -> str:
     """The parent run of this pipeline execution in ``experiment_id``: found by its key, or created
     (finished at once: it only groups) with the experiment's params. Two processes that create it
     at the same moment keep the older of the two and delete the other."""
     client = MlflowClient()
-    key, name = pipeline_identity()
+    key, name = pipeline_identity(commit)
     query = f"tags.`{PIPELINE_KEY}` = '{key}'"
     found = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
     if found:
         return found[0].info.run_id
-    commit = git_commit()
     run = client.create_run(experiment_id, run_name=name, tags={
         PIPELINE_KEY: key, "git_commit": commit, "mlflow.source.git.commit": commit,
         "DVC_EXP_NAME": os.environ.get("DVC_EXP_NAME", ""), "task": config.task, "backbone": config.backbone,
@@ -271,7 +269,7 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
             tags["mlflow.parentRunId"] = outer
         else:
             experiment_id = _experiment_id(experiment_name(config.task))
-            tags["mlflow.parentRunId"] = pipeline_run(experiment_id, config)
+            tags["mlflow.parentRunId"] = pipeline_run(experiment_id, config, tags["git_commit"])
         description = SYNTHETIC_NOTE if config.sources.origin == "synthetic" else None
         with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags,
                               description=description) as run:
