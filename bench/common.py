@@ -87,10 +87,10 @@ def synthetic_split(folder: Path, *, covid_patients: int, kermany_per_class: int
     """
     import yaml
 
-    from cxr import catalog
-    from cxr.config import from_dict
-    from cxr.sources import download_source
-    from cxr.split import make_split
+    from cxr.data import catalog
+    from cxr.core.config import from_dict
+    from cxr.data.sources import download_source
+    from cxr.data.split import make_split
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["synthetic"].update(covid_chestxray_patients=covid_patients, kermany_patients_per_class=kermany_per_class,

@@ -20,9 +20,10 @@ import tensorflow as tf  # noqa: E402
 
 from common import Timer, median, save, synthetic_split  # noqa: E402
 
-from cxr import backbones, images  # noqa: E402
-from cxr.config import Augment  # noqa: E402
-from cxr.model import preprocessing  # noqa: E402
+from cxr.core import backbones  # noqa: E402
+from cxr.learn import images  # noqa: E402
+from cxr.core.config import Augment  # noqa: E402
+from cxr.learn.model import keras_preprocess_input, preprocessing  # noqa: E402
 
 # The augmentations both tools have: rotation, zoom and shift (ImageDataGenerator has no contrast).
 AUGMENT = Augment(enabled=True, rotation=0.05, zoom=0.1, shift=0.05, contrast=0.0, horizontal_flip=False)
@@ -40,7 +41,7 @@ def keras_layers(seed: int = 0):
 
 def ours(frame, classes, size: int, batch: int, epochs: int, backbone, augment_with: str = "cxr") -> list[float]:
     """Seconds per epoch of ``images.batches`` over ``images.image_dataset`` + the model's preprocessing;
-    augmentation by ``cxr.images.Augmenter`` or, for comparison, by Keras preprocessing layers."""
+    augmentation by ``cxr.learn.images.Augmenter`` or, for comparison, by Keras preprocessing layers."""
     preprocess = preprocessing(backbone)
     decoded = images.image_dataset(frame, classes, size, "memory")
     if augment_with == "cxr":
@@ -63,7 +64,7 @@ def image_data_generator(frame, size: int, batch: int, epochs: int, backbone) ->
     """Seconds per epoch of the study's ``ImageDataGenerator(...).flow_from_dataframe``."""
     generator = tf.keras.preprocessing.image.ImageDataGenerator(
         rotation_range=AUGMENT.rotation * 360, zoom_range=AUGMENT.zoom, width_shift_range=AUGMENT.shift,
-        height_shift_range=AUGMENT.shift, fill_mode="constant", preprocessing_function=backbone.preprocess_input)
+        height_shift_range=AUGMENT.shift, fill_mode="constant", preprocessing_function=lambda x: keras_preprocess_input(backbone, x))
     flow = generator.flow_from_dataframe(frame, x_col="path", y_col="class", target_size=(size, size),
                                          class_mode="sparse", batch_size=batch, shuffle=True, seed=0)
     seconds = []

@@ -29,10 +29,10 @@ import pandas as pd  # noqa: E402
 
 from common import Timer, save, synthetic_split  # noqa: E402
 
-from cxr import backbones  # noqa: E402
-from cxr.config import Head  # noqa: E402
-from cxr.model import build_classifier  # noqa: E402
-from cxr.model_files import save_model  # noqa: E402
+from cxr.core import backbones  # noqa: E402
+from cxr.core.config import Head  # noqa: E402
+from cxr.learn.model import build_classifier  # noqa: E402
+from cxr.learn.model_files import save_model  # noqa: E402
 from cxr.serve.classify import predict_sources  # noqa: E402
 from cxr.serve.local import free_port, mlflow_command, running  # noqa: E402
 from cxr.serve.pyfunc import XrayClassifier, signature  # noqa: E402
@@ -49,7 +49,7 @@ def model_folder(folder: Path, backbone, size: int, classes: list[str]) -> Path:
 
 def folder_rate(folder: Path, paths: list[Path], batch_size: int) -> dict:
     """Images per second of cxr-predict's path over ``paths``, after one warm-up call."""
-    from cxr.model_files import load_model
+    from cxr.learn.model_files import load_model
 
     model, meta = load_model(folder)
     predict_sources(model, meta, paths[:batch_size], batch_size=batch_size)

@@ -8,7 +8,7 @@ Keras publishes per-step *inference* times for these models (batch 32, 224-331 p
 AMD EPYC, GPU: A100): they are printed next to ours for scale, not as a like-for-like target.
 
 The step rates run under any Keras backend (``KERAS_BACKEND=jax`` on a GPU machine without
-TensorFlow): TensorFlow and ``cxr.images`` are imported only by the feature-cache and real-input
+TensorFlow): TensorFlow and ``cxr.learn.images`` are imported only by the feature-cache and real-input
 comparisons, which need tf.data and are skipped, with the reason, under another backend. Under
 JAX "XLA on" is ``jax.jit`` and "off" is eager op-by-op execution (not TensorFlow's graph mode).
 """
@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 
 from common import Timer, median, save, synthetic_split  # noqa: E402
 
-from cxr import backbones  # noqa: E402
-from cxr.config import Augment, Head  # noqa: E402
-from cxr.model import build_classifier, feature_extractor, unfreeze_last  # noqa: E402
+from cxr.core import backbones  # noqa: E402
+from cxr.core.config import Augment, Head  # noqa: E402
+from cxr.learn.model import build_classifier, feature_extractor, unfreeze_last  # noqa: E402
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -122,7 +122,7 @@ def feature_cache(backbone, frame, classes: list[str], size: int, batch_size: in
     the base's features once, then head epochs on them (what ``train_frozen`` does)."""
     import tensorflow as tf
 
-    from cxr import images
+    from cxr.learn import images
 
     keras.mixed_precision.set_global_policy("float32")
     train = frame[frame["split"] == "train"]
@@ -144,11 +144,11 @@ def real_vs_memory(backbone, frame, classes: list[str], size: int, batch_size: i
     the same number of batches of in-memory tensors: how much the input pipeline slows training."""
     import tensorflow as tf
 
-    from cxr import images
+    from cxr.learn import images
 
     keras.mixed_precision.set_global_policy("float32")
     train = frame[frame["split"] == "train"]
-    augment = images.augmenter(Augment(enabled=True), seed=0)
+    augment = images.augmenter(Augment(enabled=True, rotation=0.05, zoom=0.1, shift=0.05, contrast=0.1, horizontal_flip=False), seed=0)
     real = images.batches(images.image_dataset(train, classes, size, "memory"), batch_size, shuffle_seed=0,
                           augment=augment)
     rng = np.random.default_rng(0)
@@ -167,7 +167,7 @@ def tf_data_skipped() -> str | None:
     if backend == "tensorflow":
         return None
     return (f"Keras backend is {backend}: the feature-cache and real-input comparisons feed the model "
-            "through tf.data (cxr.images), which needs TensorFlow and its backend")
+            "through tf.data (cxr.learn.images), which needs TensorFlow and its backend")
 
 
 def results_name(backend: str, gpu: str | None, args: argparse.Namespace) -> str:

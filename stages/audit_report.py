@@ -1,6 +1,8 @@
-"""DVC stage `audit_report`: reports/eval/audit.md (numbers and verdict per backbone) and the
-model card reports/model_card.md of the registered model; both are logged to MLflow and the
-card becomes the registered model's description."""
+"""DVC stage `audit_report`: every backbone's audit in one report, and the released model's card.
+
+Writes audit.md (the source x class table, the numbers, a generated verdict per backbone) and
+the model card of the fine-tuned model; the card becomes the registered model's description.
+"""
 
 import json
 from pathlib import Path
@@ -8,17 +10,14 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from cxr import audit, tracking
-from cxr.config import load
-from cxr.errors import CxrError
-from cxr.model_card import model_card
-from cxr.outputs import write_text
-from cxr.stage import run
-
-SPLIT = Path("data/processed/split.csv")
-AUDIT = Path("reports/audit")
-AUDIT_MD = Path("reports/eval/audit.md")
-CARD = Path("reports/model_card.md")
+from cxr.core import tracking
+from cxr.core.config import load
+from cxr.core.errors import CxrError
+from cxr.core.outputs import write_text
+from cxr.core.stage import arguments, run
+from cxr.learn.model_files import read_spec
+from cxr.report.audit import findings
+from cxr.report.model_card import model_card
 
 
 def read_json(path: Path) -> dict:
@@ -28,43 +27,44 @@ def read_json(path: Path) -> dict:
 
 
 def main() -> None:
+    args = arguments(__doc__, "split", "audits", "split-report", "external-report", "model", "evaluation",
+                     "audit-md", "card")
     config = load()
     tracking.require_tracking_store()
-    results = {name: read_json(AUDIT / f"{name}.json") for name in config.backbones}
-    split_report = read_json(Path("reports/data/split.json"))
-    external = read_json(Path("reports/data/external.json"))["test_set"]
+    results = {name: read_json(args.audits / f"{name}.json") for name in config.backbones}
+    split_report = read_json(args.split_report)
+    external = read_json(args.external_report)["test_set"]
     note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
-    classes = config.class_names()
-    write_text(AUDIT_MD, audit.audit_markdown(results, split_report["source_confound"], external, classes, note))
-
-    model_file = Path("models/finetuned/model.keras")
+    classes, positive = config.class_names(), config.positive_class
+    write_text(args.audit_md, findings.audit_markdown(results, split_report["source_confound"], external, classes,
+                                                      note, positive))
+    model_file = args.model / "model.keras"
     registered = tracking.model_name(config.task)
     run_id = tracking.find_model_run(config.task, model_file)
-    card = model_card(config, meta=read_json(Path("models/finetuned/meta.json")),
-                      report=read_json(Path("reports/eval/models/finetuned/report.json")),
-                      split_report=split_report, audit_metrics=results.get(config.backbone),
-                      external_report=external, registered_name=registered,
-                      model_md5=tracking.file_md5(model_file), note=note)
-    write_text(CARD, card)
-
-    with tracking.stage_run(config, "audit_report", SPLIT, config.backbone):
+    card = model_card(config, spec=read_spec(args.model), model_file=model_file.as_posix(),
+                      report=read_json(args.evaluation), split_report=split_report,
+                      audit_metrics=results.get(config.backbone), external_report=external,
+                      registered_name=registered, model_md5=tracking.file_md5(model_file), note=note)
+    write_text(args.card, card)
+    with tracking.stage_run(config, "audit_report", args.split, config.backbone):
         for backbone, metrics in results.items():
             mlflow.log_metrics({f"{backbone}.shortcut_{name}": float(found) for name, found
-                                in audit.evidence(metrics, len(classes)).items()})
-        mlflow.log_artifact(str(AUDIT_MD))
-        mlflow.log_artifact(str(CARD))
+                                in findings.evidence(metrics, len(classes), positive).items()})
+        mlflow.log_artifact(str(args.audit_md))
+        mlflow.log_artifact(str(args.card))
     if run_id is not None:
         client = MlflowClient()
-        client.log_artifact(run_id, str(CARD))
+        client.log_artifact(run_id, str(args.card))
         client.update_registered_model(registered, description=card)
-        tracking.describe_version(registered, run_id, description=card,
-                                  tags={"audit.shortcut_evidence": audit.evidence_text(results.get(config.backbone), len(classes))})
+        evidence = findings.evidence_text(results.get(config.backbone), len(classes), positive)
+        tracking.describe_version(registered, run_id, description=card, tags={"audit.shortcut_evidence": evidence})
     for backbone, metrics in results.items():
-        backbone_run = tracking.find_model_run(config.task, Path("models") / backbone / "model.keras")
+        backbone_run = tracking.find_model_run(config.task, args.model.with_name(backbone) / "model.keras")
         if backbone_run is not None:
             tracking.describe_version(tracking.model_name(config.task, backbone), backbone_run,
-                                      tags={"audit.shortcut_evidence": audit.evidence_text(metrics, len(classes))})
-    print(AUDIT_MD.read_text())
+                                      tags={"audit.shortcut_evidence": findings.evidence_text(metrics, len(classes),
+                                                                                               positive)})
+    print(args.audit_md.read_text())
 
 
 if __name__ == "__main__":

@@ -1,26 +1,20 @@
 """DVC stages `download@<source>`, `download_external@<source>`: fetch, verify and extract one source.
 
-Training sources go to data/raw/<source>, external test sources to data/external/<source>.
+`--root` is data/raw for training sources and data/external for external test sources; the
+source lands in <root>/<source>.
 """
 
-import sys
-from pathlib import Path
-
-from cxr.config import load
-from cxr.sources import MODULES, download_source
-from cxr.stage import run
-
-RAW = Path("data/raw")
-EXTERNAL = Path("data/external")
+from cxr.core.config import load
+from cxr.core.stage import arguments, run
+from cxr.data.sources import MODULES, download_source
 
 
 def main() -> None:
-    name = sys.argv[1]
-    if name not in MODULES:
-        raise SystemExit(f"error: unknown source {name!r}; known: {sorted(MODULES)}")
-    config = load()
-    folder = download_source(name, config, EXTERNAL if name in config.sources.external else RAW)
-    print(f"{name}: extracted to {folder} (manifest: {folder / 'MANIFEST.sha256'})")
+    args = arguments(__doc__, "root", names=("source",))
+    if args.source not in MODULES:
+        raise SystemExit(f"error: unknown source {args.source!r}; known: {sorted(MODULES)}")
+    folder = download_source(args.source, load(), args.root)
+    print(f"{args.source}: extracted to {folder} (manifest: {folder / 'MANIFEST.sha256'})")
 
 
 if __name__ == "__main__":

@@ -9,33 +9,31 @@ reports are added to each model's MLflow training run, and the headline to the p
 run; one `evaluate` run holds the comparison. The evaluated release candidate becomes @champion.
 """
 
-from pathlib import Path
-
 import mlflow
 import pandas as pd
 
-from cxr import evaluation, figures, tracking, training
-from cxr.model_files import load_model
-from cxr.config import load
-from cxr.outputs import staged_directory, write_csv, write_json, write_text
-from cxr.stage import run
-
-SPLIT = Path("data/processed/split.csv")
-OUT = Path("reports/eval")
+from cxr.report import evaluation, figures
+from cxr.core import tracking
+from cxr.learn.model_files import load_model
+from cxr.core.config import load
+from cxr.core.outputs import staged_directory, write_csv, write_json, write_text
+from cxr.core.stage import arguments, run
 
 
 def main() -> None:
+    args = arguments(__doc__, "split", "models", "out")
     config = load()
     tracking.require_tracking_store()
-    test = pd.read_csv(SPLIT).query("split == 'test'").reset_index(drop=True)
+    out, models = args.out, args.models
+    test = pd.read_csv(args.split).query("split == 'test'").reset_index(drop=True)
     names = [*config.backbones, "finetuned"]
-    predictions, reports, rows, histories, metrics, metas = {}, {}, [], {}, {}, {}
-    with staged_directory(OUT / "models") as staging:
+    predictions, reports, rows, histories, metrics, specs = {}, {}, [], {}, {}, {}
+    with staged_directory(out / "models") as staging:
         for name in names:
-            model, meta = load_model(Path("models") / name)
-            metas[name] = meta
-            classes = meta["classes"]
-            probabilities = evaluation.predict(model, test, classes, meta["image_size"], config.train)
+            model, spec = load_model(models / name)
+            specs[name] = spec
+            classes = spec.classes
+            probabilities = evaluation.predict(model, test, classes, spec.image_size, config.train)
             table = evaluation.predictions_frame(test, classes, probabilities)
             report = evaluation.report(table, classes)
             intervals = evaluation.patient_bootstrap(table, classes, resamples=config.evaluate.bootstrap_resamples,
@@ -46,36 +44,36 @@ def main() -> None:
             write_text(folder / "report.txt", evaluation.report_text(table, classes))
             figures.confusion(report["confusion_matrix"]["matrix"], classes, name).savefig(folder / "confusion.png")
             figures.roc(table, classes, report["roc_auc"], name).savefig(folder / "roc.png")
-            write_csv(OUT / "confusion" / f"{name}.csv", table[["actual", "predicted"]])
+            write_csv(out / "confusion" / f"{name}.csv", table[["actual", "predicted"]])
             predictions[name], reports[name] = table, report
-            histories[name] = pd.read_csv(Path("models") / name / "history.csv")
+            histories[name] = pd.read_csv(models / name / "history.csv")
             rows.append(evaluation.comparison_row(name, report, intervals, classes))
             metrics[name] = {key: None if value != value else value for key, value in rows[-1].items()
                              if key not in ("model", "never_predicted")}
     comparison = pd.DataFrame(rows)
     tests = evaluation.pairwise_mcnemar(predictions)
     note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
-    write_csv(OUT / "comparison.csv", comparison)
-    write_csv(OUT / "mcnemar.csv", tests)
-    unchanged = {name: meta["finetuned_from"] for name, meta in metas.items() if meta.get("unchanged_from_base")}
-    write_text(OUT / "comparison.md", evaluation.comparison_markdown(comparison, config.class_names(), tests, note,
+    write_csv(out / "comparison.csv", comparison)
+    write_csv(out / "mcnemar.csv", tests)
+    unchanged = {name: spec.finetuned_from for name, spec in specs.items() if spec.unchanged_from_base}
+    write_text(out / "comparison.md", evaluation.comparison_markdown(comparison, config.class_names(), tests, note,
                                                                      unchanged))
-    figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(OUT / "comparison.png")
-    figures.curves_side_by_side(histories).savefig(OUT / "training_curves.png")
-    write_json(OUT / "headline.json", evaluation.lead_metrics(metrics))
-    write_json(OUT / "metrics.json", metrics)
+    figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(out / "comparison.png")
+    figures.curves_side_by_side(histories).savefig(out / "training_curves.png")
+    write_json(out / "headline.json", evaluation.lead_metrics(metrics))
+    write_json(out / "metrics.json", metrics)
 
-    split_md5 = tracking.file_md5(SPLIT)
+    split_md5 = tracking.file_md5(args.split)
     for name in names:
-        run_id = tracking.find_model_run(config.task, Path("models") / name / "model.keras")
+        run_id = tracking.find_model_run(config.task, models / name / "model.keras")
         if run_id is None:
-            print(f"warning: no MLflow run is tagged with the md5 of models/{name}/model.keras; "
+            print(f"warning: no MLflow run is tagged with the md5 of {models / name / 'model.keras'}; "
                   "its test metrics are in reports/eval only")
             continue
         matrix = reports[name]["confusion_matrix"]
         confusion = pd.DataFrame(matrix["matrix"], columns=matrix["labels"], index=matrix["labels"])
         tracking.log_evaluation(run_id, {f"test_{key}": value for key, value in metrics[name].items()},
-                                OUT / "models" / name, confusion.reset_index(names="actual"))
+                                out / "models" / name, confusion.reset_index(names="actual"))
         release = name == "finetuned"
         version = tracking.describe_version(
             tracking.model_name(config.task, None if release else name), run_id,
@@ -84,14 +82,14 @@ def main() -> None:
             alias=tracking.CHAMPION if release else None)
         if release and version is not None:
             print(f"{tracking.model_name(config.task)} version {version} is @{tracking.CHAMPION}")
-    with tracking.stage_run(config, "evaluate", SPLIT, config.backbone):
+    with tracking.stage_run(config, "evaluate", args.split, config.backbone):
         mlflow.log_metrics({f"{name}.{key}": value for name, values in metrics.items()
                             for key, value in values.items() if value is not None})
         tracking.log_headline_metrics(evaluation.lead_metrics(metrics))
         mlflow.log_table(comparison, "comparison.json")
         for artifact in ("comparison.md", "comparison.csv", "comparison.png", "mcnemar.csv", "training_curves.png"):
-            mlflow.log_artifact(str(OUT / artifact))
-    print((OUT / "comparison.md").read_text())
+            mlflow.log_artifact(str(out / artifact))
+    print((out / "comparison.md").read_text())
 
 
 if __name__ == "__main__":

@@ -1,27 +1,21 @@
-"""DVC stage `filter_pa`: keep the views in filter.views -> data/interim/catalog_pa.csv."""
+"""DVC stage `filter_pa`: keep the configured views and modalities of the catalog."""
 
-from pathlib import Path
-
-from cxr import catalog
-from cxr.config import load
-from cxr.outputs import write_csv, write_json
-from cxr.stage import run
-from cxr.validation import Table, filter_expectations, validate
-
-CATALOG = Path("data/interim/catalog.csv")
-FILTERED = Path("data/interim/catalog_pa.csv")
-REPORT = Path("reports/data/filter.json")
-VALIDATION = Path("reports/validation/filter_pa.json")
+from cxr.core.config import load
+from cxr.core.outputs import write_csv, write_json
+from cxr.core.stage import arguments, run
+from cxr.data import catalog
+from cxr.data.validation import Table, filter_expectations, validate
 
 
 def main() -> None:
+    args = arguments(__doc__, "catalog", "filtered", "report", "validation")
     rules = load().filter
-    kept, report = catalog.filter_views(catalog.read(CATALOG), rules)
+    kept, report = catalog.filter_views(catalog.read(args.catalog), rules)
     expectations = filter_expectations(rules.views, rules.modalities, rules.missing_view)
-    validate("filter_pa", [Table("catalog_pa", kept, expectations)], VALIDATION)
-    write_json(REPORT, report)
-    write_csv(FILTERED, kept)
-    print(f"filter_pa: kept {report['images_kept']} of {report['images_in']} images -> {FILTERED}")
+    validate("filter_pa", [Table("catalog_pa", kept, expectations)], args.validation)
+    write_json(args.report, report)
+    write_csv(args.filtered, kept)
+    print(f"filter_pa: kept {report['images_kept']} of {report['images_in']} images -> {args.filtered}")
 
 
 if __name__ == "__main__":

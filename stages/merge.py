@@ -1,27 +1,21 @@
-"""DVC stage `merge`: every configured source -> data/interim/catalog.csv, plus the data report."""
+"""DVC stage `merge`: every configured source -> the catalog, plus the data report."""
 
-from pathlib import Path
-
-from cxr import catalog
-from cxr.config import load
-from cxr.outputs import write_csv, write_json
-from cxr.stage import run
-from cxr.validation import Table, catalog_expectations, validate
-
-RAW = Path("data/raw")
-CATALOG = Path("data/interim/catalog.csv")
-REPORT = Path("reports/data/catalog.json")
-VALIDATION = Path("reports/validation/merge.json")
+from cxr.core.config import load
+from cxr.core.outputs import write_csv, write_json
+from cxr.core.stage import arguments, run
+from cxr.data import catalog
+from cxr.data.validation import Table, catalog_expectations, validate
 
 
 def main() -> None:
+    args = arguments(__doc__, "raw", "catalog", "report", "validation")
     config = load()
-    table, report = catalog.build(config, RAW)
+    table, report = catalog.build(config, args.raw)
     expectations = catalog_expectations(sorted(set(config.labels.values())), config.sources.use)
-    validate("merge", [Table("catalog", table, expectations)], VALIDATION)
-    write_json(REPORT, report)
-    write_csv(CATALOG, table)
-    print(f"catalog: {len(table)} images from {config.sources.use} -> {CATALOG}")
+    validate("merge", [Table("catalog", table, expectations)], args.validation)
+    write_json(args.report, report)
+    write_csv(args.catalog, table)
+    print(f"catalog: {len(table)} images from {config.sources.use} -> {args.catalog}")
 
 
 if __name__ == "__main__":

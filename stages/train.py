@@ -1,48 +1,41 @@
 """DVC stage `train@<backbone>`: the study's frozen-base training of one backbone, in MLflow.
 
-Writes models/<backbone>/ (model.keras, meta.json, history.csv), reports/train/<backbone>.json
-(metrics) and reports/train/curves/{accuracy,loss}/<backbone>.csv (DVC plots); logs the run
-and registers the model as cxr-<task>-<backbone> in MLflow.
+Writes the model folder (model.keras, meta.json, history.csv), its metrics file and its
+accuracy/loss curves (DVC plots); logs the run and registers the model as
+cxr-<task>-<backbone> in MLflow.
 """
 
 import shutil
-from dataclasses import asdict
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-from cxr import backbones, tracking, training
-from cxr.config import load
-from cxr.model import build_classifier
-from cxr.model_files import trained_on
-from cxr.stage import run
-
-SPLIT = Path("data/processed/split.csv")
+from cxr.core import backbones, tracking
+from cxr.core.config import as_dict, load
+from cxr.core.spec import ModelSpec, trained_on
+from cxr.core.stage import arguments, run
+from cxr.learn import publish, training
 
 
 def main() -> None:
+    args = arguments(__doc__, "split", "model", "metrics", "curves", names=("backbone",))
     config = load()
     tracking.require_tracking_store()
-    backbone = backbones.get(sys.argv[1])
-    size = backbone.input_size(config.train.image_size)
-    split = pd.read_csv(SPLIT)
-    classes = config.class_names()
-    resume_dir = training.resume_dir(Path("models/.resume") / backbone.name,
-                                     {"config": asdict(config), "split": tracking.file_md5(SPLIT), "stage": "train"})
+    backbone = backbones.get(args.backbone)
+    split = pd.read_csv(args.split)
+    spec = ModelSpec(backbone=backbone.name, image_size=backbone.input_size(config.train.image_size),
+                     classes=config.class_names(), task=config.task, weights=config.train.weights,
+                     **trained_on(split, config.filter.views))
+    work = training.resume_dir(training.work_folder(args.model),
+                               {"config": as_dict(config), "split": tracking.file_md5(args.split), "stage": "train"})
     strategy = training.configure_runtime(config.train, config.seed)
-    with tracking.stage_run(config, f"train@{backbone.name}", SPLIT, backbone.name):
+    with tracking.stage_run(config, f"train@{backbone.name}", args.split, backbone.name):
         with strategy.scope():
-            model = build_classifier(backbone, size, len(classes), config.train.head, config.train.weights)
-            result = training.train_frozen(model, split, classes, size, config.train, config.seed, resume_dir,
-                                           callbacks=[tracking.EpochMetrics()])
-        summary = training.publish(
-            model, result, name=backbone.name, title=f"train@{backbone.name}", split=split,
-            meta={"backbone": backbone.name, "image_size": size, "classes": classes, "task": config.task,
-                  **trained_on(split, config.filter.views)},
-            registered_name=tracking.model_name(config.task, backbone.name),
-            report=Path("reports/train") / f"{backbone.name}.json")
-    shutil.rmtree(resume_dir, ignore_errors=True)
+            model, result = training.train_classifier(backbone, split, spec.classes, spec.image_size, config.train,
+                                                      config.seed, work, callbacks=[publish.EpochMetrics()])
+        summary = publish.publish(model, result, spec, folder=args.model, curves=args.curves, report=args.metrics,
+                                  title=f"train@{backbone.name}", example=training.example_image(split),
+                                  registered_name=tracking.model_name(config.task, backbone.name))
+    shutil.rmtree(work, ignore_errors=True)
     print(f"train@{backbone.name}: best val_accuracy {summary['best']['val_accuracy']:.3f} "
           f"(epoch {summary['best_epoch']} of {summary['epochs']})")
 

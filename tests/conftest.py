@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxr.config import Config, from_dict
+from cxr.core.config import Config, from_dict
 from cxr.serve.local import free_port, mlflow_command, running
-from cxr.sources import download_source
+from cxr.data.sources import download_source
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -82,8 +83,22 @@ def stage_env(**extra: str) -> dict[str, str]:
     return env | {"TF_CPP_MIN_LOG_LEVEL": "2"} | extra
 
 
-def run_stage(folder: Path, stage: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"stages/{stage}.py", *args], cwd=folder, env=env or stage_env(),
+def stage_command(folder: Path, stage: str, item: str | None = None) -> list[str]:
+    """The command dvc.yaml runs for ``stage`` (with ``${item}`` and the folder's params.yaml values
+    filled in), run with this Python: tests pass stages the same paths DVC does."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    if stage == "download" and item in params["sources"]["external"]:
+        stage = "download_external"
+    definition = stages[stage].get("do", stages[stage])
+    values = {"item": item} | {key: value for key, value in params.items() if isinstance(value, str | int)}
+    command = re.sub(r"\$\{(\w+)\}", lambda match: str(values[match[1]]), definition["cmd"])
+    return [sys.executable, *shlex.split(command)[1:]]
+
+
+def run_stage(folder: Path, stage: str, item: str | None = None, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess:
+    return subprocess.run(stage_command(folder, stage, item), cwd=folder, env=env or stage_env(),
                           capture_output=True, text=True, timeout=600)
 
 

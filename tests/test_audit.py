@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr import audit, backbones, catalog, training
-from cxr.config import ConfigError
-from cxr.sources import SourceLayoutError, download_source, read_source
-from cxr.split import SplitError, external_test_set, make_split, source_confound
+from cxr.report.audit import findings, gradcam, measures
+from cxr.core import backbones
+from cxr.data import catalog
+from cxr.learn import training
+from cxr.core.config import ConfigError
+from cxr.data.sources import SourceLayoutError, download_source, read_source
+from cxr.data.split import SplitError, external_test_set, make_split, source_confound
 from conftest import make_config
 
 
@@ -26,7 +29,7 @@ def test_within_class_probe_scores_a_class_only_guess_at_chance():
     # Always answering the class's most common source: right for every "b" image, wrong for every "a".
     guess = probe_table([("X", "a", "b")] * 3 + [("X", "b", "b")] * 9 + [("Y", "a", "b")] * 2 + [("Y", "b", "b")] * 5
                         + [("Z", "a", "a")] * 4)
-    result = audit.within_class_source_accuracy(guess, resamples=50, seed=0)
+    result = measures.within_class_source_accuracy(guess, resamples=50, seed=0)
     assert result["value"] == pytest.approx(0.5) and result["chance"] == 0.5
     assert "Z" not in result["per_class"]  # one source only: no evidence either way
     assert result["smallest_source_images"] == {"X": 3, "Y": 2}
@@ -35,7 +38,7 @@ def test_within_class_probe_scores_a_class_only_guess_at_chance():
 def test_within_class_probe_weights_classes_by_their_evidence():
     perfect = [("X", "a", "a")] * 4 + [("X", "b", "b")] * 4
     wrong_once = [("Y", "a", "b"), ("Y", "b", "a")]
-    result = audit.within_class_source_accuracy(probe_table(perfect + wrong_once), resamples=200, seed=0)
+    result = measures.within_class_source_accuracy(probe_table(perfect + wrong_once), resamples=200, seed=0)
     assert {name: score["balanced_accuracy"] for name, score in result["per_class"].items()} == {"X": 1.0, "Y": 0.0}
     assert result["per_class"]["X"]["images"] == {"a": 4, "b": 4}
     assert result["per_class"]["X"]["balanced_accuracy_low"] == 1.0  # every resample is perfect
@@ -45,11 +48,11 @@ def test_within_class_probe_weights_classes_by_their_evidence():
 def test_within_class_scores_say_what_they_rest_on():
     table = probe_table([("BACTERIA", "covid_chestxray", "covid_chestxray")] * 3
                         + [("BACTERIA", "kermany", "kermany")] * 40 + [("BACTERIA", "kermany", "covid_chestxray")] * 2)
-    result = audit.within_class_source_accuracy(table, resamples=300, seed=0)
+    result = measures.within_class_source_accuracy(table, resamples=300, seed=0)
     bacteria = result["per_class"]["BACTERIA"]
     assert bacteria["balanced_accuracy"] == pytest.approx((1 + 40 / 42) / 2)
     assert bacteria["balanced_accuracy_low"] < bacteria["balanced_accuracy"] <= bacteria["balanced_accuracy_high"]
-    text = audit.within_class_text(result["per_class"])
+    text = findings.within_class_text(result["per_class"])
     assert text.startswith("BACTERIA 0.98 [") and text.endswith("on 3 covid_chestxray + 42 kermany images")
 
 
@@ -95,26 +98,26 @@ def test_gradcam_finds_the_region_the_answer_depends_on():
     size = 16
     batch = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
     quadrant = slice(0, size // 2)
-    maps = audit.gradcam(region_model(size, masked=True), batch, np.array([1, 1, 1]), layer=None)
+    maps = gradcam.gradcam(region_model(size, masked=True), batch, np.array([1, 1, 1]), layer=None)
     assert maps.shape == (3, size, size) and maps.max() == pytest.approx(1.0)
     inside = maps[:, quadrant, quadrant].sum(axis=(1, 2)) / maps.sum(axis=(1, 2))
     assert (inside > 0.9).all()
     # The same model looking at the whole image spreads its saliency: about a quarter in the quadrant.
-    spread = audit.gradcam(region_model(size, masked=False), batch, np.array([1, 1, 1]), layer="brightness")
+    spread = gradcam.gradcam(region_model(size, masked=False), batch, np.array([1, 1, 1]), layer="brightness")
     share = spread[:, quadrant, quadrant].sum(axis=(1, 2)) / spread.sum(axis=(1, 2))
     assert np.allclose(share, 0.25, atol=0.08)
     # Class 0's score falls as the region brightens: no positive evidence, an all-zero map.
-    assert audit.gradcam(region_model(size, masked=True), batch[:1], np.array([0]), layer=None).max() == 0
+    assert gradcam.gradcam(region_model(size, masked=True), batch[:1], np.array([0]), layer=None).max() == 0
 
 
 def test_box_share_of_even_peaked_and_empty_maps():
     even = np.ones((1, 10, 10))
     peaked = np.zeros((1, 10, 10))
     peaked[0, 5, 5] = 1.0
-    shares = audit.box_share(np.concatenate([even, peaked, np.zeros((1, 10, 10))]), 0.6)
+    shares = gradcam.box_share(np.concatenate([even, peaked, np.zeros((1, 10, 10))]), 0.6)
     assert shares[0] == pytest.approx(0.36) and shares[1] == 1.0 and np.isnan(shares[2])
-    assert audit.even_share(10, 0.6) == pytest.approx(0.36)
-    assert audit.even_share(96, 0.6) == pytest.approx((58 / 96) ** 2)
+    assert gradcam.even_share(10, 0.6) == pytest.approx(0.36)
+    assert gradcam.even_share(96, 0.6) == pytest.approx((58 / 96) ** 2)
 
 
 @pytest.fixture(scope="module")
@@ -194,16 +197,16 @@ def shortcut_split(source_shift: bool, root: Path) -> tuple[pd.DataFrame, object
 def test_source_probe_detects_the_source_shift_and_falls_to_chance_without_it(tmp_path, source_shift):
     frame, config = shortcut_split(source_shift, tmp_path / "raw")
     vgg16 = backbones.get("vgg16")
-    probe = audit.within_class_source_accuracy(audit.source_probe(vgg16, frame, 64, config, tmp_path / "probe"),
+    probe = measures.within_class_source_accuracy(measures.source_probe(vgg16, frame, 64, config, tmp_path / "probe"),
                                                resamples=100, seed=0)
     assert sum(probe["smallest_source_images"].values()) >= 15
     if source_shift:
         assert probe["value"] >= 0.9
-        hidden = audit.lungs_hidden(vgg16, frame, config.class_names(), 64, config, tmp_path / "hidden")
-        scores = audit.scored(hidden, config.class_names(), resamples=200, seed=0)
+        hidden = measures.lungs_hidden(vgg16, frame, config.class_names(), 64, config, tmp_path / "hidden")
+        scores = measures.scored(hidden, config.class_names(), resamples=200, seed=0)
         assert scores["balanced_accuracy_low"] > 1 / len(config.class_names())
     else:
-        assert probe["value"] < probe["chance"] + audit.PROBE_MARGIN
+        assert probe["value"] < probe["chance"] + findings.PROBE_MARGIN
 
 
 def test_verdict_follows_the_numbers():
@@ -217,16 +220,29 @@ def test_verdict_follows_the_numbers():
         "saliency": {"lung_box_share": 0.2, "uniform_share": 0.36, "map_side": 7},
         "external": {"recall_COVID": 0.5},
     }
-    assert audit.evidence(metrics, 4) == {"probe": True, "lungs_hidden": True, "saliency": True, "external": True}
-    text = audit.verdict("vgg16", metrics, 4)
+    assert findings.evidence(metrics, 4, "COVID") == {"probe": True, "lungs_hidden": True, "saliency": True, "external": True}
+    text = findings.verdict("vgg16", metrics, 4, "COVID")
     assert "1.00 (chance 0.50; BACTERIA 1.00 [1.00, 1.00] on 3 covid_chestxray + 40 kermany images)" in text
     assert "0.45 [0.35, 0.55]" in text and "a 7x7 feature map" in text
     assert "The COVID result is not evidence of COVID detection" in text
     clean = {**metrics, "source_probe": {"within_class_accuracy": 0.55, "within_class_chance": 0.5},
              "lungs_hidden": {**metrics["lungs_hidden"], "balanced_accuracy_low": 0.2},
              "saliency": {"lung_box_share": 0.35, "uniform_share": 0.36}, "external": {"recall_COVID": 0.95}}
-    assert not any(audit.evidence(clean, 4).values())
-    assert "find no sign" in audit.verdict("vgg16", clean, 4)
+    assert not any(findings.evidence(clean, 4, "COVID").values())
+    assert "find no sign" in findings.verdict("vgg16", clean, 4, "COVID")
+
+
+def test_the_verdict_names_the_positive_class_it_is_given():
+    metrics = {"classifier": {"recall_PNEUMONIA": 1.0},
+               "source_probe": {"within_class_accuracy": 0.5, "within_class_chance": 0.5, "within_class": {}},
+               "lungs_hidden": {"balanced_accuracy": 0.5, "balanced_accuracy_low": 0.4, "balanced_accuracy_high": 0.6,
+                                "recall_PNEUMONIA": 0.2},
+               "saliency": {"lung_box_share": 0.4, "uniform_share": 0.36, "map_side": 3},
+               "external": {"recall_PNEUMONIA": 0.1}}
+    assert findings.evidence(metrics, 2, "PNEUMONIA")["external"]
+    text = findings.verdict("vgg16", metrics, 2, "PNEUMONIA")
+    assert "a PNEUMONIA recall of 0.20" in text and "PNEUMONIA recall is 0.10 against 1.00" in text
+    assert "COVID" not in text
 
 
 def test_verdict_when_no_class_has_two_sources_in_the_test_split():
@@ -237,6 +253,6 @@ def test_verdict_when_no_class_has_two_sources_in_the_test_split():
         "lungs_hidden": {"balanced_accuracy": 0.3, "balanced_accuracy_low": 0.2, "balanced_accuracy_high": 0.4},
         "saliency": {"lung_box_share": 0.5, "uniform_share": 0.36},
     }
-    assert not any(audit.evidence(metrics, 4).values())
-    text = audit.verdict("vgg16", metrics, 4)
+    assert not any(findings.evidence(metrics, 4, "COVID").values())
+    text = findings.verdict("vgg16", metrics, 4, "COVID")
     assert "cannot be scored within a class" in text and "find no sign" in text

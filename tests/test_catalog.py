@@ -5,11 +5,13 @@ import shutil
 import pandas as pd
 import pytest
 
-from cxr import catalog
-from cxr.catalog import CatalogError
-from cxr.image_files import ImageFileError
-from cxr.config import Filter
-from cxr.validation import CATALOG_COLUMNS, DataValidationError, Table, catalog_expectations, validate
+from cxr.data import catalog
+from cxr.data.catalog import CatalogError
+from cxr.data.image_files import ImageFileError
+from cxr.core.config import Filter
+from cxr.core.schema import CATALOG_COLUMNS, SchemaError
+from cxr.data.sources import SourceTable
+from cxr.data.validation import DataValidationError, Table, catalog_expectations, validate
 from conftest import make_config
 
 
@@ -20,7 +22,7 @@ def merged(raw_root):
 
 def test_catalog_schema_and_labels(merged):
     table, report = merged
-    assert list(table.columns[: len(CATALOG_COLUMNS)]) == CATALOG_COLUMNS
+    assert tuple(table.columns[: len(CATALOG_COLUMNS)]) == CATALOG_COLUMNS
     assert table["image_id"].is_unique
     finding_label = dict(zip(table["finding"], table["label"]))
     assert finding_label["COVID-19"] == "COVID" and finding_label["bacteria"] == "BACTERIA"
@@ -97,3 +99,16 @@ def test_filter_keeps_views_and_reports_each_rule(merged):
 
     everything, _ = catalog.filter_views(table, Filter(views=[], modalities=[], missing_view="keep"))
     assert len(everything) == len(table)
+
+
+def test_a_source_whose_rows_miss_a_column_is_a_one_line_error(monkeypatch, raw_root):
+    read = catalog.read_source
+
+    def without_view(name, root, config):
+        table = read(name, root, config)
+        return SourceTable(table.images.drop(columns=["view"]), table.metadata, table.dropped)
+
+    monkeypatch.setattr(catalog, "read_source", without_view)
+    with pytest.raises(SchemaError, match=r"source 'covid_chestxray' \(its reader's rows\): missing column\(s\) "
+                                          r"\['view'\]; expected \['image_id', 'source'"):
+        catalog.build(make_config(), raw_root)

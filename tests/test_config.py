@@ -1,7 +1,11 @@
-import pytest
+import re
 
-from cxr.config import ConfigError, from_dict, load
-from conftest import REPO, params_dict
+import pytest
+import yaml
+
+from cxr.core.backbones import BACKBONES
+from cxr.core.config import ConfigError, from_dict, load
+from conftest import REPO, params_dict, write_params
 
 
 def test_project_params_load_and_expand_classes():
@@ -16,7 +20,7 @@ def test_project_params_load_and_expand_classes():
     ("overrides", "message"),
     [
         ({"split": {"sed": 1}}, "unknown key 'split.sed'; allowed: ['seed'"),
-        ({"splitting": {}}, "unknown key 'splitting'; allowed: ['seed', 'task', 'sources'"),
+        ({"splitting": {}}, "unknown key 'splitting'; allowed: ['seed', 'task', 'positive_class', 'sources'"),
         ({"split": {"train": "most"}}, "split.train: expected float, got 'most'"),
         ({"split": {"seed": True}}, "split.seed: expected int, got True"),
         ({"filter": {"missing_view": "maybe"}}, "filter.missing_view: 'maybe' is not allowed; allowed: ['keep', 'drop']"),
@@ -36,6 +40,9 @@ def test_project_params_load_and_expand_classes():
         ({"evaluate": {"bootstrap_resamples": 0}}, "evaluate.bootstrap_resamples: 0 is out of range"),
         ({"sources": {"kermany": {"unknown_names": "skip"}}}, "sources.kermany.unknown_names: 'skip' is not allowed"),
         ({"sources": {"actualmed": {"missing_files": "ignore"}}}, "sources.actualmed.missing_files: 'ignore'"),
+        ({"positive_class": "CORONA"}, "positive_class: 'CORONA' is not a class of task 'multiclass'"),
+        ({"finetune": {"unfreeze": 41}}, "finetune.unfreeze: 41 is more than the 40 layers of xception's base"),
+        ({"train": {"image_size": 64}}, "train.image_size: xception needs at least 71 px, got 64"),
     ],
 )
 def test_bad_params_name_the_key(overrides, message):
@@ -56,3 +63,45 @@ def test_max_per_class_accepts_number_or_mapping():
     assert from_dict(params_dict({"split": {"max_per_class": 200}})).split.max_per_class == 200
     caps = from_dict(params_dict({"split": {"max_per_class": {"COVID": 5}}})).split.max_per_class
     assert caps == {"COVID": 5}
+
+
+@pytest.mark.parametrize("key", ["seed", "train.head.normalize", "sources.kermany.url", "audit.saliency_seed"])
+def test_a_missing_key_is_an_error_naming_it_never_a_default(tmp_path, key):
+    raw = params_dict()
+    *parents, name = key.split(".")
+    section = raw
+    for parent in parents:
+        section = section[parent]
+    del section[name]
+    with pytest.raises(ConfigError, match=f"missing key '{re.escape(key)}'"):
+        from_dict(raw)
+
+
+def test_the_registry_knows_each_base_s_unfreezable_layers():
+    import keras
+
+    from cxr.learn.model import build_base
+    for name in ("vgg16", "xception"):
+        backbone = BACKBONES[name]
+        base = build_base(backbone, backbone.min_size, None)
+        layers = [layer for layer in base.layers
+                  if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+        assert len(layers) == backbone.unfreezable_layers
+
+
+def test_a_stage_under_dvc_reads_only_the_params_dvc_yaml_declares(tmp_path, monkeypatch):
+    write_params(tmp_path)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"download": {"foreach": ["kermany"], "do": {
+        "cmd": "python stages/download.py ${item}", "params": ["sources.origin", "sources.${item}", "task", "classes"]}}}}))
+    monkeypatch.setenv("DVC_STAGE", "download@kermany")
+    config = load(tmp_path / "params.yaml")
+    assert config.sources.origin == "synthetic" and config.sources.kermany.method == "kaggle"
+    with pytest.raises(ConfigError, match="stage download@kermany reads params.yaml key 'sources.covid_chestxray', "
+                                          "which dvc.yaml does not declare"):
+        config.sources.covid_chestxray
+    with pytest.raises(ConfigError, match="key 'train'"):
+        config.train
+    with pytest.raises(ConfigError, match="key 'labels'"):  # methods are checked too: classes need the labels
+        config.class_names()
+    monkeypatch.delenv("DVC_STAGE")
+    assert load(tmp_path / "params.yaml").train.epochs > 0

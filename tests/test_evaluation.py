@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr import evaluation
+from cxr.report import evaluation
 
 CLASSES = ["A", "B", "C"]
 

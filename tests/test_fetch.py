@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from cxr.outputs import staged_directory
-from cxr.sources.fetch import FetchError, Limits, download, safe_extract, write_manifest
+from cxr.core.outputs import staged_directory
+from cxr.data.sources.fetch import FetchError, Limits, download, safe_extract, write_manifest
 
 LIMITS = Limits(max_archive_bytes=10**9, max_member_bytes=10**6, max_total_bytes=10**7)
 

@@ -1,13 +1,18 @@
 """The input pipeline: every source format to RGB at the backbone's size, cached after one pass."""
 
+from dataclasses import replace
+
 import numpy as np
 import tensorflow as tf
 import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr import images
-from cxr.config import Augment
+from cxr.learn import images
+
+from conftest import make_config
+
+AUGMENT = make_config().train.augment  # the shipped augmentation settings
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def test_every_format_decodes_to_rgb_at_size(mixed_formats):
 def test_cached_epochs_do_not_read_files_again(mixed_formats, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for cache in ("memory", "disk"):
-        dataset = images.image_dataset(mixed_formats, ["A"], 16, cache=cache)
+        dataset = images.image_dataset(mixed_formats, ["A"], 16, cache=cache, cache_dir=tmp_path / "data/cache/images")
         first = [image for image, _ in dataset.as_numpy_iterator()]
         moved = tmp_path / f"moved-{cache}"
         moved.mkdir()
@@ -58,10 +63,13 @@ def test_cached_epochs_do_not_read_files_again(mixed_formats, tmp_path, monkeypa
 def test_a_memory_cache_over_its_limit_goes_to_disk(mixed_formats, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     size_mb = images.decoded_megabytes(len(mixed_formats), 16)
-    within = images.image_dataset(mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb * 2)
+    folder = tmp_path / "data/cache/images"
+    within = images.image_dataset(mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb * 2,
+                                  cache_dir=folder)
     list(within.as_numpy_iterator())
     assert not (tmp_path / "data/cache/images").exists()
-    over = images.image_dataset(mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb / 2)
+    over = images.image_dataset(mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb / 2,
+                                cache_dir=folder)
     assert len(list(over.as_numpy_iterator())) == len(mixed_formats)
     assert list((tmp_path / "data/cache/images").glob("16px-*"))
 
@@ -74,22 +82,22 @@ def test_disk_cache_key_follows_content_and_size(mixed_formats):
 
 
 def test_augmentation_is_seeded_and_follows_params():
-    assert images.augmenter(Augment(enabled=False), seed=0) is None
+    assert images.augmenter(replace(AUGMENT, enabled=False), seed=0) is None
     batch = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-    augment = images.augmenter(Augment(enabled=True), seed=0)
+    augment = images.augmenter(replace(AUGMENT, enabled=True), seed=0)
     first = augment(batch, tf.constant([1, 2])).numpy()
     assert first.shape == batch.shape and not np.allclose(first, batch)
     assert np.array_equal(first, augment(batch, tf.constant([1, 2])).numpy())
     assert not np.allclose(first, augment(batch, tf.constant([3, 4])).numpy())
     assert first.min() >= 0 and first.max() <= 255
-    still = images.augmenter(Augment(enabled=True, rotation=0, zoom=0, shift=0, contrast=0), seed=0)
+    still = images.augmenter(replace(AUGMENT, enabled=True, rotation=0, zoom=0, shift=0, contrast=0), seed=0)
     assert np.allclose(still(batch, tf.constant([1, 2])).numpy(), batch, atol=1e-3)
 
 
 def test_a_pure_shift_moves_the_image():
     image = np.zeros((1, 20, 20, 3), np.float32)
     image[0, 8:12, 8:12] = 255.0
-    shifted = images.augmenter(Augment(enabled=True, rotation=0, zoom=0, shift=0.25, contrast=0), seed=0)(
+    shifted = images.augmenter(replace(AUGMENT, enabled=True, rotation=0, zoom=0, shift=0.25, contrast=0), seed=0)(
         image, tf.constant([5, 6])).numpy()
     assert shifted.sum() == pytest.approx(image.sum(), rel=0.05)  # moved, not lost (stays inside)
     rows, columns = np.nonzero(shifted[0, :, :, 0] > 127)
@@ -99,7 +107,7 @@ def test_a_pure_shift_moves_the_image():
 def test_augmented_batches_repeat_per_seed_and_vary_per_epoch():
     data = tf.data.Dataset.from_tensor_slices((np.random.default_rng(1).uniform(0, 255, (6, 16, 16, 3))
                                                .astype(np.float32), np.arange(6)))
-    augment = images.augmenter(Augment(enabled=True), seed=3)
+    augment = images.augmenter(replace(AUGMENT, enabled=True), seed=3)
 
     def epochs(dataset):
         return [np.concatenate([x.numpy() for x, _ in dataset]) for _ in range(2)]
@@ -126,8 +134,8 @@ def test_exif_orientation_is_applied_as_pil_does(tmp_path, orientation):
 
 
 def test_exif_rotated_jpeg_reaches_the_model_upright(tmp_path):
-    from cxr.image_files import describe_image
-    from cxr.sources.synthetic import encode
+    from cxr.data.image_files import describe_image
+    from cxr.data.sources.synthetic import encode
 
     pixels = np.zeros((48, 32), np.uint8)
     pixels[:16] = 220  # bright top third, when upright

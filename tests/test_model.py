@@ -4,12 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from cxr import backbones
-from cxr.backbones import BackboneError
-from cxr.config import Head
-from cxr.model import base_of, build_classifier, feature_extractor, preprocessing, unfreeze_last
+from cxr.core import backbones
+from cxr.core.backbones import BackboneError
+from cxr.core.config import Head
+from cxr.learn.model import (base_of, build_base, build_classifier, feature_extractor, keras_preprocess_input,
+                             preprocessing, unfreeze_last)
 
-TINY_HEAD = Head(units=8, dropout=0.0)
+TINY_HEAD = Head(units=8, dropout=0.0, normalize=False)
 
 
 @pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
@@ -35,15 +36,15 @@ def test_too_small_unknown_and_missing_weights_are_clear_errors(tmp_path):
         backbones.get("resnet50")
     missing = tmp_path / "vgg16.weights.h5"
     with pytest.raises(BackboneError, match=f"weights file {missing} does not exist"):
-        backbones.build_base(backbones.get("vgg16"), 32, str(missing))
+        build_base(backbones.get("vgg16"), 32, str(missing))
 
 
 def test_weights_file_is_loaded(tmp_path):
     backbone = backbones.get("vgg16")
-    source = backbones.build_base(backbone, 32, None)
+    source = build_base(backbone, 32, None)
     path = tmp_path / "vgg16_notop.weights.h5"
     source.save_weights(path)
-    loaded = backbones.build_base(backbone, 32, str(path))
+    loaded = build_base(backbone, 32, str(path))
     assert all(np.array_equal(a, b) for a, b in zip(source.get_weights(), loaded.get_weights()))
 
 
@@ -51,7 +52,7 @@ def test_weights_file_is_loaded(tmp_path):
 def test_built_in_preprocessing_matches_keras_preprocess_input(name):
     backbone = backbones.get(name)
     pixels = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
-    expected = backbone.preprocess_input(pixels.copy())
+    expected = keras_preprocess_input(backbone, pixels.copy())
     assert np.allclose(keras.ops.convert_to_numpy(preprocessing(backbone)(pixels)), expected, atol=1e-4)
 
 
@@ -67,7 +68,7 @@ def test_only_the_head_trains_and_batchnorm_stays_in_inference_mode(normalize):
 
 
 def test_head_on_cached_features_equals_the_whole_model():
-    model = build_classifier(backbones.get("vgg16"), 32, 4, Head(units=8, dropout=0.5), None)
+    model = build_classifier(backbones.get("vgg16"), 32, 4, Head(units=8, dropout=0.5, normalize=False), None)
     images = np.random.default_rng(3).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
     features = feature_extractor(model).predict(images, verbose=0)
     through_head = model.get_layer("head").predict(features, verbose=0)
@@ -86,5 +87,5 @@ def test_unfreeze_exactly_n_layers_and_keep_batchnorm_frozen(count):
     assert len(model.trainable_weights) == 4 + sum(len(layer.trainable_weights) for layer in trainable)
     if count:
         assert names[-1] == "block14_sepconv2"
-    with pytest.raises(ValueError, match="finetune.unfreeze=1000"):
+    with pytest.raises(BackboneError, match="finetune.unfreeze=1000"):
         unfreeze_last(model, 1000)

@@ -13,14 +13,16 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 import mlflow.pyfunc
 
-from cxr import backbones, images
-from cxr.config import Head
-from cxr.model import build_classifier
-from cxr.model_files import load_model, save_model
+from cxr.core import backbones
+from cxr.learn import images
+from cxr.core.config import Head
+from cxr.core.spec import ModelSpec
+from cxr.learn.model import build_classifier
+from cxr.learn.model_files import load_model, save_model
 from cxr.serve import predict
 from cxr.serve.pyfunc import XrayClassifier, signature
 from cxr.serve.dicom import DicomError, read_dicom
-from cxr.sources.synthetic import draw_chest, encode, CHILD
+from cxr.data.sources.synthetic import draw_chest, encode, CHILD
 
 CLASSES = ["COVID", "NORMAL"]
 SIZE = 32
@@ -30,10 +32,10 @@ SIZE = 32
 def model_folder(tmp_path_factory) -> Path:
     """A VGG16 classifier with random weights, saved as the pipeline saves models."""
     folder = tmp_path_factory.mktemp("models") / "tiny"
-    model = build_classifier(backbones.get("vgg16"), SIZE, len(CLASSES), Head(units=8, dropout=0.0), None)
-    save_model(model, folder, {"backbone": "vgg16", "classes": CLASSES, "image_size": SIZE, "views": ["PA", "AP"],
-                               "ages": {"min": 18.0, "max": 90.0, "recorded": 40, "images": 60}},
-               pd.DataFrame({"epoch": [0]}))
+    model = build_classifier(backbones.get("vgg16"), SIZE, len(CLASSES), Head(units=8, dropout=0.0, normalize=False), None)
+    spec = ModelSpec(backbone="vgg16", image_size=SIZE, classes=CLASSES, task="multiclass", weights=None,
+                     views=["PA", "AP"], ages={"min": 18.0, "max": 90.0, "recorded": 40, "images": 60})
+    save_model(model, folder, spec, pd.DataFrame({"epoch": [0]}))
     return folder
 
 
@@ -78,7 +80,7 @@ def probabilities(table: pd.DataFrame, name: str) -> np.ndarray:
 def test_every_format_gives_the_keras_models_probabilities_on_the_same_pixels(tmp_path, model_folder, chest):
     """cxr-predict's reader and the registered pyfunc (raw bytes in a DataFrame, as MLflow's scoring
     server passes them) both give what the Keras model gives on the decoded PNG."""
-    model, meta = load_model(model_folder)
+    model, spec = load_model(model_folder)
     wide = chest.astype(np.uint16) * 257
     files = {
         "chest.png": encode(chest, "png"),
@@ -92,7 +94,7 @@ def test_every_format_gives_the_keras_models_probabilities_on_the_same_pixels(tm
     write_dicom(tmp_path / "mono1.dcm", 65535 - wide, photometric="MONOCHROME1")
     write_dicom(tmp_path / "windowed.dcm", wide, window=(32767.5, 65535))
     paths = predict.input_files([str(tmp_path)])
-    table = predict.predict_sources(model, meta, paths, batch_size=4)
+    table = predict.predict_sources(model, spec, paths, batch_size=4)
     mlflow.pyfunc.save_model(tmp_path / "pyfunc", python_model=XrayClassifier(), artifacts={"model": str(model_folder)},
                              signature=signature(CLASSES))
     served = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(

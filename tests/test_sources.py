@@ -7,11 +7,10 @@ import subprocess
 import zipfile
 from pathlib import Path, PurePosixPath
 
-import pandas as pd
 import pytest
 
-from cxr.sources import FetchError, SourceLayoutError, covid_chestxray, download_source, kermany, read_source, synthetic
-from cxr.catalog import build
+from cxr.data.sources import FetchError, SourceLayoutError, covid_chestxray, download_source, kermany, read_source, synthetic
+from cxr.data.catalog import build
 from conftest import make_config, serve_folder
 
 

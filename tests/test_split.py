@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from cxr import catalog
-from cxr.config import Filter
-from cxr.split import SplitError, group_ids, make_split, source_quotas
-from cxr.validation import DataValidationError, split_tables, validate
+from cxr.data import catalog
+from cxr.core.config import Filter
+from cxr.data.split import SplitError, group_ids, make_split, source_quotas
+from cxr.data.validation import DataValidationError, split_tables, validate
 from conftest import make_config
 
 

@@ -108,7 +108,7 @@ def test_bad_param_stops_a_stage_naming_the_key(project):
 def test_bad_archive_stops_download_and_keeps_earlier_data(project, tmp_path, damage):
     import zipfile
 
-    from cxr.sources import synthetic
+    from cxr.data.sources import synthetic
     from conftest import make_config
 
     mirror = tmp_path / "mirror" / "chest-xray-pneumonia.zip"
@@ -133,7 +133,7 @@ def test_bad_archive_stops_download_and_keeps_earlier_data(project, tmp_path, da
 
 def test_upstream_path_end_to_end_from_a_local_http_mirror(tmp_path):
     """Not the synthetic branch: every source fetched by URL from a server, as from real mirrors."""
-    from cxr.sources import synthetic
+    from cxr.data.sources import synthetic
     from conftest import make_config, serve_folder
 
     config = make_config()

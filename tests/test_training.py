@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from cxr import training
-from cxr.model_files import load_model
+from cxr.learn import training
+from cxr.learn.model_files import load_model
 from conftest import REPO, free_port, make_config, run_stage, stage_env, write_params
-from cxr.sources import download_source
+from cxr.data.sources import download_source
 
 TINY = {
     "backbones": ["vgg16"], "backbone": "vgg16",
@@ -66,9 +66,10 @@ def test_train_stage_writes_model_metrics_and_curves(trained):
     meta = json.loads((trained / "models/vgg16/meta.json").read_text())
     split = pd.read_csv(trained / "data/processed/split.csv").query("split == 'train'")
     assert meta == {"backbone": "vgg16", "image_size": 32, "classes": ["BACTERIA", "COVID", "NORMAL", "VIRAL"],
-                    "task": "multiclass", "views": ["PA"],
+                    "task": "multiclass", "weights": None, "views": ["PA"],
                     "ages": {"min": split["age"].min(), "max": split["age"].max(),
-                             "recorded": int(split["age"].notna().sum()), "images": len(split)}}
+                             "recorded": int(split["age"].notna().sum()), "images": len(split)},
+                    "finetuned_from": None, "unfrozen_layers": [], "unchanged_from_base": False}
     report = json.loads((trained / "reports/train/vgg16.json").read_text())
     assert report["epochs"] == 3 and 0 <= report["best_epoch"] <= 3
     assert 0 <= report["best"]["val_accuracy"] <= 1
@@ -203,17 +204,18 @@ def test_class_weights_are_balanced():
 
 
 MIRRORED = """
+from dataclasses import replace
 import numpy as np, pandas as pd, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from cxr import backbones
-from cxr.config import Head, Train
-from cxr.model import build_classifier
-from cxr.training import configure_runtime, fit
-strategy = configure_runtime(Train(distribute="{mode}", deterministic=False), seed=0)
+from cxr.core import backbones
+from cxr.core.config import Head, load
+from cxr.learn.model import build_classifier
+from cxr.learn.training import configure_runtime, fit
+strategy = configure_runtime(replace(load("{params}").train, distribute="{mode}", deterministic=False), seed=0)
 print("replicas", strategy.num_replicas_in_sync)
 with strategy.scope():
-    model = build_classifier(backbones.get("vgg16"), 32, 2, Head(units=4), None)
+    model = build_classifier(backbones.get("vgg16"), 32, 2, Head(units=4, dropout=0.5, normalize=False), None)
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices((x, np.array([0, 1] * 4))).batch(4)
     result = fit(model, data, data, epochs=1, learning_rate=1e-3, amsgrad=True, weights=None, patience=None,
@@ -224,7 +226,7 @@ print("epochs", len(result.history))
 
 @pytest.mark.parametrize(("mode", "replicas"), [("mirrored", 2), ("auto", 1)])
 def test_distribution_strategy_on_two_logical_cpus(tmp_path, mode, replicas):
-    script = MIRRORED.replace("{mode}", mode).replace("{work}", str(tmp_path / "work"))
+    script = MIRRORED.replace("{mode}", mode).replace("{work}", str(tmp_path / "work")).replace("{params}", str(REPO / "params.yaml"))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=stage_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"replicas {replicas}" in result.stdout and "epochs 1" in result.stdout
@@ -331,7 +333,7 @@ TINY_MODEL_SAVE = """
 import sys
 from pathlib import Path
 import keras, pandas as pd
-from cxr.model_files import save_model
+from cxr.learn.model_files import save_model
 keras.utils.set_random_seed(0)
 inputs = keras.Input((8, 8, 3), name="image")
 features = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(2, 3, name="conv")(inputs))

@@ -5,7 +5,7 @@ import re
 import pandas as pd
 import pytest
 
-from cxr.validation import DataValidationError, Table, gxe, validate
+from cxr.data.validation import DataValidationError, Table, gxe, validate
 
 
 def test_data_docs_show_every_expectation_and_repeat_byte_for_byte(tmp_path):

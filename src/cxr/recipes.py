@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from cxr.config import ConfigError, from_dict
-from cxr.errors import CxrError
+from cxr.core.config import ConfigError, from_dict
+from cxr.core.errors import CxrError
 
 RECIPES_FILE = Path("recipes.yaml")
 

@@ -19,9 +19,10 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from cxr import images
-from cxr.image_files import describe_image_bytes
-from cxr.errors import CxrError
+from cxr.learn import images
+from cxr.data.image_files import describe_image_bytes
+from cxr.core.errors import CxrError
+from cxr.core.spec import ModelSpec
 from cxr.serve.dicom import DicomImage, is_dicom, read_dicom
 
 # Shorter sides below this are refused: upscaled to the model's size they carry no detail.
@@ -41,18 +42,17 @@ class ModelInput:
     warning: str  # "" when nothing is out of the ordinary
 
 
-def model_input(data: bytes, name: str, meta: dict, views: list[str] | None = None) -> ModelInput:
-    """``data``, the bytes of the file called ``name``, for the model described by ``meta`` (its
-    ``meta.json``). ``views`` overrides the views the model records it was trained on. Raises
+def model_input(data: bytes, name: str, spec: ModelSpec, views: list[str] | None = None) -> ModelInput:
+    """``data``, the bytes of the file called ``name``, for the model described by ``spec``. ``views`` overrides the views the model records it was trained on. Raises
     :class:`CxrError` naming the file."""
     if not data:
         raise CxrError(f"{name}: empty file")
-    size = meta["image_size"]
+    size = spec.image_size
     if is_dicom(name, data):
         dicom = read_dicom(data, name)
         side = min(dicom.pixels.shape)
         pixels = images.grey_model_input(dicom.pixels, size)
-        warning = dicom_warning(dicom, meta.get("views", []) if views is None else views, meta.get("ages"))
+        warning = dicom_warning(dicom, spec.views if views is None else views, spec.ages)
     else:
         described = describe_image_bytes(data, name)
         side = min(described["width"], described["height"])
@@ -77,30 +77,30 @@ def dicom_warning(dicom: DicomImage, views: list[str], ages: dict | None) -> str
     return "; ".join(warnings)
 
 
-def read_source(source: Source, meta: dict, views: list[str] | None = None) -> ModelInput:
+def read_source(source: Source, spec: ModelSpec, views: list[str] | None = None) -> ModelInput:
     """:func:`model_input` of a file on disk or of bytes already in hand."""
     if isinstance(source, tuple):
-        return model_input(source[1], source[0], meta, views)
+        return model_input(source[1], source[0], spec, views)
     if not source.is_file():
         raise CxrError(f"{source}: no such file")
-    return model_input(source.read_bytes(), str(source), meta, views)
+    return model_input(source.read_bytes(), str(source), spec, views)
 
 
 def source_name(source: Source) -> str:
     return source[0] if isinstance(source, tuple) else str(source)
 
 
-def predict_sources(model, meta: dict, sources: list[Source], *, batch_size: int, views: list[str] | None = None,
+def predict_sources(model, spec: ModelSpec, sources: list[Source], *, batch_size: int, views: list[str] | None = None,
                     progress: bool = False, explain: Explain | None = None) -> pd.DataFrame:
-    """One row per source: path (its name), predicted class, ``p_<class>`` per class of ``meta``,
+    """One row per source: path (its name), predicted class, ``p_<class>`` per class of ``spec``,
     warning and error. A source that cannot be read gets its error in its row; the others go on."""
-    classes, rows = meta["classes"], []
+    classes, rows = spec.classes, []
     bar = tqdm(total=len(sources), unit="image", disable=not progress, file=sys.stderr)
     for start in range(0, len(sources), CHUNK):
         chunk, decoded = sources[start:start + CHUNK], []
         for source in chunk:
             try:
-                decoded.append(read_source(source, meta, views))
+                decoded.append(read_source(source, spec, views))
             except CxrError as exc:
                 decoded.append(exc)
             bar.update(1)

@@ -17,7 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
 
 SUFFIXES = (".dcm", ".dicom")
 

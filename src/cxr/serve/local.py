@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
 
 
 def free_port() -> int:

@@ -20,13 +20,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr import backbones, tracking
-from cxr.audit import gradcam
-from cxr.config import PARAMS_FILE, load
-from cxr.errors import CxrError
-from cxr.figures import saliency_overlay
-from cxr.model_files import load_model
-from cxr.outputs import write_csv
+from cxr.core import backbones, tracking
+from cxr.report.audit.gradcam import gradcam
+from cxr.core.config import PARAMS_FILE, load
+from cxr.core.errors import CxrError
+from cxr.core.spec import ModelSpec
+from cxr.report.figures import saliency_overlay
+from cxr.learn.model_files import load_model
+from cxr.core.outputs import write_csv
 from cxr.serve.classify import predict_sources
 from cxr.serve.dicom import SUFFIXES as DICOM_SUFFIXES
 
@@ -54,7 +55,7 @@ def input_files(items: list[str]) -> list[Path]:
 @dataclass
 class LoadedModel:
     model: object  # the Keras model
-    meta: dict  # its meta.json
+    spec: ModelSpec
     name: str  # registered name, or the folder's name
     version: str  # registry version, run id, or the md5 of a folder's model.keras
 
@@ -63,9 +64,9 @@ def load_reference(reference: str) -> LoadedModel:
     """A model by registry URI (``models:/name@alias``, ``models:/name/3``), run URI
     (``runs:/<id>/model``) or pipeline folder; a reference that does not resolve is named."""
     if not reference.startswith(("models:/", "runs:/")):
-        model, meta = load_model(Path(reference))
+        model, spec = load_model(Path(reference))
         digest = tracking.file_md5(Path(reference) / "model.keras")
-        return LoadedModel(model, meta, Path(reference).name, f"md5:{digest[:12]}")
+        return LoadedModel(model, spec, Path(reference).name, f"md5:{digest[:12]}")
     import mlflow
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
@@ -80,12 +81,12 @@ def load_reference(reference: str) -> LoadedModel:
         name, _, label = reference.removeprefix("models:/").replace("@", "/").partition("/")
         client = mlflow.MlflowClient()
         version = (client.get_model_version_by_alias(name, label).version if "@" in reference else label)
-    return LoadedModel(classifier.model, classifier.meta, name, str(version))
+    return LoadedModel(classifier.model, classifier.spec, name, str(version))
 
 
 class Explainer:
     """Writes ``<folder>/<file name>.gradcam.png``: the predicted class's Grad-CAM map over the
-    image, computed by the shortcut audit's :func:`cxr.audit.gradcam` at the backbone's layer."""
+    image, computed by the shortcut audit's :func:`cxr.report.audit.gradcam.gradcam` at the backbone's layer."""
 
     def __init__(self, folder: Path, backbone: str, batch_size: int):
         self.folder, self.layer, self.batch_size = folder, backbones.get(backbone).gradcam_layer, batch_size
@@ -137,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     paths = input_files(args.inputs)
     if not paths:
         raise SystemExit(f"error: no PNG, JPEG or DICOM file in {args.inputs}")
-    explain = Explainer(args.explain, loaded.meta["backbone"], args.batch_size) if args.explain else None
-    table = predict_sources(loaded.model, loaded.meta, paths, batch_size=args.batch_size, views=args.views,
+    explain = Explainer(args.explain, loaded.spec.backbone, args.batch_size) if args.explain else None
+    table = predict_sources(loaded.model, loaded.spec, paths, batch_size=args.batch_size, views=args.views,
                             progress=len(paths) > 1, explain=explain)
     table.insert(2, "model", loaded.name)
     table.insert(3, "model_version", loaded.version)

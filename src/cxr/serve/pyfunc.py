@@ -17,7 +17,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from cxr.model_files import load_model
+from cxr.learn.model_files import load_model
 from cxr.serve.classify import predict_sources
 
 COLUMN = "image"
@@ -27,13 +27,13 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
     """``predict(DataFrame[image: bytes]) -> DataFrame[predicted, p_<class>..., warning, error]``."""
 
     def load_context(self, context) -> None:
-        self.model, self.meta = load_model(Path(context.artifacts["model"]))
+        self.model, self.spec = load_model(Path(context.artifacts["model"]))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if COLUMN not in model_input.columns:
             raise ValueError(f"the input has no {COLUMN!r} column (columns: {', '.join(map(str, model_input.columns))})")
         sources = [(f"row {index}", bytes(data)) for index, data in enumerate(model_input[COLUMN])]
-        table = predict_sources(self.model, self.meta, sources, batch_size=32)
+        table = predict_sources(self.model, self.spec, sources, batch_size=32)
         return table.drop(columns="path")
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.errors import CxrError
-from cxr.outputs import staged_directory, write_json
+from cxr.core.errors import CxrError
+from cxr.core.schema import CATALOG_COLUMNS, CATALOG_REQUIRED, SPLIT_NAMES
+from cxr.core.outputs import staged_directory, write_json
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -39,9 +40,6 @@ from great_expectations.data_context.types.resource_identifiers import (  # noqa
 
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
-CATALOG_COLUMNS = ["image_id", "source", "path", "sha256", "patient_id", "finding", "label",
-                   "view", "modality", "width", "height", "mode", "orientation"]
-SPLIT_NAMES = ("train", "val", "test")
 
 
 class DataValidationError(CxrError):
@@ -164,11 +162,11 @@ def _exception_messages(info) -> list[str]:
 def catalog_expectations(labels: list[str], sources: list[str]) -> list[gxe.Expectation]:
     """After merge: the schema, one row per image, known labels, files that opened."""
     return [
-        gxe.ExpectTableColumnsToMatchSet(column_set=CATALOG_COLUMNS, exact_match=False,
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(CATALOG_COLUMNS), exact_match=False,
                                          description="catalog has every schema column"),
         gxe.ExpectColumnValuesToBeUnique(column="image_id", description="image ids are unique"),
         *[gxe.ExpectColumnValuesToNotBeNull(column=column, description="required value present")
-          for column in ("image_id", "source", "path", "sha256", "patient_id", "finding", "label")],
+          for column in CATALOG_REQUIRED],
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels, description="label is known"),
         gxe.ExpectColumnValuesToBeInSet(column="source", value_set=sources, description="source is configured"),
         gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$",

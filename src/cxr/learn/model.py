@@ -9,13 +9,21 @@ raw pixels and loads anywhere without this package.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import keras
 import numpy as np
 
-from cxr.backbones import Backbone, build_base
-from cxr.config import Head
+from cxr.core.backbones import Backbone, BackboneError
+from cxr.core.config import Head
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def keras_preprocess_input(backbone: Backbone, images):
+    """Keras' own ``preprocess_input`` of ``backbone`` (the reference :func:`preprocessing` matches)."""
+    return getattr(keras.applications, backbone.module).preprocess_input(images)
 
 
 def preprocessing(backbone: Backbone) -> keras.layers.Layer:
@@ -48,6 +56,38 @@ def build_head(n_features: int, n_classes: int, params: Head) -> keras.Model:
     )
 
 
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
+
+
+def build_base(backbone: Backbone, size: int, weights: str | None):
+    """The convolutional base (no top) for ``size`` x ``size`` RGB input.
+
+    ``weights`` is ``"imagenet"``, ``None`` (random init) or a path to a weights file.
+    """
+    constructor = getattr(keras.applications, backbone.application)
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise BackboneError(f"train.weights: weights file {weights} does not exist")
+    try:
+        return constructor(include_top=False, weights=weights, input_shape=(size, size, 3))
+    except (OSError, ValueError) as exc:
+        if weights != "imagenet":
+            raise BackboneError(f"{backbone.name}: cannot load weights from {weights}: {exc}") from None
+        raise BackboneError(
+            f"{backbone.name}: ImageNet weights could not be had ({exc}). Without network access, "
+            f"pre-seed the Keras cache: copy {backbone.imagenet_file} into {keras_cache_dir()} "
+            "(KERAS_HOME/models), or set train.weights to a weights file or null"
+        ) from None
+    except Exception as exc:  # keras.utils.get_file raises a bare Exception on URL failures
+        if weights != "imagenet":
+            raise
+        raise BackboneError(
+            f"{backbone.name}: ImageNet weights could not be downloaded ({exc}). Pre-seed the Keras "
+            f"cache: copy {backbone.imagenet_file} into {keras_cache_dir()}, or set train.weights "
+            "to a weights file or null"
+        ) from None
+
+
 def build_classifier(backbone: Backbone, size: int, n_classes: int, head: Head, weights: str | None) -> keras.Model:
     """The full model with the base frozen and called in inference mode (BatchNorm stays frozen)."""
     inputs = keras.Input((size, size, 3), name="image")
@@ -78,7 +118,8 @@ def unfreeze_last(model: keras.Model, count: int) -> list[str]:
     candidates = [layer for layer in base.layers
                   if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
     if not 0 <= count <= len(candidates):
-        raise ValueError(f"finetune.unfreeze={count}: the base has {len(candidates)} unfreezable layers")
+        raise BackboneError(f"finetune.unfreeze={count}: the {base.name} base has {len(candidates)} layers "
+                            "that can be unfrozen")
     chosen = candidates[len(candidates) - count:] if count else []
     base.trainable = True
     for layer in base.layers:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.config import Config, Filter
-from cxr.errors import CxrError
-from cxr.image_files import describe_images
-from cxr.sources import read_source
-from cxr.sources.layout import SourceTable
-from cxr.validation import CATALOG_COLUMNS
+from cxr.core.config import Config, Filter
+from cxr.core import schema
+from cxr.core.errors import CxrError
+from cxr.data.image_files import describe_images
+from cxr.data.sources import read_source
+from cxr.data.sources.layout import SourceTable
 
 
 class CatalogError(CxrError):
@@ -27,19 +27,19 @@ def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tup
     """Merge sources ``names`` (default: ``sources.use``) into a catalog; return it with its data report."""
     names = config.sources.use if names is None else names
     tables = {name: read_source(name, raw_root / name, config) for name in names}
+    for name, table in tables.items():
+        schema.require_columns(table.images, schema.SOURCE_COLUMNS, f"source {name!r} (its reader's rows)")
     images = pd.concat([table.images for table in tables.values()], ignore_index=True)
     images["label"] = map_findings(images, config.labels)
     described = describe_images(images["path"].tolist())
     catalog = pd.concat([images, described], axis=1)
-    extras = [column for column in catalog.columns if column not in CATALOG_COLUMNS]
-    catalog = catalog[CATALOG_COLUMNS + extras].sort_values("image_id", ignore_index=True)
+    catalog = schema.catalog_order(catalog)
     return catalog, data_report(catalog, tables)
 
 
 def read(path: Path) -> pd.DataFrame:
     """Load a catalog CSV written by a stage, with its columns typed."""
-    frame = pd.read_csv(path, dtype=str)
-    return frame.astype({"width": int, "height": int, "orientation": int})
+    return schema.read_catalog(path)
 
 
 def map_findings(images: pd.DataFrame, labels: dict[str, str]) -> pd.Series:

@@ -8,6 +8,7 @@ compared on the same images with McNemar's test.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import classification_report, confusion_matrix, f1_score, roc_auc_score
 
-from cxr.config import Train
+from cxr.core.config import Train
 
 CI_LEVEL = 0.95
 
@@ -154,9 +155,10 @@ def pairwise_mcnemar(predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def predict(model, rows: pd.DataFrame, classes: list[str], size: int, params: Train,
             hidden_center: float | None = None) -> np.ndarray:
     """Class probabilities for ``rows``, in order, through the same input pipeline as training."""
-    from cxr import images
+    from cxr.learn import images
 
-    dataset = images.image_dataset(rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb)
+    dataset = images.image_dataset(rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb,
+                                   Path(params.cache_dir))
     dataset = dataset.map(lambda image, label: image).batch(params.batch_size)
     return model.predict(dataset, verbose=0)
 

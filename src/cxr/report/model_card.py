@@ -3,35 +3,37 @@ does with uncertainty, and what the shortcut audit says about what it learned.""
 
 from __future__ import annotations
 
-from cxr.audit import verdict
-from cxr.config import Config
-from cxr.evaluation import flat_intervals, interval_text
+from cxr.core.config import Config
+from cxr.core.spec import ModelSpec
+from cxr.report.audit.findings import verdict
+from cxr.report.evaluation import flat_intervals, interval_text
 
 
-def model_card(config: Config, *, meta: dict, report: dict, split_report: dict, audit_metrics: dict | None,
+def model_card(config: Config, *, spec: ModelSpec, model_file: str, report: dict, split_report: dict, audit_metrics: dict | None,
                external_report: dict | None, registered_name: str, model_md5: str, note: str) -> str:
     """``reports/model_card.md`` for the fine-tuned model, from the pipeline's own reports.
 
     ``report`` is the model's evaluation report (with ``intervals``); ``audit_metrics`` the
-    audit of the backbone it was fine-tuned from. The card names the model by its file's md5,
+    audit of the backbone it was fine-tuned from; ``spec`` what the model is (its base, starting
+    weights, unfrozen layers, input and classes). The card names the model by its file's md5,
     never by an MLflow run id, so the same model gives the same card on every run.
     """
-    classes = meta["classes"]
+    classes, base, positive = spec.classes, spec.finetuned_from, config.positive_class
     intervals = flat_intervals(report["intervals"])
     confound = split_report["source_confound"]
-    weights = f"weights: {config.train.weights}" if config.train.weights else "random initial weights"
+    weights = f"weights: {spec.weights}" if spec.weights else "random initial weights"
     lines = [
         f"# Model card: {registered_name}", "",
         note, "",
         "## Model", "",
-        f"- {config.backbone} base ({weights}), frozen and trained with a small head, then its last "
-        f"{config.finetune.unfreeze} weighted layers fine-tuned (`finetune`)."
+        f"- {base} base ({weights}), frozen and trained with a small head, then its last "
+        f"{len(spec.unfrozen_layers)} weighted layers fine-tuned (`finetune`)."
         + (f" No fine-tuning epoch improved on the validation loss (best epoch 0): this model keeps the "
-           f"{config.backbone} model's weights, and fine-tuning changed nothing." if meta.get("unchanged_from_base")
+           f"{base} model's weights, and fine-tuning changed nothing." if spec.unchanged_from_base
            else ""),
-        f"- Input: RGB {meta['image_size']}x{meta['image_size']} pixels in [0, 255] (preprocessing is inside "
-        f"the model). Output: probabilities of {', '.join(classes)} (task `{config.task}`).",
-        f"- Registered in MLflow as `{registered_name}`; `models/finetuned/model.keras` md5 `{model_md5}` (its "
+        f"- Input: RGB {spec.image_size}x{spec.image_size} pixels in [0, 255] (preprocessing is inside "
+        f"the model). Output: probabilities of {', '.join(classes)} (task `{spec.task}`).",
+        f"- Registered in MLflow as `{registered_name}`; `{model_file}` md5 `{model_md5}` (its "
         f"training run is the one tagged `model_md5 = '{model_md5}'`).",
         "",
         "## Intended use", "",
@@ -60,12 +62,12 @@ def model_card(config: Config, *, meta: dict, report: dict, split_report: dict, 
     if external_report and audit_metrics and "external" in audit_metrics:
         external = audit_metrics["external"]
         lines += ["", f"External source never trained on ({', '.join(config.sources.external)}, "
-                  f"{external['images']} images), the {config.backbone} model before fine-tuning: accuracy "
-                  f"{external['accuracy']:.2f}, COVID recall "
-                  f"{'-' if external.get('recall_COVID') is None else format(external['recall_COVID'], '.2f')}."]
+                  f"{external['images']} images), the {base} model before fine-tuning: accuracy "
+                  f"{external['accuracy']:.2f}, {positive} recall "
+                  f"{'-' if external.get(f'recall_{positive}') is None else format(external[f'recall_{positive}'], '.2f')}."]
     lines += ["", "## Shortcut audit", ""]
     if audit_metrics:
-        lines += [verdict(config.backbone, audit_metrics, len(classes)), "",
+        lines += [verdict(base, audit_metrics, len(classes), positive), "",
                   "Details: `reports/eval/audit.md`."]
     else:
         lines += ["No audit of this backbone was run."]
@@ -73,8 +75,8 @@ def model_card(config: Config, *, meta: dict, report: dict, split_report: dict, 
         "", "## Limitations", "",
         f"- Source and class are confounded: the source alone predicts the class with "
         f"{confound['source_only_accuracy']:.2f} test accuracy (most common class: "
-        f"{confound['majority_class_accuracy']:.2f}). Every COVID image comes from "
-        + ", ".join(source for source, counts in confound["images_per_source_class"].items() if counts.get("COVID"))
+        f"{confound['majority_class_accuracy']:.2f}). Every {positive} image comes from "
+        + ", ".join(source for source, counts in confound["images_per_source_class"].items() if counts.get(positive))
         + ".",
         "- The test set is small: differences between models within the intervals above are noise.",
         "- Views are filtered to those listed; the paediatric pneumonia images record no view.",

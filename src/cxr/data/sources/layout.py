@@ -7,10 +7,9 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
 
 # Columns a source module must fill; merge adds sha256, width, height, mode and label.
-SOURCE_COLUMNS = ["image_id", "source", "path", "patient_id", "finding", "view", "modality"]
 
 
 class SourceLayoutError(CxrError, ValueError):
@@ -19,7 +18,7 @@ class SourceLayoutError(CxrError, ValueError):
 
 @dataclass
 class SourceTable:
-    """One source's images (``SOURCE_COLUMNS`` plus its own extras) and its raw metadata."""
+    """One source's images (``cxr.core.schema.SOURCE_COLUMNS`` plus its own extras) and its raw metadata."""
 
     images: pd.DataFrame
     metadata: pd.DataFrame | None = None

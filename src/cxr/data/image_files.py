@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
+from cxr.core.schema import IMAGE_COLUMNS
 
 IMAGE_READERS = 4
 # EXIF orientations that turn the image a quarter (5-8): width and height swap when upright.
@@ -49,4 +50,4 @@ def describe_image_bytes(data: bytes, path: str) -> dict:
 def describe_images(paths: list[str]) -> pd.DataFrame:
     with ThreadPoolExecutor(IMAGE_READERS) as pool:
         return pd.DataFrame(list(pool.map(describe_image, paths)),
-                            columns=["sha256", "width", "height", "mode", "orientation"])
+                            columns=list(IMAGE_COLUMNS))

@@ -11,8 +11,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from cxr.config import CovidChestXraySource
-from cxr.sources.layout import (SourceLayoutError, SourceTable, absent_row, check_has_file, read_metadata,
+from cxr.core.config import GitHubSource
+from cxr.data.sources.layout import (SourceLayoutError, SourceTable, absent_row, check_has_file, read_metadata,
                                select_below_top, settle_absent_files)
 
 NAME = "covid_chestxray"
@@ -30,7 +30,7 @@ def check_layout(root: Path) -> None:
     check_has_file(root, METADATA)
 
 
-def read(root: Path, params: CovidChestXraySource) -> SourceTable:
+def read(root: Path, params: GitHubSource) -> SourceTable:
     """Rows for the images ``metadata.csv`` lists; rows without a file per ``missing_files``."""
     metadata_path = root / METADATA
     metadata = read_metadata(metadata_path, REQUIRED_COLUMNS)

@@ -20,11 +20,10 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from cxr import images, tracking
-from cxr.config import Train
-from cxr.model import feature_extractor
-from cxr.model_files import save_model
-from cxr.outputs import write_csv, write_json
+from cxr.learn import images
+from cxr.core.config import Train
+from cxr.core.backbones import Backbone
+from cxr.learn.model import build_classifier, feature_extractor
 
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
@@ -100,6 +99,17 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+def work_folder(model_folder: Path) -> Path:
+    """Where the fit of ``model_folder`` keeps its checkpoints until it is saved: a sibling
+    ``.resume/<name>``, outside the output folder that is replaced at once when saved."""
+    return model_folder.parent / ".resume" / model_folder.name
+
+
+def example_image(split: pd.DataFrame) -> Path:
+    """The image a registered model shows as its input example: the first of the val split."""
+    return Path(split[split["split"] == "val"].iloc[0]["path"])
+
+
 def resume_dir(folder: Path, key: dict) -> Path:
     """The checkpoint folder of one configuration: state left by another configuration is wiped.
 
@@ -142,6 +152,15 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, *, epo
                      best=best.restore())
 
 
+def train_classifier(backbone: Backbone, split: pd.DataFrame, classes: list[str], size: int, params: Train,
+                     seed: int, work_dir: Path, callbacks: list[keras.callbacks.Callback] = (),
+                     hidden_center: float | None = None) -> tuple[keras.Model, FitResult]:
+    """A new classifier of ``backbone`` for ``classes`` (base frozen, the head of ``params``),
+    fitted by :func:`train_frozen`: how ``train@`` trains, and how the audit retrains."""
+    model = build_classifier(backbone, size, len(classes), params.head, params.weights)
+    return model, train_frozen(model, split, classes, size, params, seed, work_dir, callbacks, hidden_center)
+
+
 def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], size: int, params: Train,
                  seed: int, work_dir: Path, callbacks: list[keras.callbacks.Callback] = (),
                  hidden_center: float | None = None) -> FitResult:
@@ -151,9 +170,9 @@ def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], si
     """
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
     train_images = images.image_dataset(train_rows, classes, size, params.cache, hidden_center,
-                                        params.cache_memory_limit_mb)
+                                        params.cache_memory_limit_mb, Path(params.cache_dir))
     val_images = images.image_dataset(val_rows, classes, size, params.cache, hidden_center,
-                                      params.cache_memory_limit_mb)
+                                      params.cache_memory_limit_mb, Path(params.cache_dir))
     augment = images.augmenter(params.augment, seed)
     head = model.get_layer("head")
     extractor = feature_extractor(model)
@@ -183,11 +202,11 @@ def train_whole(model: keras.Model, split: pd.DataFrame, classes: list[str], siz
     """Fit the whole model as it is (e.g. after unfreezing layers), with augmentation if enabled."""
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
     train_images = images.image_dataset(train_rows, classes, size, params.cache,
-                                        memory_limit_mb=params.cache_memory_limit_mb)
+                                        memory_limit_mb=params.cache_memory_limit_mb, cache_dir=Path(params.cache_dir))
     train_batches = images.batches(train_images, params.batch_size,
                                    shuffle_seed=seed, augment=images.augmenter(params.augment, seed))
     val_images = images.image_dataset(val_rows, classes, size, params.cache,
-                                      memory_limit_mb=params.cache_memory_limit_mb)
+                                      memory_limit_mb=params.cache_memory_limit_mb, cache_dir=Path(params.cache_dir))
     val_batches = images.batches(val_images, params.batch_size)
     return fit(model, train_batches, val_batches, epochs=epochs, learning_rate=learning_rate, amsgrad=params.amsgrad,
                weights=weights, patience=params.early_stopping_patience, work_dir=work_dir, callbacks=callbacks,
@@ -204,41 +223,3 @@ def _rows_and_weights(split: pd.DataFrame, classes: list[str], params: Train):
 def _features(extractor: keras.Model, dataset: tf.data.Dataset, batch_size: int) -> np.ndarray:
     """Run the frozen base once over an (image, label) dataset: its pooled features, in order."""
     return extractor.predict(dataset.map(lambda image, label: image).batch(batch_size), verbose=0)
-
-
-CURVES = Path("reports/train/curves")
-
-
-def write_curves(history: pd.DataFrame, name: str) -> None:
-    """Per-epoch accuracy and loss (train and validation) as the CSV files DVC plots read."""
-    for metric in ("accuracy", "loss"):
-        write_csv(CURVES / metric / f"{name}.csv", history[["epoch", metric, f"val_{metric}"]])
-
-
-def publish(model: keras.Model, result: FitResult, *, name: str, title: str, meta: dict, split: pd.DataFrame,
-            registered_name: str, report: Path, extra: dict | None = None) -> dict:
-    """The end of a training stage: write ``models/<name>/`` and its curves, log the fit to the
-    active MLflow run and register the saved model (a pyfunc that takes image files), tag the run
-    with the model file's md5 so evaluation finds it, then write ``report``. Returns its metrics."""
-    metrics = summary(result) | (extra or {})
-    folder = Path("models") / name
-    save_model(model, folder, meta, result.history)
-    write_curves(result.history, name)
-    tracking.log_fit(result.history, metrics, title)
-    example = Path(split[split["split"] == "val"].iloc[0]["path"])
-    tracking.log_model(folder, meta, example, registered_name)
-    tracking.tag_model_file(folder / "model.keras")
-    write_json(report, metrics)
-    return metrics
-
-
-def summary(result: FitResult) -> dict:
-    """The metrics file of a fit: the last epoch, and the best epoch whose weights are kept."""
-    last = result.history.iloc[-1]
-    return {
-        "epochs": int(last["epoch"]),
-        "best_epoch": int(result.best["epoch"]),
-        "train": {"loss": float(last["loss"]), "accuracy": float(last["accuracy"])},
-        "val": {"loss": float(last["val_loss"]), "accuracy": float(last["val_accuracy"])},
-        "best": {"val_loss": result.best["val_loss"], "val_accuracy": result.best["val_accuracy"]},
-    }

@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from cxr.config import Augment
+from cxr.core.config import Augment
 
 AUTOTUNE = tf.data.AUTOTUNE
-DISK_CACHE = Path("data/cache/images")
 
 
 def decode_resize(path: tf.Tensor, size: int, orientation: tf.Tensor | int = 1) -> tf.Tensor:
@@ -100,24 +99,28 @@ def decoded_megabytes(count: int, size: int) -> float:
 
 
 def image_dataset(frame: pd.DataFrame, classes: list[str], size: int, cache: str,
-                  hidden_center: float | None = None, memory_limit_mb: float | None = None) -> tf.data.Dataset:
+                  hidden_center: float | None = None, memory_limit_mb: float | None = None,
+                  cache_dir: Path | None = None) -> tf.data.Dataset:
     """(image, label) pairs in the frame's order, decoded in parallel and cached.
 
-    A memory cache larger than ``memory_limit_mb`` goes to disk instead. ``hidden_center``:
+    ``cache`` is ``memory`` or ``disk`` (files under ``cache_dir``, named by content, order and
+    size). A memory cache larger than ``memory_limit_mb`` goes to disk instead. ``hidden_center``:
     blank the central square of that side fraction (after the cache, so the decoded images are
     shared with the unmasked runs).
     """
     if cache == "memory" and memory_limit_mb is not None and decoded_megabytes(len(frame), size) > memory_limit_mb:
         print(f"cache: {len(frame)} images at {size} px need {decoded_megabytes(len(frame), size):.0f} MB, over "
-              f"train.cache_memory_limit_mb={memory_limit_mb:g}: caching on disk under {DISK_CACHE}")
+              f"train.cache_memory_limit_mb={memory_limit_mb:g}: caching on disk under {cache_dir}")
         cache = "disk"
     paths = frame["path"].tolist()
     dataset = tf.data.Dataset.from_tensor_slices((paths, orientations(frame), label_indices(frame, classes)))
     dataset = dataset.map(lambda path, orientation, label: (decode_resize(path, size, orientation), label),
                           num_parallel_calls=AUTOTUNE)
     if cache == "disk":
-        DISK_CACHE.mkdir(parents=True, exist_ok=True)
-        dataset = dataset.cache(str(DISK_CACHE / cache_key(frame, size)))
+        if cache_dir is None:
+            raise ValueError("a disk cache needs cache_dir")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        dataset = dataset.cache(str(cache_dir / cache_key(frame, size)))
     else:
         dataset = dataset.cache()
     if hidden_center is not None:

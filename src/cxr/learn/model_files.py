@@ -1,5 +1,5 @@
-"""A trained model on disk: ``models/<name>/`` holds ``model.keras``, ``meta.json`` (backbone,
-input size, classes, task, what it was trained on) and ``history.csv``, written at once or not at
+"""A trained model on disk: a folder holding ``model.keras``, ``meta.json`` (its
+:class:`~cxr.core.spec.ModelSpec`) and ``history.csv``, written at once or not at
 all, and byte-identical for the same weights (no save date, stable ids, fixed zip times).
 """
 
@@ -12,8 +12,9 @@ from typing import Any
 import keras
 import pandas as pd
 
-from cxr.errors import CxrError
-from cxr.outputs import make_zip_reproducible, staged_directory, write_csv, write_json
+from cxr.core.errors import CxrError
+from cxr.core.outputs import make_zip_reproducible, staged_directory, write_csv, write_json
+from cxr.core.spec import ModelSpec
 
 
 class ModelFileError(CxrError):
@@ -41,27 +42,17 @@ KERAS_ARCHIVE_REWRITES = {
 }
 
 
-def trained_on(split: pd.DataFrame, views: list[str]) -> dict:
-    """What a model's ``meta.json`` records about its training data for prediction's warnings: the
-    views kept, and the age range of the training images that record an age (``None`` if none)."""
-    train = split[split["split"] == "train"]
-    ages = pd.to_numeric(train["age"], errors="coerce").dropna() if "age" in train else pd.Series(dtype=float)
-    age_range = None if ages.empty else {"min": float(ages.min()), "max": float(ages.max()),
-                                         "recorded": int(len(ages)), "images": int(len(train))}
-    return {"views": list(views), "ages": age_range}
-
-
-def save_model(model: keras.Model, folder: Path, meta: dict, history: pd.DataFrame) -> None:
+def save_model(model: keras.Model, folder: Path, spec: ModelSpec, history: pd.DataFrame) -> None:
     """Write ``model.keras``, ``meta.json`` and ``history.csv`` to ``folder`` at once, or not at all;
     the same weights always give the same ``model.keras`` bytes (no save date, fixed zip times)."""
     with staged_directory(folder) as staging:
         model.save(staging / "model.keras")
         make_zip_reproducible(staging / "model.keras", rewrite_json=KERAS_ARCHIVE_REWRITES)
-        write_json(staging / "meta.json", meta)
+        write_json(staging / "meta.json", spec.to_json())
         write_csv(staging / "history.csv", history)
 
 
-def load_model(folder: Path) -> tuple[keras.Model, dict]:
+def load_model(folder: Path) -> tuple[keras.Model, ModelSpec]:
     """A model written by :func:`save_model`; a missing or unreadable file is named."""
     path, meta_path = folder / "model.keras", folder / "meta.json"
     for required in (path, meta_path):
@@ -71,4 +62,16 @@ def load_model(folder: Path) -> tuple[keras.Model, dict]:
         model = keras.models.load_model(path)
     except Exception as exc:  # Keras raises many types for unreadable archives
         raise ModelFileError(f"{path}: cannot be loaded as a Keras model: {exc}") from None
-    return model, json.loads(meta_path.read_text())
+    return model, read_spec(folder)
+
+
+def read_spec(folder: Path) -> ModelSpec:
+    """The spec of the model in ``folder``, without loading the model."""
+    path = folder / "meta.json"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not found; run the stage that trains it (dvc repro)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: not valid JSON: {exc}") from None
+    return ModelSpec.from_json(data, path)

@@ -1,4 +1,4 @@
-"""MLflow conventions: where runs go, what each run carries, and how models are logged.
+"""MLflow conventions: where runs go, what each run carries, how the registry is described.
 
 - Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``; the
   repo root is ``DVC_ROOT`` when DVC runs the stage (experiments run in temporary copies).
@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -25,21 +24,15 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 
-import keras
 import mlflow
 import mlflow.data
-import mlflow.pyfunc
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-import cxr
-from cxr import figures
-from cxr.config import Config
-from cxr.errors import CxrError
-from cxr.serve import pyfunc
+from cxr.core.config import Config, as_dict, unrestricted
+from cxr.core.errors import CxrError
 
 SYNTHETIC_NOTE = ("Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, "
                   "not a medical result.")
@@ -106,7 +99,7 @@ def flat_params(config: Config) -> dict[str, str]:
         else:
             flat[re.sub(r"[^\w\-. /]", "_", prefix)] = str(value)[:6000]
 
-    walk("", dataclasses.asdict(config))
+    walk("", as_dict(config))
     return flat
 
 
@@ -258,7 +251,9 @@ def log_headline_metrics(headline: dict[str, dict]) -> None:
 @contextmanager
 def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run for one stage execution, with params, tags and dataset inputs, a child of the
-    pipeline's parent run; FAILED if the stage raises."""
+    pipeline's parent run; FAILED if the stage raises. The run records every parameter, not only
+    those the stage declares."""
+    config = unrestricted(config)
     require_tracking_store()
     mlflow.set_tracking_uri(tracking_uri())
     tags = run_tags(config, stage, split_file, backbone)
@@ -279,61 +274,6 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
     finally:
         if outer:
             os.environ["MLFLOW_RUN_ID"] = outer
-
-
-class EpochMetrics(keras.callbacks.Callback):
-    """Log each epoch's metrics (loss, accuracy, val_*, learning_rate) to the active run."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        metrics = {key: float(value) for key, value in (logs or {}).items()}
-        mlflow.log_metrics(metrics, step=epoch + 1)
-
-
-def log_fit(result_history: pd.DataFrame, summary: dict, title: str) -> None:
-    """The fit's summary numbers as run metrics and its curves as a figure artifact."""
-    mlflow.log_metrics({
-        "best_epoch": summary["best_epoch"],
-        "best_val_loss": summary["best"]["val_loss"],
-        "best_val_accuracy": summary["best"]["val_accuracy"],
-    })
-    mlflow.log_figure(figures.training_curves(result_history, title), "training_curves.png")
-    mlflow.log_table(result_history, "history.json")
-
-
-# What the registered pyfunc needs where it is served; the code itself travels with the model.
-SERVING_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow", "pydicom", "pyyaml",
-                    "scikit-learn", "matplotlib", "tqdm", "great-expectations")
-
-
-def serving_requirements() -> list[str]:
-    found = []
-    for name in SERVING_PACKAGES:
-        try:
-            found.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def log_model(folder: Path, meta: dict, example: Path, registered_name: str) -> str:
-    """Log the saved model folder as the image-taking pyfunc (:mod:`cxr.serve.pyfunc`, logged from
-    code), with its signature, an example image and cxr's code, and register it; return the URI."""
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(pyfunc.__file__).with_name("model_code.py")),
-        artifacts={"model": str(folder)},
-        code_paths=[str(Path(cxr.__file__).parent)],
-        signature=pyfunc.signature(meta["classes"]),
-        input_example=pd.DataFrame({pyfunc.COLUMN: [example.read_bytes()]}),
-        registered_model_name=registered_name,
-        pip_requirements=serving_requirements(),
-    )
-    return info.model_uri
-
-
-def tag_model_file(path: Path) -> None:
-    """Tag the active run with the md5 of the model file it produced, so evaluation finds it."""
-    mlflow.set_tag("model_md5", file_md5(path))
 
 
 def find_model_run(task: str, model_file: Path) -> str | None:

@@ -13,8 +13,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from cxr.config import ActualmedSource
-from cxr.sources.layout import (SourceLayoutError, SourceTable, absent_row, check_has_file, read_metadata,
+from cxr.core.config import GitHubSource
+from cxr.data.sources.layout import (SourceLayoutError, SourceTable, absent_row, check_has_file, read_metadata,
                                select_below_top, settle_absent_files)
 
 NAME = "actualmed"
@@ -31,7 +31,7 @@ def check_layout(root: Path) -> None:
     check_has_file(root, METADATA)
 
 
-def read(root: Path, params: ActualmedSource) -> SourceTable:
+def read(root: Path, params: GitHubSource) -> SourceTable:
     """One row per image with a finding; every image is an X-ray (the collection holds nothing else)."""
     metadata_path = root / METADATA
     metadata = read_metadata(metadata_path, REQUIRED_COLUMNS)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image
 
-from cxr.config import Synthetic
+from cxr.core.config import Synthetic
 
 FIXED_ZIP_TIME = (2020, 4, 17, 0, 0, 0)
 

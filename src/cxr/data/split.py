@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxr.config import Config
-from cxr.errors import CxrError
-from cxr.validation import SPLIT_NAMES
+from cxr.core.config import Config
+from cxr.core.errors import CxrError
+from cxr.core.schema import SPLIT_NAMES, split_order
 
 
 class SplitError(CxrError):
@@ -158,8 +158,7 @@ def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFr
     if frame.empty:
         raise SplitError(f"{origin}: no external image is left in the classes of task {config.task!r}")
     frame["split"] = "external"
-    leading = ["image_id", "patient_id", "class", "split"]
-    frame = frame[leading + [column for column in frame.columns if column not in leading]]
+    frame = split_order(frame)
     report.update({
         "task": config.task,
         "identical_to_training_images": int(seen.sum()),
@@ -174,8 +173,7 @@ def make_split(catalog: pd.DataFrame, config: Config, origin: str) -> tuple[pd.D
     frame, report = assign_classes(catalog, config, origin)
     frame = cap_per_class(frame, config.split.max_per_class, config.split.seed)
     frame["split"] = assign_splits(frame, config.split.fractions, config.split.seed)
-    leading = ["image_id", "patient_id", "class", "split"]
-    frame = frame[leading + [column for column in frame.columns if column not in leading]]
+    frame = split_order(frame)
     counts = pd.crosstab(frame["split"], frame["class"]).reindex(index=list(SPLIT_NAMES), fill_value=0)
     report.update({
         "task": config.task,

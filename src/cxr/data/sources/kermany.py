@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from cxr.config import KermanySource
-from cxr.sources.layout import SourceLayoutError, SourceTable, is_macos_junk
+from cxr.core.config import KermanySource
+from cxr.data.sources.layout import SourceLayoutError, SourceTable, is_macos_junk
 
 NAME = "kermany"
 TOP = "chest_xray"

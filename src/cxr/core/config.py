@@ -1,13 +1,15 @@
 """Typed view of params.yaml, validated once.
 
 Every stage reads its parameters through :func:`load`, so a typo in params.yaml (or in a
-``dvc exp run -S`` override) fails fast with the key's full path and what it accepts,
-instead of surfacing later as a silent default.
+``dvc exp run -S`` override) fails fast with the key's full path and what it accepts. There
+are no defaults here: a key missing from params.yaml is an error naming it, never a silent
+value (the study's own settings are in recipes.yaml).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,8 +18,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from cxr.backbones import BACKBONES
-from cxr.errors import CxrError
+from cxr.core.backbones import BACKBONES
+from cxr.core.errors import CxrError
 
 PARAMS_FILE = "params.yaml"
 SOURCE_NAMES = ("covid_chestxray", "kermany", "actualmed")
@@ -28,14 +30,14 @@ class ConfigError(CxrError, ValueError):
     """A parameter is unknown, missing or of the wrong type; the message names it."""
 
 
-def bounded(default: Any, *, low: float | None = None, high: float | None = None,
+def bounded(*, low: float | None = None, high: float | None = None,
             low_open: bool = False, high_open: bool = False) -> Any:
     """A field whose numbers must lie in ``[low, high]`` (``(`` / ``)`` where open); None skips a side.
 
     The range lives next to the field's type so that one place says what a parameter accepts;
     :func:`_build` checks it for plain numbers and for every value of a mapping.
     """
-    return field(default=default, metadata={"range": (low, high, low_open, high_open)})
+    return field(metadata={"range": (low, high, low_open, high_open)})
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,11 @@ class GitHubSource:
 
     repo: str
     commit: str
-    url: str | None = None
-    sha256: str | None = None
-    manifest_sha256: str | None = None
+    url: str | None
+    sha256: str | None
+    manifest_sha256: str | None
     # Metadata rows whose image is absent from the archive: error | drop (listed in the report).
-    missing_files: Literal["error", "drop"] = "error"
+    missing_files: Literal["error", "drop"]
 
     @property
     def archive_url(self) -> str:
@@ -61,76 +63,64 @@ class GitHubSource:
 
 
 @dataclass(frozen=True)
-class CovidChestXraySource(GitHubSource):
-    repo: str = "ieee8023/covid-chestxray-dataset"
-    commit: str = "a64215bea3982e9f0d3a10c2b316d357d7fa7ed2"
-
-
-@dataclass(frozen=True)
-class ActualmedSource(GitHubSource):
-    repo: str = "agchung/Actualmed-COVID-chestxray-dataset"
-    commit: str = "27240dd8dec9454bc97f9f3c0c432ef434de2517"
-
-
-@dataclass(frozen=True)
 class KermanySource:
-    method: Literal["kaggle", "url"] = "kaggle"
-    dataset: str = "paultimothymooney/chest-xray-pneumonia"
-    url: str | None = None
-    sha256: str | None = None
-    manifest_sha256: str | None = None
+    method: Literal["kaggle", "url"]
+    dataset: str
+    url: str | None
+    sha256: str | None
+    manifest_sha256: str | None
     # File names that follow none of the set's namings: error (all listed) | drop (listed in the report).
-    unknown_names: Literal["error", "drop"] = "error"
+    unknown_names: Literal["error", "drop"]
 
 
 @dataclass(frozen=True)
 class Sources:
-    origin: Literal["synthetic", "upstream"] = "synthetic"
-    use: list[SourceName] = field(default_factory=lambda: ["covid_chestxray", "kermany"])
+    origin: Literal["synthetic", "upstream"]
+    use: list[SourceName]
     # Sources never trained on: the audit's external test set.
-    external: list[SourceName] = field(default_factory=lambda: ["actualmed"])
-    covid_chestxray: CovidChestXraySource = field(default_factory=CovidChestXraySource)
-    kermany: KermanySource = field(default_factory=KermanySource)
-    actualmed: ActualmedSource = field(default_factory=ActualmedSource)
+    external: list[SourceName]
+    covid_chestxray: GitHubSource
+    kermany: KermanySource
+    actualmed: GitHubSource
 
 
 @dataclass(frozen=True)
 class Synthetic:
-    seed: int = 0
-    covid_chestxray_patients: int = bounded(90, low=1)
-    kermany_patients_per_class: int = bounded(60, low=1)
-    actualmed_patients: int = bounded(60, low=1)
-    source_shift: bool = True
-    missing_files: int = bounded(0, low=0)
-    min_size: int = bounded(160, low=16)
-    max_size: int = bounded(320, low=16)
-    large_images: int = bounded(0, low=0)
+    seed: int
+    covid_chestxray_patients: int = bounded(low=1)
+    kermany_patients_per_class: int = bounded(low=1)
+    actualmed_patients: int = bounded(low=1)
+    source_shift: bool
+    missing_files: int = bounded(low=0)
+    min_size: int = bounded(low=16)
+    max_size: int = bounded(low=16)
+    large_images: int = bounded(low=0)
 
 
 @dataclass(frozen=True)
 class Download:
-    retries: int = bounded(4, low=0)
-    timeout_s: float = bounded(60.0, low=0, low_open=True)
-    max_archive_bytes: int = bounded(20_000_000_000, low=1)
-    max_member_bytes: int = bounded(200_000_000, low=1)
-    max_total_bytes: int = bounded(40_000_000_000, low=1)
+    retries: int = bounded(low=0)
+    timeout_s: float = bounded(low=0, low_open=True)
+    max_archive_bytes: int = bounded(low=1)
+    max_member_bytes: int = bounded(low=1)
+    max_total_bytes: int = bounded(low=1)
 
 
 @dataclass(frozen=True)
 class Filter:
-    views: list[str] = field(default_factory=lambda: ["PA"])
-    modalities: list[str] = field(default_factory=lambda: ["X-ray"])
-    missing_view: Literal["keep", "drop"] = "keep"
+    views: list[str]
+    modalities: list[str]
+    missing_view: Literal["keep", "drop"]
 
 
 @dataclass(frozen=True)
 class Split:
-    seed: int = 42
-    train: float = 0.64
-    val: float = 0.16
-    test: float = 0.20
-    max_per_class: int | dict[str, int] | None = bounded(None, low=1)
-    tolerance: float = bounded(0.08, low=0, high=1, low_open=True)
+    seed: int
+    train: float
+    val: float
+    test: float
+    max_per_class: int | dict[str, int] | None = bounded(low=1)
+    tolerance: float = bounded(low=0, high=1, low_open=True)
 
     @property
     def fractions(self) -> dict[str, float]:
@@ -139,80 +129,83 @@ class Split:
 
 @dataclass(frozen=True)
 class Head:
-    units: int = bounded(256, low=1)
-    dropout: float = bounded(0.5, low=0, high=1, high_open=True)
-    normalize: bool = False
+    units: int = bounded(low=1)
+    dropout: float = bounded(low=0, high=1, high_open=True)
+    normalize: bool
 
 
 @dataclass(frozen=True)
 class Augment:
-    enabled: bool = True
-    rotation: float = bounded(0.05, low=0, high=1)
-    zoom: float = bounded(0.1, low=0, high=1, high_open=True)
-    shift: float = bounded(0.05, low=0, high=1, high_open=True)
-    contrast: float = bounded(0.1, low=0, high=1, high_open=True)
-    horizontal_flip: bool = False
+    enabled: bool
+    rotation: float = bounded(low=0, high=1)
+    zoom: float = bounded(low=0, high=1, high_open=True)
+    shift: float = bounded(low=0, high=1, high_open=True)
+    contrast: float = bounded(low=0, high=1, high_open=True)
+    horizontal_flip: bool
 
 
 @dataclass(frozen=True)
 class Train:
-    weights: str | None = "imagenet"
-    image_size: int | Literal["native"] = bounded("native", low=32)
-    batch_size: int = bounded(32, low=1)
-    epochs: int = bounded(50, low=1)
-    learning_rate: float = bounded(0.001, low=0, low_open=True)
-    amsgrad: bool = True
-    class_weights: bool = True
-    early_stopping_patience: int | None = bounded(None, low=1)
-    head: Head = field(default_factory=Head)
-    augment: Augment = field(default_factory=Augment)
-    cache: Literal["memory", "disk"] = "memory"
-    cache_memory_limit_mb: float | None = bounded(8192, low=0, low_open=True)
-    distribute: Literal["auto", "mirrored", "none"] = "auto"
-    mixed_precision: bool = False
-    xla: bool = False
-    deterministic: bool = True
+    weights: str | None
+    image_size: int | Literal["native"] = bounded(low=32)
+    batch_size: int = bounded(low=1)
+    epochs: int = bounded(low=1)
+    learning_rate: float = bounded(low=0, low_open=True)
+    amsgrad: bool
+    class_weights: bool
+    early_stopping_patience: int | None = bounded(low=1)
+    head: Head
+    augment: Augment
+    cache: Literal["memory", "disk"]
+    cache_dir: str
+    cache_memory_limit_mb: float | None = bounded(low=0, low_open=True)
+    distribute: Literal["auto", "mirrored", "none"]
+    mixed_precision: bool
+    xla: bool
+    deterministic: bool
 
 
 @dataclass(frozen=True)
 class Finetune:
-    unfreeze: int = bounded(2, low=1)
-    learning_rate: float = bounded(0.0001, low=0, low_open=True)
-    epochs: int = bounded(10, low=1)
+    unfreeze: int = bounded(low=1)
+    learning_rate: float = bounded(low=0, low_open=True)
+    epochs: int = bounded(low=1)
 
 
 @dataclass(frozen=True)
 class Evaluate:
-    bootstrap_resamples: int = bounded(1000, low=1)
-    bootstrap_seed: int = 0
+    bootstrap_resamples: int = bounded(low=1)
+    bootstrap_seed: int
 
 
 @dataclass(frozen=True)
 class Audit:
     # Side of the central square (a fraction of the image side) taken as the lung region: blanked
     # for the lungs-hidden classifier, and where Grad-CAM saliency mass is measured.
-    lung_box: float = bounded(0.6, low=0, high=1, low_open=True, high_open=True)
-    saliency_images_per_class: int = bounded(4, low=1)
-    saliency_seed: int = 0
+    lung_box: float = bounded(low=0, high=1, low_open=True, high_open=True)
+    saliency_images_per_class: int = bounded(low=1)
+    saliency_seed: int
 
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = 42
-    task: str = "multiclass"
-    sources: Sources = field(default_factory=Sources)
-    synthetic: Synthetic = field(default_factory=Synthetic)
-    download: Download = field(default_factory=Download)
-    labels: dict[str, str] = field(default_factory=dict)
-    classes: dict[str, dict[str, list[str] | Literal["*"]]] = field(default_factory=dict)
-    filter: Filter = field(default_factory=Filter)
-    split: Split = field(default_factory=Split)
-    backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
-    backbone: str = "xception"
-    train: Train = field(default_factory=Train)
-    finetune: Finetune = field(default_factory=Finetune)
-    evaluate: Evaluate = field(default_factory=Evaluate)
-    audit: Audit = field(default_factory=Audit)
+    seed: int
+    task: str
+    # The class the audit and the model card report recall for (the study's question): a class of the task.
+    positive_class: str
+    sources: Sources
+    synthetic: Synthetic
+    download: Download
+    labels: dict[str, str]
+    classes: dict[str, dict[str, list[str] | Literal["*"]]]
+    filter: Filter
+    split: Split
+    backbones: list[str]
+    backbone: str
+    train: Train
+    finetune: Finetune
+    evaluate: Evaluate
+    audit: Audit
 
     def task_classes(self) -> dict[str, list[str]]:
         """Class -> labels for the configured task, with ``"*"`` expanded to the unclaimed labels."""
@@ -229,7 +222,12 @@ class Config:
 
 
 def load(path: str | Path = PARAMS_FILE) -> Config:
-    """Read and validate params.yaml; raise :class:`ConfigError` naming the bad key."""
+    """Read and validate params.yaml; raise :class:`ConfigError` naming the bad key.
+
+    Under DVC (``DVC_STAGE`` set, dvc.yaml next to params.yaml) the stage gets a view that
+    refuses, naming it, any parameter its dvc.yaml entry does not declare: a stage never
+    depends on a parameter DVC does not know it depends on.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -237,7 +235,58 @@ def load(path: str | Path = PARAMS_FILE) -> Config:
         raise ConfigError(f"{path}: parameter file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return from_dict(raw, source=str(path))
+    config = from_dict(raw, source=str(path))
+    stage, pipeline = os.environ.get("DVC_STAGE"), path.with_name("dvc.yaml")
+    if stage and pipeline.is_file():
+        return DeclaredParams(config, frozenset(declared_params(pipeline, stage)), stage)
+    return config
+
+
+def declared_params(pipeline: Path, stage: str) -> list[str]:
+    """The params.yaml keys that dvc.yaml declares for ``stage`` (``name`` or ``name@item``)."""
+    name, _, item = stage.partition("@")
+    stages = (yaml.safe_load(pipeline.read_text()) or {}).get("stages", {})
+    if name not in stages:
+        raise ConfigError(f"{pipeline}: no stage {name!r} (DVC_STAGE={stage})")
+    definition = stages[name].get("do", stages[name])
+    keys = [key for entry in definition.get("params", []) for key in ([entry] if isinstance(entry, str) else [])]
+    return [key.replace("${item}", item) for key in keys]
+
+
+class DeclaredParams:
+    """A :class:`Config` (or one of its sections) that only yields the parameters its stage declares.
+
+    Reading an undeclared one raises :class:`ConfigError` naming the key and the stage. Methods
+    and properties run against the view, so what they read is checked too.
+    """
+
+    def __init__(self, value: Any, declared: frozenset[str], stage: str, prefix: str = ""):
+        self._value, self._declared, self._stage, self._prefix = value, declared, stage, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(type(self._value), name, None)
+        if isinstance(attribute, property):
+            return attribute.fget(self)
+        if callable(attribute):
+            return attribute.__get__(self)
+        key = _join(self._prefix, name)
+        value = getattr(self._value, name)
+        if any(key == declared or key.startswith(f"{declared}.") for declared in self._declared):
+            return value
+        if any(declared.startswith(f"{key}.") for declared in self._declared):
+            return DeclaredParams(value, self._declared, self._stage, key)
+        raise ConfigError(f"stage {self._stage} reads params.yaml key {key!r}, which dvc.yaml does not declare in "
+                          "its params: add it there, so that DVC reruns the stage when it changes")
+
+
+def unrestricted(config: Config | DeclaredParams) -> Config:
+    """Every parameter, for records that log the whole configuration (MLflow params and tags)."""
+    return config._value if isinstance(config, DeclaredParams) else config
+
+
+def as_dict(config: Config | DeclaredParams) -> dict[str, Any]:
+    """Every parameter as plain data (e.g. for a checkpoint's fingerprint)."""
+    return dataclasses.asdict(unrestricted(config))
 
 
 def from_dict(raw: dict[str, Any], source: str = PARAMS_FILE) -> Config:
@@ -286,6 +335,18 @@ def _check_semantics(config: Config, source: str) -> None:
             f"{source}: backbone: {config.backbone!r} is not in backbones {config.backbones}; finetune refines "
             f"a trained backbone (set both, e.g. -S 'backbones=[{config.backbone}]' -S backbone={config.backbone})"
         )
+    if config.positive_class not in config.class_names():
+        raise ConfigError(f"{source}: positive_class: {config.positive_class!r} is not a class of task "
+                          f"{config.task!r}; allowed: {config.class_names()}")
+    if config.train.image_size != "native":
+        for name in config.backbones:
+            if config.train.image_size < BACKBONES[name].min_size:
+                raise ConfigError(f"{source}: train.image_size: {name} needs at least {BACKBONES[name].min_size} px, "
+                                  f"got {config.train.image_size}")
+    ceiling = BACKBONES[config.backbone].unfreezable_layers
+    if config.finetune.unfreeze > ceiling:
+        raise ConfigError(f"{source}: finetune.unfreeze: {config.finetune.unfreeze} is more than the "
+                          f"{ceiling} layers of {config.backbone}'s base that can be unfrozen")
     if config.synthetic.min_size > config.synthetic.max_size:
         raise ConfigError(f"{source}: synthetic.min_size must not exceed synthetic.max_size")
 
@@ -303,6 +364,10 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
             raise ConfigError(
                 f"{where}: unknown key {_join(key, unknown[0])!r}; allowed: {_field_names(kind)}"
             )
+        missing = [name for name in _field_names(kind) if name not in value]
+        if missing:
+            raise ConfigError(f"{where}: missing key {_join(key, missing[0])!r}; every parameter must be set "
+                              "(the shipped params.yaml has them all)")
         built = {name: _build(hints[name], item, _join(key, name), source) for name, item in value.items()}
         for item in dataclasses.fields(kind):
             if "range" in item.metadata and item.name in built:

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import requests
 from tqdm import tqdm
 
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
 
 CHUNK = 1 << 20
 MANIFEST = "MANIFEST.sha256"

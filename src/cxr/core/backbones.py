@@ -1,0 +1,60 @@
+"""The backbone registry: name -> Keras application, input sizes, preprocessing, weights.
+
+Adding a backbone is one entry in ``BACKBONES``. The registry is plain data, so params.yaml is
+checked against it (input size, layers to unfreeze) without Keras; ``cxr.learn.model`` builds
+the bases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cxr.core.errors import CxrError
+
+
+class BackboneError(CxrError):
+    """An unknown backbone, an unusable input size, or weights that cannot be had."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    application: str  # constructor in keras.applications
+    module: str  # keras.applications submodule holding its preprocess_input
+    preprocess_mode: str  # what that preprocess_input does: "tf" ([-1, 1]) or "caffe" (BGR - mean)
+    native_size: int
+    min_size: int
+    imagenet_file: str  # the no-top ImageNet weights file Keras caches
+    unfreezable_layers: int  # layers with weights in the base, BatchNorm aside: finetune.unfreeze's ceiling
+    # Grad-CAM's layer: the last convolutional feature map before pooling; None: the base's output.
+    gradcam_layer: str | None = None
+
+    def input_size(self, image_size: int | str) -> int:
+        """The side in pixels for ``train.image_size`` (a number, or "native")."""
+        size = self.native_size if image_size == "native" else int(image_size)
+        if size < self.min_size:
+            raise BackboneError(
+                f"{self.name} needs images of at least {self.min_size} px, got train.image_size={size}"
+            )
+        return size
+
+
+BACKBONES = {
+    backbone.name: backbone
+    for backbone in (
+        Backbone("nasnetlarge", "NASNetLarge", "nasnet", "tf", 331, 32, "NASNet-large-no-top.h5", 268),
+        Backbone("vgg16", "VGG16", "vgg16", "caffe", 224, 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", 13,
+                 gradcam_layer="block5_conv3"),
+        Backbone("xception", "Xception", "xception", "tf", 299, 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                 40),
+        Backbone("inceptionresnetv2", "InceptionResNetV2", "inception_resnet_v2", "tf", 299, 75,
+                 "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5", 244),
+    )
+}
+
+
+def get(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise BackboneError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None

@@ -1,0 +1,177 @@
+"""What the audit's numbers say: which tests point at a source shortcut, the verdict paragraph
+generated from the numbers, and ``audit.md``. ``positive`` is the class the study asks about
+(``positive_class`` in params.yaml): its recall is what the external test compares."""
+
+from __future__ import annotations
+
+from cxr.report import evaluation
+
+
+# Thresholds the verdict uses; audit.md states them next to the numbers.
+PROBE_MARGIN = 0.2  # within-class probe accuracy this far above chance: the sources look different
+SALIENCY_MARGIN = 0.05  # lung-box share of saliency this far below an even spread: it looks elsewhere
+EXTERNAL_DROP = 0.2  # positive-class recall this much lower on the external source than on the test split
+
+
+def evidence(metrics: dict, n_classes: int, positive: str) -> dict[str, bool]:
+    """Which of the four tests point at a source shortcut, for one backbone's audit metrics."""
+    probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
+    external, internal = metrics.get("external", {}), metrics["classifier"]
+    recall = f"recall_{positive}"
+    return {
+        "probe": (probe["within_class_accuracy"] or 0) >= probe["within_class_chance"] + PROBE_MARGIN,
+        "lungs_hidden": (hidden["balanced_accuracy_low"] or 0) > 1 / n_classes,
+        "saliency": saliency["lung_box_share"] is not None
+        and saliency["lung_box_share"] <= saliency["uniform_share"] - SALIENCY_MARGIN,
+        "external": external.get(recall) is not None and internal.get(recall) is not None
+        and external[recall] <= internal[recall] - EXTERNAL_DROP,
+    }
+
+
+def evidence_text(metrics: dict | None, n_classes: int, positive: str) -> str:
+    """The audit's tests that point at a source shortcut, for a registered version's tag."""
+    if metrics is None:
+        return "not audited"
+    found = [name for name, shown in evidence(metrics, n_classes, positive).items() if shown]
+    return ", ".join(found) if found else "none of the four tests"
+
+
+def verdict(backbone: str, metrics: dict, n_classes: int, positive: str) -> str:
+    """One paragraph, generated from the numbers, on whether the ``positive`` result is detection of it."""
+    found = evidence(metrics, n_classes, positive)
+    recall = f"recall_{positive}"
+    probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
+    internal = metrics["classifier"]
+    if probe["within_class_accuracy"] is None:
+        probe_sentence = (f"No class has test images from two sources, so the source probe cannot be scored within "
+                          f"a class (its plain accuracy, {probe['accuracy']:.2f}, is no evidence: the class alone "
+                          f"gives {probe['class_only_accuracy']:.2f}).")
+    else:
+        probe_sentence = (f"The source probe tells the sources apart among images of the same class with balanced "
+                          f"accuracy {probe['within_class_accuracy']:.2f} (chance {probe['within_class_chance']:.2f}; "
+                          f"{within_class_text(probe.get('within_class', {}))})"
+                          + (": the sources look different whatever the diagnosis." if found["probe"] else
+                             ", so the sources are hard to tell apart."))
+    sentences = [
+        probe_sentence,
+        f"With the lungs hidden, the classifier still reaches a balanced accuracy of "
+        f"{evaluation.interval_text(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) and a {positive} recall of "
+        f"{_number(hidden.get(recall))}.",
+        f"Grad-CAM puts {_number(saliency['lung_box_share'])} of its mass inside the lung box "
+        f"({saliency['uniform_share']:.2f} if it were spread evenly; {_map(saliency)}).",
+    ]
+    if "external" in metrics:
+        sentences.append(f"On the external source, {positive} recall is {_number(metrics['external'].get(recall))}"
+                         f" against {_number(internal.get(recall))} on the test split.")
+    others = [name for name in ("lungs_hidden", "saliency", "external") if found[name]]
+    if found["probe"] and others:
+        conclusion = (f"The {positive} result is not evidence of {positive} detection: the model can recognise the "
+                      f"source, and {_listing(others)} show{'s' if len(others) == 1 else ''} it does.")
+    elif found["probe"]:
+        conclusion = ("The sources differ visibly, so the model could use them; the other tests do not show "
+                      "that it does, but they do not rule it out.")
+    elif others:
+        conclusion = (f"{_listing(others)[0].upper()}{_listing(others)[1:]} point{'s' if len(others) == 1 else ''} "
+                      f"away from the lungs: read the {positive} result with care.")
+    else:
+        conclusion = "These tests find no sign that the model relies on the source of the image."
+    return f"**{backbone}.** " + " ".join(sentences) + " " + conclusion
+
+
+def within_class_text(per_class: dict) -> str:
+    """``BACTERIA 0.92 [0.75, 1.00] on 3 covid_chestxray + 41 kermany images; ...`` (what each score rests on)."""
+    return "; ".join(
+        f"{name} {evaluation.interval_text(result, 'balanced_accuracy')} on "
+        + " + ".join(f"{count} {source}" for source, count in result["images"].items()) + " images"
+        for name, result in per_class.items()
+    ) or "no class has two sources"
+
+
+LABELS = {"lungs_hidden": "the lungs-hidden classifier", "saliency": "the saliency maps",
+          "external": "the external source"}
+
+
+def _listing(names: list[str]) -> str:
+    labels = [LABELS[name] for name in names]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def _map(saliency: dict) -> str:
+    side = saliency.get("map_side")
+    return "map size unknown" if side is None else f"a {side}x{side} feature map"
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def audit_markdown(results: dict[str, dict], confound: dict, external: dict | None, classes: list[str],
+                   note: str, positive: str) -> str:
+    """``reports/eval/audit.md``: the source x class table, one row of numbers per backbone,
+    the generated verdicts, and what each number means."""
+    class_header = " | ".join(classes)
+    recall = f"recall_{positive}"
+    lines = [f"# Shortcut audit: {positive}, or the source of the image?", "", note, "",
+             "## How much the source alone gives away", "",
+             f"| source | {class_header} |", "|---|" + "---|" * len(classes)]
+    for source, counts in confound["images_per_source_class"].items():
+        lines.append(f"| {source} | " + " | ".join(str(counts.get(name, 0)) for name in classes) + " |")
+    rule = ", ".join(f"{source} -> {name}" for source, name in confound["source_only_rule"].items())
+    lines += ["", f"Predicting the class from the source alone (each source's most common training class: "
+              f"{rule}) scores {confound['source_only_accuracy']:.2f} test accuracy; "
+              f"predicting the most common class for every image scores {confound['majority_class_accuracy']:.2f}."]
+    if external:
+        counts = "; ".join(f"{source}: " + ", ".join(f"{count} {name}" for name, count in values.items())
+                           for source, values in external["images_per_source_class"].items())
+        lines += ["", f"External test source (never trained on): {counts}."]
+    lines += ["", "## Results", "",
+              "| backbone | test accuracy | source probe within class (chance) | source probe accuracy "
+              f"(class-only guess) | lungs hidden: balanced accuracy | lungs hidden: {positive} recall | "
+              f"Grad-CAM mass in lung box (even spread; map) | external: accuracy | external: {positive} recall |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for backbone, metrics in results.items():
+        probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
+        external_metrics = metrics.get("external", {})
+        lines.append(" | ".join([
+            f"| {backbone}", evaluation.interval_text(metrics["classifier"], "accuracy"),
+            f"{_number(probe['within_class_accuracy'])} ({probe['within_class_chance']:.2f})",
+            f"{_number(probe['accuracy'])} ({probe['class_only_accuracy']:.2f})",
+            evaluation.interval_text(hidden, "balanced_accuracy"), _number(hidden.get(recall)),
+            f"{_number(saliency['lung_box_share'])} ({saliency['uniform_share']:.2f}; "
+            f"{saliency.get('map_side')}x{saliency.get('map_side')} map)",
+            evaluation.interval_text(external_metrics, "accuracy"), _number(external_metrics.get(recall)),
+        ]) + " |")
+    lines += ["", "### Source probe within each class", "",
+              "Scored only where a class has test images from two or more sources; each score rests on the images "
+              "it names.", "", "| backbone | class | test images per source | balanced accuracy [95% CI] (chance) |",
+              "|---|---|---|---|"]
+    for backbone, metrics in results.items():
+        probe = metrics["source_probe"]
+        for name, result in probe.get("within_class", {}).items():
+            images = ", ".join(f"{source} {count}" for source, count in result["images"].items())
+            lines.append(f"| {backbone} | {name} | {images} | {evaluation.interval_text(result, 'balanced_accuracy')} "
+                         f"({probe['within_class_chance']:.2f}) |")
+    lines += ["", "## Verdict", ""]
+    for backbone, metrics in results.items():
+        lines += [verdict(backbone, metrics, len(classes), positive), ""]
+    lines += [
+        "## What the numbers are", "",
+        "- **Source probe**: the same backbone and head, trained like `train@<backbone>` but to predict "
+        "each image's source. *Within class* is its recall averaged over sources, among test images of one "
+        "class, averaged over the classes that more than one source provides: a guess from the class alone "
+        "scores exactly the chance level, so anything above it is the look of the source. A margin of "
+        f"{PROBE_MARGIN} above chance counts as a difference.",
+        "- **Lungs hidden**: the classifier retrained and tested on images whose central square (side "
+        "`audit.lung_box` of the image) is black, as Maguolo & Nanni (2021) did. Its balanced accuracy "
+        "counts as above chance when the lower end of its 95% patient-bootstrap interval is.",
+        "- **Grad-CAM**: saliency of the predicted class at the backbone's last feature map (layer in the "
+        "backbone registry), for `audit.saliency_images_per_class` test images per class; the share of its "
+        "mass inside the lung box, against the share an even spread would have; "
+        f"{SALIENCY_MARGIN} or more below it counts as looking elsewhere. A feature map of 1x1 (small inputs) "
+        "cannot localise anything. Overlays: "
+        + ", ".join(f"[{backbone}](../audit/{backbone}/gradcam.png)" for backbone in results) + ".",
+        f"- **External**: the trained classifier on the external source's images; a {positive} recall "
+        f"{EXTERNAL_DROP} or more below the test split's counts as a drop.",
+        "- Intervals are 95% percentile intervals of a bootstrap over patients.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""Grad-CAM saliency of a classifier on a fixed sample of test images, and the share of each map
+that falls inside the lung box (against the share an even spread would have)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from cxr.core.backbones import Backbone
+from cxr.learn import images
+from cxr.learn.model import base_of
+
+
+def saliency_sample(test: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
+    """A fixed sample of test images, ``per_class`` of each class (fewer if a class has fewer)."""
+    parts = [rows.sample(n=min(per_class, len(rows)), random_state=np.random.default_rng([seed, index]))
+             for index, (_, rows) in enumerate(test.groupby("class", sort=True))]
+    return pd.concat(parts).sort_values(["class", "image_id"], ignore_index=True)
+
+
+def gradcam(model: keras.Model, batch: np.ndarray, class_indices: np.ndarray, layer: str | None) -> np.ndarray:
+    """Grad-CAM maps (n, height, width) in [0, 1] for the given class of each image.
+
+    ``model`` is a classifier built by :func:`cxr.learn.model.build_classifier` (preprocess -> base ->
+    pool -> head). The map is ReLU(sum_k a_k A_k) of the base's feature maps A at ``layer``
+    (None: the base's output), where a_k is the mean gradient of the class score over A_k,
+    resized to the input size and scaled so each image's maximum is 1 (all zero if none is
+    positive).
+    """
+    base = base_of(model)
+    target = base.get_layer(layer).output if layer else base.output
+    inner = keras.Model(base.inputs, [target, base.output])
+    inputs = tf.convert_to_tensor(batch, tf.float32)
+    with tf.GradientTape() as tape:
+        feature_maps, features = inner(model.get_layer("preprocess")(inputs), training=False)
+        probabilities = model.get_layer("head")(model.get_layer("pool")(features), training=False)
+        scores = tf.gather(tf.cast(probabilities, tf.float32), class_indices, axis=1, batch_dims=1)
+    gradients = tf.cast(tape.gradient(scores, feature_maps), tf.float32)
+    weights = tf.reduce_mean(gradients, axis=(1, 2))
+    maps = tf.nn.relu(tf.einsum("bhwc,bc->bhw", tf.cast(feature_maps, tf.float32), weights))
+    maps = tf.image.resize(maps[..., None], inputs.shape[1:3], method="bilinear")[..., 0].numpy()
+    peak = maps.reshape(len(maps), -1).max(axis=1)
+    return np.divide(maps, peak[:, None, None], out=np.zeros_like(maps), where=peak[:, None, None] > 0)
+
+
+def box_share(maps: np.ndarray, fraction: float) -> np.ndarray:
+    """Per map, the share of its mass inside the central square of side ``fraction`` (NaN if empty).
+
+    A map spread evenly over the image gives about ``fraction ** 2``.
+    """
+    box = images.center_box(maps.shape[1], fraction)
+    total = maps.sum(axis=(1, 2))
+    inside = maps[:, box, box].sum(axis=(1, 2))
+    return np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
+
+
+def even_share(size: int, fraction: float) -> float:
+    """The lung-box share of a saliency map spread evenly over a ``size`` x ``size`` image."""
+    return float(box_share(np.ones((1, size, size)), fraction)[0])
+
+
+def map_side(model: keras.Model, layer: str | None) -> int:
+    """The side of the feature map Grad-CAM reads: its resolution before upsampling."""
+    base = base_of(model)
+    return int((base.get_layer(layer).output if layer else base.output).shape[1])
+
+
+def saliency(model: keras.Model, backbone: Backbone, sample: pd.DataFrame, classes: list[str], size: int,
+             box: float) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Grad-CAM of the predicted class for each sampled image: (images, maps, one row per image)."""
+    batch = np.stack([images.decode_resize(tf.constant(path), size, int(orientation)).numpy()
+                      for path, orientation in zip(sample["path"], images.orientations(sample))])
+    predicted = np.argmax(model.predict(batch, verbose=0), axis=1)
+    maps = gradcam(model, batch, predicted, backbone.gradcam_layer)
+    table = sample[["image_id", "source", "class"]].reset_index(drop=True).assign(
+        predicted=np.asarray(classes)[predicted], lung_box_share=box_share(maps, box))
+    return batch, maps, table
