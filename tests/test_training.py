@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.learn import training
 from cxr.learn.model_files import load_model
-from conftest import REPO, free_port, make_config, run_stage, stage_env, write_params
+from conftest import REPO, free_port, make_config, run_stage, stage_command, stage_env, write_params
 from cxr.data.sources import download_source
 
 TINY = {
@@ -143,7 +143,7 @@ def test_stage_nests_under_mlflow_run(project):
 def test_killed_run_leaves_no_model_and_resumes(project):
     write_params(project, TINY | {"train": {"image_size": 32, "epochs": 12, "batch_size": 8, "head": {"units": 8},
                                             "augment": {"enabled": True}}})
-    process = subprocess.Popen([sys.executable, "stages/train.py", "vgg16"], cwd=project, env=stage_env(),
+    process = subprocess.Popen(stage_command(project, "train", "vgg16"), cwd=project, env=stage_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = project / "models/.resume/vgg16/history.csv"
     deadline = time.time() + 300
