@@ -195,7 +195,7 @@ def test_image_too_small_stops_train(project):
     write_params(project, {"backbones": ["xception"], "backbone": "xception", "train": {"image_size": 64}})
     result = run_stage(project, "train", "xception")
     assert result.returncode == 1
-    assert "xception needs images of at least 71 px, got train.image_size=64" in result.stderr
+    assert "error: params.yaml: train.image_size: xception needs at least 71 px, got 64" in result.stderr
 
 
 def test_class_weights_are_balanced():
@@ -333,12 +333,14 @@ TINY_MODEL_SAVE = """
 import sys
 from pathlib import Path
 import keras, pandas as pd
+from cxr.core.spec import ModelSpec
 from cxr.learn.model_files import save_model
 keras.utils.set_random_seed(0)
 inputs = keras.Input((8, 8, 3), name="image")
 features = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(2, 3, name="conv")(inputs))
 model = keras.Model(inputs, keras.layers.Dense(2, name="head")(features), name="tiny")
-save_model(model, Path(sys.argv[1]), {"classes": ["A", "B"]}, pd.DataFrame({"epoch": [0]}))
+spec = ModelSpec(backbone="tiny", image_size=8, classes=["A", "B"], task="t", weights=None, views=[], ages=None)
+save_model(model, Path(sys.argv[1]), spec, pd.DataFrame({"epoch": [0]}))
 """
 
 
@@ -350,5 +352,5 @@ def test_the_same_weights_saved_by_two_processes_give_the_same_bytes(tmp_path):
                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
     here, there = ((tmp_path / name / "model.keras").read_bytes() for name in ("here", "there"))
     assert here == there
-    model, meta = load_model(tmp_path / "there")
-    assert meta == {"classes": ["A", "B"]} and model.output_shape == (None, 2)
+    model, spec = load_model(tmp_path / "there")
+    assert spec.classes == ["A", "B"] and model.output_shape == (None, 2)
