@@ -14,21 +14,16 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from cxr.core.config import GitHubSource
-from cxr.data.sources.layout import (SourceLayoutError, SourceTable, absent_row, check_has_file, read_metadata,
-                               select_below_top, settle_absent_files)
+from cxr.data.sources.layout import (METADATA, SourceLayoutError, SourceTable, absent_row, check_metadata_file,
+                                     read_metadata, select_metadata_and_images, settle_absent_files)
 
 NAME = "actualmed"
-METADATA = "metadata.csv"
 REQUIRED_COLUMNS = ["patientid", "finding", "view", "imagename"]
 EXTRA_COLUMNS = ["sex", "age"]
 
 
-def select_member(name: PurePosixPath) -> PurePosixPath | None:
-    return select_below_top(name, (METADATA,), ("images",))
-
-
-def check_layout(root: Path) -> None:
-    check_has_file(root, METADATA)
+select_member = select_metadata_and_images
+check_layout = check_metadata_file
 
 
 def read(root: Path, params: GitHubSource) -> SourceTable:

@@ -67,6 +67,19 @@ def select_below_top(name: PurePosixPath, files: tuple[str, ...], folders: tuple
     return None
 
 
+METADATA = "metadata.csv"
+
+
+def select_metadata_and_images(name: PurePosixPath) -> PurePosixPath | None:
+    """For a GitHub collection laid out as ``metadata.csv`` + ``images/``: keep those two below
+    the commit zip's top folder, without that folder."""
+    return select_below_top(name, (METADATA,), ("images",))
+
+
+def check_metadata_file(root: Path) -> None:
+    check_has_file(root, METADATA)
+
+
 ABSENT_SHOWN = 10
 
 
