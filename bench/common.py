@@ -93,8 +93,8 @@ def synthetic_split(folder: Path, *, covid_patients: int, kermany_per_class: int
     from cxr.data.split import make_split
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    params["synthetic"].update(covid_chestxray_patients=covid_patients, kermany_patients_per_class=kermany_per_class,
-                               min_size=min_px, max_size=max_px)
+    params["synthetic"]["patients"].update(covid_chestxray=covid_patients, kermany=kermany_per_class)
+    params["synthetic"].update(min_size=min_px, max_size=max_px)
     config = from_dict(params)
     for name in config.sources.use:
         download_source(name, config, folder)

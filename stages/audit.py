@@ -40,7 +40,9 @@ def main() -> None:
     tables = {"classifier": measures.predicted_table(classifier, test, classes, size, config)}
     sample = gradcam.saliency_sample(test, config.audit.saliency_images_per_class, config.audit.saliency_seed)
     batch, maps, saliency = gradcam.saliency(classifier, backbone, sample, classes, size, box)
-    tables["external"] = measures.predicted_table(classifier, pd.read_csv(args.external), classes, size, config)
+    external = pd.read_csv(args.external)
+    if not external.empty:  # empty when no external image passes the filter (e.g. a CT experiment)
+        tables["external"] = measures.predicted_table(classifier, external, classes, size, config)
     with strategy.scope():
         tables["source_probe"] = measures.source_probe(backbone, split, size, config, work["probe"])
         tables["lungs_hidden"] = measures.lungs_hidden(backbone, split, classes, size, config, work["hidden"])
@@ -55,7 +57,8 @@ def main() -> None:
         grid.savefig(staging / "gradcam.png")
     write_json(args.metrics, metrics)
     with tracking.stage_run(config, f"audit@{backbone.name}", args.split, backbone.name):
-        tracking.log_table_input(pd.read_csv(args.external), args.external, "external", tracking.file_md5(args.external))
+        if not external.empty:
+            tracking.log_table_input(external, args.external, "external", tracking.file_md5(args.external))
         mlflow.log_metrics(tracking.flat_metrics(metrics))
         mlflow.log_figure(grid, "gradcam/overview.png")
         for index, row in saliency.iterrows():

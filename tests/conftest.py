@@ -23,8 +23,7 @@ from cxr.data.sources import download_source
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {
-    "synthetic": {"covid_chestxray_patients": 40, "kermany_patients_per_class": 14,
-                  "min_size": 64, "max_size": 96},
+    "synthetic": {"patients": {"covid_chestxray": 40, "kermany": 14}, "min_size": 64, "max_size": 96},
 }
 
 

@@ -180,7 +180,7 @@ def test_an_external_source_cannot_also_be_trained_on():
 def shortcut_split(source_shift: bool, root: Path) -> tuple[pd.DataFrame, object]:
     """Enough synthetic data for the probe to have evidence: many COVID-collection patients, every view."""
     config = make_config({
-        "synthetic": {"source_shift": source_shift, "covid_chestxray_patients": 400, "kermany_patients_per_class": 30},
+        "synthetic": {"source_shift": source_shift, "patients": {"covid_chestxray": 400, "kermany": 30}},
         "filter": {"views": []}, "backbones": ["vgg16"], "backbone": "vgg16",
         "train": {"image_size": 64, "epochs": 30, "head": {"units": 32}},
     })

@@ -5,6 +5,7 @@ import yaml
 
 from cxr.core.backbones import BACKBONES
 from cxr.core.config import ConfigError, from_dict, load
+from cxr.data.sources import check_sources, params_of
 from conftest import REPO, params_dict, write_params
 
 
@@ -25,7 +26,9 @@ def test_project_params_load_and_expand_classes():
         ({"split": {"seed": True}}, "split.seed: expected int, got True"),
         ({"filter": {"missing_view": "maybe"}}, "filter.missing_view: 'maybe' is not allowed; allowed: ['keep', 'drop']"),
         ({"sources": {"origin": "internet"}}, "sources.origin: 'internet' is not allowed; allowed: ['synthetic', 'upstream']"),
-        ({"sources": {"use": ["nih"]}}, "sources.use[0]: 'nih' is not allowed"),
+        ({"sources": {"use": ["nih"]}}, "sources.use: 'nih' has no section sources.nih"),
+        ({"sources": {"nih": {}}, "synthetic": {"patients": {"nih": 9}}}, "sources.nih: no source module of that name"),
+        ({"synthetic": {"patients": {"nih": 9}}}, "synthetic.patients: needs one count per source section"),
         ({"task": "ternary"}, "task: 'ternary' is not a task; allowed: ['binary', 'multiclass']"),
         ({"classes": {"multiclass": {"COVID": ["CORONA"]}}}, "classes.multiclass.COVID: label 'CORONA'"),
         ({"split": {"train": 0.7}}, "must be positive and sum to 1"),
@@ -47,7 +50,7 @@ def test_project_params_load_and_expand_classes():
 )
 def test_bad_params_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
-        from_dict(params_dict(overrides))
+        check_sources(from_dict(params_dict(overrides)))
     assert message in str(error.value)
 
 
@@ -74,7 +77,7 @@ def test_a_missing_key_is_an_error_naming_it_never_a_default(tmp_path, key):
         section = section[parent]
     del section[name]
     with pytest.raises(ConfigError, match=f"missing key '{re.escape(key)}'"):
-        from_dict(raw)
+        check_sources(from_dict(raw))
 
 
 def test_the_registry_knows_each_base_s_unfreezable_layers():
@@ -95,10 +98,10 @@ def test_a_stage_under_dvc_reads_only_the_params_dvc_yaml_declares(tmp_path, mon
         "cmd": "python stages/download.py ${item}", "params": ["sources.origin", "sources.${item}", "task", "classes"]}}}}))
     monkeypatch.setenv("DVC_STAGE", "download@kermany")
     config = load(tmp_path / "params.yaml")
-    assert config.sources.origin == "synthetic" and config.sources.kermany.method == "kaggle"
+    assert config.sources.origin == "synthetic" and params_of("kermany", config).method == "kaggle"
     with pytest.raises(ConfigError, match="stage download@kermany reads params.yaml key 'sources.covid_chestxray', "
                                           "which dvc.yaml does not declare"):
-        config.sources.covid_chestxray
+        params_of("covid_chestxray", config)
     with pytest.raises(ConfigError, match="key 'train'"):
         config.train
     with pytest.raises(ConfigError, match="key 'labels'"):  # methods are checked too: classes need the labels

@@ -19,8 +19,8 @@ from conftest import REPO, SMALL, deep_merge, serve_model
 pytestmark = pytest.mark.slow
 
 
-def sh(folder: Path, *command: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+def sh(folder: Path, *command: str, env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -56,10 +56,10 @@ def stdout(folder: Path, *command: str) -> str:
     return result.stdout
 
 
-def mlflow_runs(folder: Path) -> pd.DataFrame:
+def mlflow_runs(folder: Path, uri: str | None = None) -> pd.DataFrame:
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    mlflow.set_tracking_uri(uri or f"sqlite:///{folder / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["cxr-multiclass"])
     return runs[runs["tags.stage"].notna()]  # stage runs: their parents carry no `stage` tag
 
@@ -141,26 +141,27 @@ def test_repro_noop_and_experiments(clone):
     assert output_bytes(clone, lock, stages) == before
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
 
-    # A fine-tuning rate that can only hurt: no epoch beats the base, so the reports must say the
-    # fine-tuned model is vgg16's weights rather than present it as a second result.
-    finetune_only = sh(clone, "dvc", "exp", "run", "-S", "backbone=vgg16", "-S", "finetune.learning_rate=10")
-    assert "Running stage 'finetune'" in finetune_only and "Running stage 'audit_report'" in finetune_only
-    assert "Running stage 'train@" not in finetune_only and "Running stage 'audit@" not in finetune_only
+    # Two experiments queued and run two at a time (the README's `-j 2`), logging to the one SQLite
+    # mlflow.db: every stage run and parent is recorded and each fine-tune registers a version. One of
+    # them has a fine-tuning rate that can only hurt: no epoch beats the base, so the reports must say
+    # the fine-tuned model is vgg16's weights rather than present it as a second result.
+    versions = len(mlflow_client(clone).search_model_versions("name = 'cxr-multiclass'"))
+    queued = {"lr-hurts": ["-S", "backbone=vgg16", "-S", "finetune.learning_rate=10"],
+              "lr-small": ["-S", "finetune.learning_rate=0.00003"]}
+    run_queued(clone, queued)
+    runs = mlflow_runs(clone)
+    check_experiment_runs(clone, mlflow_client(clone), runs, queued)
+    assert len(mlflow_client(clone).search_model_versions("name = 'cxr-multiclass'")) == versions + 2
+    hurts = runs[(runs["tags.DVC_EXP_NAME"] == "lr-hurts") & (runs["tags.mlflow.runName"] == "finetune")]
+    assert hurts["tags.backbone"].tolist() == ["vgg16"]
+    parent = mlflow_client(clone).get_run(hurts["tags.mlflow.parentRunId"].iloc[0])
+    assert parent.data.params["backbone"] == "vgg16" and float(parent.data.params["finetune.learning_rate"]) == 10
+    assert "test.finetuned.accuracy" in parent.data.metrics
+    sh(clone, "dvc", "exp", "apply", "lr-hurts")
     assert json.loads((clone / "reports/finetune.json").read_text())["unchanged_from_base"] is True
     assert "| finetuned (= vgg16) | " in (clone / "reports/eval/comparison.md").read_text()
     assert "this model keeps the vgg16 model's weights, and fine-tuning changed nothing" in (
         clone / "reports/model_card.md").read_text()
-    runs = mlflow_runs(clone)
-    latest = runs[runs["tags.mlflow.runName"] == "finetune"].iloc[0]
-    assert latest["tags.backbone"] == "vgg16" and latest["tags.DVC_EXP_NAME"]
-    # The experiment's stage runs are children of a parent named after the DVC experiment.
-    experiment_runs = runs[runs["tags.DVC_EXP_NAME"] == latest["tags.DVC_EXP_NAME"]]
-    assert sorted(experiment_runs["tags.mlflow.runName"]) == ["audit_report", "evaluate", "finetune"]
-    [parent_id] = set(experiment_runs["tags.mlflow.parentRunId"])
-    parent = mlflow_client(clone).get_run(parent_id)
-    assert parent.info.run_name == latest["tags.DVC_EXP_NAME"] and parent.data.params["backbone"] == "vgg16"
-    assert float(parent.data.params["finetune.learning_rate"]) == 10
-    assert "test.finetuned.accuracy" in parent.data.metrics
     assert not list((clone / ".dvc").rglob("mlflow.db"))
 
     sh(clone, "dvc", "exp", "run", "-S", "split.seed=7", "-S", "backbones=[vgg16]")
@@ -177,6 +178,28 @@ def test_repro_noop_and_experiments(clone):
     plots = sh(clone, "dvc", "plots", "show", "-o", "plots")
     html = (clone / "plots/index.html").read_text()
     assert "plots" in plots and "val_accuracy" in html and "reports_eval_confusion_vgg16_csv" in html
+
+
+def run_queued(folder: Path, experiments: dict[str, list[str]], env: dict[str, str] | None = None) -> None:
+    """Queue ``experiments`` (name -> ``-S`` overrides) and run them two at a time, as README shows."""
+    for name, overrides in experiments.items():
+        assert "Queued experiment" in sh(folder, "dvc", "exp", "run", "--queue", "-n", name, *overrides, env=env)
+    sh(folder, "dvc", "exp", "run", "--run-all", "-j", "2", env=env)
+    shown = stdout(folder, "dvc", "exp", "show", "--no-pager", "--csv")
+    for name in experiments:
+        assert f",{name}," in shown, shown
+
+
+def check_experiment_runs(folder: Path, client, runs: pd.DataFrame, experiments: dict[str, list[str]]) -> None:
+    """Each experiment re-ran only the fine-tune and what follows it, as stage runs under one parent named
+    after the experiment, and nothing was logged under the temporary copies DVC runs them in."""
+    for name in experiments:
+        mine = runs[runs["tags.DVC_EXP_NAME"] == name]
+        assert sorted(mine["tags.mlflow.runName"]) == ["audit_report", "evaluate", "finetune"], (name, mine)
+        assert mine["status"].eq("FINISHED").all()
+        [parent_id] = set(mine["tags.mlflow.parentRunId"])
+        assert client.get_run(parent_id).info.run_name == name
+    assert not list((folder / ".dvc").rglob("mlflow.db"))
 
 
 def test_the_champion_predicts_files_and_is_served(clone):
@@ -202,6 +225,44 @@ def test_the_champion_predicts_files_and_is_served(clone):
             [prediction] = json.loads(answer.read())["predictions"]
     assert prediction["error"] == "" and prediction["predicted"] == table["predicted"].iloc[0]
     assert prediction["p_COVID"] == pytest.approx(table["p_COVID"].iloc[0], abs=1e-5)
+
+
+def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_factory):
+    """README "Working as a team": an MLflow server on PostgreSQL that stores and proxies artifacts
+    records two experiments run two at a time; a DVC remote carries data, models and reports to a
+    second clone, which has nothing to reproduce and predicts with the team registry's champion."""
+    from mlflow.tracking import MlflowClient
+
+    from cxr.serve.local import postgresql, tracking_server
+
+    scratch = tmp_path_factory.mktemp("team")
+    with postgresql() as database, tracking_server(database, scratch / "artifacts") as url:
+        team = {"MLFLOW_TRACKING_URI": url}
+        queued = {"team-a": ["-S", "finetune.learning_rate=0.0002"], "team-b": ["-S", "finetune.learning_rate=0.0003"]}
+        run_queued(clone, queued, env=team)
+        client = MlflowClient(tracking_uri=url)
+        runs = mlflow_runs(clone, url)
+        check_experiment_runs(clone, client, runs, queued)
+        assert runs["artifact_uri"].str.startswith("mlflow-artifacts:/").all()
+        versions = client.search_model_versions("name = 'cxr-multiclass'")
+        assert len(versions) == 2 and {version.run_id for version in versions} == set(
+            runs.loc[runs["tags.mlflow.runName"] == "finetune", "run_id"])
+        assert list((scratch / "artifacts").rglob("model.keras")), "the server stores the models it proxies"
+
+        sh(clone, "dvc", "remote", "add", "-d", "team", str(scratch / "remote"))
+        sh(clone, "git", "add", "-A")
+        sh(clone, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results and the team remote")
+        sh(clone, "dvc", "push")
+        second = scratch / "second"
+        sh(scratch, "git", "clone", "-q", str(clone), str(second))
+        sh(second, "dvc", "pull")
+        assert "Data and pipelines are up to date" in sh(second, "dvc", "status")
+        test = pd.read_csv(second / "data/processed/split.csv").query("split == 'test'").head(2)
+        printed = sh(second, "cxr-predict", *test["path"], "--output", "predictions.csv", env=team)
+        assert "2 file(s), 2 predicted" in printed
+        champion = client.get_model_version_by_alias("cxr-multiclass", "champion")
+        table = pd.read_csv(second / "predictions.csv", keep_default_na=False)
+        assert set(table["model_version"].astype(str)) == {champion.version}
 
 
 TINY = ["--set", "train.epochs=1", "--set", "train.image_size=75", "--set", "finetune.epochs=1",

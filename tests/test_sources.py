@@ -9,7 +9,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from cxr.data.sources import FetchError, SourceLayoutError, covid_chestxray, download_source, kermany, read_source, synthetic
+from cxr.data.sources import (FetchError, SourceLayoutError, actualmed, covid_chestxray, download_source, kermany,
+                              params_of, read_source)
 from cxr.data.catalog import build
 from conftest import make_config, serve_folder
 
@@ -24,12 +25,12 @@ def test_covid_collection_drops_ct_volumes_and_keeps_rows_with_images(raw_root, 
     assert set(table.images["view"]) >= {"PA", "AP", "L"}
     assert all(Path(path).is_file() for path in table.images["path"])
     # The upstream header's stray spaces and trailing empty column are gone.
-    assert list(table.metadata.columns) == [name.strip() for name in synthetic.COVID_METADATA_HEADER if name]
+    assert list(table.metadata.columns) == [name.strip() for name in covid_chestxray.METADATA_HEADER if name]
 
 
 def test_covid_archive_layout_matches_github(tmp_path, config):
-    commit = config.sources.covid_chestxray.commit
-    archive = synthetic.write_covid_chestxray_archive(tmp_path / "c.zip", config.synthetic, commit)
+    commit = params_of("covid_chestxray", config).commit
+    archive = covid_chestxray.synthetic_archive(tmp_path, config.synthetic, params_of("covid_chestxray", config))
     names = zipfile.ZipFile(archive).namelist()
     top = f"covid-chestxray-dataset-{commit}/"
     assert all(name.startswith(top) for name in names)
@@ -39,7 +40,7 @@ def test_covid_archive_layout_matches_github(tmp_path, config):
 
 def test_kermany_skips_duplicate_tree_and_macos_forks(raw_root, config):
     commit_free = zipfile.ZipFile(
-        synthetic.write_kermany_archive(raw_root.parent / "k.zip", config.synthetic)).namelist()
+        kermany.synthetic_archive(raw_root.parent, config.synthetic, params_of("kermany", config))).namelist()
     images_in_zip = [name for name in commit_free if name.endswith(".jpeg")]
     assert any(name.startswith("chest_xray/chest_xray/") for name in images_in_zip)
     assert any(name.startswith("chest_xray/__MACOSX/") and "/._" in name for name in commit_free)
@@ -103,7 +104,7 @@ def kermany_tree(root: Path, bad: int) -> Path:
 def test_kermany_unknown_names_are_all_counted_in_one_error(tmp_path, config):
     root = kermany_tree(tmp_path / "kermany", bad=12)
     with pytest.raises(SourceLayoutError) as error:
-        kermany.read(root, config.sources.kermany)
+        kermany.read(root, params_of("kermany", config))
     message = str(error.value)
     assert "12 file name(s) follow none of the Kermany namings" in message
     assert "chest_xray/train/PNEUMONIA/scan_009.jpeg, ..." in message and "scan_010" not in message
@@ -112,7 +113,7 @@ def test_kermany_unknown_names_are_all_counted_in_one_error(tmp_path, config):
 
 def test_kermany_unknown_names_dropped_and_listed_with_the_param(tmp_path):
     root = kermany_tree(tmp_path / "kermany", bad=12)
-    params = make_config({"sources": {"kermany": {"unknown_names": "drop"}}}).sources.kermany
+    params = params_of("kermany", make_config({"sources": {"kermany": {"unknown_names": "drop"}}}))
     table = kermany.read(root, params)
     assert sorted(table.images["patient_id"]) == ["kermany:IM-0001", "kermany:person1"]
     assert [row["file"] for row in table.dropped] == [f"chest_xray/train/PNEUMONIA/scan_{i:03d}.jpeg" for i in range(12)]
@@ -151,7 +152,7 @@ def test_metadata_missing_a_column_is_named(tmp_path, raw_root, config):
     metadata = read_source("covid_chestxray", raw_root / "covid_chestxray", config).metadata
     metadata.drop(columns=["finding"]).to_csv(root / "metadata.csv", index=False)
     with pytest.raises(SourceLayoutError, match=r"metadata.csv: missing column\(s\) \['finding'\]"):
-        covid_chestxray.read(root, config.sources.covid_chestxray)
+        covid_chestxray.read(root, params_of("covid_chestxray", config))
 
 
 def test_rows_without_image_error_or_are_dropped_and_listed(tmp_path):
@@ -174,8 +175,8 @@ def test_download_writes_verifiable_manifest_and_provenance(raw_root):
 
 
 def test_synthetic_archives_are_reproducible(tmp_path, config):
-    first = synthetic.write_kermany_archive(tmp_path / "1.zip", config.synthetic)
-    second = synthetic.write_kermany_archive(tmp_path / "2.zip", config.synthetic)
+    first = kermany.synthetic_archive(tmp_path / "1", config.synthetic, params_of("kermany", config))
+    second = kermany.synthetic_archive(tmp_path / "2", config.synthetic, params_of("kermany", config))
     assert hashlib.sha256(first.read_bytes()).digest() == hashlib.sha256(second.read_bytes()).digest()
 
 
@@ -191,7 +192,7 @@ def test_pinned_manifest_mismatch_keeps_earlier_data(tmp_path, raw_root):
 
 
 def test_kermany_from_a_mirror_url(tmp_path, config):
-    archive = synthetic.write_kermany_archive(tmp_path / "mirror" / "chest-xray-pneumonia.zip", config.synthetic)
+    archive = kermany.synthetic_archive(tmp_path / "mirror", config.synthetic, params_of("kermany", config))
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     mirror = make_config({"sources": {"origin": "upstream",
                                       "kermany": {"method": "url", "url": archive.as_uri(), "sha256": digest}}})
@@ -213,9 +214,10 @@ def test_kaggle_without_credentials_says_how(tmp_path, monkeypatch):
 @pytest.mark.parametrize("scheme", ["http", "file"])
 def test_github_sources_from_a_mirror_url(tmp_path, config, scheme):
     mirror = tmp_path / "mirror"
-    commits = {name: getattr(config.sources, name).commit for name in ("covid_chestxray", "actualmed")}
-    synthetic.write_covid_chestxray_archive(mirror / "covid.zip", config.synthetic, commits["covid_chestxray"])
-    synthetic.write_actualmed_archive(mirror / "actualmed.zip", config.synthetic, commits["actualmed"])
+    commits = {name: params_of(name, config).commit for name in ("covid_chestxray", "actualmed")}
+    mirror.mkdir()
+    for module, archive in ((covid_chestxray, "covid.zip"), (actualmed, "actualmed.zip")):
+        module.synthetic_archive(tmp_path, config.synthetic, params_of(module.NAME, config)).rename(mirror / archive)
     with serve_folder(mirror) as base:
         root = base if scheme == "http" else mirror.as_uri()
         upstream = make_config({"sources": {"origin": "upstream",
@@ -230,7 +232,7 @@ def test_github_sources_from_a_mirror_url(tmp_path, config, scheme):
 
 
 def test_github_source_defaults_to_the_commit_zip(config):
-    assert config.sources.covid_chestxray.archive_url == (
+    assert params_of("covid_chestxray", config).archive_url == (
         "https://github.com/ieee8023/covid-chestxray-dataset/archive/a64215bea3982e9f0d3a10c2b316d357d7fa7ed2.zip")
     mirrored = make_config({"sources": {"actualmed": {"url": "file:///mirror/actualmed.zip"}}})
-    assert mirrored.sources.actualmed.archive_url == "file:///mirror/actualmed.zip"
+    assert params_of("actualmed", mirrored).archive_url == "file:///mirror/actualmed.zip"

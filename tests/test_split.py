@@ -81,7 +81,7 @@ def test_split_validation_reports_leakage(filtered, tmp_path):
     leaked.loc[leaked.index[(leaked["patient_id"] == patient)][0], "split"] = "test"
     extra = leaked[leaked["patient_id"] == patient]
     if extra["split"].nunique() == 1:
-        row = leaked[leaked["split"] == "train"].iloc[[0]].assign(image_id="dup", split="test",
+        row = leaked[leaked["split"] == "train"].iloc[[0]].assign(image_id="dup", split="train",
                                                                  patient_id=patient)
         leaked = pd.concat([leaked, row], ignore_index=True)
     with pytest.raises(DataValidationError, match=r"patients: no patient in two splits \[patient_id\]"):

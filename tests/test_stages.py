@@ -108,11 +108,11 @@ def test_bad_param_stops_a_stage_naming_the_key(project):
 def test_bad_archive_stops_download_and_keeps_earlier_data(project, tmp_path, damage):
     import zipfile
 
-    from cxr.data.sources import synthetic
+    from cxr.data.sources import kermany, params_of
     from conftest import make_config
 
-    mirror = tmp_path / "mirror" / "chest-xray-pneumonia.zip"
-    synthetic.write_kermany_archive(mirror, make_config().synthetic)
+    config = make_config()
+    mirror = kermany.synthetic_archive(tmp_path / "mirror", config.synthetic, params_of("kermany", config))
     if damage == "truncate":
         mirror.write_bytes(mirror.read_bytes()[:-5000])
         expected = "not a readable zip archive"
@@ -133,16 +133,16 @@ def test_bad_archive_stops_download_and_keeps_earlier_data(project, tmp_path, da
 
 def test_upstream_path_end_to_end_from_a_local_http_mirror(tmp_path):
     """Not the synthetic branch: every source fetched by URL from a server, as from real mirrors."""
-    from cxr.data.sources import synthetic
+    from cxr.data.sources import MODULES, params_of
     from conftest import make_config, serve_folder
 
     config = make_config()
     mirror, project = tmp_path / "mirror", tmp_path / "project"
-    synthetic.write_covid_chestxray_archive(mirror / "covid-chestxray-dataset.zip", config.synthetic,
-                                            config.sources.covid_chestxray.commit)
-    synthetic.write_kermany_archive(mirror / "chest-xray-pneumonia.zip", config.synthetic)
-    synthetic.write_actualmed_archive(mirror / "Actualmed-COVID-chestxray-dataset.zip", config.synthetic,
-                                      config.sources.actualmed.commit)
+    mirror.mkdir()
+    for name, archive in (("covid_chestxray", "covid-chestxray-dataset.zip"), ("kermany", "chest-xray-pneumonia.zip"),
+                          ("actualmed", "Actualmed-COVID-chestxray-dataset.zip")):
+        MODULES[name].synthetic_archive(tmp_path / "generated", config.synthetic,
+                                        params_of(name, config)).rename(mirror / archive)
     shutil.copytree(REPO / "stages", project / "stages")
     with serve_folder(mirror) as base:
         write_params(project, {"sources": {

@@ -18,6 +18,7 @@ import yaml
 
 from cxr.core.config import ConfigError, from_dict
 from cxr.core.errors import CxrError
+from cxr.data.sources import check_sources
 
 RECIPES_FILE = Path("recipes.yaml")
 
@@ -33,6 +34,8 @@ def load_recipes(path: Path = RECIPES_FILE) -> dict:
 def overrides(book: dict, recipe: str, settings: str, baseline: dict, extra: dict | None = None) -> dict:
     """The param overrides of ``recipe`` under ``settings``; later layers win.
 
+    Layers: the settings, the recipe, the recipe's own block for these settings (``demo:`` under
+    a recipe: what only the offline run needs, such as a larger generated collection), ``extra``.
     Every key any recipe or settings touches is set, to the committed ``baseline`` value when
     this recipe leaves it alone: ``dvc exp run`` starts from the workspace, which an earlier
     experiment may have changed, and a recipe must not inherit another recipe's changes.
@@ -40,9 +43,18 @@ def overrides(book: dict, recipe: str, settings: str, baseline: dict, extra: dic
     for kind, name in (("recipes", recipe), ("settings", settings)):
         if name not in book[kind]:
             raise RecipeError(f"{RECIPES_FILE}: unknown {kind[:-1]} {name!r}; known: {sorted(book[kind])}")
-    touched = {key for kind in ("settings", "recipes") for layer in book[kind].values() for key in layer}
-    committed = {key: lookup(baseline, key) for key in sorted(touched)}
-    return {**committed, **book["settings"][settings], **book["recipes"][recipe], **(extra or {})}
+    layers = [*book["settings"].values()]
+    for entry in book["recipes"].values():
+        layers += [_common(book, entry), *(entry.get(name, {}) for name in book["settings"])]
+    committed = {key: lookup(baseline, key) for key in sorted({key for layer in layers for key in layer})}
+    entry = book["recipes"][recipe]
+    return {**committed, **book["settings"][settings], **_common(book, entry), **entry.get(settings, {}),
+            **(extra or {})}
+
+
+def _common(book: dict, entry: dict) -> dict:
+    """A recipe's overrides for every settings (its keys that name no settings)."""
+    return {key: value for key, value in entry.items() if key not in book["settings"]}
 
 
 def lookup(params: dict, key: str):
@@ -87,7 +99,7 @@ def command(recipe: str, settings: str, extra: dict | None = None, *, queue: boo
     baseline = committed_params(params_file)
     changes = overrides(load_recipes(), recipe, settings, baseline, extra)
     try:
-        from_dict(apply(baseline, changes))
+        check_sources(from_dict(apply(baseline, changes)))
     except ConfigError as exc:
         raise RecipeError(f"recipe {recipe!r} with settings {settings!r} makes invalid params: {exc}") from None
     return ["dvc", "exp", "run", *(["--queue"] if queue else []), *(["-n", name] if name else []),

@@ -22,8 +22,6 @@ from cxr.core.backbones import BACKBONES
 from cxr.core.errors import CxrError
 
 PARAMS_FILE = "params.yaml"
-SOURCE_NAMES = ("covid_chestxray", "kermany", "actualmed")
-SourceName = Literal["covid_chestxray", "kermany", "actualmed"]
 
 
 class ConfigError(CxrError, ValueError):
@@ -41,55 +39,23 @@ def bounded(*, low: float | None = None, high: float | None = None,
 
 
 @dataclass(frozen=True)
-class GitHubSource:
-    """A source published as a GitHub repository, fetched as the zip of one pinned commit.
-
-    ``url`` points at a mirror of that zip (http(s):// or file://: an internal copy, a proxy, a
-    local file); unset, GitHub's own archive of ``commit`` is fetched. Either way the extracted
-    files are checked against ``manifest_sha256`` when it is pinned.
-    """
-
-    repo: str
-    commit: str
-    url: str | None
-    sha256: str | None
-    manifest_sha256: str | None
-    # Metadata rows whose image is absent from the archive: error | drop (listed in the report).
-    missing_files: Literal["error", "drop"]
-
-    @property
-    def archive_url(self) -> str:
-        return self.url or f"https://github.com/{self.repo}/archive/{self.commit}.zip"
-
-
-@dataclass(frozen=True)
-class KermanySource:
-    method: Literal["kaggle", "url"]
-    dataset: str
-    url: str | None
-    sha256: str | None
-    manifest_sha256: str | None
-    # File names that follow none of the set's namings: error (all listed) | drop (listed in the report).
-    unknown_names: Literal["error", "drop"]
-
-
-@dataclass(frozen=True)
 class Sources:
     origin: Literal["synthetic", "upstream"]
-    use: list[SourceName]
+    use: list[str]
     # Sources never trained on: the audit's external test set.
-    external: list[SourceName]
-    covid_chestxray: GitHubSource
-    kermany: KermanySource
-    actualmed: GitHubSource
+    external: list[str]
+    # Every other key of ``sources`` is one source's own section (``sources.kermany``, ...): its
+    # module in cxr.data.sources types and checks it, so adding a source never touches this file.
+    sections: dict[str, dict[str, Any]] = field(metadata={"rest": True})
 
 
 @dataclass(frozen=True)
 class Synthetic:
     seed: int
-    covid_chestxray_patients: int = bounded(low=1)
-    kermany_patients_per_class: int = bounded(low=1)
-    actualmed_patients: int = bounded(low=1)
+    # Patients per source (Kermany: per class), by source name.
+    patients: dict[str, int] = bounded(low=1)
+    # Share of the COVID collection's patients who also have a CT series (axial or coronal slices).
+    ct_share: float = bounded(low=0, high=1)
     source_shift: bool
     missing_files: int = bounded(low=0)
     min_size: int = bounded(low=16)
@@ -269,8 +235,10 @@ class DeclaredParams:
             return attribute.fget(self)
         if callable(attribute):
             return attribute.__get__(self)
-        key = _join(self._prefix, name)
-        value = getattr(self._value, name)
+        return self._child(_join(self._prefix, name), getattr(self._value, name))
+
+    def _child(self, key: str, value: Any) -> Any:
+        """``value`` at ``key``: itself when declared, a view when only keys below it are, else an error."""
         if any(key == declared or key.startswith(f"{declared}.") for declared in self._declared):
             return value
         if any(declared.startswith(f"{key}.") for declared in self._declared):
@@ -287,6 +255,18 @@ def unrestricted(config: Config | DeclaredParams) -> Config:
 def as_dict(config: Config | DeclaredParams) -> dict[str, Any]:
     """Every parameter as plain data (e.g. for a checkpoint's fingerprint)."""
     return dataclasses.asdict(unrestricted(config))
+
+
+def source_params(config: Config | DeclaredParams, name: str, kind: type) -> Any:
+    """Section ``sources.<name>`` as the ``kind`` dataclass its source module defines, checked like the rest.
+
+    Under DVC the result is restricted, as :func:`load`'s view is, to what the stage declares.
+    """
+    sections = unrestricted(config).sources.sections
+    if name not in sections:
+        raise ConfigError(f"{PARAMS_FILE}: missing key 'sources.{name}'; every source needs its section")
+    built = _build(kind, sections[name], f"sources.{name}", PARAMS_FILE)
+    return config._child(f"sources.{name}", built) if isinstance(config, DeclaredParams) else built
 
 
 def from_dict(raw: dict[str, Any], source: str = PARAMS_FILE) -> Config:
@@ -317,11 +297,17 @@ def _check_semantics(config: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: split.train/val/test must be positive and sum to 1, got {fractions}"
         )
+    sections = sorted(config.sources.sections)
     if not config.sources.use:
-        raise ConfigError(f"{source}: sources.use: at least one source is needed; allowed: {list(SOURCE_NAMES)}")
+        raise ConfigError(f"{source}: sources.use: at least one source is needed; allowed: {sections}")
     if not config.sources.external:
         raise ConfigError(f"{source}: sources.external: the shortcut audit needs one external test source; "
-                          f"allowed: {list(SOURCE_NAMES)} not in sources.use")
+                          f"allowed: {sections} not in sources.use")
+    for key in ("use", "external"):
+        for name in getattr(config.sources, key):
+            if name not in config.sources.sections:
+                raise ConfigError(f"{source}: sources.{key}: {name!r} has no section sources.{name}; "
+                                  f"sources with a section: {sections}")
     both = sorted(set(config.sources.use) & set(config.sources.external))
     if both:
         raise ConfigError(f"{source}: sources.external: {both} also in sources.use; an external test source "
@@ -347,6 +333,9 @@ def _check_semantics(config: Config, source: str) -> None:
     if config.finetune.unfreeze > ceiling:
         raise ConfigError(f"{source}: finetune.unfreeze: {config.finetune.unfreeze} is more than the "
                           f"{ceiling} layers of {config.backbone}'s base that can be unfrozen")
+    if sorted(config.synthetic.patients) != sections:
+        raise ConfigError(f"{source}: synthetic.patients: needs one count per source section {sections}, "
+                          f"got {sorted(config.synthetic.patients)}")
     if config.synthetic.min_size > config.synthetic.max_size:
         raise ConfigError(f"{source}: synthetic.min_size must not exceed synthetic.max_size")
 
@@ -359,6 +348,10 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping with keys {_field_names(kind)}, got {value!r}")
         hints = typing.get_type_hints(kind)
+        rest = [item.name for item in dataclasses.fields(kind) if item.metadata.get("rest")]
+        if rest:
+            value = {**{name: item for name, item in value.items() if name in hints},
+                     rest[0]: {name: item for name, item in value.items() if name not in hints}}
         unknown = sorted(set(value) - set(hints))
         if unknown:
             raise ConfigError(
@@ -368,7 +361,8 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
         if missing:
             raise ConfigError(f"{where}: missing key {_join(key, missing[0])!r}; every parameter must be set "
                               "(the shipped params.yaml has them all)")
-        built = {name: _build(hints[name], item, _join(key, name), source) for name, item in value.items()}
+        built = {name: _build(hints[name], item, key if name in rest else _join(key, name), source)
+                 for name, item in value.items()}
         for item in dataclasses.fields(kind):
             if "range" in item.metadata and item.name in built:
                 _check_range(built[item.name], item.metadata["range"], _join(key, item.name), source)
@@ -404,6 +398,8 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
             _build(key_kind, name, key, source): _build(item_kind, item, _join(key, str(name)), source)
             for name, item in value.items()
         }
+    if kind is Any:
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (int, float, str, bool):

@@ -159,9 +159,11 @@ def _experiment_id(name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         tags = EXPERIMENT_TAGS | {"mlflow.note.content": experiment_description(name)}
+        # A tracking server keeps artifacts itself (--serve-artifacts: clients need no storage access);
+        # one machine keeps them beside mlflow.db.
+        local = None if tracking_uri().startswith(("http://", "https://")) else (repo_root() / "mlartifacts").as_uri()
         try:
-            return mlflow.create_experiment(name, artifact_location=(repo_root() / "mlartifacts").as_uri(),
-                                            tags=tags)
+            return mlflow.create_experiment(name, artifact_location=local, tags=tags)
         except mlflow.exceptions.MlflowException:
             experiment = mlflow.get_experiment_by_name(name)
             if experiment is None:

@@ -150,8 +150,15 @@ def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFr
     """Images of the external sources in the task's classes, minus any file also in ``training``.
 
     Classes the external sources lack are simply absent; a byte-identical copy of a training
-    image is dropped (and counted), so the external test never scores a memorised file.
+    image is dropped (and counted), so the external test never scores a memorised file. When the
+    filter keeps no external image at all (a CT experiment, X-ray-only external sources), the
+    set is empty and the report says why: there is then no external test, rather than a false one.
     """
+    if catalog.empty:
+        note = (f"no image of the external sources {config.sources.external} passes the filter "
+                f"(filter.modalities={config.filter.modalities}, filter.views={config.filter.views})")
+        empty = catalog.assign(**{"class": pd.Series(dtype=str), "split": pd.Series(dtype=str)})
+        return split_order(empty), {"task": config.task, "images": 0, "note": note}
     frame, report = assign_classes(catalog, config, origin, every_class=False)
     seen = frame["sha256"].isin(set(training["sha256"]))
     frame = frame[~seen].reset_index(drop=True)

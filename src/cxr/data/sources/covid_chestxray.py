@@ -7,24 +7,30 @@ not images, and are left out. The archive is GitHub's commit zip, whose top fold
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 
-from cxr.core.config import GitHubSource
-from cxr.data.sources.layout import (METADATA, SourceLayoutError, SourceTable, absent_row, check_metadata_file,
-                                     read_metadata, select_metadata_and_images, settle_absent_files)
+from cxr.core.config import Synthetic
+from cxr.data.sources.layout import (METADATA, GitHubParams, SourceLayoutError, SourceTable, absent_row,
+                                     check_metadata_file, fetch_github_archive, read_metadata,
+                                     select_metadata_and_images, settle_absent_files)
+from cxr.data.sources.synthetic import (ADULT, NEUTRAL, PATTERN_OF_FINDING, csv_text, draw_chest, draw_ct_slice,
+                                        encode, image_size, pick, writestr)
 
 NAME = "covid_chestxray"
 REQUIRED_COLUMNS = ["patientid", "finding", "view", "modality", "folder", "filename"]
 EXTRA_COLUMNS = {"sex": "sex", "age": "age"}
 
-
+Params = GitHubParams
 select_member = select_metadata_and_images
 check_layout = check_metadata_file
+upstream_archive = fetch_github_archive
 
 
-def read(root: Path, params: GitHubSource) -> SourceTable:
+def read(root: Path, params: GitHubParams) -> SourceTable:
     """Rows for the images ``metadata.csv`` lists; rows without a file per ``missing_files``."""
     metadata_path = root / METADATA
     metadata = read_metadata(metadata_path, REQUIRED_COLUMNS)
@@ -60,3 +66,114 @@ def read(root: Path, params: GitHubSource) -> SourceTable:
         })
     missing = settle_absent_files(metadata_path, missing, params.missing_files, NAME)
     return SourceTable(images=pd.DataFrame(rows), metadata=metadata, dropped=dropped + missing)
+
+
+# The April-2020 header of the COVID collection's metadata.csv, spaces and trailing comma included.
+METADATA_HEADER = [
+    "patientid", "offset", "sex", "age", "finding", "survival", "intubated", "went_icu",
+    "needed_supplemental_o2", "extubated", "temperature", "pO2 saturation", "leukocyte count",
+    "neutrophil count", "lymphocyte count", "view", "modality", "date", "location", "folder",
+    "filename", "doi", " url", "license", "clinical notes", "other notes", "",
+]
+
+# Findings of the COVID collection in April 2020 with their rough shares of patients.
+COVID_FINDINGS = {
+    "COVID-19": 0.66, "COVID-19, ARDS": 0.06, "SARS": 0.06, "Streptococcus": 0.05,
+    "Klebsiella": 0.02, "Legionella": 0.02, "Chlamydophila": 0.02, "E.Coli": 0.02,
+    "Pneumocystis": 0.04, "ARDS": 0.03, "No Finding": 0.02,
+}
+
+XRAY_VIEWS = {"PA": 0.55, "AP": 0.2, "AP Supine": 0.15, "L": 0.1}
+CT_VIEWS = ("Axial", "Coronal")
+# Slices of one CT series: case reports show one to four, with their finding, one patient each.
+CT_SLICES = (1, 4)
+DATE_FORMATS = ("January 22, 2020", "3/3/2020", "03/16/20", "2020", "")
+# How the COVID collection's images are stored (web figures of every kind), with shares.
+COVID_ENCODINGS = {
+    "jpeg": 0.5, "jpeg-rgb": 0.15, "jpeg-exif-rotated": 0.05,
+    "png": 0.12, "png-rgb": 0.06, "png-rgba": 0.04, "png-palette": 0.04, "png-16bit": 0.04,
+}
+
+
+def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> Path:
+    """A GitHub-style archive of the collection at ``source.commit``, named as GitHub names it.
+
+    ``<repo>-<commit>/metadata.csv`` and ``images/``, with the April-2020 table's quirks: spaces in
+    header names, a trailing empty column, one ragged row, a ``filename`` with a trailing space, a
+    non-UTF-8 byte, mixed date formats; multi-dot and upper-case UUID file names in every
+    encoding (grey, RGB, RGBA, palette, 16-bit, EXIF-rotated); CT series (axial or coronal
+    slices in ``images``) for ``params.ct_share`` of the patients and CT volumes listed in
+    ``volumes/`` but not in the repository; optionally rows whose file is missing.
+    """
+    path = folder / f"covid-chestxray-dataset-{source.commit}.zip"
+    rng = np.random.default_rng([params.seed, 1])
+    top = f"covid-chestxray-dataset-{source.commit}"
+    style = ADULT if params.source_shift else NEUTRAL
+    rows: list[dict[str, str]] = []
+    images: dict[str, bytes] = {}
+    for patient in range(1, params.patients[NAME] + 1):
+        finding = pick(rng, COVID_FINDINGS)
+        sex, age = rng.choice(["M", "F"]), str(int(rng.integers(25, 85)))
+        for shot in range(int(rng.integers(1, 4))):
+            view = pick(rng, XRAY_VIEWS)
+            encoding = pick(rng, COVID_ENCODINGS)
+            filename = _filename(rng, finding, patient, shot, view, encoding)
+            width, height = image_size(rng, params)
+            images[filename] = encode(draw_chest(rng, width, height, PATTERN_OF_FINDING[finding], style), encoding)
+            rows.append(_row(rng, patient, sex, age, finding, view, "X-ray", "images", filename, shot))
+        if rng.random() < params.ct_share:
+            view = CT_VIEWS[int(rng.integers(len(CT_VIEWS)))]
+            for index in range(int(rng.integers(CT_SLICES[0], CT_SLICES[1] + 1))):
+                filename = f"{patient}-ct-{view.lower()}-{index + 1}.jpg"
+                width = height = image_size(rng, params)[0]
+                images[filename] = encode(draw_ct_slice(rng, width, height, PATTERN_OF_FINDING[finding],
+                                                        axial=view == "Axial"), "jpeg")
+                rows.append(_row(rng, patient, sex, age, finding, view, "CT", "images", filename, 10 + index))
+        if rng.random() < 0.05:
+            rows.append(_row(rng, patient, sex, age, finding, "Axial", "CT", "volumes", f"{patient}-ct.nii.gz", 9))
+    image_rows = [row for row in rows if row["folder"] == "images"]
+    missing = {row["filename"] for row in image_rows[: params.missing_files]}
+    # Upstream quirk: one filename cell carries a trailing space the file name does not.
+    image_rows[-1]["filename"] += " "
+
+    lines = csv_text(rows, METADATA_HEADER).splitlines(keepends=True)
+    lines[-1] = lines[-1].rstrip("\n").removesuffix(",") + "\n"  # one ragged row, as upstream
+    table = "".join(lines).encode("utf-8").replace("Hospital Universitari".encode(), b"Hospital Universit\xe0ri")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        writestr(archive, f"{top}/README.md", "# COVID-19 image data collection (synthetic stand-in)\n")
+        writestr(archive, f"{top}/metadata.csv", table)
+        for filename, data in images.items():
+            if filename not in missing:
+                writestr(archive, f"{top}/images/{filename}", data)
+        # The CT volumes are not in the repository: volumes/ holds only how to download them.
+        writestr(archive, f"{top}/volumes/DOWNLOAD.md", "CT volumes: see the torrent link.\n")
+    return path
+
+
+def _filename(rng: np.random.Generator, finding: str, patient: int, shot: int, view: str, encoding: str) -> str:
+    """One of the naming styles of the collection's images (slugs, paper figures, UUIDs)."""
+    ext = "png" if encoding.startswith("png") else ("jpeg" if rng.random() < 0.3 else "jpg")
+    style = rng.random()
+    if style < 0.15:
+        return f"1-s2.0-S{rng.integers(10**12):013d}-main.pdf-{patient:03d}-{shot}.{ext}"
+    if style < 0.25:
+        return f"{rng.integers(16**8):08X}-{rng.integers(16**4):04X}-{patient:03d}{shot}.{ext}"
+    if style < 0.3:
+        return f"case-{patient}-{shot}.annot.original.{ext}"
+    slug = finding.lower().replace(", ", "-").replace(" ", "-").replace(".", "")
+    return f"{slug}-{patient}-{shot}-{view.replace(' ', '')}.{ext}"
+
+
+def _row(rng, patient, sex, age, finding, view, modality, folder, filename, shot) -> dict[str, str]:
+    """One metadata row; clinical columns are mostly empty, as they are upstream."""
+    row = dict.fromkeys(METADATA_HEADER, "")
+    location = "Hospital Universitari, Badalona" if rng.random() < 0.05 else "synthetic"
+    row.update(patientid=str(patient), offset=str(shot), sex=sex, age=age, finding=finding,
+               view=view, modality=modality, folder=folder, filename=filename,
+               date=DATE_FORMATS[int(rng.integers(len(DATE_FORMATS)))], location=location, license="CC BY 4.0")
+    if rng.random() < 0.3:
+        row["survival"] = rng.choice(["Y", "N"])
+    if rng.random() < 0.1:
+        row["temperature"] = f"{rng.uniform(36.5, 39.5):.1f}"
+    return row

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import requests
 from tqdm import tqdm
 
+from cxr.core.config import Download
 from cxr.core.errors import CxrError
 
 CHUNK = 1 << 20
@@ -81,6 +82,14 @@ def download(
     finally:
         partial.unlink(missing_ok=True)
     return dest
+
+
+def fetch_archive(url: str, scratch: Path, sha256: str | None, settings: Download) -> Path:
+    """Download ``url`` into ``scratch`` under the name its path ends with, checked as :func:`download` does."""
+    archive = scratch / Path(urllib.parse.urlparse(url).path).name
+    download(url, archive, sha256=sha256, retries=settings.retries, timeout_s=settings.timeout_s,
+             max_bytes=settings.max_archive_bytes)
+    return archive
 
 
 def _copy_local(url: str, partial: Path, max_bytes: int) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import pandas as pd
 
+from cxr.core.config import Download
 from cxr.core.errors import CxrError
+from cxr.data.sources.fetch import fetch_archive
 
 # Columns a source module must fill; merge adds sha256, width, height, mode and label.
 
@@ -100,3 +103,31 @@ def settle_absent_files(metadata_path: Path, absent: list[dict[str, str]], polic
 def absent_row(source: str, line: int, relative: PurePosixPath, metadata_name: str) -> dict[str, str]:
     return {"source": source, "line": str(line), "file": str(relative),
             "reason": f"listed in {metadata_name} but absent from the archive"}
+
+
+@dataclass(frozen=True)
+class GitHubParams:
+    """``sources.<name>`` of a source published as a GitHub repository, fetched as one pinned commit's zip.
+
+    ``url`` points at a mirror of that zip (http(s):// or file://: an internal copy, a proxy, a
+    local file); unset, GitHub's own archive of ``commit`` is fetched. Either way the extracted
+    files are checked against ``manifest_sha256`` when it is pinned.
+    """
+
+    repo: str
+    commit: str
+    url: str | None
+    sha256: str | None
+    manifest_sha256: str | None
+    # Metadata rows whose image is absent from the archive: error | drop (listed in the report).
+    missing_files: Literal["error", "drop"]
+
+    @property
+    def archive_url(self) -> str:
+        return self.url or f"https://github.com/{self.repo}/archive/{self.commit}.zip"
+
+
+def fetch_github_archive(params: GitHubParams, scratch: Path, settings: Download) -> tuple[Path, str, str | None]:
+    """The commit's zip (archive, where it came from, its pinned sha256), from GitHub or the mirror."""
+    url = params.archive_url
+    return fetch_archive(url, scratch, params.sha256, settings), url, params.sha256

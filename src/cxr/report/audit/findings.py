@@ -120,7 +120,9 @@ def audit_markdown(results: dict[str, dict], confound: dict, external: dict | No
     lines += ["", f"Predicting the class from the source alone (each source's most common training class: "
               f"{rule}) scores {confound['source_only_accuracy']:.2f} test accuracy; "
               f"predicting the most common class for every image scores {confound['majority_class_accuracy']:.2f}."]
-    if external:
+    if external and external.get("note"):
+        lines += ["", f"External test source: none ({external['note']})."]
+    elif external:
         counts = "; ".join(f"{source}: " + ", ".join(f"{count} {name}" for name, count in values.items())
                            for source, values in external["images_per_source_class"].items())
         lines += ["", f"External test source (never trained on): {counts}."]

@@ -124,7 +124,8 @@ def summary(tables: dict[str, pd.DataFrame], saliency_table: pd.DataFrame, split
             "map_side": map_side,
             "images": len(saliency_table),
         },
-        "external": {"images": len(tables["external"]), **scored(tables["external"], classes, resamples, seed)},
+        **({"external": {"images": len(tables["external"]), **scored(tables["external"], classes, resamples, seed)}}
+           if "external" in tables else {}),
     })
 
 
