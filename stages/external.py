@@ -18,7 +18,7 @@ def main() -> None:
     args = arguments(__doc__, "raw", "split", "external", "report", "validation")
     config = load()
     table, report = catalog.build(config, args.raw, names=config.sources.external)
-    expectations = catalog_expectations(sorted(set(config.labels.values())), config.sources.external)
+    expectations = catalog_expectations(config.label_names(), config.sources.external)
     validate("external", [Table("catalog", table, expectations)], args.validation)
     kept, filtered = catalog.filter_views(table, config.filter)
     external, selected = external_test_set(kept, config, pd.read_csv(args.split), origin=str(args.raw))

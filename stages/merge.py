@@ -11,7 +11,7 @@ def main() -> None:
     args = arguments(__doc__, "raw", "catalog", "report", "validation")
     config = load()
     table, report = catalog.build(config, args.raw)
-    expectations = catalog_expectations(sorted(set(config.labels.values())), config.sources.use)
+    expectations = catalog_expectations(config.label_names(), config.sources.use)
     validate("merge", [Table("catalog", table, expectations)], args.validation)
     write_json(args.report, report)
     write_csv(args.catalog, table)

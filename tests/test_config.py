@@ -14,7 +14,7 @@ def test_project_params_load_and_expand_classes():
     assert config.class_names() == ["BACTERIA", "COVID", "NORMAL", "VIRAL"]
     binary = from_dict(params_dict({"task": "binary"})).task_classes()
     assert binary["COVID"] == ["COVID"]
-    assert set(binary["OTHER"]) == {"ARDS", "BACTERIA", "FUNGAL", "NORMAL", "VIRAL"}
+    assert set(binary["OTHER"]) == {"ARDS", "ASPIRATION", "BACTERIA", "FUNGAL", "LIPOID", "NORMAL", "TUBERCULOSIS", "VIRAL"}
 
 
 @pytest.mark.parametrize(

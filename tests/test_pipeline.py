@@ -269,27 +269,44 @@ TINY = ["--set", "train.epochs=1", "--set", "train.image_size=75", "--set", "fin
         "--set", "evaluate.bootstrap_resamples=50"]
 
 
-@pytest.mark.parametrize(("recipe", "models", "task"), [
-    ("first_try", {"xception", "finetuned"}, "binary"),
-    ("binary_finetune", {"inceptionresnetv2", "finetuned"}, "binary"),
+ONE_BACKBONE = ["--set", "backbones=[vgg16]", "--set", "backbone=vgg16"]
+
+
+@pytest.mark.parametrize(("recipe", "modalities", "task"), [
+    ("ct_scans", {"CT"}, "binary"),
+    ("larger_dataset", {"X-ray"}, "multiclass"),
 ])
-def test_study_recipes_run_offline(clone, recipe, models, task):
-    output = sh(clone, "cxr-recipe", recipe, "--settings", "demo", *TINY)
+def test_further_investigation_recipes_run_offline(clone, recipe, modalities, task):
+    """The study's open questions 2 and 3 end to end on the demo data (one backbone, to keep the
+    suite's time; the recipes themselves train every backbone)."""
+    output = sh(clone, "cxr-recipe", recipe, "--settings", "demo", *TINY, *ONE_BACKBONE)
     assert "dvc exp run" in output
-    assert set(json.loads((clone / "reports/eval/metrics.json").read_text())) == models
-    assert json.loads((clone / "reports/data/split.json").read_text())["task"] == task
-    params = yaml.safe_load((clone / "params.yaml").read_text())
-    assert params["sources"]["origin"] == "synthetic" and params["train"]["weights"] is None
-    if recipe == "first_try":
-        catalog = pd.read_csv(clone / "data/processed/split.csv")
-        assert set(catalog["source"]) == {"covid_chestxray"} and len(set(catalog["view"].dropna())) > 1
+    split = pd.read_csv(clone / "data/processed/split.csv")
+    assert set(split["modality"]) == modalities
+    assert split.groupby("patient_id")["split"].nunique().max() == 1, "a patient in two splits"
+    report = json.loads((clone / "reports/data/split.json").read_text())
+    assert report["task"] == task and set(json.loads((clone / "reports/eval/metrics.json").read_text())) == {
+        "vgg16", "finetuned"}
+    card = (clone / "reports/model_card.md").read_text()
+    print(recipe, {name: counts for name, counts in report["images_per_class"].items()})
+    if recipe == "ct_scans":
+        assert set(split["source"]) == {"covid_chestxray"} and set(split["view"]) <= {"Axial", "Coronal"}
+        assert split["patient_id"].value_counts().max() > 1  # series of several slices, kept together
+        assert "External test source: none (no image of the external sources ['actualmed'] passes the filter" in (
+            clone / "reports/eval/audit.md").read_text()
+        assert "CT" in card
+    else:
+        assert set(split["source"]) == {"covid_chestxray", "kermany"}
+        assert split["finding"].str.startswith("Pneumonia/").any(), "the later commit's findings"
+        assert len(split) > 2 * 300
 
 
-@pytest.mark.parametrize("recipe", ["nasnet_no_augmentation", "main_comparison"])
+@pytest.mark.parametrize("recipe", ["nasnet_no_augmentation", "main_comparison", "first_try", "binary_finetune"])
 def test_a_queued_recipe_is_validated_and_queued(clone, recipe):
     """Queued, not run, to keep the suite's time: main_comparison is the four-backbone pipeline that
-    test_repro_noop_and_experiments runs, with augmentation on, which binary_finetune runs; NASNetLarge
-    stages are the slowest of the suite. Queuing still validates the params the recipe makes."""
+    test_repro_noop_and_experiments runs; NASNetLarge stages are the slowest of the suite; first_try's
+    path (the COVID collection alone, binary) is the one ct_scans runs, and binary_finetune's (binary,
+    fine-tuned) the one ct_scans and test_repro's fine-tunes run. Queuing still validates the params."""
     output = sh(clone, "cxr-recipe", recipe, "--settings", "demo", "--queue", *TINY)
     assert "Queued experiment" in output
     assert "Queued" in sh(clone, "dvc", "queue", "status")

@@ -44,3 +44,14 @@ def test_an_unknown_recipe_or_a_bad_override_is_refused(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         recipes.main(["ct_scans", "--set", "sources.covid_chestxray.missing_files=skip", "--dry-run"])
     assert "sources.covid_chestxray.missing_files: 'skip' is not allowed" in capsys.readouterr().err
+
+
+def test_larger_dataset_lifts_the_cap_and_pins_a_later_commit(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    study = set_values(dry_run(capsys, "larger_dataset"))
+    assert study["split.max_per_class"] == "null" and study["train.class_weights"] == "true"
+    assert study["sources.covid_chestxray.commit"] == "6a4242344473ccb5ed0d2148d8c7bfb1691e4ed8"
+    assert study["synthetic.patients.covid_chestxray"] == "90"  # the demo block applies to --settings demo only
+    demo = set_values(dry_run(capsys, "larger_dataset", "--settings", "demo"))
+    assert demo["synthetic.patients.covid_chestxray"] == "180" and demo["synthetic.patients.kermany"] == "120"
+    assert demo["synthetic.covid_chestxray_findings"] == "hierarchical"

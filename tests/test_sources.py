@@ -7,6 +7,7 @@ import subprocess
 import zipfile
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pytest
 
 from cxr.data.sources import (FetchError, SourceLayoutError, actualmed, covid_chestxray, download_source, kermany,
@@ -236,3 +237,32 @@ def test_github_source_defaults_to_the_commit_zip(config):
         "https://github.com/ieee8023/covid-chestxray-dataset/archive/a64215bea3982e9f0d3a10c2b316d357d7fa7ed2.zip")
     mirrored = make_config({"sources": {"actualmed": {"url": "file:///mirror/actualmed.zip"}}})
     assert params_of("actualmed", mirrored).archive_url == "file:///mirror/actualmed.zip"
+
+
+def test_later_commits_findings_are_paths_mapped_by_their_last_part(tmp_path):
+    """The larger_dataset recipe's COVID collection: `Pneumonia/Viral/COVID-19`, `Pneumonia/Viral/Herpes `
+    (trailing space), `todo`; the label map covers them, and findings mapped to null are left out."""
+    config = make_config({"synthetic": {"covid_chestxray_findings": "hierarchical", "patients": {"covid_chestxray": 160}},
+                          "sources": {"use": ["covid_chestxray"]}})
+    download_source("covid_chestxray", config, tmp_path)
+    table = read_source("covid_chestxray", tmp_path / "covid_chestxray", config)
+    assert table.images["finding"].str.startswith("Pneumonia/Viral/COVID-19").any()
+    catalog, report = build(config, tmp_path)
+    labels = dict(zip(catalog["finding"], catalog["label"]))
+    assert labels["Pneumonia/Viral/COVID-19"] == "COVID" and labels["Pneumonia/Bacterial/Staphylococcus/MRSA"] == "BACTERIA"
+    assert labels["Tuberculosis"] == "TUBERCULOSIS" and labels["Pneumonia/Viral/Herpes"] == "VIRAL"
+    assert {"todo", "Pneumonia"} <= set(report["left_out_by_labels"]) and not {"todo", "Pneumonia"} & set(catalog["finding"])
+    assert sum(report["left_out_by_labels"].values()) + len(catalog) == len(table.images)
+
+
+def test_ct_series_are_ct_slices_of_one_patient_each(tmp_path):
+    config = make_config({"synthetic": {"ct_share": 1.0}, "sources": {"use": ["covid_chestxray"]}})
+    download_source("covid_chestxray", config, tmp_path)
+    images = read_source("covid_chestxray", tmp_path / "covid_chestxray", config).images
+    ct = images[images["modality"] == "CT"]
+    assert set(ct["view"]) == {"Axial", "Coronal"} and ct["patient_id"].nunique() == config.synthetic.patients["covid_chestxray"]
+    assert ct.groupby("patient_id").size().max() > 1
+    from PIL import Image
+    with Image.open(ct["path"].iloc[0]) as slice_image:
+        pixels = np.asarray(slice_image.convert("L"), dtype=float)
+    assert pixels.shape[0] == pixels.shape[1] and pixels[-2:].mean() < 30  # square, air below the table

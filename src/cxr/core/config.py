@@ -56,6 +56,7 @@ class Synthetic:
     patients: dict[str, int] = bounded(low=1)
     # Share of the COVID collection's patients who also have a CT series (axial or coronal slices).
     ct_share: float = bounded(low=0, high=1)
+    covid_chestxray_findings: Literal["flat", "hierarchical"]
     source_shift: bool
     missing_files: int = bounded(low=0)
     min_size: int = bounded(low=16)
@@ -162,7 +163,8 @@ class Config:
     sources: Sources
     synthetic: Synthetic
     download: Download
-    labels: dict[str, str]
+    # A finding mapped to null is left out of every task (an unlabelled `todo`, a pneumonia of no stated type).
+    labels: dict[str, str | None]
     classes: dict[str, dict[str, list[str] | Literal["*"]]]
     filter: Filter
     split: Split
@@ -177,11 +179,15 @@ class Config:
         """Class -> labels for the configured task, with ``"*"`` expanded to the unclaimed labels."""
         groups = self.classes[self.task]
         claimed = {label for labels in groups.values() if labels != "*" for label in labels}
-        known = set(self.labels.values())
+        known = set(self.label_names())
         return {
             name: sorted(known - claimed) if labels == "*" else list(labels)
             for name, labels in groups.items()
         }
+
+    def label_names(self) -> list[str]:
+        """The labels findings map to (null, "left out", is none)."""
+        return sorted({label for label in self.labels.values() if label is not None})
 
     def class_names(self) -> list[str]:
         return sorted(self.task_classes())
@@ -280,7 +286,7 @@ def _check_semantics(config: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: task: {config.task!r} is not a task; allowed: {sorted(config.classes)}"
         )
-    labels = set(config.labels.values())
+    labels = set(config.label_names())
     for task, groups in config.classes.items():
         wildcards = [name for name, members in groups.items() if members == "*"]
         if len(wildcards) > 1:

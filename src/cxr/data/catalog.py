@@ -31,10 +31,14 @@ def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tup
         schema.require_columns(table.images, schema.SOURCE_COLUMNS, f"source {name!r} (its reader's rows)")
     images = pd.concat([table.images for table in tables.values()], ignore_index=True)
     images["label"] = map_findings(images, config.labels)
+    left_out = images["label"].isna()
+    left_out_counts = images.loc[left_out, "finding"].value_counts().sort_index()
+    images = images[~left_out].reset_index(drop=True)
     described = describe_images(images["path"].tolist())
-    catalog = pd.concat([images, described], axis=1)
-    catalog = schema.catalog_order(catalog)
-    return catalog, data_report(catalog, tables)
+    catalog = schema.catalog_order(pd.concat([images, described], axis=1))
+    report = data_report(catalog, tables)
+    report["left_out_by_labels"] = {finding: int(count) for finding, count in left_out_counts.items()}
+    return catalog, report
 
 
 def read(path: Path) -> pd.DataFrame:
@@ -42,9 +46,16 @@ def read(path: Path) -> pd.DataFrame:
     return schema.read_catalog(path)
 
 
-def map_findings(images: pd.DataFrame, labels: dict[str, str]) -> pd.Series:
-    """The label of each row's finding; unknown findings raise, naming them and their images."""
-    unknown = images.loc[~images["finding"].isin(list(labels))]
+def map_findings(images: pd.DataFrame, labels: dict[str, str | None]) -> pd.Series:
+    """The label of each row's finding (None: left out); unknown findings raise, naming them and their images.
+
+    Later commits of the COVID collection write findings as a path, ``Pneumonia/Viral/COVID-19``:
+    the whole text is looked up first, then its last part (``COVID-19``), so one map serves the
+    April-2020 table and later ones.
+    """
+    findings = images["finding"].where(images["finding"].isin(list(labels)),
+                                       images["finding"].str.rsplit("/", n=1).str[-1].str.strip())
+    unknown = images.loc[~findings.isin(list(labels))]
     if not unknown.empty:
         lines = [
             f"{finding!r} ({len(rows)} image(s), e.g. {rows['image_id'].head(3).tolist()})"
@@ -54,7 +65,7 @@ def map_findings(images: pd.DataFrame, labels: dict[str, str]) -> pd.Series:
             "finding(s) not in the `labels` map of params.yaml: " + "; ".join(lines)
             + ". Add each to `labels` with the label it means; unknown findings are never guessed."
         )
-    return images["finding"].map(labels)
+    return findings.map(labels)
 
 
 def duplicate_groups(catalog: pd.DataFrame) -> list[list[str]]:

@@ -41,8 +41,9 @@ def model_card(config: Config, *, spec: ModelSpec, model_file: str, report: dict
         "for diagnosis, triage or any decision about a patient.",
         "",
         "## Data", "",
-        f"Sources: {', '.join(config.sources.use)} (`sources.origin: {config.sources.origin}`), views "
-        f"{config.filter.views or 'all'}; split by patient (no patient in two splits).", "",
+        f"Sources: {', '.join(config.sources.use)} (`sources.origin: {config.sources.origin}`), modalities "
+        f"{config.filter.modalities or 'all'}, views {config.filter.views or 'all'}; split by patient (no patient "
+        "in two splits).", *_modality_caveat(config.filter.modalities), "",
         "| split | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes),
     ]
     for name, counts in split_report["images_per_class"].items():
@@ -83,3 +84,12 @@ def model_card(config: Config, *, spec: ModelSpec, model_file: str, report: dict
         "- Thresholds, calibration and performance on other hospitals, devices and populations are unknown.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _modality_caveat(modalities: list[str]) -> list[str]:
+    """What a CT model's data cannot show: its slices are figures from case reports."""
+    if "CT" not in modalities:
+        return []
+    return ["", "The CT images are slices chosen for publication in case reports (one to a few per patient), "
+            "not CT series from a screening or diagnostic cohort: the results say nothing about CT screening, and "
+            "the selection favours clear, typical findings. No external source has CT, so there is no external test."]
