@@ -62,6 +62,16 @@ def test_missing_and_malformed_files(tmp_path):
         load(tmp_path / "params.yaml")
 
 
+def test_a_float_in_exponent_form_is_a_float():
+    """`dvc exp run -S finetune.learning_rate=0.00003` writes 3e-05, which YAML 1.1 reads as text."""
+    raw = params_dict()
+    raw["finetune"]["learning_rate"] = "3e-05"
+    assert from_dict(raw).finetune.learning_rate == 3e-05
+    raw["finetune"]["learning_rate"] = "3e-05x"
+    with pytest.raises(ConfigError, match="finetune.learning_rate: expected float, got '3e-05x'"):
+        from_dict(raw)
+
+
 def test_max_per_class_accepts_number_or_mapping():
     assert from_dict(params_dict({"split": {"max_per_class": 200}})).split.max_per_class == 200
     caps = from_dict(params_dict({"split": {"max_per_class": {"COVID": 5}}})).split.max_per_class

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from cxr.core.backbones import BACKBONES
 from cxr.core.errors import CxrError
 
 PARAMS_FILE = "params.yaml"
+YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(CxrError, ValueError):
@@ -407,6 +409,9 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
     if kind is Any:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str) and YAML12_FLOAT.fullmatch(value):
+        # YAML 1.1 (PyYAML) reads 3e-05 as text, and `dvc exp run -S lr=0.00003` writes it so.
         return float(value)
     if kind in (int, float, str, bool):
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

@@ -76,6 +76,14 @@ METADATA_HEADER = [
     "filename", "doi", " url", "license", "clinical notes", "other notes", "",
 ]
 
+# The header of later commits: snake_case names, RT_PCR_positive and ICU columns, a trailing comma.
+LATER_METADATA_HEADER = [
+    "patientid", "offset", "sex", "age", "finding", "RT_PCR_positive", "survival", "intubated",
+    "intubation_present", "went_icu", "in_icu", "needed_supplemental_O2", "extubated", "temperature",
+    "pO2_saturation", "leukocyte_count", "neutrophil_count", "lymphocyte_count", "view", "modality", "date",
+    "location", "folder", "filename", "doi", "url", "license", "clinical_notes", "other_notes", "",
+]
+
 # Findings of the COVID collection in April 2020 with their rough shares of patients.
 COVID_FINDINGS = {
     "COVID-19": 0.66, "COVID-19, ARDS": 0.06, "SARS": 0.06, "Streptococcus": 0.05,
@@ -124,6 +132,7 @@ def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> 
     rows: list[dict[str, str]] = []
     images: dict[str, bytes] = {}
     later = params.covid_chestxray_findings == "hierarchical"
+    header = LATER_METADATA_HEADER if later else METADATA_HEADER
     for patient in range(1, params.patients[NAME] + 1):
         finding = pick(rng, LATER_FINDINGS if later else COVID_FINDINGS)
         pattern = _later_pattern(finding) if later else PATTERN_OF_FINDING[finding]
@@ -149,7 +158,7 @@ def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> 
     # Upstream quirk: one filename cell carries a trailing space the file name does not.
     image_rows[-1]["filename"] += " "
 
-    lines = csv_text(rows, METADATA_HEADER).splitlines(keepends=True)
+    lines = csv_text([{column: row.get(column, "") for column in header} for row in rows], header).splitlines(keepends=True)
     lines[-1] = lines[-1].rstrip("\n").removesuffix(",") + "\n"  # one ragged row, as upstream
     table = "".join(lines).encode("utf-8").replace("Hospital Universitari".encode(), b"Hospital Universit\xe0ri")
     path.parent.mkdir(parents=True, exist_ok=True)
