@@ -189,9 +189,9 @@ def run_queued(folder: Path, experiments: dict[str, list[str]], env: dict[str, s
     for name, overrides in experiments.items():
         assert "Queued experiment" in sh(folder, "dvc", "exp", "run", "--queue", "-n", name, *overrides, env=env)
     sh(folder, "dvc", "exp", "run", "--run-all", "-j", "2", env=env)
-    shown = stdout(folder, "dvc", "exp", "show", "--no-pager", "--csv")
+    shown = stdout(folder, "dvc", "exp", "show", "--no-pager", "--csv").splitlines()
     for name in experiments:
-        assert f",{name}," in shown, shown
+        assert any(line.startswith(f"{name},") for line in shown), shown[1:]
 
 
 def check_experiment_runs(folder: Path, client, runs: pd.DataFrame, experiments: dict[str, list[str]]) -> None:
