@@ -19,8 +19,15 @@ from conftest import REPO, SMALL, deep_merge, serve_model
 pytestmark = pytest.mark.slow
 
 
+def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's shell: this Python's tools first, and no MLflow URI that this test process set
+    (``mlflow.set_tracking_uri`` exports one) unless ``extra`` names it."""
+    inherited = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    return {**inherited, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(extra or {})}
+
+
 def sh(folder: Path, *command: str, env: dict[str, str] | None = None) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}
+    env = user_env(env)
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -50,7 +57,7 @@ def clone(tmp_path_factory) -> Path:
 
 def stdout(folder: Path, *command: str) -> str:
     """What ``command`` prints on stdout alone (for machine-readable output)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = user_env()
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{command} failed:\n{result.stderr}"
     return result.stdout
@@ -242,7 +249,10 @@ def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_fa
     scratch = tmp_path_factory.mktemp("team")
     with postgresql() as database, tracking_server(database, scratch / "artifacts") as url:
         team = {"MLFLOW_TRACKING_URI": url}
-        queued = {"team-a": ["-S", "finetune.learning_rate=0.0002"], "team-b": ["-S", "finetune.learning_rate=0.0003"]}
+        # Different bootstrap seeds too: a one-epoch fine-tune may keep the base's weights for both rates,
+        # and DVC's run-cache would then rightly restore the second experiment's evaluation.
+        queued = {"team-a": ["-S", "finetune.learning_rate=0.0002", "-S", "evaluate.bootstrap_seed=1"],
+                  "team-b": ["-S", "finetune.learning_rate=0.0003", "-S", "evaluate.bootstrap_seed=2"]}
         run_queued(clone, queued, env=team)
         client = MlflowClient(tracking_uri=url)
         runs = mlflow_runs(clone, url)
