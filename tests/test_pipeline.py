@@ -286,11 +286,11 @@ TINY = ["--set", "train.epochs=1", "--set", "train.image_size=75", "--set", "fin
 ONE_BACKBONE = ["--set", "backbones=[vgg16]", "--set", "backbone=vgg16"]
 
 
-@pytest.mark.parametrize(("recipe", "modalities", "task"), [
-    ("ct_scans", {"CT"}, "binary"),
-    ("larger_dataset", {"X-ray"}, "multiclass"),
+@pytest.mark.parametrize(("recipe", "modalities", "classes"), [
+    ("ct_scans", {"CT"}, {"COVID", "OTHER"}),
+    ("larger_dataset", {"X-ray"}, {"BACTERIA", "COVID", "NORMAL", "VIRAL"}),
 ])
-def test_further_investigation_recipes_run_offline(clone, recipe, modalities, task):
+def test_further_investigation_recipes_run_offline(clone, recipe, modalities, classes):
     """The study's open questions 2 and 3 end to end on the demo data (one backbone, to keep the
     suite's time; the recipes themselves train every backbone)."""
     output = sh(clone, "cxr-recipe", recipe, "--settings", "demo", *TINY, *ONE_BACKBONE)
@@ -299,7 +299,8 @@ def test_further_investigation_recipes_run_offline(clone, recipe, modalities, ta
     assert set(split["modality"]) == modalities
     assert split.groupby("patient_id")["split"].nunique().max() == 1, "a patient in two splits"
     report = json.loads((clone / "reports/data/split.json").read_text())
-    assert report["task"] == task and set(json.loads((clone / "reports/eval/metrics.json").read_text())) == {
+    assert set(split["class"]) == classes and set(report["images_per_class"]["test"]) == classes
+    assert report["task"] == ("binary" if recipe == "ct_scans" else "multiclass") and set(json.loads((clone / "reports/eval/metrics.json").read_text())) == {
         "vgg16", "finetuned"}
     card = (clone / "reports/model_card.md").read_text()
     print(recipe, {name: counts for name, counts in report["images_per_class"].items()})
@@ -308,11 +309,12 @@ def test_further_investigation_recipes_run_offline(clone, recipe, modalities, ta
         assert split["patient_id"].value_counts().max() > 1  # series of several slices, kept together
         assert "External test source: none (no image of the external sources ['actualmed'] passes the filter" in (
             clone / "reports/eval/audit.md").read_text()
-        assert "CT" in card
+        assert "slices chosen for publication in case reports" in card and "no external test" in card
     else:
         assert set(split["source"]) == {"covid_chestxray", "kermany"}
         assert split["finding"].str.startswith("Pneumonia/").any(), "the later commit's findings"
         assert len(split) > 2 * 300
+        assert "slices chosen for publication" not in card  # X-rays only
 
 
 @pytest.mark.parametrize("recipe", ["nasnet_no_augmentation", "main_comparison", "first_try", "binary_finetune"])

@@ -261,8 +261,10 @@ def unrestricted(config: Config | DeclaredParams) -> Config:
 
 
 def as_dict(config: Config | DeclaredParams) -> dict[str, Any]:
-    """Every parameter as plain data (e.g. for a checkpoint's fingerprint)."""
-    return dataclasses.asdict(unrestricted(config))
+    """Every parameter as plain data, keyed as params.yaml is (e.g. for a checkpoint's fingerprint)."""
+    raw = dataclasses.asdict(unrestricted(config))
+    raw["sources"] |= raw["sources"].pop("sections")
+    return raw
 
 
 def source_params(config: Config | DeclaredParams, name: str, kind: type) -> Any:

@@ -87,9 +87,10 @@ def model_card(config: Config, *, spec: ModelSpec, model_file: str, report: dict
 
 
 def _modality_caveat(modalities: list[str]) -> list[str]:
-    """What a CT model's data cannot show: its slices are figures from case reports."""
-    if "CT" not in modalities:
+    """What CT slices cannot show: they are figures from case reports ([] keeps every modality, CT too)."""
+    if modalities and "CT" not in modalities:
         return []
-    return ["", "The CT images are slices chosen for publication in case reports (one to a few per patient), "
+    only_ct = " No external source has CT, so there is no external test." if modalities == ["CT"] else ""
+    return ["", "Any CT images are slices chosen for publication in case reports (one to a few per patient), "
             "not CT series from a screening or diagnostic cohort: the results say nothing about CT screening, and "
-            "the selection favours clear, typical findings. No external source has CT, so there is no external test."]
+            "the selection favours clear, typical findings." + only_ct]

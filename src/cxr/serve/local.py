@@ -71,36 +71,44 @@ def mlflow_command(*arguments: str) -> list[str]:
 
 def postgres_bin(tool: str) -> str:
     """A PostgreSQL server program (Debian keeps them off PATH, under /usr/lib/postgresql/<v>/bin)."""
-    found = shutil.which(tool) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"), reverse=True)), None)
-    if found is None:
+    found = glob.glob(f"/usr/lib/postgresql/*/bin/{tool}")
+    found.sort(key=lambda path: int(Path(path).parts[-3]) if Path(path).parts[-3].isdigit() else 0)
+    program = shutil.which(tool) or (found[-1] if found else None)
+    if program is None:
         raise CxrError(f"PostgreSQL's {tool} is not installed (Debian: apt-get install postgresql)")
-    return found
+    return program
+
+
+def _run_postgres(step: str, command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CxrError(f"PostgreSQL: {step} failed: {(result.stderr or result.stdout)[-2000:]}")
 
 
 @contextmanager
 def postgresql(database: str = "mlflow") -> Iterator[str]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 and a free port with ``database`` in it; yield
-    its SQLAlchemy URI. Run as root, the cluster belongs to the ``postgres`` user (initdb refuses
-    root); it is stopped and its folder removed when the block ends."""
+    its SQLAlchemy URI (driver psycopg). Run as root, the cluster belongs to the ``postgres`` user
+    (initdb refuses root); it is stopped and its folder removed when the block ends."""
     as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     folder = Path(tempfile.mkdtemp(prefix="cxr-postgres-"))
-    if as_owner:
-        shutil.chown(folder, "postgres")
     data, port = folder / "data", free_port()
     try:
-        subprocess.run([*as_owner, postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-                       check=True, capture_output=True, text=True)
-        subprocess.run([*as_owner, postgres_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w",
-                        "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start"], check=True, capture_output=True, text=True)
+        if as_owner:
+            try:
+                shutil.chown(folder, "postgres")
+            except LookupError:
+                raise CxrError("PostgreSQL as root needs the 'postgres' user (Debian's postgresql package creates it)") from None
+        _run_postgres("initdb", [*as_owner, postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"])
+        _run_postgres("pg_ctl start", [*as_owner, postgres_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w",
+                       "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start"])
         try:
-            subprocess.run([*as_owner, postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                            database], check=True, capture_output=True, text=True)
-            yield f"postgresql://postgres@127.0.0.1:{port}/{database}"
+            _run_postgres("createdb", [*as_owner, postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                           database])
+            yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
         finally:
             subprocess.run([*as_owner, postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                            capture_output=True)
-    except subprocess.CalledProcessError as exc:
-        raise CxrError(f"PostgreSQL: {' '.join(exc.cmd[len(as_owner):][:2])} failed: {exc.stderr[-2000:]}") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
