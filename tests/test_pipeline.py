@@ -253,6 +253,10 @@ def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_fa
         # and DVC's run-cache would then rightly restore the second experiment's evaluation.
         queued = {"team-a": ["-S", "finetune.learning_rate=0.0002", "-S", "evaluate.bootstrap_seed=1"],
                   "team-b": ["-S", "finetune.learning_rate=0.0003", "-S", "evaluate.bootstrap_seed=2"]}
+        # The workspace holds an earlier experiment's results: commit them, or a queued copy (which
+        # starts from HEAD) lacks the metrics files DVC does not cache and reruns their stages.
+        sh(clone, "git", "add", "-A")
+        sh(clone, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results so far")
         run_queued(clone, queued, env=team)
         client = MlflowClient(tracking_uri=url)
         runs = mlflow_runs(clone, url)
