@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from cxr.core.config import Config, from_dict
 from cxr.serve.local import free_port, mlflow_command, running
@@ -128,3 +131,67 @@ def serve_model(model_uri: str, folder: Path, env: dict[str, str]) -> Iterator[s
     with running(command, f"http://127.0.0.1:{port}/ping", cwd=folder, env=env):
         yield f"http://127.0.0.1:{port}"
 
+
+
+def write_dicom(path: Path, values: np.ndarray, *, photometric: str = "MONOCHROME2", view: str | None = "PA",
+                frames: int = 1, window: tuple | None = None, age: str | None = None, modality: str = "DX",
+                **attributes) -> Path:
+    """A 16-bit DICOM of ``values`` (rows, columns), as a DX/CR export writes one; ``attributes`` sets any
+    other header keyword (``RescaleSlope=""``, ``BodyPartExamined="HAND"``, ...)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path.name)])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Modality = modality
+    if view:
+        dataset.ViewPosition = view
+    dataset.Rows, dataset.Columns = values.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
+    if window:
+        dataset.WindowCenter, dataset.WindowWidth = window
+    if frames > 1:
+        dataset.NumberOfFrames = frames
+    if age:
+        dataset.PatientAge = age
+    for keyword, value in attributes.items():
+        setattr(dataset, keyword, value)
+    dataset.PixelData = np.stack([values] * frames).astype(np.uint16).tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+CLASSES = ["COVID", "NORMAL"]
+SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory) -> Path:
+    """A VGG16 classifier with random weights at 32 px, saved as the pipeline saves models."""
+    import pandas as pd
+
+    from cxr.core import backbones
+    from cxr.core.config import Head
+    from cxr.core.spec import ModelSpec
+    from cxr.learn.model import build_classifier
+    from cxr.learn.model_files import save_model
+
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    model = build_classifier(backbones.get("vgg16"), SIZE, len(CLASSES), Head(units=8, dropout=0.0, normalize=False), None)
+    spec = ModelSpec(backbone="vgg16", image_size=SIZE, classes=CLASSES, task="multiclass", weights=None,
+                     views=["PA", "AP"], ages={"min": 18.0, "max": 90.0, "recorded": 40, "images": 60})
+    save_model(model, folder, spec, pd.DataFrame({"epoch": [0]}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chest() -> np.ndarray:
+    """A grey 112 x 96 chest image spanning the whole 0-255 range."""
+    from cxr.data.sources.synthetic import CHILD, draw_chest
+
+    pixels = draw_chest(np.random.default_rng(0), 96, 112, "covid", CHILD)
+    pixels[0, 0], pixels[0, 1] = 0, 255
+    return pixels

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cxr.data import image_files
 from cxr.learn import images
 
 from conftest import make_config
@@ -129,7 +130,7 @@ def test_exif_orientation_is_applied_as_pil_does(tmp_path, orientation):
     path = tmp_path / f"o{orientation}.png"
     Image.fromarray(pixels, "L").save(path, exif=exif.tobytes())
     expected = np.asarray(ImageOps.exif_transpose(Image.open(path)), np.float32)
-    upright = images.upright(tf.io.decode_image(tf.io.read_file(str(path)), channels=1), orientation).numpy()
+    upright = image_files.upright(tf.io.decode_image(tf.io.read_file(str(path)), channels=1), orientation).numpy()
     assert upright.shape[:2] == expected.shape and np.array_equal(upright[..., 0], expected)
 
 

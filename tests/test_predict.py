@@ -8,67 +8,25 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 import mlflow.pyfunc
 
-from cxr.core import backbones
 from cxr.learn import images
-from cxr.core.config import Head
-from cxr.core.spec import ModelSpec
-from cxr.learn.model import build_classifier
-from cxr.learn.model_files import load_model, save_model
+from cxr.learn.model_files import load_model
 from cxr.serve import predict
 from cxr.serve.pyfunc import XrayClassifier, signature
-from cxr.serve.dicom import DicomError, read_dicom
-from cxr.data.sources.synthetic import draw_chest, encode, CHILD
+from cxr.data import dicom
+from cxr.data.dicom import DicomError
+from cxr.data.image_files import DEFAULT_LIMITS
+from cxr.data.sources.synthetic import encode
+from conftest import write_dicom
 
-CLASSES = ["COVID", "NORMAL"]
-SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    """A VGG16 classifier with random weights, saved as the pipeline saves models."""
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    model = build_classifier(backbones.get("vgg16"), SIZE, len(CLASSES), Head(units=8, dropout=0.0, normalize=False), None)
-    spec = ModelSpec(backbone="vgg16", image_size=SIZE, classes=CLASSES, task="multiclass", weights=None,
-                     views=["PA", "AP"], ages={"min": 18.0, "max": 90.0, "recorded": 40, "images": 60})
-    save_model(model, folder, spec, pd.DataFrame({"epoch": [0]}))
-    return folder
+from conftest import CLASSES, SIZE
 
 
-@pytest.fixture(scope="module")
-def chest() -> np.ndarray:
-    """A grey chest image spanning the whole 0-255 range."""
-    pixels = draw_chest(np.random.default_rng(0), 96, 112, "covid", CHILD)
-    pixels[0, 0], pixels[0, 1] = 0, 255
-    return pixels
-
-
-def write_dicom(path: Path, values: np.ndarray, *, photometric: str = "MONOCHROME2", view: str = "PA",
-                frames: int = 1, window: tuple[float, float] | None = None, age: str | None = None) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    dataset.Modality, dataset.ViewPosition = "DX", view
-    dataset.Rows, dataset.Columns = values.shape
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
-    if window:
-        dataset.WindowCenter, dataset.WindowWidth = window
-    if frames > 1:
-        dataset.NumberOfFrames = frames
-    if age:
-        dataset.PatientAge = age
-    dataset.PixelData = np.stack([values] * frames).astype(np.uint16).tobytes()
-    dataset.save_as(path, enforce_file_format=True)
-    return path
+def read_dicom(path: Path):
+    return dicom.read_dicom(path.read_bytes(), str(path), max_pixels=DEFAULT_LIMITS.max_pixels,
+                            max_decoded_bytes=DEFAULT_LIMITS.max_decoded_bytes)
 
 
 def probabilities(table: pd.DataFrame, name: str) -> np.ndarray:
@@ -100,7 +58,7 @@ def test_every_format_gives_the_keras_models_probabilities_on_the_same_pixels(tm
     served = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(
         pd.DataFrame({"image": [path.read_bytes() for path in paths] + [b"not an image"]}))
     # A bad row fails alone, named by its position, not the request.
-    assert f"row {len(paths)}: cannot be decoded as an image" in served.iloc[-1]["error"]
+    assert served.iloc[-1]["error"] == f"row {len(paths)}: not a PNG, JPEG or DICOM file (it starts with b'not an i')"
     served = served.iloc[:-1].assign(path=[str(path) for path in paths])
     expected = model.predict(images.decode_resize(tf.constant(str(tmp_path / "chest.png")), SIZE)[None], verbose=0)[0]
     for result in (table, served):
@@ -155,9 +113,16 @@ def test_folder_with_bad_files_writes_every_row_and_fails(tmp_path, model_folder
     child = table[table["path"].str.endswith("child.dcm")].iloc[0]
     assert child["warning"] == ("PatientAge 4.0 years is outside the ages of the training images that record one "
                                 "(18-90 years; 40 of 60 images record an age)")
-    overlays = sorted(path.name for path in (tmp_path / "gradcam").iterdir())
-    assert overlays == ["child.dcm.gradcam.png", "good.jpeg.gradcam.png", "good.png.gradcam.png",
+    overlays = sorted(path.relative_to(tmp_path / "gradcam").as_posix() for path in (tmp_path / "gradcam").rglob("*.png"))
+    assert overlays == ["child.dcm.gradcam.png", "deeper/good.jpeg.gradcam.png", "good.png.gradcam.png",
                         "lateral.dcm.gradcam.png"]
+    # Each row names its overlay; failed rows have none.
+    assert table.set_index(table["path"].map(lambda path: Path(path).name))["overlay"].to_dict() == {
+        "child.dcm": str(tmp_path / "gradcam" / "child.dcm.gradcam.png"),
+        "good.jpeg": str(tmp_path / "gradcam" / "deeper" / "good.jpeg.gradcam.png"),
+        "good.png": str(tmp_path / "gradcam" / "good.png.gradcam.png"),
+        "lateral.dcm": str(tmp_path / "gradcam" / "lateral.dcm.gradcam.png"),
+        "corrupt.jpg": "", "empty.png": "", "tiny.png": ""}
     assert Image.open(tmp_path / "gradcam" / "good.png.gradcam.png").size == (SIZE, SIZE)
     printed = capsys.readouterr().out
     assert "7 file(s), 4 predicted" in printed and "3 failed, 2 with a warning" in printed

@@ -1,5 +1,22 @@
 """The errors a user can cause and fix; stages print them as one readable line, no traceback."""
 
+from __future__ import annotations
+
+import re
+
+# An object's repr with its memory address (<_io.BytesIO object at 0x7f...>): noise in a message.
+_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
 
 class CxrError(Exception):
     """Base for problems in parameters or data; the message names the file, row or key."""
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error's message as one line: whitespace (newlines included) collapsed, object reprs
+    with memory addresses reduced to their type (``<_io.BytesIO object at 0x7f..>`` -> ``BytesIO``),
+    and the exception's type when it has no message."""
+    text = " ".join(str(error).split())
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    return _ADDRESS.sub(lambda match: match[1].rsplit(".", 1)[-1], text)

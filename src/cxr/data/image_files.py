@@ -1,53 +1,247 @@
-"""What an image file is, read with PIL: its sha256, upright size, mode and EXIF orientation, after
-decoding it fully so a corrupt file is caught where it is named. The catalog describes every
-source image with it; prediction checks new files with it.
+"""What an image file is and how cxr reads it: the one decode path.
+
+Merge's image check, training, evaluation, the audit, ``cxr-predict`` and the served model all read
+files through this module, in this order:
+
+1. the size on disk is checked against :attr:`Limits.max_file_bytes` before a byte is read;
+2. the format is told from the file's first bytes, never from its suffix (the COVID collection
+   once shipped WebP files named ``.png``); PNG, JPEG and DICOM are read, any other format is
+   refused with its name;
+3. width and height (DICOM: rows x columns x frames, and the decoded bytes) are read from the
+   header and checked against :attr:`Limits.max_pixels` before any pixel is decoded, so a
+   decompression bomb (a 50 KB PNG claiming 20000 x 20000 px) costs nothing;
+4. the pixels are decoded: PNG and JPEG by TensorFlow's decoder (:func:`decode_tensor`, the very
+   op training's ``tf.data`` pipeline runs), DICOM by pydicom (:mod:`cxr.data.dicom`).
+
+A file merge accepts is therefore a file training can read. Every failure is an
+:class:`ImageFileError` whose one-line message names the file and the cause.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import tensorflow as tf
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from cxr.core.errors import CxrError
+from cxr.core.errors import CxrError, one_line
 from cxr.core.schema import IMAGE_COLUMNS
+from cxr.data import dicom
 
 IMAGE_READERS = 4
 # EXIF orientations that turn the image a quarter (5-8): width and height swap when upright.
 QUARTER_TURNS = (5, 6, 7, 8)
+# The formats training reads (the catalog's images) and the ones a trained model takes.
+TRAINING_FORMATS = ("png", "jpeg")
+MODEL_FORMATS = ("png", "jpeg", "dicom")
+# Formats recognised by their first bytes, named in the refusal so the user knows what to convert.
+OTHER_FORMATS = (
+    (b"RIFF", 8, b"WEBP", "WebP"),
+    (b"II*\x00", 0, b"", "TIFF"),
+    (b"MM\x00*", 0, b"", "TIFF"),
+    (b"GIF87a", 0, b"", "GIF"),
+    (b"GIF89a", 0, b"", "GIF"),
+    (b"BM", 0, b"", "BMP"),
+    (b"\x00\x00\x00\x0cjP  ", 0, b"", "JPEG 2000"),
+    (b"\xffO\xffQ", 0, b"", "JPEG 2000 codestream"),
+    (b"8BPS", 0, b"", "Photoshop"),
+    (b"%PDF", 0, b"", "PDF"),
+    (b"\x00\x00\x01\x00", 0, b"", "ICO"),
+)
 
 
 class ImageFileError(CxrError):
-    """A file that cannot be decoded as an image; the message names it."""
+    """A file that cannot be read as an image; the one-line message names the file and the cause."""
 
 
-def describe_image(path: str) -> dict:
-    """sha256, upright width and height, PIL mode and EXIF orientation (1-8; 1 when absent) of
-    one image, decoding it fully to catch corruption."""
-    return describe_image_bytes(Path(path).read_bytes(), path)
+@dataclass(frozen=True)
+class Limits:
+    """How large a file may be before cxr reads it.
+
+    ``max_file_bytes``: bytes on disk (or in a request cell). ``max_pixels``: width x height x frames
+    of one image, checked on the header before decoding; the default, 8192 x 8192, is about four
+    times the largest chest radiograph detectors (43 x 43 cm at 0.1 mm). A DICOM's pixel data once
+    decompressed or inflated (rows x columns x frames x samples x bytes per sample) may take
+    :attr:`max_decoded_bytes`, 4 bytes per allowed pixel (16-bit grey or 8-bit RGB at the pixel
+    limit), checked before decompressing it.
+
+    Decoding one image at the limit takes about ``max_pixels * 12`` bytes (float32 RGB) at its peak,
+    0.8 GB at the defaults: a server bounds its memory by the number of concurrent decodes.
+    """
+
+    max_file_bytes: int = 512 * 2**20
+    max_pixels: int = 8192 * 8192
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return 4 * self.max_pixels
+
+    def check_file_size(self, size: int, name: str) -> None:
+        if size > self.max_file_bytes:
+            raise ImageFileError(f"{name}: {size:,} bytes, over the limit of {self.max_file_bytes:,} bytes per file "
+                                 "(max_file_bytes)")
+
+    def check_pixels(self, width: int, height: int, name: str, frames: int = 1) -> None:
+        pixels = int(width) * int(height) * int(frames)
+        if pixels > self.max_pixels:
+            shape = f"{width} x {height}" + (f" x {frames} frames" if frames > 1 else "")
+            raise ImageFileError(f"{name}: {shape} px ({pixels:,} pixels), over the limit of {self.max_pixels:,} "
+                                 "pixels per image (max_pixels); downscale it first")
 
 
-def describe_image_bytes(data: bytes, path: str) -> dict:
-    """:func:`describe_image` of a file's bytes; ``path`` names it in errors."""
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says, before any pixel is decoded."""
+
+    format: str  # png | jpeg | dicom
+    width: int  # upright (after the EXIF orientation), in pixels
+    height: int
+    mode: str  # PIL's mode (L, RGB, I;16, ...); DICOM: its PhotometricInterpretation
+    orientation: int  # EXIF orientation 1-8; 1 when absent (and for DICOM)
+
+
+def sniff(data: bytes, name: str) -> str:
+    """``png``, ``jpeg`` or ``dicom``, told from the first bytes (a DICOM also by its ``.dcm`` or
+    ``.dicom`` suffix, as some files lack the 128-byte preamble). Raises :class:`ImageFileError`
+    naming the format found (WebP, TIFF, ...) or saying it is none that cxr knows."""
+    if not data:
+        raise ImageFileError(f"{name}: empty file")
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if dicom.is_dicom(name, data):
+        return "dicom"
+    for magic, offset, more, label in OTHER_FORMATS:
+        if data.startswith(magic) and data[offset:offset + len(more)] == more:
+            raise ImageFileError(f"{name}: a {label} file (whatever its name says); cxr reads PNG, JPEG and DICOM: "
+                                 "convert it to PNG")
+    raise ImageFileError(f"{name}: not a PNG, JPEG or DICOM file (it starts with {data[:8]!r})")
+
+
+def read_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The bytes of the file at ``path``, its size checked before reading. Raises
+    :class:`ImageFileError` for a missing, unreadable (permissions, symlink loop) or oversized file."""
+    path = Path(path)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
-            orientation = orientation if 1 <= orientation <= 8 else 1
-            width, height, mode = image.width, image.height, image.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageFileError(f"{path}: cannot be decoded as an image ({exc})") from None
+        size = path.stat().st_size
+        if not path.is_file():
+            raise ImageFileError(f"{path}: not a file")
+        limits.check_file_size(size, str(path))
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageFileError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def header(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS
+           ) -> Header:
+    """Format, upright size, mode and orientation of a file's bytes, with every limit checked and
+    no pixel decoded. ``formats``: those accepted here (merge takes only what training reads).
+    Raises :class:`ImageFileError` (or :class:`cxr.data.dicom.DicomError`) naming the file."""
+    limits.check_file_size(len(data), name)
+    kind = sniff(data, name)
+    if kind not in formats:
+        raise ImageFileError(f"{name}: a {kind.upper()} file; here only {', '.join(f.upper() for f in formats)} "
+                             "are read")
+    if kind == "dicom":
+        found = dicom.read_header(data, name, max_pixels=limits.max_pixels, max_decoded_bytes=limits.max_decoded_bytes)
+        return Header("dicom", found.columns, found.rows, found.photometric, 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                limits.check_pixels(image.width, image.height, name)
+                orientation = int(image.getexif().get(ExifTags.Base.Orientation, 1))
+                width, height, mode = image.width, image.height, image.mode
+    except Image.DecompressionBombError as exc:  # PIL's own guard (twice its MAX_IMAGE_PIXELS) fired first
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(claimed[1]):,} pixels" if claimed else "more pixels than PIL opens"
+        raise ImageFileError(f"{name}: {count}, over the limit of {limits.max_pixels:,} pixels per image "
+                             "(max_pixels); downscale it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageFileError(f"{name}: cannot be decoded as an image ({one_line(exc)})") from None
+    orientation = orientation if 1 <= orientation <= 8 else 1
     if orientation in QUARTER_TURNS:
         width, height = height, width
-    return {"sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height, "mode": mode,
-            "orientation": orientation}
+    return Header(kind, width, height, mode, orientation)
 
 
-def describe_images(paths: list[str]) -> pd.DataFrame:
+def decode_tensor(data: tf.Tensor, orientation: tf.Tensor | int = 1) -> tf.Tensor:
+    """A PNG or JPEG file's bytes -> float32 (height, width, 3) in [0, 1], upright. The decode op of
+    the whole project: training's ``tf.data`` pipeline calls it in graph mode, :func:`decode` eagerly."""
+    image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
+    return upright(image, orientation)
+
+
+def upright(image: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:
+    """Apply EXIF orientation 1-8 (anything else: as stored); TensorFlow's decoders ignore EXIF.
+
+    The eight cases are PIL's ``ImageOps.exif_transpose``: 2 mirror, 3 half turn, 4 flip,
+    5 transpose, 6 quarter turn clockwise, 7 transverse, 8 quarter turn anticlockwise.
+    """
+    orientation = tf.cast(orientation, tf.int32)
+    branches = [
+        lambda: image,
+        lambda: tf.image.flip_left_right(image),
+        lambda: tf.image.rot90(image, 2),
+        lambda: tf.image.flip_up_down(image),
+        lambda: tf.image.transpose(image),
+        lambda: tf.image.rot90(image, 3),
+        lambda: tf.image.rot90(tf.image.transpose(image), 2),
+        lambda: tf.image.rot90(image, 1),
+    ]
+    known = (orientation >= 1) & (orientation <= 8)
+    return tf.switch_case(tf.where(known, orientation - 1, 0), branches)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A file read for a model: its pixels and what its header said."""
+
+    pixels: tf.Tensor  # float32 (height, width, 3) in [0, 1], upright
+    header: Header
+    dicom: dicom.DicomImage | None  # the DICOM's header facts (view, age, modality, ...), for DICOMs
+
+
+def decode(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS
+           ) -> Decoded:
+    """A file's bytes -> :class:`Decoded`, through :func:`header`'s checks then the format's decoder.
+    Raises :class:`ImageFileError` (a :class:`cxr.core.errors.CxrError`) with one line naming the file."""
+    found = header(data, name, limits, formats)
+    if found.format == "dicom":
+        image = dicom.read_dicom(data, name, max_pixels=limits.max_pixels, max_decoded_bytes=limits.max_decoded_bytes)
+        grey = tf.convert_to_tensor(image.pixels[..., None], tf.float32) / 255.0
+        return Decoded(tf.image.grayscale_to_rgb(grey), found, image)
+    try:
+        pixels = decode_tensor(tf.constant(data), found.orientation)
+    except tf.errors.OpError as exc:
+        raise ImageFileError(f"{name}: cannot be decoded as an image ({found.format.upper()}: "
+                             f"{one_line(exc.message)})") from None
+    return Decoded(pixels, found, None)
+
+
+def describe_image(path: str, limits: Limits = DEFAULT_LIMITS) -> dict:
+    """sha256, upright width and height, PIL mode and EXIF orientation (1-8; 1 when absent) of one
+    training image (PNG or JPEG), decoded by training's decoder to prove training can read it."""
+    data = read_file(path, limits)
+    found = decode(data, path, limits, TRAINING_FORMATS).header
+    return {"sha256": hashlib.sha256(data).hexdigest(), "width": found.width, "height": found.height,
+            "mode": found.mode, "orientation": found.orientation}
+
+
+def describe_images(paths: list[str], limits: Limits = DEFAULT_LIMITS) -> pd.DataFrame:
+    """:func:`describe_image` of every path (in parallel), one row each in the catalog's image columns;
+    the first file that cannot be read raises its :class:`ImageFileError`."""
     with ThreadPoolExecutor(IMAGE_READERS) as pool:
-        return pd.DataFrame(list(pool.map(describe_image, paths)),
-                            columns=list(IMAGE_COLUMNS))
+        rows = list(pool.map(lambda path: describe_image(path, limits), paths))
+    return pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))

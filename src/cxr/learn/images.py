@@ -1,8 +1,8 @@
 """Decoding, resizing, augmentation and the tf.data pipelines that feed training.
 
 Every source format (grayscale, RGB, RGBA, palette and 16-bit PNG, JPEG, EXIF-rotated JPEG)
-decodes to upright float RGB in [0, 255] at the requested size; models take those pixels and do
-their own preprocessing.
+decodes, through :mod:`cxr.data.image_files`, to upright float RGB in [0, 255] at the requested
+size; models take those pixels and do their own preprocessing.
 Decoded images are cached (in memory, or on disk keyed by the images' content and the size)
 so epochs after the first, and later backbones of the same size, never decode a file again.
 """
@@ -17,6 +17,7 @@ import pandas as pd
 import tensorflow as tf
 
 from cxr.core.config import Augment
+from cxr.data.image_files import decode_tensor
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -28,9 +29,9 @@ def decode_resize(path: tf.Tensor, size: int, orientation: tf.Tensor | int = 1) 
 
 
 def decode_bytes(data: tf.Tensor, size: int, orientation: tf.Tensor | int = 1) -> tf.Tensor:
-    """One image file's bytes (PNG, JPEG, BMP, GIF) -> what :func:`decode_resize` gives for the file."""
-    image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
-    return model_input(upright(image, orientation), size)
+    """One PNG or JPEG file's bytes -> what :func:`decode_resize` gives for the file, decoded by
+    :func:`cxr.data.image_files.decode_tensor` (the project's one decoder)."""
+    return model_input(decode_tensor(data, orientation), size)
 
 
 def model_input(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -38,33 +39,6 @@ def model_input(image: tf.Tensor, size: int) -> tf.Tensor:
     (size, size, 3) in [0, 255]. Training, evaluation and prediction all resize here."""
     image = tf.image.resize(image, (size, size), antialias=True)
     return tf.clip_by_value(image, 0.0, 1.0) * 255.0
-
-
-def grey_model_input(pixels: np.ndarray, size: int) -> tf.Tensor:
-    """A grey uint8 (height, width) array (a DICOM's pixels, already windowed) -> model input."""
-    grey = tf.convert_to_tensor(pixels[..., None], tf.float32) / 255.0
-    return model_input(tf.image.grayscale_to_rgb(grey), size)
-
-
-def upright(image: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:
-    """Apply EXIF orientation 1-8 (anything else: as stored); TensorFlow's decoders ignore EXIF.
-
-    The eight cases are PIL's ``ImageOps.exif_transpose``: 2 mirror, 3 half turn, 4 flip,
-    5 transpose, 6 quarter turn clockwise, 7 transverse, 8 quarter turn anticlockwise.
-    """
-    orientation = tf.cast(orientation, tf.int32)
-    branches = [
-        lambda: image,
-        lambda: tf.image.flip_left_right(image),
-        lambda: tf.image.rot90(image, 2),
-        lambda: tf.image.flip_up_down(image),
-        lambda: tf.image.transpose(image),
-        lambda: tf.image.rot90(image, 3),
-        lambda: tf.image.rot90(tf.image.transpose(image), 2),
-        lambda: tf.image.rot90(image, 1),
-    ]
-    known = (orientation >= 1) & (orientation <= 8)
-    return tf.switch_case(tf.where(known, orientation - 1, 0), branches)
 
 
 def orientations(frame: pd.DataFrame) -> np.ndarray:

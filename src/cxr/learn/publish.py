@@ -63,7 +63,7 @@ def log_fit(history: pd.DataFrame, metrics: dict, title: str) -> None:
 
 
 # What the registered pyfunc needs where it is served; the code itself travels with the model.
-SERVING_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow", "pydicom", "pyyaml",
+SERVING_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow", "pydicom", "python-gdcm", "pyyaml",
                     "scikit-learn", "matplotlib", "tqdm")
 
 

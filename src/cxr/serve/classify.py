@@ -2,15 +2,23 @@
 it, with a warning where the file is outside what the model saw; then one row of probabilities per
 file. ``cxr-predict`` and the registered (served) model both use it.
 
-PNG and JPEG go through the catalog's checks and EXIF orientation and the pipeline's resize;
-DICOMs through :mod:`cxr.serve.dicom` into the same resize. Warnings come from DICOM headers only
-(a PNG or JPEG says nothing about view or age, so nothing is claimed for it).
+Files are read by :mod:`cxr.data.image_files` (the decoder merge and training use), within its
+:class:`~cxr.data.image_files.Limits`, then resized as training resizes. Warnings come from DICOM
+headers only (a PNG or JPEG says nothing about view, age or modality, so nothing is claimed for it).
+
+Every failure stays in its row: whatever reading a file raises (a format cxr does not read, a
+decompression bomb, a broken DICOM window, pydicom or TensorFlow errors, memory) becomes a one-line
+``error`` naming the file, and the other files go on. Unexpected errors are also logged with their
+traceback (the server's log), never returned.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,21 +27,34 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from cxr.learn import images
-from cxr.data.image_files import describe_image_bytes
-from cxr.core.errors import CxrError
+from cxr.core.errors import CxrError, one_line
 from cxr.core.spec import ModelSpec
-from cxr.serve.dicom import DicomImage, is_dicom, read_dicom
+from cxr.data import image_files
+from cxr.data.dicom import DicomImage
+from cxr.data.image_files import DEFAULT_LIMITS, Limits
+from cxr.learn import images
 
+LOG = logging.getLogger(__name__)
 # Shorter sides below this are refused: upscaled to the model's size they carry no detail.
 MIN_SIDE = 64
 # Images are decoded this many at a time, so a large folder never holds all its pixels at once.
 CHUNK = 256
 
-# A file to classify: its path, or (a name for it, its bytes).
-Source = Path | tuple[str, bytes]
-# Called with the model, the names and model inputs of a batch, and the predicted class indices.
-Explain = Callable[[object, list[str], np.ndarray, np.ndarray], None]
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An input known to fail before it is read (a null request cell, a row over the limit, a
+    symlink loop): ``message`` is its row's error."""
+
+    name: str
+    message: str
+
+
+# A file to classify: its path, (a name for it, its bytes), or an input that already failed.
+Source = Path | tuple[str, bytes] | Unreadable
+# Called with the model, the names and model inputs of a batch, and the predicted class indices;
+# returns what it wrote for each image (a path, or "" for nothing), in order.
+Explain = Callable[[object, list[str], np.ndarray, np.ndarray], list[str]]
 
 
 @dataclass(frozen=True)
@@ -42,31 +63,27 @@ class ModelInput:
     warning: str  # "" when nothing is out of the ordinary
 
 
-def model_input(data: bytes, name: str, spec: ModelSpec, views: list[str] | None = None) -> ModelInput:
-    """``data``, the bytes of the file called ``name``, for the model described by ``spec``. ``views`` overrides the views the model records it was trained on. Raises
+def model_input(data: bytes, name: str, spec: ModelSpec, views: list[str] | None = None,
+                limits: Limits = DEFAULT_LIMITS) -> ModelInput:
+    """``data``, the bytes of the file called ``name`` (PNG, JPEG or DICOM), for the model described by
+    ``spec``. ``views`` overrides the views the model records it was trained on. Raises
     :class:`CxrError` naming the file."""
-    if not data:
-        raise CxrError(f"{name}: empty file")
-    size = spec.image_size
-    if is_dicom(name, data):
-        dicom = read_dicom(data, name)
-        side = min(dicom.pixels.shape)
-        pixels = images.grey_model_input(dicom.pixels, size)
-        warning = dicom_warning(dicom, spec.views if views is None else views, spec.ages)
-    else:
-        described = describe_image_bytes(data, name)
-        side = min(described["width"], described["height"])
-        pixels = images.decode_bytes(tf.constant(data), size, described["orientation"])
-        warning = ""
+    decoded = image_files.decode(data, name, limits)
+    side = min(decoded.header.width, decoded.header.height)
     if side < MIN_SIDE:
         raise CxrError(f"{name}: the image is {side} px on its shorter side; at least {MIN_SIDE} px are needed")
+    pixels = images.model_input(decoded.pixels, spec.image_size)
+    warning = ""
+    if decoded.dicom is not None:
+        warning = dicom_warning(decoded.dicom, spec.views if views is None else views, spec.ages)
     return ModelInput(pixels.numpy(), warning)
 
 
 def dicom_warning(dicom: DicomImage, views: list[str], ages: dict | None) -> str:
     """What in the header lies outside the training data: a view not in ``views``, an age outside
-    ``ages`` (``{"min", "max", "recorded", "images"}`` over the training images that record one)."""
-    warnings = []
+    ``ages`` (``{"min", "max", "recorded", "images"}`` over the training images that record one), a
+    modality or body part that is not a chest radiograph, values read leniently."""
+    warnings = list(dicom.notes)
     if views and dicom.view and dicom.view not in views:
         warnings.append(f"ViewPosition {dicom.view} is not among the views the model was trained on "
                         f"({', '.join(views)})")
@@ -77,52 +94,76 @@ def dicom_warning(dicom: DicomImage, views: list[str], ages: dict | None) -> str
     return "; ".join(warnings)
 
 
-def read_source(source: Source, spec: ModelSpec, views: list[str] | None = None) -> ModelInput:
+def read_source(source: Source, spec: ModelSpec, views: list[str] | None = None,
+                limits: Limits = DEFAULT_LIMITS) -> ModelInput:
     """:func:`model_input` of a file on disk or of bytes already in hand."""
+    if isinstance(source, Unreadable):
+        raise CxrError(source.message)
     if isinstance(source, tuple):
-        return model_input(source[1], source[0], spec, views)
-    if not source.is_file():
-        raise CxrError(f"{source}: no such file")
-    return model_input(source.read_bytes(), str(source), spec, views)
+        return model_input(source[1], source[0], spec, views, limits)
+    return model_input(image_files.read_file(source, limits), str(source), spec, views, limits)
 
 
 def source_name(source: Source) -> str:
+    if isinstance(source, Unreadable):
+        return source.name
     return source[0] if isinstance(source, tuple) else str(source)
 
 
+def row_error(source: Source, error: BaseException) -> str:
+    """The one-line error of a source whose reading raised ``error``; unexpected errors are logged
+    with their traceback."""
+    name = source_name(source)
+    if isinstance(error, CxrError):
+        message = one_line(error)
+        return message if message.startswith(name) else f"{name}: {message}"
+    if isinstance(error, MemoryError):
+        return f"{name}: out of memory while decoding it; lower the limits or free memory"
+    LOG.error("%s: unexpected error while reading it", name, exc_info=error)
+    return f"{name}: cannot be read ({type(error).__name__}: {one_line(error)})"
+
+
 def predict_sources(model, spec: ModelSpec, sources: list[Source], *, batch_size: int, views: list[str] | None = None,
-                    progress: bool = False, explain: Explain | None = None) -> pd.DataFrame:
-    """One row per source: path (its name), predicted class, ``p_<class>`` per class of ``spec``,
-    warning and error. A source that cannot be read gets its error in its row; the others go on."""
+                    progress: bool = False, explain: Explain | None = None, limits: Limits = DEFAULT_LIMITS,
+                    decode_slots: threading.Semaphore | None = None) -> pd.DataFrame:
+    """One row per source, in order: path (its name), predicted class, ``p_<class>`` per class of
+    ``spec`` (None where the row failed), warning, error, and overlay (what ``explain`` wrote for it,
+    when given). A source that cannot be read gets its one-line error in its row; the others go on.
+    ``decode_slots`` bounds how many files are decoded at once across threads (a server's memory)."""
     classes, rows = spec.classes, []
+    columns = ["path", "predicted", *[f"p_{name}" for name in classes], "warning", "error"]
+    columns += ["overlay"] if explain is not None else []
     bar = tqdm(total=len(sources), unit="image", disable=not progress, file=sys.stderr)
     for start in range(0, len(sources), CHUNK):
         chunk, decoded = sources[start:start + CHUNK], []
         for source in chunk:
             try:
-                decoded.append(read_source(source, spec, views))
-            except CxrError as exc:
-                decoded.append(exc)
+                with decode_slots or nullcontext():
+                    decoded.append(read_source(source, spec, views, limits))
+            except Exception as exc:  # noqa: BLE001 - every failure (MemoryError too) is its row's answer
+                decoded.append(row_error(source, exc))
             bar.update(1)
         good = [index for index, item in enumerate(decoded) if isinstance(item, ModelInput)]
-        probabilities = {}
+        probabilities, overlays = {}, {}
         if good:
             pixels = np.stack([decoded[index].pixels for index in good])
             batches = tf.data.Dataset.from_tensor_slices(pixels).batch(batch_size)
             probabilities = dict(zip(good, model.predict(batches, verbose=0)))
             if explain is not None:
-                explain(model, [source_name(chunk[index]) for index in good], pixels,
-                        np.array([int(np.argmax(probabilities[index])) for index in good]))
+                written = explain(model, [source_name(chunk[index]) for index in good], pixels,
+                                  np.array([int(np.argmax(probabilities[index])) for index in good]))
+                overlays = dict(zip(good, written))
         for index, source in enumerate(chunk):
             row = {"path": source_name(source), "predicted": None, **{f"p_{name}": None for name in classes},
-                   "warning": "", "error": ""}
+                   "warning": "", "error": ""} | ({"overlay": ""} if explain is not None else {})
             if index in probabilities:
                 row["predicted"] = classes[int(np.argmax(probabilities[index]))]
                 row.update({f"p_{name}": float(value) for name, value in zip(classes, probabilities[index])})
                 row["warning"] = decoded[index].warning
+                if explain is not None:
+                    row["overlay"] = overlays.get(index, "")
             else:
-                row["error"] = str(decoded[index])
+                row["error"] = decoded[index]
             rows.append(row)
     bar.close()
-    return pd.DataFrame(rows, columns=["path", "predicted", *[f"p_{name}" for name in classes], "warning", "error"])
-
+    return pd.DataFrame(rows, columns=columns)

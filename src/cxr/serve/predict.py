@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,28 +29,65 @@ from cxr.core.spec import ModelSpec
 from cxr.report.figures import saliency_overlay
 from cxr.learn.model_files import load_model
 from cxr.core.outputs import write_csv
-from cxr.serve.classify import predict_sources
-from cxr.serve.dicom import SUFFIXES as DICOM_SUFFIXES
+from cxr.data.dicom import SUFFIXES as DICOM_SUFFIXES
+from cxr.data.image_files import DEFAULT_LIMITS, Limits
+from cxr.serve.classify import Source, Unreadable, predict_sources, source_name
 
 DISCLAIMER = ("cxr models are research artefacts, not diagnostic devices: never use a prediction for a "
               "decision about a patient.")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def input_files(items: list[str]) -> list[Path]:
-    """Files named, found below folders (recursively) or matched by globs; unknown paths kept (they
-    get an error row)."""
-    found: list[Path] = []
-    suffixes = IMAGE_SUFFIXES + DICOM_SUFFIXES
+def input_files(items: list[str]) -> list[Source]:
+    """Files named, found below folders (recursively, symbolic links followed once) or matched by
+    globs, in a stable order. Below a folder a file is read when its suffix is an image's (PNG, JPEG,
+    DICOM) or when it carries the DICOM marker (PACS and CD exports name files ``IM000000``); an
+    entry that cannot be looked at (a symlink loop, no permission) gets an :class:`Unreadable` row.
+    Paths named directly are kept whatever they are (a missing one gets its error row)."""
+    found: list[Source] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found += sorted(file for file in path.rglob("*") if file.is_file() and file.suffix.lower() in suffixes)
-        elif path.exists() or not glob.has_magic(item):
+            found += scan_folder(path)
+        elif path.exists() or path.is_symlink() or not glob.has_magic(item):
             found.append(path)
         else:
             found += sorted(Path(match) for match in glob.glob(item, recursive=True) if Path(match).is_file())
     return found
+
+
+def scan_folder(folder: Path) -> list[Source]:
+    """The image and DICOM files below ``folder`` (see :func:`input_files`)."""
+    found: list[Source] = []
+    seen = {os.path.realpath(folder)}
+    problems: list[Unreadable] = []
+
+    def unreadable_folder(error: OSError) -> None:
+        problems.append(Unreadable(str(error.filename), f"{error.filename}: folder cannot be read ({error.strerror})"))
+
+    for root, folders, files in os.walk(folder, onerror=unreadable_folder, followlinks=True):
+        folders.sort()
+        for name in list(folders):
+            real = os.path.realpath(os.path.join(root, name))
+            if real in seen:
+                folders.remove(name)
+                problems.append(Unreadable(os.path.join(root, name), f"{os.path.join(root, name)}: a symbolic link back "
+                                           f"to {real}, which is already scanned; skipped"))
+            seen.add(real)
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES:
+                found.append(path)
+                continue
+            try:
+                with open(path, "rb") as stream:
+                    marker = stream.read(132)[128:132]
+            except OSError as exc:
+                found.append(Unreadable(str(path), f"{path}: cannot be read ({exc.strerror})"))
+                continue
+            if marker == b"DICM":
+                found.append(path)
+    return found + problems
 
 
 @dataclass
@@ -85,19 +123,36 @@ def load_reference(reference: str) -> LoadedModel:
 
 
 class Explainer:
-    """Writes ``<folder>/<file name>.gradcam.png``: the predicted class's Grad-CAM map over the
-    image, computed by the shortcut audit's :func:`cxr.report.audit.gradcam.gradcam` at the backbone's layer."""
+    """Writes the predicted class's Grad-CAM map over each image, computed by the shortcut audit's
+    :func:`cxr.report.audit.gradcam.gradcam` at the backbone's layer, to
+    ``<folder>/<the input's path below the inputs' common folder>.gradcam.png``: two files of the same
+    name in different folders (CheXpert's ``view1_frontal.jpg``) get two overlays."""
 
-    def __init__(self, folder: Path, backbone: str, batch_size: int):
+    def __init__(self, folder: Path, backbone: str, batch_size: int, names: list[str]):
         self.folder, self.layer, self.batch_size = folder, backbones.get(backbone).gradcam_layer, batch_size
+        self.relative = overlay_names(names)
         folder.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, model, names: list[str], batch: np.ndarray, predicted: np.ndarray) -> None:
+    def __call__(self, model, names: list[str], batch: np.ndarray, predicted: np.ndarray) -> list[str]:
+        written = []
         for start in range(0, len(names), self.batch_size):
             part = slice(start, start + self.batch_size)
             maps = gradcam(model, batch[part], predicted[part], self.layer)
             for name, image, saliency in zip(names[part], batch[part], maps):
-                Image.fromarray(saliency_overlay(image, saliency)).save(self.folder / f"{Path(name).name}.gradcam.png")
+                target = self.folder / f"{self.relative.get(name, Path(name).name)}.gradcam.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(saliency_overlay(image, saliency)).save(target)
+                written.append(str(target))
+        return written
+
+
+def overlay_names(names: list[str]) -> dict[str, str]:
+    """Each input path -> its path below the inputs' common folder (distinct paths stay distinct)."""
+    if not names:
+        return {}
+    absolute = [os.path.abspath(name) for name in names]
+    common = os.path.commonpath([os.path.dirname(path) for path in absolute])
+    return {name: os.path.relpath(path, common) for name, path in zip(names, absolute)}
 
 
 def summary(table: pd.DataFrame, output: Path) -> str:
@@ -130,7 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--views", nargs="*", default=None,
                         help="views the model was trained on; a DICOM whose ViewPosition is another gets a "
                         "warning (default: the views the model records)")
+    parser.add_argument("--max-file-mb", type=float, default=DEFAULT_LIMITS.max_file_bytes / 2**20,
+                        help="larger files get an error row without being read (default: %(default)g)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_LIMITS.max_pixels,
+                        help="images whose header claims more pixels (width x height x frames) get an error row "
+                        "before decoding (default: %(default)d, 8192 x 8192)")
     args = parser.parse_args(argv)
+    limits = Limits(max_file_bytes=int(args.max_file_mb * 2**20), max_pixels=args.max_pixels)
     try:
         loaded = load_reference(args.model or default_model())
     except CxrError as exc:
@@ -138,9 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     paths = input_files(args.inputs)
     if not paths:
         raise SystemExit(f"error: no PNG, JPEG or DICOM file in {args.inputs}")
-    explain = Explainer(args.explain, loaded.spec.backbone, args.batch_size) if args.explain else None
+    explain = (Explainer(args.explain, loaded.spec.backbone, args.batch_size, [source_name(path) for path in paths])
+               if args.explain else None)
     table = predict_sources(loaded.model, loaded.spec, paths, batch_size=args.batch_size, views=args.views,
-                            progress=len(paths) > 1, explain=explain)
+                            progress=len(paths) > 1, explain=explain, limits=limits)
     table.insert(2, "model", loaded.name)
     table.insert(3, "model_version", loaded.version)
     write_csv(args.output, table)

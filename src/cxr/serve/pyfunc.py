@@ -2,25 +2,85 @@
 
 Each registered version (``cxr-<task>``, ``cxr-<task>-<backbone>``) is this pyfunc around the
 pipeline's model folder (``model.keras`` + ``meta.json``). It takes a DataFrame with an ``image``
-column of raw PNG, JPEG or DICOM bytes (over JSON, base64: MLflow's scoring server decodes
-``binary`` columns) and returns, per row, the predicted class, one ``p_<class>`` column per class,
-a ``warning`` and an ``error``: a file that cannot be read fails its own row, not the request.
-Decoding and resizing are :mod:`cxr.serve.inputs`, the code ``cxr-predict`` and training use.
+column of raw PNG, JPEG or DICOM bytes (in Python) or their base64 text (over HTTP) and returns, per row, the predicted class, one ``p_<class>``
+column per class, a ``warning`` and an ``error``. Over HTTP the bytes travel as base64 in any of
+MLflow's JSON formats (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``), with
+or without line breaks. Every row gets its own answer: a file that cannot be read, a ``null`` cell
+or a row over :data:`SERVING_LIMITS` ``max_rows`` fails its own row (``error``, with the ``p_``
+columns ``null``), never the request. Decoding and resizing are :mod:`cxr.serve.classify`, the code
+``cxr-predict`` and training use.
+
+Limits (:data:`SERVING_LIMITS`) can be changed where the model is served, through MLflow's model
+config: ``SERVING_MODEL_CONFIG='{"max_rows": 16}' mlflow models serve ...``. Memory stays below
+about ``max_concurrent_decodes * max_pixels * 12`` bytes for decoding (0.8 GB per decode at the
+defaults) plus ``max_rows * image_size**2 * 12`` bytes of model inputs per request in flight.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import threading
 from pathlib import Path
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
+from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn.model_files import load_model
-from cxr.serve.classify import predict_sources
+from cxr.serve.classify import Source, Unreadable, predict_sources
 
 COLUMN = "image"
+# What a served model accepts, unless its model config says otherwise.
+SERVING_LIMITS = {
+    "max_rows": 64,  # rows per request; later rows get an error row
+    "max_concurrent_decodes": 2,  # files decoded at once, across concurrent requests
+    "max_file_bytes": DEFAULT_LIMITS.max_file_bytes,
+    "max_pixels": DEFAULT_LIMITS.max_pixels,
+}
+
+
+def serving_limits(model_config: dict | None) -> dict[str, int]:
+    """:data:`SERVING_LIMITS` updated by a model config; an unknown key or a value that is not a
+    positive integer raises :class:`MlflowException` naming it."""
+    limits = dict(SERVING_LIMITS)
+    for key, value in (model_config or {}).items():
+        if key not in limits:
+            raise MlflowException(f"model config: unknown key {key!r} (known: {', '.join(SERVING_LIMITS)})",
+                                  INVALID_PARAMETER_VALUE)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MlflowException(f"model config: {key} must be a positive integer, got {value!r}",
+                                  INVALID_PARAMETER_VALUE)
+        limits[key] = value
+    return limits
+
+
+# How MLflow's JSON parsing hands over a null cell: None or NaN (dataframe formats), the text
+# "None" (``instances`` and ``inputs``: it converts every value of a string column with str()).
+NULL_TEXT = ("", "None", "null", "nan", "NaN")
+
+
+def cell_source(value: object, index: int) -> Source:
+    """One request cell as the bytes of a file: bytes as they are (a DataFrame built in Python);
+    text as base64, line breaks allowed (every JSON format and CSV over HTTP); ``null`` and anything
+    else as an :class:`Unreadable` row named ``row <index>``."""
+    name = f"row {index}"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return name, bytes(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)) or (
+            isinstance(value, str) and value.strip() in NULL_TEXT):
+        return Unreadable(name, f"{name}: no image (null)")
+    if isinstance(value, str):
+        try:
+            return name, base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, ValueError):
+            return Unreadable(name, f"{name}: text that is not base64; send the file's bytes base64-encoded")
+    return Unreadable(name, f"{name}: a {type(value).__name__}, not an image file's bytes")
 
 
 class XrayClassifier(mlflow.pyfunc.PythonModel):
@@ -28,17 +88,31 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         self.model, self.spec = load_model(Path(context.artifacts["model"]))
+        self.limits = serving_limits(getattr(context, "model_config", None))
+        self.decode_slots = threading.BoundedSemaphore(self.limits["max_concurrent_decodes"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        if COLUMN not in model_input.columns:
-            raise ValueError(f"the input has no {COLUMN!r} column (columns: {', '.join(map(str, model_input.columns))})")
-        sources = [(f"row {index}", bytes(data)) for index, data in enumerate(model_input[COLUMN])]
-        table = predict_sources(self.model, self.spec, sources, batch_size=32)
-        return table.drop(columns="path")
+        if not isinstance(model_input, pd.DataFrame) or COLUMN not in model_input.columns:
+            found = ", ".join(map(str, model_input.columns)) if isinstance(model_input, pd.DataFrame) else "none"
+            raise MlflowException(f"the input has no {COLUMN!r} column (columns: {found})", INVALID_PARAMETER_VALUE)
+        limit = self.limits["max_rows"]
+        sources = [cell_source(value, index) if index < limit else
+                   Unreadable(f"row {index}", f"row {index}: over the limit of {limit} rows per request (max_rows); "
+                              "send it in another request")
+                   for index, value in enumerate(model_input[COLUMN])]
+        table = predict_sources(self.model, self.spec, sources, batch_size=32,
+                                limits=Limits(self.limits["max_file_bytes"], self.limits["max_pixels"]),
+                                decode_slots=self.decode_slots)
+        # Failed rows answer null, never NaN (not JSON: most parsers refuse it).
+        table = table.drop(columns="path").astype(object)
+        return table.where(table.notna(), None)
 
 
 def signature(classes: list[str]) -> ModelSignature:
+    """The contract MLflow records: ``image`` (the file's bytes from Python; base64 text over HTTP,
+    decoded by :func:`cell_source` rather than by MLflow, so that a null cell is a row's error and
+    not a failed request) -> ``predicted``, ``p_<class>`` per class, ``warning``, ``error``."""
     outputs = [ColSpec("string", "predicted", required=False),
                *[ColSpec("double", f"p_{name}", required=False) for name in classes],
                ColSpec("string", "warning"), ColSpec("string", "error")]
-    return ModelSignature(inputs=Schema([ColSpec("binary", COLUMN)]), outputs=Schema(outputs))
+    return ModelSignature(inputs=Schema([ColSpec("string", COLUMN, required=False)]), outputs=Schema(outputs))
