@@ -296,3 +296,92 @@ def test_an_unexpected_error_is_a_row_not_a_crash(tmp_path, chest, model_folder,
         f"{sources[0]}: out of memory while decoding it; lower the limits or free memory",
         f"{sources[1]}: cannot be read (RuntimeError: decoder failed at BytesIO)", ""]
     assert "Traceback" in caplog.text and "plugin.dcm" in caplog.text
+
+
+# --- the served model ---------------------------------------------------------------------------------
+
+def strict_json(text: str):
+    """Parse as browsers, Node and most Java/Go parsers do: NaN and Infinity are not JSON."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, model_folder):
+    """`mlflow models serve` of the pyfunc as the pipeline logs it (models from code), at most 5 rows per
+    request through MLflow's model config."""
+    import mlflow.pyfunc
+
+    from cxr.serve import pyfunc
+    from conftest import serve_model, stage_env
+
+    folder = tmp_path_factory.mktemp("served")
+    mlflow.pyfunc.save_model(folder / "pyfunc", python_model=str(Path(pyfunc.__file__).with_name("model_code.py")),
+                             artifacts={"model": str(model_folder)}, signature=pyfunc.signature(CLASSES),
+                             model_config=pyfunc.SERVING_LIMITS)
+    env = stage_env(MLFLOW_PYFUNC_INFERENCE_CONFIG=json.dumps({"max_rows": 5}),
+                    PATH=f"{Path(os.sys.executable).parent}:{os.environ['PATH']}")
+    with serve_model(str(folder / "pyfunc"), folder, env) as url:
+        yield url
+
+
+def post(url: str, body: str | dict, content_type: str = "application/json") -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    data = (body if isinstance(body, str) else json.dumps(body)).encode()
+    request = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_every_mlflow_input_format_is_answered_row_by_row(served, chest):
+    png = base64.b64encode(encode(chest, "png")).decode()
+    wrapped = base64.encodebytes(encode(chest, "jpeg")).decode()  # base64 with line breaks, as many tools write it
+    bodies = {
+        "dataframe_split": {"dataframe_split": {"columns": ["image"], "data": [[png], [wrapped]]}},
+        "dataframe_records": {"dataframe_records": [{"image": png}, {"image": wrapped}]},
+        "instances": {"instances": [{"image": png}, {"image": wrapped}]},
+        "instances as a list": {"instances": [png, wrapped]},
+        "inputs": {"inputs": {"image": [png, wrapped]}},
+    }
+    answers = {}
+    for name, body in bodies.items():
+        status, text = post(served, body)
+        assert status == 200, (name, text)
+        answers[name] = strict_json(text)["predictions"]
+        assert [row["error"] for row in answers[name]] == ["", ""], (name, answers[name])
+    first = answers["dataframe_split"][0]
+    assert all(rows[0]["p_COVID"] == pytest.approx(first["p_COVID"], abs=1e-6) for rows in answers.values())
+    status, text = post(served, f"image\n{png}\n", "text/csv")
+    assert status == 200 and strict_json(text)["predictions"][0]["p_COVID"] == pytest.approx(first["p_COVID"], abs=1e-6)
+
+
+def test_a_mixed_batch_answers_200_with_one_error_per_bad_row_in_strict_json(served, chest):
+    good = base64.b64encode(encode(chest, "png")).decode()
+    cells = [good, base64.b64encode(pil_bytes(chest, "WEBP")).decode(), None,
+             base64.b64encode(bomb_header_png()).decode(), "not base64 at all!", good]
+    status, text = post(served, {"dataframe_split": {"columns": ["image"], "data": [[cell] for cell in cells]}})
+    assert status == 200 and "NaN" not in text
+    rows = strict_json(text)["predictions"]
+    assert [row["error"] for row in rows] == [
+        "",
+        "row 1: a WebP file (whatever its name says); cxr reads PNG, JPEG and DICOM: convert it to PNG",
+        "row 2: no image (null)",
+        "row 3: 4,294,836,225 pixels, over the limit of 67,108,864 pixels per image (max_pixels); downscale it first",
+        "row 4: text that is not base64; send the file's bytes base64-encoded",
+        "row 5: over the limit of 5 rows per request (max_rows); send it in another request",
+    ]
+    assert rows[0]["predicted"] in CLASSES and all(row["p_COVID"] is None and row["predicted"] is None
+                                                   for row in rows[1:])
+
+
+def test_client_errors_are_4xx_without_a_stack_trace(served):
+    for body, content_type in (({"dataframe_split": {"columns": ["picture"], "data": [["aGVsbG8="]]}}, "application/json"),
+                               ("{not json", "application/json"), ("image\n", "text/plain")):
+        status, text = post(served, body, content_type)
+        assert 400 <= status < 500 and "Traceback" not in text and 'File "' not in text, (status, text)

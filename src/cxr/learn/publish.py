@@ -86,6 +86,7 @@ def log_model(folder: Path, spec: ModelSpec, example: Path, registered_name: str
         artifacts={"model": str(folder)},
         code_paths=[str(Path(cxr.__file__).parent)],
         signature=pyfunc.signature(spec.classes),
+        model_config=pyfunc.SERVING_LIMITS,
         input_example=pd.DataFrame({pyfunc.COLUMN: [example.read_bytes()]}),
         registered_model_name=registered_name,
         pip_requirements=serving_requirements(),

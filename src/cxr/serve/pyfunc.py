@@ -10,8 +10,8 @@ or a row over :data:`SERVING_LIMITS` ``max_rows`` fails its own row (``error``, 
 columns ``null``), never the request. Decoding and resizing are :mod:`cxr.serve.classify`, the code
 ``cxr-predict`` and training use.
 
-Limits (:data:`SERVING_LIMITS`) can be changed where the model is served, through MLflow's model
-config: ``SERVING_MODEL_CONFIG='{"max_rows": 16}' mlflow models serve ...``. Memory stays below
+Limits (:data:`SERVING_LIMITS`, logged as the model's ``model_config``) can be changed where the
+model is served: ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"max_rows": 16}' mlflow models serve ...``. Memory stays below
 about ``max_concurrent_decodes * max_pixels * 12`` bytes for decoding (0.8 GB per decode at the
 defaults) plus ``max_rows * image_size**2 * 12`` bytes of model inputs per request in flight.
 """
