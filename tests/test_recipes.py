@@ -1,6 +1,10 @@
 """cxr-recipe: the overrides each recipe makes, checked against params.yaml before anything runs."""
 
+import json
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +18,13 @@ def dry_run(capsys, *arguments: str) -> list[str]:
 
 
 def set_values(line: list[str]) -> dict[str, str]:
-    return dict(item.split("=", 1) for flag, item in zip(line, line[1:]) if flag == "-S")
+    """Each ``-S key=value`` as DVC reads it (Hydra's override parser), strings as they are, other
+    values in JSON."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([item for flag, item in zip(line, line[1:]) if flag == "-S"])
+    return {override.key_or_group: override.value() if isinstance(override.value(), str) else json.dumps(override.value())
+            for override in parsed}
 
 
 def test_ct_scans_takes_the_ct_slices_of_the_covid_collection_alone(capsys, monkeypatch):
@@ -55,3 +65,37 @@ def test_larger_dataset_lifts_the_cap_and_pins_a_later_commit(capsys, monkeypatc
     demo = set_values(dry_run(capsys, "larger_dataset", "--settings", "demo"))
     assert demo["synthetic.patients.covid_chestxray"] == "180" and demo["synthetic.patients.kermany"] == "120"
     assert demo["synthetic.covid_chestxray_findings"] == "hierarchical"
+
+
+def test_set_values_reach_dvc_as_one_literal_each(tmp_path, capsys, monkeypatch):
+    """Mirror URLs with ``?``, ``=``, ``,``, ``[``, quotes, spaces and backslashes go through
+    ``dvc exp run --queue`` and come back unchanged from the queued experiment's params; a comma is
+    never a sweep (one experiment is queued)."""
+    import shutil
+
+    import yaml
+
+    for name in ("params.yaml", "dvc.yaml", "recipes.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    run = lambda *command: subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, text=True)  # noqa: E731
+    run("git", "init", "-q")
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    run(dvc, "init", "-q")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    urls = {"sources.kermany.url": "https://mirror.example/x.zip?dl=1&token=a=b,c",
+            "sources.covid_chestxray.url": "file:///data/it's [v2]/a b\\c\\.zip"}
+    arguments = [argument for key, value in urls.items() for argument in ("--set", f"{key}={value}")]
+    with pytest.raises(SystemExit) as exit_:
+        recipes.main(["study", "--settings", "demo", *arguments, "--queue", "--name", "quoted"])
+    assert exit_.value.code == 0
+    line = shlex.split(capsys.readouterr().out.strip().splitlines()[0])
+    assert {key: set_values(line)[key] for key in urls} == urls
+    queued = json.loads(run(dvc, "exp", "show", "--json").stdout)
+    experiments = [experiment for row in queued for experiment in row.get("experiments") or []]
+    assert len(experiments) == 1, experiments
+    params = experiments[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    assert params["sources"]["kermany"]["url"] == urls["sources.kermany.url"]
+    assert params["sources"]["covid_chestxray"]["url"] == urls["sources.covid_chestxray.url"]
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["sources"]["kermany"]["url"] is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -84,12 +85,25 @@ def apply(params: dict, changes: dict) -> dict:
     return result
 
 
+def hydra_literal(value) -> str:
+    """``value`` as one literal of Hydra's override grammar, which ``dvc exp run -S`` parses: strings
+    single-quoted (backslashes and quotes escaped), so ``?``, ``=``, ``,``, ``[``, quotes and spaces
+    stay part of the value and never make a sweep or a syntax error; other values in JSON flow style
+    (numbers, booleans, null, lists and mappings, whose strings JSON double-quotes)."""
+    if isinstance(value, str):
+        # Hydra keeps a backslash literally unless it comes before a quote: double those runs (before
+        # an inner quote, which is then escaped, and before the closing quote) and nothing else.
+        escaped = re.sub(r"(\\*)'", lambda match: match[1] * 2 + "\\'", value)
+        escaped = re.sub(r"(\\+)$", lambda match: match[1] * 2, escaped)
+        return f"'{escaped}'"
+    return json.dumps(value)
+
+
 def set_arguments(changes: dict) -> list[str]:
-    """``-S key=value`` pairs as ``dvc exp run`` parses them (values in YAML flow style)."""
+    """``-S key=value`` pairs as ``dvc exp run`` parses them, each value one Hydra literal."""
     arguments = []
     for key, value in changes.items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        arguments += ["-S", f"{key}={text}"]
+        arguments += ["-S", f"{key}={hydra_literal(value)}"]
     return arguments
 
 
