@@ -37,6 +37,13 @@ def test_project_params_load_and_expand_classes():
         ({"train": {"learning_rate": 0}}, "train.learning_rate: 0.0 is out of range; it must be > 0"),
         ({"train": {"head": {"dropout": 1.0}}}, "train.head.dropout: 1.0 is out of range; it must be >= 0 and < 1"),
         ({"train": {"image_size": 8}}, "train.image_size: 8 is out of range; it must be >= 32"),
+        ({"train": {"epochs": 1000000000}}, "train.epochs: 1000000000 is out of range; it must be >= 1 and <= 10000 "
+         "(the study ran 50 epochs; more than 10,000 is a typo)"),
+        ({"train": {"image_size": 100000}}, "train.image_size: 100000 is out of range; it must be >= 32 and <= 1024 "
+         "(the backbones' native sizes are 224-331 px"),
+        ({"train": {"batch_size": 100000}}, "train.batch_size: 100000 is out of range; it must be >= 1 and <= 4096"),
+        ({"labels": {"SARS": "VIRALL"}}, "labels: 'VIRALL' (for 'SARS') is named by no class of any task; did you mean "
+         "'VIRAL'? Its images would be left out of multiclass"),
         ({"split": {"max_per_class": {"COVID": 0}}}, "split.max_per_class.COVID: 0 is out of range; it must be >= 1"),
         ({"finetune": {"unfreeze": 0}}, "finetune.unfreeze: 0 is out of range"),
         ({"audit": {"lung_box": 1.2}}, "audit.lung_box: 1.2 is out of range; it must be > 0 and < 1"),

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -266,3 +267,23 @@ def test_ct_series_are_ct_slices_of_one_patient_each(tmp_path):
     with Image.open(ct["path"].iloc[0]) as slice_image:
         pixels = np.asarray(slice_image.convert("L"), dtype=float)
     assert pixels.shape[0] == pixels.shape[1] and pixels[-2:].mean() < 30  # square, air below the table
+
+
+def test_a_refused_archive_is_named_by_its_url_and_member_not_a_scratch_path(tmp_path, raw_root):
+    """A zip-slip member in a mirrored Kermany archive: the error names the URL the user set and the
+    member, and the earlier download stays in place."""
+
+    evil = tmp_path / "mirror" / "chest-xray.zip"
+    evil.parent.mkdir()
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("chest_xray/train/NORMAL/IM-0001-0001.jpeg", b"x")
+        archive.writestr("../escape.jpeg", b"pwned")
+    earlier = tmp_path / "raw" / "kermany"
+    shutil.copytree(raw_root / "kermany", earlier)
+    before = sorted(path.relative_to(earlier) for path in earlier.rglob("*"))
+    mirror = make_config({"sources": {"origin": "upstream", "kermany": {"method": "url", "url": evil.as_uri()}}})
+    with pytest.raises(FetchError) as error:
+        download_source("kermany", mirror, tmp_path / "raw")
+    assert str(error.value) == (f"{evil.as_uri()}: unsafe member path '../escape.jpeg' (absolute or '..'); "
+                                "refusing to extract")
+    assert sorted(path.relative_to(earlier) for path in earlier.rglob("*")) == before

@@ -9,6 +9,7 @@ value (the study's own settings are in recipes.yaml).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import types
@@ -31,13 +32,14 @@ class ConfigError(CxrError, ValueError):
 
 
 def bounded(*, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False) -> Any:
+            low_open: bool = False, high_open: bool = False, reason: str = "") -> Any:
     """A field whose numbers must lie in ``[low, high]`` (``(`` / ``)`` where open); None skips a side.
 
     The range lives next to the field's type so that one place says what a parameter accepts;
-    :func:`_build` checks it for plain numbers and for every value of a mapping.
+    :func:`_build` checks it for plain numbers and for every value of a mapping. ``reason`` says
+    why the bound is where it is; it ends the error message.
     """
-    return field(metadata={"range": (low, high, low_open, high_open)})
+    return field(metadata={"range": (low, high, low_open, high_open), "reason": reason})
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,8 @@ class Synthetic:
     source_shift: bool
     missing_files: int = bounded(low=0)
     min_size: int = bounded(low=16)
-    max_size: int = bounded(low=16)
+    max_size: int = bounded(low=16, high=4096, reason="real radiographs are at most about 4300 px; larger "
+                            "generated ones only slow the demo")
     large_images: int = bounded(low=0)
 
 
@@ -98,7 +101,7 @@ class Split:
 
 @dataclass(frozen=True)
 class Head:
-    units: int = bounded(low=1)
+    units: int = bounded(low=1, high=65536, reason="a head wider than 65,536 units is a typo, not a head")
     dropout: float = bounded(low=0, high=1, high_open=True)
     normalize: bool
 
@@ -116,9 +119,11 @@ class Augment:
 @dataclass(frozen=True)
 class Train:
     weights: str | None
-    image_size: int | Literal["native"] = bounded(low=32)
-    batch_size: int = bounded(low=1)
-    epochs: int = bounded(low=1)
+    image_size: int | Literal["native"] = bounded(
+        low=32, high=1024, reason="the backbones' native sizes are 224-331 px; above 1024 px a batch of float32 "
+        "activations no longer fits a GPU or this machine's memory")
+    batch_size: int = bounded(low=1, high=4096, reason="larger batches exceed memory at any image size")
+    epochs: int = bounded(low=1, high=10000, reason="the study ran 50 epochs; more than 10,000 is a typo")
     learning_rate: float = bounded(low=0, low_open=True)
     amsgrad: bool
     class_weights: bool
@@ -138,12 +143,13 @@ class Train:
 class Finetune:
     unfreeze: int = bounded(low=1)
     learning_rate: float = bounded(low=0, low_open=True)
-    epochs: int = bounded(low=1)
+    epochs: int = bounded(low=1, high=10000, reason="fine-tuning runs a few epochs; more than 10,000 is a typo")
 
 
 @dataclass(frozen=True)
 class Evaluate:
-    bootstrap_resamples: int = bounded(low=1)
+    bootstrap_resamples: int = bounded(low=1, high=1_000_000, reason="intervals settle long before a million "
+                                       "resamples; more only costs time")
     bootstrap_seed: int
 
 
@@ -152,7 +158,7 @@ class Audit:
     # Side of the central square (a fraction of the image side) taken as the lung region: blanked
     # for the lungs-hidden classifier, and where Grad-CAM saliency mass is measured.
     lung_box: float = bounded(low=0, high=1, low_open=True, high_open=True)
-    saliency_images_per_class: int = bounded(low=1)
+    saliency_images_per_class: int = bounded(low=1, high=100, reason="overlays are for a reader to look at")
     saliency_seed: int
 
 
@@ -302,6 +308,7 @@ def _check_semantics(config: Config, source: str) -> None:
                         f"{source}: classes.{task}.{name}: label {label!r} is not produced by "
                         f"`labels`; allowed: {sorted(labels)}"
                     )
+    _check_label_typos(config, source)
     fractions = config.split.fractions
     if any(value <= 0 for value in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
         raise ConfigError(
@@ -350,6 +357,23 @@ def _check_semantics(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: synthetic.min_size must not exceed synthetic.max_size")
 
 
+def _check_label_typos(config: Config, source: str) -> None:
+    """A label of ``labels`` that no task's classes name, spelled like one they do name (``VIRALL`` for
+    ``VIRAL``, ``Normal`` for ``NORMAL``), is a typo that would silently drop its images from every task
+    that lists classes by name; labels no class names and like none (``LIPOID``) are left out by design."""
+    named = {label for groups in config.classes.values() for members in groups.values() if members != "*"
+             for label in members}
+    for label in sorted(set(config.label_names()) - named):
+        close = difflib.get_close_matches(label.upper(), {name.upper(): name for name in named}, n=1, cutoff=0.8)
+        if close:
+            findings = sorted(finding for finding, value in config.labels.items() if value == label)
+            tasks = sorted(task for task, groups in config.classes.items()
+                           if not any(members == "*" for members in groups.values()))
+            raise ConfigError(f"{source}: labels: {label!r} (for {', '.join(map(repr, findings))}) is named by no "
+                              f"class of any task; did you mean {close[0]!r}? Its images would be left out of "
+                              f"{', '.join(tasks) or 'every task'}")
+
+
 def _build(kind: Any, value: Any, key: str, source: str) -> Any:
     """Check ``value`` against the type annotation ``kind`` and convert it; ``key`` is its path."""
     where = f"{source}: {key or '<top level>'}"
@@ -375,7 +399,8 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
                  for name, item in value.items()}
         for item in dataclasses.fields(kind):
             if "range" in item.metadata and item.name in built:
-                _check_range(built[item.name], item.metadata["range"], _join(key, item.name), source)
+                _check_range(built[item.name], item.metadata["range"], _join(key, item.name), source,
+                             item.metadata["reason"])
         return kind(**built)
     if origin in (Union, types.UnionType):
         options = typing.get_args(kind)
@@ -422,7 +447,7 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
     raise TypeError(f"config type {kind!r} at {key} is not supported")
 
 
-def _check_range(value: Any, bounds: tuple, key: str, source: str) -> None:
+def _check_range(value: Any, bounds: tuple, key: str, source: str, reason: str = "") -> None:
     """Every number in ``value`` (a number, or a mapping's values) lies within ``bounds``."""
     low, high, low_open, high_open = bounds
     numbers = value.items() if isinstance(value, dict) else [(None, value)]
@@ -439,7 +464,8 @@ def _check_range(value: Any, bounds: tuple, key: str, source: str) -> None:
                 ) if part
             )
             where = key if name is None else f"{key}.{name}"
-            raise ConfigError(f"{source}: {where}: {number!r} is out of range; it must be {accepted}")
+            raise ConfigError(f"{source}: {where}: {number!r} is out of range; it must be {accepted}"
+                              + (f" ({reason})" if reason else ""))
 
 
 def _field_names(kind: Any) -> list[str]:

@@ -49,7 +49,7 @@ def download_source(name: str, config: Config, raw_root: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=f"cxr-{name}-") as scratch:
         archive, url, pinned_sha256 = _obtain_archive(module, params, config, Path(scratch))
         with staged_directory(raw_root / name) as staging:
-            safe_extract(archive, staging, select=module.select_member, limits=limits)
+            safe_extract(archive, staging, select=module.select_member, limits=limits, origin=url)
             module.check_layout(staging)
             manifest_sha256 = write_manifest(staging)
             expected = params.manifest_sha256

@@ -152,24 +152,27 @@ def safe_extract(
     *,
     select: Callable[[PurePosixPath], PurePosixPath | None],
     limits: Limits,
+    origin: str | None = None,
 ) -> list[PurePosixPath]:
     """Extract the members ``select`` maps to a path (None skips one) into ``target``.
 
     Refuses, naming the member, entries that are absolute or climb out with ``..``, symlinks,
     and members or totals above ``limits``. Every member's CRC is checked while reading, so a
-    truncated or corrupt archive is an error, not a short data set.
+    truncated or corrupt archive is an error, not a short data set. Errors name ``origin`` (the URL
+    the archive came from) when given, not the scratch file it was saved to.
     """
+    label = origin or str(archive)
     try:
         zip_file = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise FetchError(f"{archive}: not a readable zip archive (truncated or corrupt?): {exc}") from None
+        raise FetchError(f"{label}: not a readable zip archive (truncated or corrupt?): {exc}") from None
     written: list[PurePosixPath] = []
     total = 0
     root = target.resolve()
     with zip_file:
         for info in zip_file.infolist():
             name = PurePosixPath(info.filename)
-            _check_member(archive, info, name)
+            _check_member(label, info, name)
             if info.is_dir():
                 continue
             relative = select(name)
@@ -177,35 +180,35 @@ def safe_extract(
                 continue
             destination = (root / relative).resolve()
             if not destination.is_relative_to(root):
-                raise FetchError(f"{archive}: member {info.filename!r} would extract outside {target}")
+                raise FetchError(f"{label}: member {info.filename!r} would extract outside {target}")
             if info.file_size > limits.max_member_bytes:
                 raise FetchError(
-                    f"{archive}: member {info.filename!r} is {info.file_size} bytes, above "
+                    f"{label}: member {info.filename!r} is {info.file_size} bytes, above "
                     f"download.max_member_bytes={limits.max_member_bytes}"
                 )
             total += info.file_size
             if total > limits.max_total_bytes:
                 raise FetchError(
-                    f"{archive}: extracted size exceeds download.max_total_bytes={limits.max_total_bytes}"
+                    f"{label}: extracted size exceeds download.max_total_bytes={limits.max_total_bytes}"
                 )
             destination.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with zip_file.open(info) as reader, open(destination, "wb") as writer:
                     copied = _copy_bounded(reader, writer, info.file_size)
             except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
-                raise FetchError(f"{archive}: member {info.filename!r} is corrupt or truncated: {exc}") from None
+                raise FetchError(f"{label}: member {info.filename!r} is corrupt or truncated: {exc}") from None
             if copied != info.file_size:
-                raise FetchError(f"{archive}: member {info.filename!r} is truncated")
+                raise FetchError(f"{label}: member {info.filename!r} is truncated")
             written.append(relative)
     return written
 
 
-def _check_member(archive: Path, info: zipfile.ZipInfo, name: PurePosixPath) -> None:
+def _check_member(label: str, info: zipfile.ZipInfo, name: PurePosixPath) -> None:
     if name.is_absolute() or ".." in name.parts or "\\" in info.filename or ":" in name.parts[0]:
-        raise FetchError(f"{archive}: unsafe member path {info.filename!r} (absolute or '..'); refusing to extract")
+        raise FetchError(f"{label}: unsafe member path {info.filename!r} (absolute or '..'); refusing to extract")
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        raise FetchError(f"{archive}: member {info.filename!r} is a symbolic link; refusing to extract")
+        raise FetchError(f"{label}: member {info.filename!r} is a symbolic link; refusing to extract")
 
 
 def _copy_bounded(reader, writer, declared: int) -> int:
