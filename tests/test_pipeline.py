@@ -242,6 +242,38 @@ def test_the_champion_predicts_files_and_is_served(clone):
     assert prediction["p_COVID"] == pytest.approx(table["p_COVID"].iloc[0], abs=1e-5)
 
 
+def test_a_params_error_removes_nothing_and_a_lone_stage_says_how_to_restore(clone):
+    """README "When something fails": a bad param stops `dvc repro` at check_params with every earlier
+    output in place; `dvc repro -s` of one stage (no check first) fails after DVC removed its outputs,
+    and the one-line error's `dvc checkout` brings them back."""
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    before = output_bytes(clone, lock, tuple(lock["stages"]))
+    original = (clone / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train"]["epochs"] = -5
+    stage = next(name for name in lock["stages"] if name.startswith("train@"))
+    try:
+        (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        failed = subprocess.run(["dvc", "repro"], cwd=clone, env=user_env(), capture_output=True, text=True,
+                                timeout=600)
+        assert failed.returncode != 0
+        assert "error: params.yaml: train.epochs: -5 is out of range; it must be >= 1" in failed.stderr, failed.stderr
+        assert "failed to reproduce 'check_params'" in failed.stderr
+        assert output_bytes(clone, lock, tuple(lock["stages"])) == before
+        alone = subprocess.run(["dvc", "repro", "-s", stage], cwd=clone, env=user_env(), capture_output=True,
+                               text=True, timeout=600)
+        assert alone.returncode != 0
+        [line] = [line for line in alone.stderr.splitlines() if line.startswith("error: ")]
+        assert line.endswith(f"DVC removed this stage's earlier outputs before running it: restore them with "
+                             f"`dvc checkout {stage}`"), line
+        assert not (clone / "models" / stage.split("@")[1]).exists()
+    finally:
+        (clone / "params.yaml").write_text(original)
+    sh(clone, "dvc", "checkout", stage)
+    assert output_bytes(clone, lock, tuple(lock["stages"])) == before
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
+
+
 def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_factory):
     """README "Working as a team": an MLflow server on PostgreSQL that stores and proxies artifacts
     records two experiments run two at a time; a DVC remote carries data, models and reports to a

@@ -156,11 +156,41 @@ def test_killed_run_leaves_no_model_and_resumes(project):
     done = len(pd.read_csv(history))
     assert 3 <= done < 12
 
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    [killed] = runs_named(client, "train@vgg16")
+    assert killed.info.status == "RUNNING"  # SIGKILL cannot be caught: the next run closes it
+
     resumed = run_stage(project, "train", "vgg16")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     first_epoch = next(line for line in resumed.stdout.splitlines() if line.startswith("Epoch "))
     assert int(first_epoch.split()[1].split("/")[0]) > 1
     assert pd.read_csv(project / "models/vgg16/history.csv")["epoch"].tolist() == list(range(1, 13))
+    statuses = {run.info.run_id: run.info.status for run in runs_named(client, "train@vgg16")}
+    assert statuses.pop(killed.info.run_id) == "KILLED" and list(statuses.values()) == ["FINISHED"]
+    assert client.get_run(killed.info.run_id).data.tags["killed"].startswith(f"process {process.pid} was gone")
+
+
+def test_sigterm_ends_the_run_as_killed_and_leaves_nothing_half_written(project):
+    write_params(project, TINY | {"train": {"image_size": 32, "epochs": 200, "batch_size": 8, "head": {"units": 8},
+                                            "augment": {"enabled": True}}})
+    process = subprocess.Popen(stage_command(project, "train", "vgg16"), cwd=project, env=stage_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    history = project / "models/.resume/vgg16/history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert line == "error: stopped by SIGTERM; nothing half-written was left, and its MLflow run ended as KILLED"
+    assert "Traceback" not in stderr
+    [run] = runs_named(MlflowClient(f"sqlite:///{project / 'mlflow.db'}"), "train@vgg16")
+    assert run.info.status == "KILLED"
+    assert not (project / "models/vgg16").exists() and not (project / "reports/train/vgg16.json").exists()
+    staging = [path.name for folder in (project / "models", project / "reports")
+               for path in folder.rglob(".*") if path.name != ".resume" and ".resume" not in path.parts]
+    assert staging == []
 
 
 def test_changed_params_discard_checkpoints(tmp_path):
@@ -354,3 +384,36 @@ def test_the_same_weights_saved_by_two_processes_give_the_same_bytes(tmp_path):
     assert here == there
     model, spec = load_model(tmp_path / "there")
     assert spec.classes == ["A", "B"] and model.output_shape == (None, 2)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_stage_stops_when_the_dvc_process_that_started_it_dies(project):
+    """`kill -9` of `dvc repro` must not leave the stage running on as an orphan: a stand-in parent (as
+    DVC runs stages: DVC_STAGE set, the command as its child) is killed mid-training."""
+    write_params(project, TINY | {"train": {"image_size": 32, "epochs": 200, "batch_size": 8, "head": {"units": 8},
+                                            "augment": {"enabled": True}}})
+    launcher = ("import subprocess, sys; child = subprocess.Popen(sys.argv[1:]); print(child.pid, flush=True); "
+                "child.wait()")
+    parent = subprocess.Popen([sys.executable, "-c", launcher, *stage_command(project, "train", "vgg16")], cwd=project,
+                              env=stage_env(DVC_STAGE="train@vgg16"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    child = int(parent.stdout.readline())
+    history = project / "models/.resume/vgg16/history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and not gone(child):
+        time.sleep(0.1)
+    assert gone(child), "the stage ran on after its parent died"
+    [run] = runs_named(MlflowClient(f"sqlite:///{project / 'mlflow.db'}"), "train@vgg16")
+    assert run.info.status == "KILLED" and not (project / "models/vgg16").exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -29,10 +30,11 @@ from pathlib import Path
 import mlflow
 import mlflow.data
 import pandas as pd
+from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from cxr.core.config import Config, as_dict, unrestricted
-from cxr.core.errors import CxrError
+from cxr.core.errors import CxrError, StageInterrupted
 
 SYNTHETIC_NOTE = ("Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, "
                   "not a medical result.")
@@ -253,8 +255,10 @@ def log_headline_metrics(headline: dict[str, dict]) -> None:
 @contextmanager
 def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run for one stage execution, with params, tags and dataset inputs, a child of the
-    pipeline's parent run; FAILED if the stage raises. The run records every parameter, not only
-    those the stage declares."""
+    pipeline's parent run; FAILED if the stage raises, KILLED if a signal stops it
+    (:class:`StageInterrupted`). The run records every parameter, not only those the stage declares,
+    and which process runs it; runs of the same stage left RUNNING by a process that is gone
+    (SIGKILL) are ended as KILLED first."""
     config = unrestricted(config)
     require_tracking_store()
     mlflow.set_tracking_uri(tracking_uri())
@@ -268,14 +272,51 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
             experiment_id = _experiment_id(experiment_name(config.task))
             tags["mlflow.parentRunId"] = pipeline_run(experiment_id, config, tags["git_commit"])
         description = SYNTHETIC_NOTE if config.sources.origin == "synthetic" else None
-        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags,
+        close_orphaned_runs(experiment_id, stage)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags | process_tags(),
                               description=description) as run:
             mlflow.log_params(flat_params(config))
             log_split_inputs(split_file, tags["split_md5"])
-            yield run
+            try:
+                yield run
+            except (StageInterrupted, KeyboardInterrupt):
+                mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+                raise
     finally:
         if outer:
             os.environ["MLFLOW_RUN_ID"] = outer
+
+
+def process_tags() -> dict[str, str]:
+    """Which process runs the stage (``host``, ``pid``): lets a later run tell a run whose process is
+    gone (killed with SIGKILL, or its machine stopped) from one still running."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def close_orphaned_runs(experiment_id: str, stage: str) -> list[str]:
+    """End as KILLED the RUNNING runs of ``stage`` on this host whose process no longer exists (a stage
+    killed with SIGKILL cannot end its own run); return their ids."""
+    client, closed = MlflowClient(), []
+    host = socket.gethostname()
+    running = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.stage = "
+                                 f"'{stage}' and tags.host = '{host}'")
+    for run in running:
+        pid = run.data.tags.get("pid", "")
+        if pid.isdigit() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "killed", f"process {pid} was gone when the next {stage} run started")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            closed.append(run.info.run_id)
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def find_model_run(task: str, model_file: Path) -> str | None:
