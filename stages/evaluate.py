@@ -16,7 +16,7 @@ from cxr.report import evaluation, figures
 from cxr.core import tracking
 from cxr.learn.model_files import load_model
 from cxr.core.config import load
-from cxr.core.outputs import staged_directory, write_csv, write_json, write_text
+from cxr.core.outputs import output_set, write_csv, write_json, write_text
 from cxr.core.stage import arguments, run
 
 
@@ -28,7 +28,8 @@ def main() -> None:
     test = pd.read_csv(args.split).query("split == 'test'").reset_index(drop=True)
     names = [*config.backbones, "finetuned"]
     predictions, reports, rows, histories, metrics, specs = {}, {}, [], {}, {}, {}
-    with staged_directory(out / "models") as staging:
+    # Every report is written to a staging folder and moved into place together, or none is.
+    with output_set(out) as staging:
         for name in names:
             model, spec = load_model(models / name)
             specs[name] = spec
@@ -38,30 +39,30 @@ def main() -> None:
             report = evaluation.report(table, classes)
             intervals = evaluation.patient_bootstrap(table, classes, resamples=config.evaluate.bootstrap_resamples,
                                                      seed=config.evaluate.bootstrap_seed)
-            folder = staging / name
+            folder = staging / "models" / name
             write_csv(folder / "predictions.csv", table)
             write_json(folder / "report.json", report | {"intervals": intervals})
             write_text(folder / "report.txt", evaluation.report_text(table, classes))
             figures.confusion(report["confusion_matrix"]["matrix"], classes, name).savefig(folder / "confusion.png")
             figures.roc(table, classes, report["roc_auc"], name).savefig(folder / "roc.png")
-            write_csv(out / "confusion" / f"{name}.csv", table[["actual", "predicted"]])
+            write_csv(staging / "confusion" / f"{name}.csv", table[["actual", "predicted"]])
             predictions[name], reports[name] = table, report
             histories[name] = pd.read_csv(models / name / "history.csv")
             rows.append(evaluation.comparison_row(name, report, intervals, classes))
             metrics[name] = {key: None if value != value else value for key, value in rows[-1].items()
                              if key not in ("model", "never_predicted")}
-    comparison = pd.DataFrame(rows)
-    tests = evaluation.pairwise_mcnemar(predictions)
-    note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
-    write_csv(out / "comparison.csv", comparison)
-    write_csv(out / "mcnemar.csv", tests)
-    unchanged = {name: spec.finetuned_from for name, spec in specs.items() if spec.unchanged_from_base}
-    write_text(out / "comparison.md", evaluation.comparison_markdown(comparison, config.class_names(), tests, note,
-                                                                     unchanged))
-    figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(out / "comparison.png")
-    figures.curves_side_by_side(histories).savefig(out / "training_curves.png")
-    write_json(out / "headline.json", evaluation.lead_metrics(metrics))
-    write_json(out / "metrics.json", metrics)
+        comparison = pd.DataFrame(rows)
+        tests = evaluation.pairwise_mcnemar(predictions)
+        note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
+        write_csv(staging / "comparison.csv", comparison)
+        write_csv(staging / "mcnemar.csv", tests)
+        unchanged = {name: spec.finetuned_from for name, spec in specs.items() if spec.unchanged_from_base}
+        write_text(staging / "comparison.md", evaluation.comparison_markdown(comparison, config.class_names(), tests,
+                                                                             note, unchanged))
+        figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(staging / "comparison.png")
+        figures.curves_side_by_side(histories).savefig(staging / "training_curves.png")
+        write_json(staging / "headline.json", evaluation.lead_metrics(metrics))
+        write_json(staging / "metrics.json", metrics)
 
     split_md5 = tracking.file_md5(args.split)
     for name in names:

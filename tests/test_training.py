@@ -417,3 +417,52 @@ def test_a_stage_stops_when_the_dvc_process_that_started_it_dies(project):
     assert gone(child), "the stage ran on after its parent died"
     [run] = runs_named(MlflowClient(f"sqlite:///{project / 'mlflow.db'}"), "train@vgg16")
     assert run.info.status == "KILLED" and not (project / "models/vgg16").exists()
+
+
+def test_a_full_disk_during_evaluate_leaves_the_earlier_report_set_whole(tmp_path, trained):
+    """Writes that fail half-way (here: a file-size limit, as a full disk fails them) end evaluate with one
+    line naming the file; every report of the earlier run is byte for byte as it was, no staging is left."""
+    import resource
+
+    project = tmp_path / "p"
+    shutil.copytree(trained, project)
+    assert run_stage(project, "evaluate").returncode == 0
+    reports = project / "reports" / "eval"
+
+    def digests() -> dict[str, str]:
+        return {path.relative_to(reports).as_posix(): hashlib.md5(path.read_bytes()).hexdigest()
+                for path in sorted(reports.rglob("*")) if path.is_file()}
+
+    before = digests()
+    assert {"headline.json", "metrics.json", "comparison.md", "models/vgg16/roc.png"} <= set(before)
+    # Another bootstrap seed: every interval changes, so any report written before the failure would show.
+    write_params(project, TINY | {"evaluate": {"bootstrap_resamples": 50, "bootstrap_seed": 1}})
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    full = subprocess.run(stage_command(project, "evaluate"), cwd=project, env=stage_env(), capture_output=True,
+                          text=True, timeout=600, preexec_fn=small_disk)
+    assert full.returncode == 1
+    [line] = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    assert "File too large" in line and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert digests() == before
+    assert not list(reports.rglob(".staging-*"))
+
+
+def test_a_stage_that_finds_the_disk_full_says_so_in_one_line(capsys, monkeypatch):
+    import errno
+
+    from cxr.core.stage import run
+
+    def full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "reports/eval/metrics.json")
+
+    monkeypatch.setenv("DVC_STAGE", "evaluate")
+    with pytest.raises(SystemExit) as exit_:
+        run(full)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == ("error: reports/eval/metrics.json: No space left on device (free some space, "
+                                       "then rerun); DVC removed this stage's earlier outputs before running it: "
+                                       "restore them with `dvc checkout evaluate`\n")

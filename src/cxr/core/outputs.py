@@ -23,6 +23,8 @@ import pandas as pd
 
 
 def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; an operating-system error (a full disk) is raised as an
+    OSError naming ``path``, with nothing left behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -30,6 +32,9 @@ def write_text(path: Path, text: str) -> Path:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
         os.replace(temporary, path)
+    except OSError as exc:
+        Path(temporary).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -51,6 +56,11 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+# Staging folders are named after the process that writes them, so a later run can tell the debris
+# of a killed one (SIGKILL, power loss) from a stage writing now, and remove it.
+STAGING_PREFIX = ".staging-"
+
+
 @contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
     """Yield an empty sibling directory that replaces ``final`` only if the block succeeds.
@@ -58,16 +68,61 @@ def staged_directory(final: Path) -> Iterator[Path]:
     A failure removes the staging directory and leaves any earlier ``final`` untouched, so a
     failed stage never leaves a half-extracted tree that looks like data.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with _staging(final.parent, final.name) as staging:
         yield staging
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
+
+
+@contextmanager
+def output_set(folder: Path) -> Iterator[Path]:
+    """Yield an empty staging folder for outputs that belong together (a stage's reports): write each
+    under its name relative to ``folder``. Only if the block succeeds does every top-level entry
+    replace its namesake in ``folder`` (renames only, so nothing can fail half-way for lack of space);
+    on any failure (an error, a full disk, a signal) ``folder`` is as it was. Entries of ``folder``
+    the block does not write (another stage's outputs) are left alone."""
+    with _staging(folder, folder.name) as staging:
+        yield staging
+        for entry in sorted(staging.iterdir()):
+            target = folder / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+
+
+@contextmanager
+def _staging(parent: Path, name: str) -> Iterator[Path]:
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{name}.", dir=parent))
+    try:
+        yield staging
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Remove the staging folders under ``parent`` whose writing process no longer exists; return them."""
+    removed = []
+    for entry in sorted(parent.glob(f"{STAGING_PREFIX}*")):
+        pid = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not process_exists(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)

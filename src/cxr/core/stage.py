@@ -35,8 +35,7 @@ def run(main: Callable[[], None], *, restorable: bool = True) -> None:
     ends it with one line on stderr and exit status 1. Under DVC, which removes a stage's outputs
     before running it, the line ends with the command that restores them (unless ``restorable`` is
     false: outputs not worth restoring)."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
     _stop_with_parent()
     try:
         main()
@@ -49,6 +48,9 @@ def run(main: Callable[[], None], *, restorable: bool = True) -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         fail(f"{where}{exc.strerror or one_line(exc)}" + (" (free some space, then rerun)" if exc.errno == errno.ENOSPC
                                                           else ""), restorable)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def fail(message: str, restorable: bool = True, status: int = 1) -> None:

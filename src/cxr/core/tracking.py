@@ -35,6 +35,7 @@ from mlflow.tracking import MlflowClient
 
 from cxr.core.config import Config, as_dict, unrestricted
 from cxr.core.errors import CxrError, StageInterrupted
+from cxr.core.outputs import process_exists
 
 SYNTHETIC_NOTE = ("Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, "
                   "not a medical result.")
@@ -302,21 +303,11 @@ def close_orphaned_runs(experiment_id: str, stage: str) -> list[str]:
                                  f"'{stage}' and tags.host = '{host}'")
     for run in running:
         pid = run.data.tags.get("pid", "")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_exists(int(pid)):
             client.set_tag(run.info.run_id, "killed", f"process {pid} was gone when the next {stage} run started")
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             closed.append(run.info.run_id)
     return closed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def find_model_run(task: str, model_file: Path) -> str | None:
