@@ -4,6 +4,7 @@ import html
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -45,6 +46,27 @@ def test_corrupt_image_stops_merge_and_keeps_earlier_catalog(project):
     assert "Traceback" not in result.stderr
     assert earlier.read_text() == "image_id\nearlier-good-run\n"
     assert outputs(project) == ["data/interim/catalog.csv"]
+
+
+@pytest.mark.parametrize("kind", ["webp", "tiff", "bomb"])
+def test_a_file_training_could_not_read_stops_merge_in_one_line(project, kind):
+    """A WebP under a .jpg name (as the COVID collection once shipped), a TIFF under a Kermany .jpeg name,
+    a PNG header claiming 65535 x 65535 px: merge stops on the file with one line naming it, and writes nothing."""
+    from test_inputs import bomb_header_png, pil_bytes
+
+    from cxr.data.sources.synthetic import CHILD, draw_chest
+
+    chest = draw_chest(np.random.default_rng(0), 96, 112, "covid", CHILD)
+    folder = {"webp": "data/raw/covid_chestxray/images", "tiff": "data/raw/kermany", "bomb": "data/raw/kermany"}[kind]
+    pattern = "*.jpg" if kind == "webp" else "**/*.jpeg"
+    victim = sorted((project / folder).glob(pattern))[0]
+    victim.write_bytes({"webp": pil_bytes(chest, "WEBP"), "tiff": pil_bytes(chest, "TIFF"), "bomb": bomb_header_png()}[kind])
+    result = run_stage(project, "merge")
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: {victim.relative_to(project)}: ")
+    assert {"webp": "a WebP file", "tiff": "a TIFF file", "bomb": "over the limit of 67,108,864 pixels"}[kind] in line
+    assert "Traceback" not in result.stderr and outputs(project) == []
 
 
 def test_unmapped_finding_stops_merge(project):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -164,6 +165,9 @@ def test_killed_run_leaves_no_model_and_resumes(project):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     first_epoch = next(line for line in resumed.stdout.splitlines() if line.startswith("Epoch "))
     assert int(first_epoch.split()[1].split("/")[0]) > 1
+    [announced] = [line for line in resumed.stdout.splitlines() if line.startswith("resuming ")]
+    assert announced.startswith(f"resuming at epoch {first_epoch.split()[1].split('/')[0]} of 12 from the "
+                                f"checkpoint in {Path('models/.resume/vgg16/backup')}"), announced
     assert pd.read_csv(project / "models/vgg16/history.csv")["epoch"].tolist() == list(range(1, 13))
     statuses = {run.info.run_id: run.info.status for run in runs_named(client, "train@vgg16")}
     assert statuses.pop(killed.info.run_id) == "KILLED" and list(statuses.values()) == ["FINISHED"]

@@ -125,6 +125,17 @@ def resume_dir(folder: Path, key: dict) -> Path:
     return folder
 
 
+def completed_epochs(backup: Path) -> int:
+    """Epochs a killed fit completed, as Keras' BackupAndRestore recorded them in ``backup`` (0: none)."""
+    metadata = backup / "training_metadata.json"
+    if not metadata.is_file():
+        return 0
+    try:
+        return int(json.loads(metadata.read_text())["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
 def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, *, epochs: int, learning_rate: float,
         amsgrad: bool, weights: dict[int, float] | None, patience: int | None, work_dir: Path,
         callbacks: list[keras.callbacks.Callback] = (), xla: bool = False) -> FitResult:
@@ -144,6 +155,10 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, *, epo
     ]
     if patience is not None:
         chain.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
+    done = completed_epochs(work_dir / "backup")
+    if done:
+        print(f"resuming at epoch {done + 1} of {epochs} from the checkpoint in {work_dir / 'backup'} "
+              f"(best so far: epoch {best.best['epoch']}, val_loss {best.best['val_loss']:.4f})", flush=True)
     model.fit(train, validation_data=val, epochs=epochs, class_weight=weights, callbacks=chain, verbose=2)
     history = pd.read_csv(history_file)
     history["epoch"] += 1
