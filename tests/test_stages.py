@@ -32,6 +32,11 @@ def test_data_stages_run_in_order(project):
         descriptions = {item["expectation_config"]["description"] for result in report["results"].values()
                         for item in result["results"]}
         assert descriptions and all(html.escape(text) in pages for text in descriptions), stage
+    # Same data, same bytes: GX's random expectation ids and load times never reach a report.
+    reports = project / "reports/validation"
+    before = {path: path.read_bytes() for path in sorted(reports.rglob("*")) if path.is_file()}
+    assert run_stage(project, "merge").returncode == 0
+    assert {path: path.read_bytes() for path in sorted(reports.rglob("*")) if path.is_file()} == before
 
 
 def test_corrupt_image_stops_merge_and_keeps_earlier_catalog(project):

@@ -79,7 +79,7 @@ def validate(stage: str, tables: list[Table], report: Path, hint: str = "") -> d
                                                        expectations=[copy.copy(item) for item in table.expectations]))
         result = batch.validate(suite)
         validated[table.name] = result
-        results[table.name] = without_load_time(result.to_json_dict())
+        results[table.name] = reproducible_result(result.to_json_dict())
         failures += [f"{table.name}: {_describe(item)}" for item in result.results if not item.success]
     summary = {"stage": stage, "success": not failures, "failures": failures, "results": results}
     write_json(report, summary)
@@ -124,10 +124,15 @@ def write_data_docs(context, stage: str, results: dict, folder: Path) -> Path:
     return folder
 
 
-def without_load_time(result: dict) -> dict:
-    """A validation result without the time GX stamps on the batch (``ge_load_time``): the same
-    data must give the same report bytes, or DVC sees a changed output."""
+def reproducible_result(result: dict) -> dict:
+    """A validation result without what GX makes up per run: the time it stamps on the batch
+    (``ge_load_time``) and the random id (uuid4) it gives each expectation when a suite is added,
+    replaced by the expectation's position. The same data must give the same report bytes, or DVC
+    sees a changed output."""
     result.get("meta", {}).get("batch_markers", {}).pop("ge_load_time", None)
+    for index, item in enumerate(result.get("results", []), start=1):
+        if "id" in item.get("expectation_config", {}):
+            item["expectation_config"]["id"] = f"expectation-{index}"
     return result
 
 
