@@ -31,7 +31,7 @@ def main() -> None:
             unfrozen = unfreeze_last(model, config.finetune.unfreeze)
             result = training.train_whole(model, split, spec.classes, spec.image_size, config.train,
                                           epochs=config.finetune.epochs, learning_rate=config.finetune.learning_rate,
-                                          seed=config.seed, work_dir=work, callbacks=[publish.EpochMetrics()])
+                                          seed=config.seed, work_dir=work, callbacks=[publish.EpochMetrics(work)])
         # Epoch 0 is the base model before any fine-tuning step: if it stays the best, the weights kept
         # are the base model's, and every report must say so rather than present a second model.
         unchanged = int(result.best["epoch"]) == 0

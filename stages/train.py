@@ -31,7 +31,7 @@ def main() -> None:
     with tracking.stage_run(config, f"train@{backbone.name}", args.split, backbone.name):
         with strategy.scope():
             model, result = training.train_classifier(backbone, split, spec.classes, spec.image_size, config.train,
-                                                      config.seed, work, callbacks=[publish.EpochMetrics()])
+                                                      config.seed, work, callbacks=[publish.EpochMetrics(work)])
         summary = publish.publish(model, result, spec, folder=args.model, curves=args.curves, report=args.metrics,
                                   title=f"train@{backbone.name}", example=training.example_image(split),
                                   registered_name=tracking.model_name(config.task, backbone.name))

@@ -172,6 +172,10 @@ def test_killed_run_leaves_no_model_and_resumes(project):
     statuses = {run.info.run_id: run.info.status for run in runs_named(client, "train@vgg16")}
     assert statuses.pop(killed.info.run_id) == "KILLED" and list(statuses.values()) == ["FINISHED"]
     assert client.get_run(killed.info.run_id).data.tags["killed"].startswith(f"process {process.pid} was gone")
+    # The resumed run names the killed one and holds the whole metric history, epoch 1 included.
+    [finished] = statuses
+    assert client.get_run(finished).data.tags["resumed_from_run"] == killed.info.run_id
+    assert [point.step for point in client.get_metric_history(finished, "val_loss")] == list(range(1, 13))
 
 
 def test_sigterm_ends_the_run_as_killed_and_leaves_nothing_half_written(project):

@@ -25,7 +25,29 @@ from cxr.serve import pyfunc
 
 
 class EpochMetrics(keras.callbacks.Callback):
-    """Log each epoch's metrics (loss, accuracy, val_*, learning_rate) to the active run."""
+    """Log each epoch's metrics (loss, accuracy, val_*, learning_rate) to the active run.
+
+    ``work_dir`` is the fit's resume folder (:func:`cxr.learn.training.resume_dir`). A fit that
+    resumes a killed one first logs the epochs the killed run completed (its ``history.csv``) into
+    this run, so the run's metric history is whole, and tags it ``resumed_from_run`` with the id of
+    the run that was killed.
+    """
+
+    def __init__(self, work_dir: Path | None = None):
+        super().__init__()
+        self.work_dir = work_dir
+
+    def on_train_begin(self, logs=None):
+        if self.work_dir is None:
+            return
+        marker, history = self.work_dir / "mlflow_run_id", self.work_dir / "history.csv"
+        current = mlflow.active_run().info.run_id
+        if marker.is_file() and history.is_file() and marker.read_text().strip() != current:
+            mlflow.set_tag("resumed_from_run", marker.read_text().strip())
+            for row in pd.read_csv(history).drop_duplicates("epoch", keep="last").to_dict("records"):
+                epoch = int(row.pop("epoch"))
+                mlflow.log_metrics({key: float(value) for key, value in row.items()}, step=epoch + 1)
+        marker.write_text(current)
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = {key: float(value) for key, value in (logs or {}).items()}
