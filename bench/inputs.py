@@ -181,7 +181,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cxr-bench-inputs-") as work:
         work = Path(work)
         model = work / "model"
-        spec = ModelSpec(backbone=args.backbone, image_size=args.size, classes=CLASSES, task="multiclass", weights=None)
+        spec = ModelSpec(backbone=args.backbone, image_size=args.size, classes=CLASSES, task="multiclass", weights=None,
+                         views=["PA"], ages=None)
         save_model(build_classifier(backbones.get(args.backbone), args.size, len(CLASSES),
                                     Head(units=256, dropout=0.5, normalize=False), None), model, spec,
                    pd.DataFrame({"epoch": [0]}))

@@ -72,8 +72,9 @@ class Limits:
     :attr:`max_decoded_bytes`, 4 bytes per allowed pixel (16-bit grey or 8-bit RGB at the pixel
     limit), checked before decompressing it.
 
-    Decoding one image at the limit takes about ``max_pixels * 12`` bytes (float32 RGB) at its peak,
-    0.8 GB at the defaults: a server bounds its memory by the number of concurrent decodes.
+    Decoding one image at the limit takes about 18 bytes per pixel at its peak for a PNG or JPEG
+    (float32 RGB and its resize) and 27 for a 16-bit DICOM (its LUTs in float64): 1.2 and 1.8 GB at
+    the defaults (``bench/inputs.py``). A server bounds its memory by the number of concurrent decodes.
     """
 
     max_file_bytes: int = 512 * 2**20

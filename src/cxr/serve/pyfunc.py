@@ -11,9 +11,10 @@ columns ``null``), never the request. Decoding and resizing are :mod:`cxr.serve.
 ``cxr-predict`` and training use.
 
 Limits (:data:`SERVING_LIMITS`, logged as the model's ``model_config``) can be changed where the
-model is served: ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"max_rows": 16}' mlflow models serve ...``. Memory stays below
-about ``max_concurrent_decodes * max_pixels * 12`` bytes for decoding (0.8 GB per decode at the
-defaults) plus ``max_rows * image_size**2 * 12`` bytes of model inputs per request in flight.
+model is served: ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"max_rows": 16}' mlflow models serve ...``. What large
+files add to the model's memory is bounded by ``max_concurrent_decodes`` decodes of at most
+``max_pixels`` pixels each (measured by ``bench/inputs.py``: about 1.2 GB for a PNG and 1.8 GB for
+a 16-bit DICOM at the default limit), plus the request bodies in flight.
 """
 
 from __future__ import annotations
