@@ -5,10 +5,13 @@
 1. Peak memory (max RSS) of ``cxr-predict`` on one ordinary X-ray (1500 px), on the largest file the
    limits accept (an 8192 x 8192 PNG and an 8192 x 8192 16-bit DICOM), and on refused ones (a PNG
    header claiming 65535 x 65535 px, a deflated DICOM inflating past the limit).
-2. The served model (`mlflow models serve`, the pyfunc as the pipeline logs it, default limits):
-   the server's peak memory (sum of VmHWM over its process group) after 4 clients each send the
+2. The served model (`mlflow models serve`, the pyfunc as the pipeline logs it, default limits
+   except ``max_file_bytes`` lowered to 64 MiB so that a file over it can be sent repeatedly): the
+   server's peak memory (sum of VmHWM over its process group) after 4 clients each send the
    8192 x 8192 PNG at once, and the p50/p95 latency of 4 clients sending one ordinary X-ray per
-   request, alone and while a fifth client keeps sending oversized files.
+   request, alone and while a fifth client keeps sending oversized files (a 12000 x 12000 PNG over
+   the pixel limit, a PNG header claiming 65535 x 65535 px, a 70 MiB file over the size limit) and
+   the largest accepted PNG, in turn.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from cxr.serve.local import free_port, mlflow_command, running  # noqa: E402
 
 CLASSES = ["BACTERIA", "COVID", "NORMAL", "VIRAL"]
 SIDE = int(DEFAULT_LIMITS.max_pixels ** 0.5)  # 8192: the largest square image the limits accept
+SERVED_MAX_FILE_BYTES = 64 * 2**20
 
 
 def grey(side: int, seed: int = 0) -> np.ndarray:
@@ -135,9 +139,12 @@ def served(model: Path, work: Path, ordinary: bytes, largest: bytes, requests: i
     port = free_port()
     command = mlflow_command("models", "serve", "-m", str(logged), "--env-manager", "local", "--host", "127.0.0.1",
                              "--port", str(port))
-    small, large, hostile = body(ordinary), body(largest), [body(largest), body(bomb_header()), body(b"x" * 1000)]
+    small, large = body(ordinary), body(largest)
+    hostile = [body(png_bytes(np.zeros((12000, 12000), np.uint8))), body(bomb_header()),
+               body(np.random.default_rng(0).bytes(SERVED_MAX_FILE_BYTES + 6 * 2**20)), large]
     result = {}
-    with running(command, f"http://127.0.0.1:{port}/ping") as server:
+    env = {**os.environ, "MLFLOW_PYFUNC_INFERENCE_CONFIG": json.dumps({"max_file_bytes": SERVED_MAX_FILE_BYTES})}
+    with running(command, f"http://127.0.0.1:{port}/ping", env=env) as server:
         post(port, small)
         result["idle_peak_mib"] = group_peak_mib(server.pid)
         with ThreadPoolExecutor(4) as pool:
@@ -155,7 +162,8 @@ def served(model: Path, work: Path, ordinary: bytes, largest: bytes, requests: i
 
         def attacker() -> None:
             while not stop.is_set():
-                sent.append(post(port, hostile[len(sent) % len(hostile)])[0])
+                seconds, answer = post(port, hostile[len(sent) % len(hostile)])
+                sent.append((seconds, answer["predictions"][0]["error"]))
 
         thread = threading.Thread(target=attacker)
         thread.start()
@@ -168,6 +176,7 @@ def served(model: Path, work: Path, ordinary: bytes, largest: bytes, requests: i
     for name, seconds in (("alone", alone), ("with_oversized_client", attacked)):
         result[name] = {"p50_s": float(np.percentile(seconds, 50)), "p95_s": float(np.percentile(seconds, 95))}
     result["oversized_requests_sent"] = len(sent)
+    result["oversized_answers"] = sorted({error[:90] for _, error in sent})
     return result
 
 
@@ -175,7 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="xception", choices=list(backbones.BACKBONES))
     parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--requests", type=int, default=120)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cxr-bench-inputs-") as work:

@@ -27,7 +27,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian)
 
 from cxr.core.errors import CxrError, one_line
 
@@ -148,12 +149,21 @@ def read_dicom(data: bytes, name: str, *, max_pixels: int, max_decoded_bytes: in
 
 
 def _read(data: bytes, name: str, *, stop_before_pixels: bool) -> Dataset:
+    """The dataset of ``data``. A file without the preamble and file meta (older exports, some CD
+    viewers) is read by its content, and its transfer syntax is the encoding it was read with."""
     try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels,
-                               force=data[128:132] != b"DICM")
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels,
+                                  force=data[128:132] != b"DICM")
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, struct.error,
             zlib.error, NotImplementedError, AttributeError, IndexError) as exc:
         raise DicomError(f"{name}: not a readable DICOM file ({one_line(exc)})") from None
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        implicit, little = dataset.original_encoding
+        if implicit is None:
+            raise DicomError(f"{name}: not a readable DICOM file (no file meta, and no data element could be read)")
+        dataset.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                               ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return dataset
 
 
 def _check_inflated_size(data: bytes, name: str, max_decoded_bytes: int) -> None:

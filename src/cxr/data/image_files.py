@@ -121,12 +121,17 @@ def sniff(data: bytes, name: str) -> str:
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"
-    if dicom.is_dicom(name, data):
+    if data[128:132] == b"DICM":
         return "dicom"
     for magic, offset, more, label in OTHER_FORMATS:
         if data.startswith(magic) and data[offset:offset + len(more)] == more:
             raise ImageFileError(f"{name}: a {label} file (whatever its name says); cxr reads PNG, JPEG and DICOM: "
                                  "convert it to PNG")
+    if re.match(rb"P[1-7]\s", data):
+        raise ImageFileError(f"{name}: a Netpbm (PBM/PGM/PPM) file (whatever its name says); cxr reads PNG, JPEG and "
+                             "DICOM: convert it to PNG")
+    if dicom.is_dicom(name, data):  # by its suffix: a DICOM written without the preamble
+        return "dicom"
     raise ImageFileError(f"{name}: not a PNG, JPEG or DICOM file (it starts with {data[:8]!r})")
 
 
@@ -166,9 +171,12 @@ def header(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tup
                 width, height, mode = image.width, image.height, image.mode
     except Image.DecompressionBombError as exc:  # PIL's own guard (twice its MAX_IMAGE_PIXELS) fired first
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
-        count = f"{int(claimed[1]):,} pixels" if claimed else "more pixels than PIL opens"
-        raise ImageFileError(f"{name}: {count}, over the limit of {limits.max_pixels:,} pixels per image "
-                             "(max_pixels); downscale it first") from None
+        count = int(claimed[1]) if claimed else None
+        if count is not None and count <= limits.max_pixels:
+            raise ImageFileError(f"{name}: {count:,} pixels, over Pillow's own limit of "
+                                 f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels per image; downscale it first") from None
+        raise ImageFileError(f"{name}: {f'{count:,} pixels' if count else 'more pixels than Pillow opens'}, over the "
+                             f"limit of {limits.max_pixels:,} pixels per image (max_pixels); downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageFileError(f"{name}: cannot be decoded as an image ({one_line(exc)})") from None
     orientation = orientation if 1 <= orientation <= 8 else 1

@@ -37,6 +37,8 @@ from cxr.learn import images
 LOG = logging.getLogger(__name__)
 # Shorter sides below this are refused: upscaled to the model's size they carry no detail.
 MIN_SIDE = 64
+# Views of a chest radiograph taken from the front; any other (LL, RL, LATERAL, ...) gets a warning.
+FRONTAL_VIEWS = ("PA", "AP")
 # Images are decoded this many at a time, so a large folder never holds all its pixels at once.
 CHUNK = 256
 
@@ -84,6 +86,8 @@ def dicom_warning(dicom: DicomImage, views: list[str], ages: dict | None) -> str
     ``ages`` (``{"min", "max", "recorded", "images"}`` over the training images that record one), a
     modality or body part that is not a chest radiograph, values read leniently."""
     warnings = list(dicom.notes)
+    if dicom.view and dicom.view not in FRONTAL_VIEWS and not (views and dicom.view in views):
+        warnings.append(f"ViewPosition {dicom.view} is not a frontal view (PA or AP)")
     if views and dicom.view and dicom.view not in views:
         warnings.append(f"ViewPosition {dicom.view} is not among the views the model was trained on "
                         f"({', '.join(views)})")
@@ -144,22 +148,33 @@ def predict_sources(model, spec: ModelSpec, sources: list[Source], *, batch_size
                 decoded.append(row_error(source, exc))
             bar.update(1)
         good = [index for index, item in enumerate(decoded) if isinstance(item, ModelInput)]
-        probabilities, overlays = {}, {}
+        probabilities, overlays, overlay_failure = {}, {}, ""
         if good:
             pixels = np.stack([decoded[index].pixels for index in good])
             batches = tf.data.Dataset.from_tensor_slices(pixels).batch(batch_size)
-            probabilities = dict(zip(good, model.predict(batches, verbose=0)))
-            if explain is not None:
+            try:
+                probabilities = dict(zip(good, model.predict(batches, verbose=0)))
+            except Exception as exc:  # noqa: BLE001 - memory, a broken model: the batch's rows say so
+                LOG.error("the model failed on a batch of %d images", len(good), exc_info=exc)
+                for index in good:
+                    decoded[index] = (f"{source_name(chunk[index])}: the model failed on the batch of this file "
+                                      f"({type(exc).__name__}: {one_line(exc)})")
+                good = []
+        if explain is not None and good:
+            try:
                 written = explain(model, [source_name(chunk[index]) for index in good], pixels,
                                   np.array([int(np.argmax(probabilities[index])) for index in good]))
                 overlays = dict(zip(good, written))
+            except Exception as exc:  # noqa: BLE001 - the prediction stands; the row says the overlay failed
+                LOG.error("Grad-CAM overlays failed", exc_info=exc)
+                overlay_failure = f"Grad-CAM overlay not written ({type(exc).__name__}: {one_line(exc)})"
         for index, source in enumerate(chunk):
             row = {"path": source_name(source), "predicted": None, **{f"p_{name}": None for name in classes},
                    "warning": "", "error": ""} | ({"overlay": ""} if explain is not None else {})
             if index in probabilities:
                 row["predicted"] = classes[int(np.argmax(probabilities[index]))]
                 row.update({f"p_{name}": float(value) for name, value in zip(classes, probabilities[index])})
-                row["warning"] = decoded[index].warning
+                row["warning"] = "; ".join(part for part in (decoded[index].warning, overlay_failure) if part)
                 if explain is not None:
                     row["overlay"] = overlays.get(index, "")
             else:

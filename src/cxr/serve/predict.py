@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from PIL import Image
 from cxr.core import backbones, tracking
 from cxr.report.audit.gradcam import gradcam
 from cxr.core.config import PARAMS_FILE, load
-from cxr.core.errors import CxrError
+from cxr.core.errors import CxrError, one_line
 from cxr.core.spec import ModelSpec
 from cxr.report.figures import saliency_overlay
 from cxr.learn.model_files import load_model
@@ -47,12 +48,17 @@ def input_files(items: list[str]) -> list[Source]:
     found: list[Source] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
+        try:
+            folder = path.is_dir()
+        except OSError as exc:  # Python 3.11 raises for EACCES on a parent folder
+            found.append(Unreadable(item, f"{item}: cannot be read ({exc.strerror})"))
+            continue
+        if folder:
             found += scan_folder(path)
-        elif path.exists() or path.is_symlink() or not glob.has_magic(item):
+        elif os.path.lexists(path) or not glob.has_magic(item):
             found.append(path)
         else:
-            found += sorted(Path(match) for match in glob.glob(item, recursive=True) if Path(match).is_file())
+            found += sorted(Path(match) for match in glob.glob(item, recursive=True) if os.path.isfile(match))
     return found
 
 
@@ -80,6 +86,8 @@ def scan_folder(folder: Path) -> list[Source]:
                 found.append(path)
                 continue
             try:
+                if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe or device: opening it could block
+                    continue
                 with open(path, "rb") as stream:
                     marker = stream.read(132)[128:132]
             except OSError as exc:
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         loaded = load_reference(args.model or default_model())
     except CxrError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise SystemExit(f"error: {one_line(exc)}") from None
     paths = input_files(args.inputs)
     if not paths:
         raise SystemExit(f"error: no PNG, JPEG or DICOM file in {args.inputs}")

@@ -66,11 +66,17 @@ def serving_limits(model_config: dict | None) -> dict[str, int]:
 NULL_TEXT = ("", "None", "null", "nan", "NaN")
 
 
-def cell_source(value: object, index: int) -> Source:
+def cell_source(value: object, index: int, max_bytes: int = DEFAULT_LIMITS.max_file_bytes) -> Source:
     """One request cell as the bytes of a file: bytes as they are (a DataFrame built in Python);
-    text as base64, line breaks allowed (every JSON format and CSV over HTTP); ``null`` and anything
-    else as an :class:`Unreadable` row named ``row <index>``."""
+    text as base64, line breaks allowed (every JSON format and CSV over HTTP), refused without
+    decoding when it would exceed ``max_bytes``; ``null`` and anything else as an
+    :class:`Unreadable` row named ``row <index>``."""
     name = f"row {index}"
+    if isinstance(value, str):
+        size = (len(value) - sum(value.count(space) for space in " \r\n")) * 3 // 4  # base64: 4 chars, 3 bytes
+        if size > max_bytes:
+            return Unreadable(name, f"{name}: about {size:,} bytes once decoded, over the limit of {max_bytes:,} "
+                              "bytes per file (max_file_bytes)")
     if isinstance(value, bytes | bytearray | memoryview):
         return name, bytes(value)
     if value is None or (isinstance(value, float) and np.isnan(value)) or (
@@ -93,11 +99,9 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
         self.decode_slots = threading.BoundedSemaphore(self.limits["max_concurrent_decodes"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        if not isinstance(model_input, pd.DataFrame) or COLUMN not in model_input.columns:
-            found = ", ".join(map(str, model_input.columns)) if isinstance(model_input, pd.DataFrame) else "none"
-            raise MlflowException(f"the input has no {COLUMN!r} column (columns: {found})", INVALID_PARAMETER_VALUE)
-        limit = self.limits["max_rows"]
-        sources = [cell_source(value, index) if index < limit else
+        # MLflow has enforced the signature: the column is there (a request without it is answered 400).
+        limit, max_bytes = self.limits["max_rows"], self.limits["max_file_bytes"]
+        sources = [cell_source(value, index, max_bytes) if index < limit else
                    Unreadable(f"row {index}", f"row {index}: over the limit of {limit} rows per request (max_rows); "
                               "send it in another request")
                    for index, value in enumerate(model_input[COLUMN])]
@@ -116,4 +120,4 @@ def signature(classes: list[str]) -> ModelSignature:
     outputs = [ColSpec("string", "predicted", required=False),
                *[ColSpec("double", f"p_{name}", required=False) for name in classes],
                ColSpec("string", "warning"), ColSpec("string", "error")]
-    return ModelSignature(inputs=Schema([ColSpec("string", COLUMN, required=False)]), outputs=Schema(outputs))
+    return ModelSignature(inputs=Schema([ColSpec("string", COLUMN)]), outputs=Schema(outputs))
