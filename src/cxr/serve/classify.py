@@ -117,7 +117,7 @@ def source_name(source: Source) -> str:
 def row_error(source: Source, error: BaseException) -> str:
     """The one-line error of a source whose reading raised ``error``; unexpected errors are logged
     with their traceback."""
-    name = source_name(source)
+    name = one_line(source_name(source))  # a file name may hold a newline
     if isinstance(error, CxrError):
         message = one_line(error)
         return message if message.startswith(name) else f"{name}: {message}"
