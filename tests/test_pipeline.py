@@ -251,7 +251,7 @@ def test_a_params_error_removes_nothing_and_a_lone_stage_says_how_to_restore(clo
     original = (clone / "params.yaml").read_text()
     params = yaml.safe_load(original)
     params["train"]["epochs"] = -5
-    stage = next(name for name in lock["stages"] if name.startswith("train@"))
+    stage = f"train@{params['backbones'][0]}"  # dvc.lock may keep entries of backbones no longer listed
     try:
         (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         failed = subprocess.run(["dvc", "repro"], cwd=clone, env=user_env(), capture_output=True, text=True,

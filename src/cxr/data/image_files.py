@@ -26,14 +26,17 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import tensorflow as tf
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from cxr.core.errors import CxrError, one_line
 from cxr.core.schema import IMAGE_COLUMNS
 from cxr.data import dicom
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 IMAGE_READERS = 4
 # EXIF orientations that turn the image a quarter (5-8): width and height swap when upright.
@@ -188,6 +191,8 @@ def header(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tup
 def decode_tensor(data: tf.Tensor, orientation: tf.Tensor | int = 1) -> tf.Tensor:
     """A PNG or JPEG file's bytes -> float32 (height, width, 3) in [0, 1], upright. The decode op of
     the whole project: training's ``tf.data`` pipeline calls it in graph mode, :func:`decode` eagerly."""
+    import tensorflow as tf  # here, not at the top: the stages that only read the catalog never load it
+
     image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
     return upright(image, orientation)
 
@@ -198,6 +203,8 @@ def upright(image: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:
     The eight cases are PIL's ``ImageOps.exif_transpose``: 2 mirror, 3 half turn, 4 flip,
     5 transpose, 6 quarter turn clockwise, 7 transverse, 8 quarter turn anticlockwise.
     """
+    import tensorflow as tf
+
     orientation = tf.cast(orientation, tf.int32)
     branches = [
         lambda: image,
@@ -226,6 +233,8 @@ def decode(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tup
            ) -> Decoded:
     """A file's bytes -> :class:`Decoded`, through :func:`header`'s checks then the format's decoder.
     Raises :class:`ImageFileError` (a :class:`cxr.core.errors.CxrError`) with one line naming the file."""
+    import tensorflow as tf
+
     found = header(data, name, limits, formats)
     if found.format == "dicom":
         image = dicom.read_dicom(data, name, max_pixels=limits.max_pixels, max_decoded_bytes=limits.max_decoded_bytes)
