@@ -209,7 +209,8 @@ def check_experiment_runs(folder: Path, client, runs: pd.DataFrame, experiments:
     for name in experiments:
         mine = runs[runs["tags.DVC_EXP_NAME"] == name]
         stages = set(mine["tags.mlflow.runName"])
-        assert stages == expected if only_finetune_onwards else stages >= expected, (name, sorted(stages))
+        assert stages == expected if only_finetune_onwards else stages >= expected, (
+            name, sorted(stages), stdout(folder, "dvc", "queue", "status"))
         assert len(mine) == len(stages), (name, sorted(mine["tags.mlflow.runName"]))
         assert mine["status"].eq("FINISHED").all()
         [parent_id] = set(mine["tags.mlflow.parentRunId"])

@@ -475,3 +475,19 @@ def test_a_stage_that_finds_the_disk_full_says_so_in_one_line(capsys, monkeypatc
     assert capsys.readouterr().err == ("error: reports/eval/metrics.json: No space left on device (free some space, "
                                        "then rerun); DVC removed this stage's earlier outputs before running it: "
                                        "restore them with `dvc checkout evaluate`\n")
+
+
+def test_a_registry_write_refused_for_a_moment_is_retried(tmp_path):
+    """Two experiments evaluated at once can collide on the registry: a write the store refuses now
+    (here: an alias on a version another process registers a moment later) succeeds on a retry."""
+    import threading
+
+    from cxr.core.tracking import registry_write
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_registered_model("m")
+    later = threading.Timer(1.0, lambda: client.create_model_version("m", source=str(tmp_path)))
+    later.start()
+    registry_write(client.set_registered_model_alias, "m", "champion", "1")
+    later.join()
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"

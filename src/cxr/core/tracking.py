@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,10 +32,11 @@ import mlflow
 import mlflow.data
 import pandas as pd
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cxr.core.config import Config, as_dict, unrestricted
-from cxr.core.errors import CxrError, StageInterrupted
+from cxr.core.errors import CxrError, StageInterrupted, one_line
 from cxr.core.outputs import process_exists
 
 SYNTHETIC_NOTE = ("Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, "
@@ -347,10 +349,25 @@ def describe_version(name: str, run_id: str, *, tags: dict[str, str], descriptio
         return None
     version = max(versions, key=lambda found: int(found.version)).version
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        registry_write(client.set_model_version_tag, name, version, key, value)
     if description is not None:
-        client.update_model_version(name, version, description=description)
+        registry_write(client.update_model_version, name, version, description=description)
     if alias is not None:
-        client.set_registered_model_alias(name, alias, version)
+        registry_write(client.set_registered_model_alias, name, alias, version)
     return version
+
+
+def registry_write(call, *args, attempts: int = 5, **kwargs):
+    """``call(*args, **kwargs)``, retried when the tracking server refuses it. MLflow's SQL store writes
+    an alias or tag as select-then-insert: two experiments evaluated at once (``dvc exp run -j 2``)
+    on a PostgreSQL-backed server can both insert, and the second fails on the unique key though a
+    moment later it would succeed."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as exc:
+            if attempt == attempts - 1:
+                raise TrackingError(f"the MLflow registry refused {call.__name__}{args[:3]} {attempts} times: "
+                                    f"{one_line(exc.message)}") from None
+            time.sleep(0.5 * 2 ** attempt)
 
