@@ -64,6 +64,7 @@ class DicomImage:
     pixels: np.ndarray  # uint8, (height, width)
     view: str | None  # ViewPosition (PA, AP, LL, ...), when the header records it
     age: float | None  # PatientAge in years, when the header records one that can be read
+    photometric: str = "MONOCHROME2"  # PhotometricInterpretation as stored
     notes: tuple[str, ...] = ()  # what in the header is unusual for a chest X-ray or was read leniently
 
 
@@ -145,7 +146,8 @@ def read_dicom(data: bytes, name: str, *, max_pixels: int, max_decoded_bytes: in
     pixels = np.round((values - low) / (high - low) * 255).astype(np.uint8)
     view = str(dataset.get("ViewPosition", "") or "").strip().upper() or None
     age, age_note = age_in_years(dataset.get("PatientAge", ""))
-    return DicomImage(pixels=pixels, view=view, age=age, notes=tuple(notes + ([age_note] if age_note else [])))
+    return DicomImage(pixels=pixels, view=view, age=age, photometric=found.photometric,
+                      notes=tuple(notes + ([age_note] if age_note else [])))
 
 
 def _read(data: bytes, name: str, *, stop_before_pixels: bool) -> Dataset:

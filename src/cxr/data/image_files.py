@@ -152,16 +152,22 @@ def read_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
         raise ImageFileError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
 
 
-def header(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS
-           ) -> Header:
-    """Format, upright size, mode and orientation of a file's bytes, with every limit checked and
-    no pixel decoded. ``formats``: those accepted here (merge takes only what training reads).
-    Raises :class:`ImageFileError` (or :class:`cxr.data.dicom.DicomError`) naming the file."""
+def accepted_format(data: bytes, name: str, limits: Limits, formats: tuple[str, ...]) -> str:
+    """The file's format (:func:`sniff`) after its size check; raises when ``formats`` excludes it."""
     limits.check_file_size(len(data), name)
     kind = sniff(data, name)
     if kind not in formats:
         raise ImageFileError(f"{name}: a {kind.upper()} file; here only {', '.join(f.upper() for f in formats)} "
                              "are read")
+    return kind
+
+
+def header(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS
+           ) -> Header:
+    """Format, upright size, mode and orientation of a file's bytes, with every limit checked and
+    no pixel decoded. ``formats``: those accepted here (merge takes only what training reads).
+    Raises :class:`ImageFileError` (or :class:`cxr.data.dicom.DicomError`) naming the file."""
+    kind = accepted_format(data, name, limits, formats)
     if kind == "dicom":
         found = dicom.read_header(data, name, max_pixels=limits.max_pixels, max_decoded_bytes=limits.max_decoded_bytes)
         return Header("dicom", found.columns, found.rows, found.photometric, 1)
@@ -231,15 +237,18 @@ class Decoded:
 
 def decode(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS
            ) -> Decoded:
-    """A file's bytes -> :class:`Decoded`, through :func:`header`'s checks then the format's decoder.
+    """A file's bytes -> :class:`Decoded`: limits and format checked, the header read before any pixel
+    is decoded (a DICOM's once, by :func:`cxr.data.dicom.read_dicom`), then the format's decoder.
     Raises :class:`ImageFileError` (a :class:`cxr.core.errors.CxrError`) with one line naming the file."""
     import tensorflow as tf
 
-    found = header(data, name, limits, formats)
-    if found.format == "dicom":
+    if accepted_format(data, name, limits, formats) == "dicom":
+        # read_dicom checks the DICOM header against the limits itself, before decoding.
         image = dicom.read_dicom(data, name, max_pixels=limits.max_pixels, max_decoded_bytes=limits.max_decoded_bytes)
         grey = tf.convert_to_tensor(image.pixels[..., None], tf.float32) / 255.0
-        return Decoded(tf.image.grayscale_to_rgb(grey), found, image)
+        height, width = image.pixels.shape
+        return Decoded(tf.image.grayscale_to_rgb(grey), Header("dicom", width, height, image.photometric, 1), image)
+    found = header(data, name, limits, formats)
     try:
         pixels = decode_tensor(tf.constant(data), found.orientation)
     except tf.errors.OpError as exc:
