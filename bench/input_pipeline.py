@@ -40,16 +40,16 @@ def keras_layers(seed: int = 0):
 
 
 def ours(frame, classes, size: int, batch: int, epochs: int, backbone, augment_with: str = "cxr") -> list[float]:
-    """Seconds per epoch of ``images.batches`` over ``images.image_dataset`` + the model's preprocessing;
+    """Seconds per epoch of ``images.TrainingBatches`` over ``images.image_dataset`` + the model's preprocessing;
     augmentation by ``cxr.learn.images.Augmenter`` or, for comparison, by Keras preprocessing layers."""
     preprocess = preprocessing(backbone)
     decoded = images.image_dataset(frame, classes, size, "memory")
     if augment_with == "cxr":
-        dataset = images.batches(decoded, batch, shuffle_seed=0, augment=images.augmenter(AUGMENT, seed=0))
+        dataset = images.TrainingBatches(decoded, len(frame), batch, 0, images.augmenter(AUGMENT)).epoch(0)
     else:
         augment = keras_layers()
-        dataset = images.batches(decoded, batch, shuffle_seed=0).map(lambda x, y: (augment(x), y),
-                                                                      num_parallel_calls=images.AUTOTUNE)
+        dataset = images.TrainingBatches(decoded, len(frame), batch, 0).epoch(0).map(
+            lambda x, y: (augment(x), y), num_parallel_calls=images.AUTOTUNE)
     dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=images.AUTOTUNE)
     seconds = []
     for _ in range(epochs):

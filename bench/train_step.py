@@ -128,12 +128,12 @@ def feature_cache(backbone, frame, classes: list[str], size: int, batch_size: in
     train = frame[frame["split"] == "train"]
     decoded = images.image_dataset(train, classes, size, "memory")
     model = compiled(build_classifier(backbone, size, len(classes), HEAD, None), False)
-    full = epoch_seconds(model, images.batches(decoded, batch_size, shuffle_seed=0), epochs + 1)[1:]
+    full = epoch_seconds(model, images.TrainingBatches(decoded, len(train), batch_size, 0).epoch(0), epochs + 1)[1:]
     with Timer() as extraction:
         features = feature_extractor(model).predict(decoded.map(lambda x, y: x).batch(batch_size), verbose=0)
     head_data = tf.data.Dataset.from_tensor_slices((features, images.label_indices(train, classes)))
     head = compiled(model.get_layer("head"), False)
-    cached = epoch_seconds(head, images.batches(head_data, batch_size, shuffle_seed=0), epochs + 1)[1:]
+    cached = epoch_seconds(head, images.TrainingBatches(head_data, len(train), batch_size, 0).epoch(0), epochs + 1)[1:]
     keras.backend.clear_session()
     return {"images": len(train), "full_epoch_s": median(full), "feature_extraction_s": extraction.seconds,
             "cached_epoch_s": median(cached), "speedup_after_first_epoch": median(full) / median(cached)}
@@ -148,9 +148,10 @@ def real_vs_memory(backbone, frame, classes: list[str], size: int, batch_size: i
 
     keras.mixed_precision.set_global_policy("float32")
     train = frame[frame["split"] == "train"]
-    augment = images.augmenter(Augment(enabled=True, rotation=0.05, zoom=0.1, shift=0.05, contrast=0.1, horizontal_flip=False), seed=0)
-    real = images.batches(images.image_dataset(train, classes, size, "memory"), batch_size, shuffle_seed=0,
-                          augment=augment)
+    augment = images.augmenter(Augment(enabled=True, rotation=0.05, zoom=0.1, shift=0.05, contrast=0.1,
+                                       horizontal_flip=False))
+    real = images.TrainingBatches(images.image_dataset(train, classes, size, "memory"), len(train), batch_size, 0,
+                                  augment).epoch(0).prefetch(images.AUTOTUNE)
     rng = np.random.default_rng(0)
     tensors = rng.uniform(0, 255, (len(train), size, size, 3)).astype(np.float32)
     memory = tf.data.Dataset.from_tensor_slices((tensors, images.label_indices(train, classes))).batch(batch_size)

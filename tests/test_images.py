@@ -83,40 +83,48 @@ def test_disk_cache_key_follows_content_and_size(mixed_formats):
 
 
 def test_augmentation_is_seeded_and_follows_params():
-    assert images.augmenter(replace(AUGMENT, enabled=False), seed=0) is None
+    assert images.augmenter(replace(AUGMENT, enabled=False)) is None
     batch = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-    augment = images.augmenter(replace(AUGMENT, enabled=True), seed=0)
+    augment = images.augmenter(replace(AUGMENT, enabled=True))
     first = augment(batch, tf.constant([1, 2])).numpy()
     assert first.shape == batch.shape and not np.allclose(first, batch)
     assert np.array_equal(first, augment(batch, tf.constant([1, 2])).numpy())
     assert not np.allclose(first, augment(batch, tf.constant([3, 4])).numpy())
     assert first.min() >= 0 and first.max() <= 255
-    still = images.augmenter(replace(AUGMENT, enabled=True, rotation=0, zoom=0, shift=0, contrast=0), seed=0)
+    still = images.augmenter(replace(AUGMENT, enabled=True, rotation=0, zoom=0, shift=0, contrast=0))
     assert np.allclose(still(batch, tf.constant([1, 2])).numpy(), batch, atol=1e-3)
 
 
 def test_a_pure_shift_moves_the_image():
     image = np.zeros((1, 20, 20, 3), np.float32)
     image[0, 8:12, 8:12] = 255.0
-    shifted = images.augmenter(replace(AUGMENT, enabled=True, rotation=0, zoom=0, shift=0.25, contrast=0), seed=0)(
+    shifted = images.augmenter(replace(AUGMENT, enabled=True, rotation=0, zoom=0, shift=0.25, contrast=0))(
         image, tf.constant([5, 6])).numpy()
     assert shifted.sum() == pytest.approx(image.sum(), rel=0.05)  # moved, not lost (stays inside)
     rows, columns = np.nonzero(shifted[0, :, :, 0] > 127)
     assert (rows.mean(), columns.mean()) != pytest.approx((9.5, 9.5), abs=0.5)
 
 
-def test_augmented_batches_repeat_per_seed_and_vary_per_epoch():
+def test_training_batches_depend_on_seed_and_epoch_alone():
     data = tf.data.Dataset.from_tensor_slices((np.random.default_rng(1).uniform(0, 255, (6, 16, 16, 3))
                                                .astype(np.float32), np.arange(6)))
-    augment = images.augmenter(replace(AUGMENT, enabled=True), seed=3)
+    batches = images.TrainingBatches(data, 6, 4, seed=3, augment=images.augmenter(replace(AUGMENT, enabled=True)))
+    assert batches.steps_per_epoch == 2
 
-    def epochs(dataset):
-        return [np.concatenate([x.numpy() for x, _ in dataset]) for _ in range(2)]
+    def read(dataset):
+        pairs = list(dataset)
+        return np.concatenate([x.numpy() for x, _ in pairs]), np.concatenate([y.numpy() for _, y in pairs])
 
-    one = epochs(images.batches(data, 4, augment=augment))
-    two = epochs(images.batches(data, 4, augment=augment))
-    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
-    assert not np.allclose(one[0], one[1])
+    run = read(batches.epochs(0, 3))
+    assert run[0].shape == (18, 16, 16, 3) and sorted(run[1][6:12]) == list(range(6))
+    # An epoch reads the same whether it comes first (a resumed fit) or after others.
+    resumed = read(batches.epochs(2, 3))
+    assert np.array_equal(resumed[0], run[0][12:]) and np.array_equal(resumed[1], run[1][12:])
+    assert np.array_equal(read(batches.epoch(1))[0], run[0][6:12])
+    # Epochs differ from each other, and another seed gives other batches.
+    assert not np.array_equal(run[1][:6], run[1][6:12]) or not np.allclose(run[0][:6], run[0][6:12])
+    other = read(images.TrainingBatches(data, 6, 4, seed=4, augment=batches.augment).epochs(0, 1))
+    assert not np.allclose(other[0], run[0][:6])
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

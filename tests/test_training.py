@@ -142,20 +142,23 @@ def test_stage_nests_under_mlflow_run(project):
     assert client.get_run(parent).data.params == {}
 
 
-def test_killed_run_leaves_no_model_and_resumes(project):
-    write_params(project, TINY | {"train": {"image_size": 32, "epochs": 12, "batch_size": 8, "head": {"units": 8},
-                                            "augment": {"enabled": True}}})
+def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(project, tmp_path):
+    params = TINY | {"train": {"image_size": 32, "epochs": 12, "batch_size": 8, "head": {"units": 8},
+                               "augment": {"enabled": True}}}
+    write_params(project, params)
+    uninterrupted = tmp_path / "uninterrupted"
+    shutil.copytree(project, uninterrupted)
     process = subprocess.Popen(stage_command(project, "train", "vgg16"), cwd=project, env=stage_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = project / "models/.resume/vgg16/history.csv"
     deadline = time.time() + 300
     while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 4):
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
+    process.send_signal(signal.SIGKILL)  # at any instant of the epoch after the third
     process.wait()
     assert not (project / "models/vgg16").exists()
     assert not (project / "reports/train/vgg16.json").exists()
-    done = len(pd.read_csv(history))
+    done = json.loads((project / "models/.resume/vgg16/state.json").read_text())["epoch"]
     assert 3 <= done < 12
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -165,10 +168,10 @@ def test_killed_run_leaves_no_model_and_resumes(project):
     resumed = run_stage(project, "train", "vgg16")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     first_epoch = next(line for line in resumed.stdout.splitlines() if line.startswith("Epoch "))
-    assert int(first_epoch.split()[1].split("/")[0]) > 1
+    assert first_epoch.startswith(f"Epoch {done + 1}/12")
     [announced] = [line for line in resumed.stdout.splitlines() if line.startswith("resuming ")]
-    assert announced.startswith(f"resuming at epoch {first_epoch.split()[1].split('/')[0]} of 12 from the "
-                                f"checkpoint in {Path('models/.resume/vgg16/backup')}"), announced
+    assert announced.startswith(f"resuming at epoch {done + 1} of 12 from the checkpoint "
+                                f"{Path('models/.resume/vgg16/state.json')} of epoch {done} "), announced
     assert pd.read_csv(project / "models/vgg16/history.csv")["epoch"].tolist() == list(range(1, 13))
     statuses = {run.info.run_id: run.info.status for run in runs_named(client, "train@vgg16")}
     assert statuses.pop(killed.info.run_id) == "KILLED" and list(statuses.values()) == ["FINISHED"]
@@ -177,6 +180,12 @@ def test_killed_run_leaves_no_model_and_resumes(project):
     [finished] = statuses
     assert client.get_run(finished).data.tags["resumed_from_run"] == killed.info.run_id
     assert [point.step for point in client.get_metric_history(finished, "val_loss")] == list(range(1, 13))
+
+    # Exact: the same weights, history and metrics as a run never killed.
+    whole = run_stage(uninterrupted, "train", "vgg16")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    for name in ("models/vgg16/model.keras", "models/vgg16/history.csv", "reports/train/vgg16.json"):
+        assert (project / name).read_bytes() == (uninterrupted / name).read_bytes(), name
 
 
 def test_sigterm_ends_the_run_as_killed_and_leaves_nothing_half_written(project):
@@ -200,6 +209,42 @@ def test_sigterm_ends_the_run_as_killed_and_leaves_nothing_half_written(project)
     staging = [path.name for folder in (project / "models", project / "reports")
                for path in folder.rglob(".*") if path.name != ".resume" and ".resume" not in path.parts]
     assert staging == []
+
+
+def _tiny_fit(work_dir: Path, epochs: int, learning_rate: float, patience: int | None):
+    import keras
+    import tensorflow as tf
+
+    from cxr.learn.images import TrainingBatches
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(2, activation="softmax")])
+    rng = np.random.default_rng(0)
+    data = tf.data.Dataset.from_tensor_slices((rng.normal(size=(12, 4)).astype("float32"), np.arange(12) % 2))
+    return model, training.fit(model, TrainingBatches(data, 12, 4, seed=0), data.batch(4), epochs=epochs,
+                               learning_rate=learning_rate, amsgrad=False, weights=None, patience=patience,
+                               work_dir=work_dir)
+
+
+def test_a_fit_that_stopped_early_stays_stopped_when_run_again(tmp_path):
+    """Patience counts from the starting weights (epoch 0); the stop is part of the committed state."""
+    _, stopped = _tiny_fit(tmp_path / "work", epochs=6, learning_rate=0.0, patience=2)
+    assert stopped.history["epoch"].tolist() == [1, 2] and stopped.best["epoch"] == 0
+    assert json.loads((tmp_path / "work/state.json").read_text())["stopped"] is True
+    _, again = _tiny_fit(tmp_path / "work", epochs=6, learning_rate=0.0, patience=2)
+    assert again.history.equals(stopped.history)
+
+
+def test_a_checkpoint_restores_weights_optimizer_and_dropout_state(tmp_path):
+    """Two epochs, then two more from the checkpoint: the same variables as four at once."""
+    whole, _ = _tiny_fit(tmp_path / "whole", epochs=4, learning_rate=0.1, patience=None)
+    _tiny_fit(tmp_path / "split", epochs=2, learning_rate=0.1, patience=None)
+    state = json.loads((tmp_path / "split/state.json").read_text())
+    assert state["epoch"] == 2 and (tmp_path / "split" / state["variables"]).is_file()
+    resumed, _ = _tiny_fit(tmp_path / "split", epochs=4, learning_rate=0.1, patience=None)
+    for one, other in zip(training._fit_variables(whole), training._fit_variables(resumed)):
+        assert np.array_equal(np.asarray(one), np.asarray(other)), one.path
+    assert sorted(path.name for path in (tmp_path / "split").glob("state-*.npz")) == ["state-4.npz"]
 
 
 def test_changed_params_discard_checkpoints(tmp_path):
@@ -249,6 +294,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cxr.core import backbones
 from cxr.core.config import Head, load
+from cxr.learn.images import TrainingBatches
 from cxr.learn.model import build_classifier
 from cxr.learn.training import configure_runtime, fit
 strategy = configure_runtime(replace(load("{params}").train, distribute="{mode}", deterministic=False), seed=0)
@@ -256,8 +302,8 @@ print("replicas", strategy.num_replicas_in_sync)
 with strategy.scope():
     model = build_classifier(backbones.get("vgg16"), 32, 2, Head(units=4, dropout=0.5, normalize=False), None)
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
-    data = tf.data.Dataset.from_tensor_slices((x, np.array([0, 1] * 4))).batch(4)
-    result = fit(model, data, data, epochs=1, learning_rate=1e-3, amsgrad=True, weights=None, patience=None,
+    data = tf.data.Dataset.from_tensor_slices((x, np.array([0, 1] * 4)))
+    result = fit(model, TrainingBatches(data, 8, 4, seed=0), data.batch(4), epochs=1, learning_rate=1e-3, amsgrad=True, weights=None, patience=None,
                  work_dir=__import__("pathlib").Path("{work}"))
 print("epochs", len(result.history))
 """

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
@@ -25,12 +25,22 @@ import pandas as pd
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically; an operating-system error (a full disk) is raised as an
     OSError naming ``path``, with nothing left behind."""
+    with replacing(path, "w") as stream:
+        stream.write(text)
+    return Path(path)
+
+
+@contextmanager
+def replacing(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """A stream (opened with ``mode``, ``"w"`` or ``"wb"``) to a temporary sibling of ``path`` that
+    replaces ``path`` when the block ends without error; on any error the temporary file is
+    removed and ``path`` keeps what it held. An OSError (a full disk) is raised naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as stream:
+            yield stream
         os.replace(temporary, path)
     except OSError as exc:
         Path(temporary).unlink(missing_ok=True)
@@ -38,7 +48,6 @@ def write_text(path: Path, text: str) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -10,6 +10,8 @@ so epochs after the first, and later backbones of the same size, never decode a 
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,11 +122,12 @@ class Augmenter:
     turn, of the side), zoom as 1 +/- ``zoom``, contrast as 1 +/- ``contrast`` about the mean.
     """
 
-    def __init__(self, params: Augment, seed: int):
+    def __init__(self, params: Augment):
         self.params = params
-        self.seed = seed
 
     def __call__(self, batch: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """``batch``: float (n, height, width, channels) in [0, 255]; ``seed``: int (2,), the
+        batch's key. Returns the augmented batch, same shape, float32 in [0, 255]."""
         params = self.params
         batch = tf.convert_to_tensor(batch, tf.float32)
         count = tf.shape(batch)[0]
@@ -158,20 +161,68 @@ class Augmenter:
         return batch
 
 
-def augmenter(params: Augment, seed: int) -> Augmenter | None:
+def augmenter(params: Augment) -> Augmenter | None:
     """The study's augmentation, or None when it is off."""
-    return Augmenter(params, seed) if params.enabled else None
+    return Augmenter(params) if params.enabled else None
 
 
-def batches(dataset: tf.data.Dataset, batch_size: int, *, shuffle_seed: int | None = None,
-            augment: Augmenter | None = None) -> tf.data.Dataset:
-    """Shuffle (when a seed is given), batch, augment whole batches in parallel, prefetch."""
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(10_000, seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if augment is not None:
-        seeds = tf.data.Dataset.random(seed=augment.seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda batch, seed: (augment(batch[0], seed), batch[1]), num_parallel_calls=AUTOTUNE)
-    return dataset.prefetch(AUTOTUNE)
+# Examples shuffled at once: the whole train split of every set cxr has met (the study's 680
+# images, Kaggle's 5,216); larger splits are shuffled within windows of this many.
+SHUFFLE_BUFFER = 10_000
 
+
+def batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Batches in the dataset's order, prefetched: what validation and evaluation read."""
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+@dataclass(frozen=True)
+class TrainingBatches:
+    """The train split as batches, each epoch's order and augmentation a function of
+    (``seed``, epoch) alone.
+
+    Nothing depends on how many epochs a process has already run, so a fit resumed at epoch k
+    reads exactly the batches an uninterrupted fit reads from epoch k on: the order of epoch e is
+    a shuffle seeded by a key derived from (seed, e), and batch i of epoch e is augmented with the
+    key fold_in((seed, e), i + 1) (``tf.random.experimental.stateless_fold_in``).
+
+    ``dataset``: unbatched (example, label) pairs in a fixed order (cached decoded images, or
+    features); ``count``: how many.
+    """
+
+    dataset: tf.data.Dataset
+    count: int
+    batch_size: int
+    seed: int
+    augment: Augmenter | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.count / self.batch_size)
+
+    def epoch(self, index: int) -> tf.data.Dataset:
+        """The batches of epoch ``index`` (0-based): (examples, labels) pairs."""
+        return self.epochs(index, index + 1)
+
+    def epochs(self, first: int, last: int) -> tf.data.Dataset:
+        """Epochs ``first`` to ``last - 1`` (0-based) one after the other, prefetched: what
+        ``model.fit(..., initial_epoch=first, epochs=last, steps_per_epoch=self.steps_per_epoch)``
+        reads."""
+        return tf.data.Dataset.range(first, last).flat_map(self._epoch).prefetch(AUTOTUNE)
+
+    def _epoch(self, index: tf.Tensor) -> tf.data.Dataset:
+        """One epoch, traced in the graph of ``flat_map``'s function."""
+        key = tf.stack([tf.constant(self.seed, tf.int64), index])
+        order = tf.cast(tf.random.experimental.stateless_fold_in(key, 0)[0], tf.int64)
+        # The shuffle's seed pair is (1, order), set on this function's graph: the order then
+        # depends on (seed, epoch) alone, and TensorFlow's seed logic never meets a process-wide
+        # seed of 0 (with one, it reads a tensor seed as a Python bool and fails).
+        tf.compat.v1.set_random_seed(1)
+        epoch = self.dataset.shuffle(SHUFFLE_BUFFER, seed=order, reshuffle_each_iteration=False).batch(self.batch_size)
+        if self.augment is not None:
+            augment = self.augment
+            epoch = epoch.enumerate().map(
+                lambda step, batch: (augment(batch[0], tf.random.experimental.stateless_fold_in(key, step + 1)),
+                                     batch[1]),
+                num_parallel_calls=AUTOTUNE)
+        return epoch

@@ -19,6 +19,7 @@ from cxr.core.outputs import write_csv, write_json
 from cxr.core.spec import ModelSpec
 from cxr.core.tracking import file_md5
 from cxr.learn.model_files import save_model
+from cxr.learn import training
 from cxr.learn.training import FitResult
 from cxr.report import figures
 from cxr.serve import pyfunc
@@ -28,9 +29,9 @@ class EpochMetrics(keras.callbacks.Callback):
     """Log each epoch's metrics (loss, accuracy, val_*, learning_rate) to the active run.
 
     ``work_dir`` is the fit's resume folder (:func:`cxr.learn.training.resume_dir`). A fit that
-    resumes a killed one first logs the epochs the killed run completed (its ``history.csv``) into
-    this run, so the run's metric history is whole, and tags it ``resumed_from_run`` with the id of
-    the run that was killed.
+    resumes a killed one first logs the epochs the killed run committed (its
+    :class:`~cxr.learn.training.Checkpoint`) into this run, so the run's metric history is whole,
+    and tags it ``resumed_from_run`` with the id of the run that was killed.
     """
 
     def __init__(self, work_dir: Path | None = None):
@@ -40,13 +41,13 @@ class EpochMetrics(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.work_dir is None:
             return
-        marker, history = self.work_dir / "mlflow_run_id", self.work_dir / "history.csv"
+        marker = self.work_dir / "mlflow_run_id"
         current = mlflow.active_run().info.run_id
-        if marker.is_file() and history.is_file() and marker.read_text().strip() != current:
+        if marker.is_file() and marker.read_text().strip() != current:
             mlflow.set_tag("resumed_from_run", marker.read_text().strip())
-            for row in pd.read_csv(history).drop_duplicates("epoch", keep="last").to_dict("records"):
+            for row in training.Checkpoint(self.work_dir).history.to_dict("records"):
                 epoch = int(row.pop("epoch"))
-                mlflow.log_metrics({key: float(value) for key, value in row.items()}, step=epoch + 1)
+                mlflow.log_metrics({key: float(value) for key, value in row.items()}, step=epoch)
         marker.write_text(current)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from cxr.learn import images
 from cxr.core.config import Train
 from cxr.core.backbones import Backbone
+from cxr.core.outputs import replacing, write_csv, write_json
 from cxr.learn.model import build_classifier, feature_extractor
 
 
@@ -58,17 +60,20 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 
 
 class KeepBest(keras.callbacks.Callback):
-    """Keep the weights with the lowest val_loss on disk, surviving a killed and resumed run.
+    """Keep the weights with the lowest val_loss on disk, surviving a killed and resumed run, and
+    stop the fit after ``patience`` epochs without a lower val_loss (None: never).
 
     The starting weights count as epoch 0, so a fit that never improves on validation (e.g. a
-    fine-tune that hurts) ends with the weights it started from, and says so.
+    fine-tune that hurts) ends with the weights it started from, and says so; patience counts
+    from them too (Keras' EarlyStopping counts from epoch 1). Files are replaced atomically.
     """
 
-    def __init__(self, folder: Path, validation: tf.data.Dataset):
+    def __init__(self, folder: Path, validation: tf.data.Dataset, patience: int | None = None):
         super().__init__()
         self.weights = folder / "best.weights.h5"
         self.record = folder / "best.json"
         self.validation = validation
+        self.patience = patience
         self.best = json.loads(self.record.read_text()) if self.record.exists() else None
 
     def on_train_begin(self, logs=None):
@@ -80,15 +85,87 @@ class KeepBest(keras.callbacks.Callback):
         logs = logs or {}
         if float(logs.get("val_loss", np.inf)) < self.best["val_loss"]:
             self._save(epoch + 1, logs["val_loss"], logs["val_accuracy"])
+        if self.patience is not None and epoch + 1 - self.best["epoch"] >= self.patience:
+            self.model.stop_training = True
 
     def _save(self, epoch: int, loss: float, accuracy: float) -> None:
-        self.model.save_weights(self.weights)
+        temporary = self.weights.with_name(".partial." + self.weights.name)
+        self.model.save_weights(temporary)
+        os.replace(temporary, self.weights)
         self.best = {"epoch": epoch, "val_loss": float(loss), "val_accuracy": float(accuracy)}
-        self.record.write_text(json.dumps(self.best))
+        write_json(self.record, self.best)
 
     def restore(self) -> dict:
         self.model.load_weights(self.weights)
         return self.best
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """The whole state of a fit at the end of each epoch, committed at once, so that a fit killed
+    at any instant resumes where an uninterrupted one would be and ends with the same bytes.
+
+    ``state-<epoch>.npz`` holds every variable of the model (weights, and the random-seed state
+    of its dropout layers, which Keras' BackupAndRestore does not save) and of the optimizer
+    (moments, iteration count); ``state.json`` holds the epochs done, each epoch's logs and
+    whether the fit stopped early, and is replaced last: that rename is the commit, and a kill
+    before it leaves the previous epoch's state whole. The data order and augmentation of an
+    epoch depend on (seed, epoch) alone (:class:`cxr.learn.images.TrainingBatches`), so no
+    tf.data state needs saving. ``history.csv`` beside it mirrors the logs, for whoever watches.
+    Put it last in the callbacks, after any that change the logs or stop the fit.
+    """
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = folder
+        self.record = folder / "state.json"
+        self.state = (json.loads(self.record.read_text()) if self.record.is_file()
+                      else {"epoch": 0, "variables": None, "history": [], "stopped": False})
+
+    @property
+    def completed(self) -> int:
+        """Epochs committed (0: none)."""
+        return int(self.state["epoch"])
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per committed epoch: ``epoch`` (1-based) and the epoch's logs."""
+        return pd.DataFrame(self.state["history"], columns=None if self.state["history"] else ["epoch"])
+
+    def restore(self, model: keras.Model) -> int:
+        """Load the committed state into ``model`` (compiled) and its optimizer; returns the
+        epochs done. A state that does not fit the model (another architecture) is ignored: 0."""
+        if not self.completed:
+            return 0
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        variables = _fit_variables(model)
+        with np.load(self.folder / self.state["variables"]) as saved:
+            values = [saved[f"arr_{index}"] for index in range(len(saved.files))]
+        if [value.shape for value in values] != [tuple(variable.shape) for variable in variables]:
+            return 0
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        return self.completed
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}}
+        history = [past for past in self.state["history"] if past["epoch"] <= epoch] + [row]
+        name = f"state-{epoch + 1}.npz"
+        with replacing(self.folder / name) as stream:
+            np.savez(stream, *[keras.ops.convert_to_numpy(variable) for variable in _fit_variables(self.model)])
+        write_csv(self.folder / "history.csv", pd.DataFrame(history))
+        previous = self.state["variables"]
+        self.state = {"epoch": epoch + 1, "variables": name, "history": history,
+                      "stopped": bool(self.model.stop_training)}
+        write_json(self.record, self.state)
+        if previous not in (None, name):
+            (self.folder / previous).unlink(missing_ok=True)
+
+
+def _fit_variables(model: keras.Model) -> list:
+    """Every variable a fit changes, in a fixed order: the model's (its seed states included)
+    then the optimizer's."""
+    return [*model.variables, *model.optimizer.variables]
 
 
 class LearningRateLog(keras.callbacks.Callback):
@@ -125,44 +202,29 @@ def resume_dir(folder: Path, key: dict) -> Path:
     return folder
 
 
-def completed_epochs(backup: Path) -> int:
-    """Epochs a killed fit completed, as Keras' BackupAndRestore recorded them in ``backup`` (0: none)."""
-    metadata = backup / "training_metadata.json"
-    if not metadata.is_file():
-        return 0
-    try:
-        return int(json.loads(metadata.read_text())["epoch"])
-    except (ValueError, KeyError, TypeError):
-        return 0
+def fit(model: keras.Model, train: images.TrainingBatches, val: tf.data.Dataset, *, epochs: int,
+        learning_rate: float, amsgrad: bool, weights: dict[int, float] | None, patience: int | None,
+        work_dir: Path, callbacks: list[keras.callbacks.Callback] = (), xla: bool = False) -> FitResult:
+    """Compile (with XLA when ``xla``) and fit for ``epochs``, resuming from the :class:`Checkpoint`
+    in ``work_dir`` if a killed fit left one, then load the best weights (:class:`KeepBest`).
 
-
-def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, *, epochs: int, learning_rate: float,
-        amsgrad: bool, weights: dict[int, float] | None, patience: int | None, work_dir: Path,
-        callbacks: list[keras.callbacks.Callback] = (), xla: bool = False) -> FitResult:
-    """Compile (with XLA when ``xla``) and fit with resume (``work_dir`` keeps the backup), then
-    load the best weights."""
+    Returns the history (one row per epoch, :data:`HISTORY_COLUMNS`) and the best epoch's record.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, amsgrad=amsgrad),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=xla)
-    best = KeepBest(work_dir, val)
-    history_file = work_dir / "history.csv"
-    chain = [
-        LearningRateLog(),
-        keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
-        best,
-        keras.callbacks.CSVLogger(str(history_file), append=True),
-        *callbacks,
-    ]
-    if patience is not None:
-        chain.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
-    done = completed_epochs(work_dir / "backup")
+    best = KeepBest(work_dir, val, patience)
+    best.set_model(model)
+    checkpoint = Checkpoint(work_dir)
+    done = checkpoint.restore(model)
     if done:
-        print(f"resuming at epoch {done + 1} of {epochs} from the checkpoint in {work_dir / 'backup'} "
+        print(f"resuming at epoch {done + 1} of {epochs} from the checkpoint {checkpoint.record} of epoch {done} "
               f"(best so far: epoch {best.best['epoch']}, val_loss {best.best['val_loss']:.4f})", flush=True)
-    model.fit(train, validation_data=val, epochs=epochs, class_weight=weights, callbacks=chain, verbose=2)
-    history = pd.read_csv(history_file)
-    history["epoch"] += 1
-    history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    if done < epochs and not checkpoint.state["stopped"]:
+        model.fit(train.epochs(done, epochs), steps_per_epoch=train.steps_per_epoch, initial_epoch=done,
+                  epochs=epochs, validation_data=val, class_weight=weights, shuffle=False, verbose=2,
+                  callbacks=[LearningRateLog(), best, *callbacks, checkpoint])
+    history = checkpoint.history
     return FitResult(history=history[[column for column in HISTORY_COLUMNS if column in history]],
                      best=best.restore())
 
@@ -188,7 +250,7 @@ def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], si
                                         params.cache_memory_limit_mb, Path(params.cache_dir))
     val_images = images.image_dataset(val_rows, classes, size, params.cache, hidden_center,
                                       params.cache_memory_limit_mb, Path(params.cache_dir))
-    augment = images.augmenter(params.augment, seed)
+    augment = images.augmenter(params.augment)
     head = model.get_layer("head")
     extractor = feature_extractor(model)
     train_labels, val_labels = images.label_indices(train_rows, classes), images.label_indices(val_rows, classes)
@@ -200,11 +262,11 @@ def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], si
         target = head
         train_set = tf.data.Dataset.from_tensor_slices((train_features, train_labels))
         val_set = tf.data.Dataset.from_tensor_slices((_features(extractor, val_images, params.batch_size), val_labels))
-        train_batches = images.batches(train_set, params.batch_size, shuffle_seed=seed)
+        train_batches = images.TrainingBatches(train_set, len(train_rows), params.batch_size, seed)
         val_batches = images.batches(val_set, params.batch_size)
     else:
         target = model
-        train_batches = images.batches(train_images, params.batch_size, shuffle_seed=seed, augment=augment)
+        train_batches = images.TrainingBatches(train_images, len(train_rows), params.batch_size, seed, augment)
         val_batches = images.batches(val_images, params.batch_size)
     return fit(target, train_batches, val_batches, epochs=params.epochs, learning_rate=params.learning_rate,
                amsgrad=params.amsgrad, weights=weights, patience=params.early_stopping_patience,
@@ -218,8 +280,8 @@ def train_whole(model: keras.Model, split: pd.DataFrame, classes: list[str], siz
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
     train_images = images.image_dataset(train_rows, classes, size, params.cache,
                                         memory_limit_mb=params.cache_memory_limit_mb, cache_dir=Path(params.cache_dir))
-    train_batches = images.batches(train_images, params.batch_size,
-                                   shuffle_seed=seed, augment=images.augmenter(params.augment, seed))
+    train_batches = images.TrainingBatches(train_images, len(train_rows), params.batch_size, seed,
+                                           images.augmenter(params.augment))
     val_images = images.image_dataset(val_rows, classes, size, params.cache,
                                       memory_limit_mb=params.cache_memory_limit_mb, cache_dir=Path(params.cache_dir))
     val_batches = images.batches(val_images, params.batch_size)
