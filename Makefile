@@ -1,17 +1,18 @@
 # Two entry points on a fresh clone: `make repro` (the pipeline) and `make test` (the tests).
-# Both create .venv and install the project into it when it is missing or pyproject changed.
+# Both create .venv and install the project into it when it is missing or pyproject or the lock changed:
+# every package at the version requirements.lock pins (`make lock` re-resolves it, see README).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup repro test test-fast
+.PHONY: setup repro test test-fast lint lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
 repro: setup
@@ -22,3 +23,14 @@ test: setup
 
 test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Re-resolve requirements.lock: the newest versions pyproject.toml's ranges allow, for Linux x86_64 and
+# Python 3.11 (the platform tensorflow-cpu ships for). Run it, then `make setup test`, then commit the lock.
+lock: setup
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --upgrade --custom-compile-command "make lock" -o requirements.lock

@@ -25,8 +25,9 @@ def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     memory_gib = None
     meminfo = Path("/proc/meminfo")
@@ -34,12 +35,26 @@ def machine() -> dict:
         kib = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
         memory_gib = round(kib / 2**20, 1)
     try:
-        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+        gpus = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
     except (OSError, subprocess.TimeoutExpired):
         gpus = []
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "memory_gib": memory_gib, "gpus": gpus, "os": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": memory_gib,
+        "gpus": gpus,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def versions() -> dict:
@@ -71,8 +86,15 @@ def save(name: str, command: str, settings: dict, results) -> Path:
     """Write ``bench/results/<name>.json`` (or under ``CXR_BENCH_RESULTS``) with the machine, versions,
     settings and results."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": name, "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": machine(), "versions": versions(), "settings": settings, "results": results}
+    record = {
+        "benchmark": name,
+        "command": command,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "versions": versions(),
+        "settings": settings,
+        "results": results,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
@@ -87,8 +109,8 @@ def synthetic_split(folder: Path, *, covid_patients: int, kermany_per_class: int
     """
     import yaml
 
-    from cxr.data import catalog
     from cxr.core.config import from_dict
+    from cxr.data import catalog
     from cxr.data.sources import download_source
     from cxr.data.split import make_split
 

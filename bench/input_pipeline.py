@@ -17,12 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
 from common import Timer, median, save, synthetic_split  # noqa: E402
 
 from cxr.core import backbones  # noqa: E402
-from cxr.learn import images  # noqa: E402
 from cxr.core.config import Augment  # noqa: E402
+from cxr.learn import images  # noqa: E402
 from cxr.learn.model import keras_preprocess_input, preprocessing  # noqa: E402
 
 # The augmentations both tools have: rotation, zoom and shift (ImageDataGenerator has no contrast).
@@ -31,11 +30,13 @@ AUGMENT = Augment(enabled=True, rotation=0.05, zoom=0.1, shift=0.05, contrast=0.
 
 def keras_layers(seed: int = 0):
     """The same augmentation as three Keras preprocessing layers (each resamples the batch)."""
-    layers = keras.Sequential([
-        keras.layers.RandomRotation(AUGMENT.rotation, fill_mode="constant", seed=seed),
-        keras.layers.RandomZoom(AUGMENT.zoom, fill_mode="constant", seed=seed + 1),
-        keras.layers.RandomTranslation(AUGMENT.shift, AUGMENT.shift, fill_mode="constant", seed=seed + 2),
-    ])
+    layers = keras.Sequential(
+        [
+            keras.layers.RandomRotation(AUGMENT.rotation, fill_mode="constant", seed=seed),
+            keras.layers.RandomZoom(AUGMENT.zoom, fill_mode="constant", seed=seed + 1),
+            keras.layers.RandomTranslation(AUGMENT.shift, AUGMENT.shift, fill_mode="constant", seed=seed + 2),
+        ]
+    )
     return lambda batch: layers(batch, training=True)
 
 
@@ -48,8 +49,11 @@ def ours(frame, classes, size: int, batch: int, epochs: int, backbone, augment_w
         dataset = images.TrainingBatches(decoded, len(frame), batch, 0, images.augmenter(AUGMENT)).epoch(0)
     else:
         augment = keras_layers()
-        dataset = images.TrainingBatches(decoded, len(frame), batch, 0).epoch(0).map(
-            lambda x, y: (augment(x), y), num_parallel_calls=images.AUTOTUNE)
+        dataset = (
+            images.TrainingBatches(decoded, len(frame), batch, 0)
+            .epoch(0)
+            .map(lambda x, y: (augment(x), y), num_parallel_calls=images.AUTOTUNE)
+        )
     dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=images.AUTOTUNE)
     seconds = []
     for _ in range(epochs):
@@ -63,10 +67,23 @@ def ours(frame, classes, size: int, batch: int, epochs: int, backbone, augment_w
 def image_data_generator(frame, size: int, batch: int, epochs: int, backbone) -> list[float]:
     """Seconds per epoch of the study's ``ImageDataGenerator(...).flow_from_dataframe``."""
     generator = tf.keras.preprocessing.image.ImageDataGenerator(
-        rotation_range=AUGMENT.rotation * 360, zoom_range=AUGMENT.zoom, width_shift_range=AUGMENT.shift,
-        height_shift_range=AUGMENT.shift, fill_mode="constant", preprocessing_function=lambda x: keras_preprocess_input(backbone, x))
-    flow = generator.flow_from_dataframe(frame, x_col="path", y_col="class", target_size=(size, size),
-                                         class_mode="sparse", batch_size=batch, shuffle=True, seed=0)
+        rotation_range=AUGMENT.rotation * 360,
+        zoom_range=AUGMENT.zoom,
+        width_shift_range=AUGMENT.shift,
+        height_shift_range=AUGMENT.shift,
+        fill_mode="constant",
+        preprocessing_function=lambda x: keras_preprocess_input(backbone, x),
+    )
+    flow = generator.flow_from_dataframe(
+        frame,
+        x_col="path",
+        y_col="class",
+        target_size=(size, size),
+        class_mode="sparse",
+        batch_size=batch,
+        shuffle=True,
+        seed=0,
+    )
     seconds = []
     for _ in range(epochs):
         with Timer() as timer:
@@ -90,9 +107,13 @@ def main() -> None:
 
     backbone = backbones.get(args.backbone)
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as folder:
-        frame, config = synthetic_split(Path(folder), covid_patients=args.patients,
-                                        kermany_per_class=args.patients // 2,
-                                        min_px=args.min_px, max_px=args.max_px)
+        frame, config = synthetic_split(
+            Path(folder),
+            covid_patients=args.patients,
+            kermany_per_class=args.patients // 2,
+            min_px=args.min_px,
+            max_px=args.max_px,
+        )
         classes = sorted(frame["class"].unique())
         n = len(frame)
         print(f"{n} images, {args.min_px}-{args.max_px} px, to {args.size} px, batch {args.batch}")
@@ -104,14 +125,22 @@ def main() -> None:
             layers = ours(frame, classes, args.size, args.batch, args.epochs, backbone, augment_with="keras")
             runs["keras_layers_cached"].append(n / median(layers[1:]))
             runs["idg"].append(n / median(image_data_generator(frame, args.size, args.batch, args.epochs, backbone)))
-            print(f"run {repeat + 1}: ours first epoch {runs['ours_first'][-1]:.0f} img/s, cached "
-                  f"{runs['ours_cached'][-1]:.0f} img/s (Keras layers {runs['keras_layers_cached'][-1]:.0f}); "
-                  f"ImageDataGenerator {runs['idg'][-1]:.0f} img/s")
+            print(
+                f"run {repeat + 1}: ours first epoch {runs['ours_first'][-1]:.0f} img/s, cached "
+                f"{runs['ours_cached'][-1]:.0f} img/s (Keras layers {runs['keras_layers_cached'][-1]:.0f}); "
+                f"ImageDataGenerator {runs['idg'][-1]:.0f} img/s"
+            )
     results = {name: median(values) for name, values in runs.items()}
-    results |= {"images": n, "cached_vs_idg": results["ours_cached"] / results["idg"],
-                "first_vs_idg": results["ours_first"] / results["idg"], "runs": runs}
-    print(f"median images/s: ours first epoch {results['ours_first']:.0f}, ours cached {results['ours_cached']:.0f}, "
-          f"ImageDataGenerator {results['idg']:.0f}; cached / IDG = {results['cached_vs_idg']:.1f}x")
+    results |= {
+        "images": n,
+        "cached_vs_idg": results["ours_cached"] / results["idg"],
+        "first_vs_idg": results["ours_first"] / results["idg"],
+        "runs": runs,
+    }
+    print(
+        f"median images/s: ours first epoch {results['ours_first']:.0f}, ours cached {results['ours_cached']:.0f}, "
+        f"ImageDataGenerator {results['idg']:.0f}; cached / IDG = {results['cached_vs_idg']:.1f}x"
+    )
     save(f"input_pipeline_{args.size}px", "python " + " ".join(sys.argv), vars(args), results)
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,9 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # Runs the command in a fresh process, so RUSAGE_CHILDREN covers this command's processes only.
-MEASURE = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-           "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-           "sys.exit(code)")
+MEASURE = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "sys.exit(code)"
+)
 
 
 def timed(command: list[str], folder: Path) -> dict:
@@ -42,13 +44,17 @@ def timed(command: list[str], folder: Path) -> dict:
     peak RSS (MiB) and the DVC stages it ran."""
     env = {**os.environ, "PATH": f"{folder / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     with Timer() as timer:
-        result = subprocess.run([sys.executable, "-c", MEASURE, *command], cwd=folder, env=env, capture_output=True,
-                                text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", MEASURE, *command], cwd=folder, env=env, capture_output=True, text=True
+        )
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     peak_kib = int(re.findall(r"peak-rss-kib (\d+)", result.stderr)[-1])
-    return {"seconds": timer.seconds, "peak_rss_mib": peak_kib / 1024,
-            "stages_run": sorted(set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr)))}
+    return {
+        "seconds": timer.seconds,
+        "peak_rss_mib": peak_kib / 1024,
+        "stages_run": sorted(set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))),
+    }
 
 
 def experiments(clone: Path, count: int) -> dict:
@@ -58,12 +64,19 @@ def experiments(clone: Path, count: int) -> dict:
     results = {"sequential": {"seconds": 0.0, "peak_rss_mib": 0.0, "stages_run": []}}
     for rate in rates[:count]:
         one = timed(["dvc", "exp", "run", "-S", f"finetune.learning_rate={rate}"], clone)
-        results["sequential"] = {"seconds": results["sequential"]["seconds"] + one["seconds"],
-                                 "peak_rss_mib": max(results["sequential"]["peak_rss_mib"], one["peak_rss_mib"]),
-                                 "stages_run": one["stages_run"]}
+        results["sequential"] = {
+            "seconds": results["sequential"]["seconds"] + one["seconds"],
+            "peak_rss_mib": max(results["sequential"]["peak_rss_mib"], one["peak_rss_mib"]),
+            "stages_run": one["stages_run"],
+        }
     for rate in rates[count:]:
-        subprocess.run(["dvc", "exp", "run", "--queue", "-S", f"finetune.learning_rate={rate}"], cwd=clone, check=True,
-                       capture_output=True, env={**os.environ, "PATH": f"{clone / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"})
+        subprocess.run(
+            ["dvc", "exp", "run", "--queue", "-S", f"finetune.learning_rate={rate}"],
+            cwd=clone,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PATH": f"{clone / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"},
+        )
     results["queued_j2"] = timed(["dvc", "exp", "run", "--run-all", "-j", "2"], clone)
     return results
 
@@ -81,8 +94,13 @@ def logging_overhead(epochs: int) -> dict:
         seconds = []
         with mlflow.start_run():
             for epoch in range(1, epochs + 1):
-                metrics = {"loss": 1 / epoch, "accuracy": 0.5, "val_loss": 1 / epoch, "val_accuracy": 0.5,
-                           "learning_rate": 0.001}
+                metrics = {
+                    "loss": 1 / epoch,
+                    "accuracy": 0.5,
+                    "val_loss": 1 / epoch,
+                    "val_accuracy": 0.5,
+                    "learning_rate": 0.001,
+                }
                 with Timer() as timer:
                     mlflow.log_metrics(metrics, step=epoch)
                 seconds.append(timer.seconds)
@@ -92,8 +110,10 @@ def logging_overhead(epochs: int) -> dict:
         sqlite = per_epoch(f"sqlite:///{scratch}/mlflow.db")
         with postgresql() as database, tracking_server(database, Path(scratch) / "artifacts") as url:
             server = per_epoch(url)
-    print(f"MLflow logging per epoch ({epochs} epochs, median): SQLite {sqlite:.1f} ms, server on PostgreSQL "
-          f"{server:.1f} ms (x{server / sqlite:.2f})")
+    print(
+        f"MLflow logging per epoch ({epochs} epochs, median): SQLite {sqlite:.1f} ms, server on PostgreSQL "
+        f"{server:.1f} ms (x{server / sqlite:.2f})"
+    )
     return {"epochs": epochs, "sqlite_ms_per_epoch": sqlite, "server_ms_per_epoch": server, "ratio": server / sqlite}
 
 
@@ -105,17 +125,23 @@ def one_run(reuse_venv: bool, count: int) -> dict:
             (clone / ".venv").symlink_to(REPO / ".venv")
             (REPO / ".venv" / ".installed").touch()
         results = {"make_repro": timed(["make", "repro"], clone)}
-        lock_changed = subprocess.run(["git", "diff", "--stat", "dvc.lock"], cwd=clone, capture_output=True,
-                                      text=True, check=True).stdout.strip()
-        results |= {"forced_train_xception": timed(["dvc", "repro", "-f", "-s", "train@xception"], clone),
-                    "noop_repro": timed(["dvc", "repro"], clone)}
+        lock_changed = subprocess.run(
+            ["git", "diff", "--stat", "dvc.lock"], cwd=clone, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        results |= {
+            "forced_train_xception": timed(["dvc", "repro", "-f", "-s", "train@xception"], clone),
+            "noop_repro": timed(["dvc", "repro"], clone),
+        }
         if count:  # before any experiment changes the backbone: both sides fine-tune xception
             results |= {f"{name}_{count}_experiments": value for name, value in experiments(clone, count).items()}
         results["exp_backbone_vgg16"] = timed(["dvc", "exp", "run", "-S", "backbone=vgg16"], clone)
     for name, result in results.items():
-        print(f"{name}: {result['seconds']:.1f} s, peak {result['peak_rss_mib']:.0f} MiB, "
-              f"stages: {', '.join(result['stages_run']) or 'none'}")
-    print(f"dvc.lock after make repro: {'differs from the committed one: ' + lock_changed if lock_changed else 'equal to the committed one'}")
+        print(
+            f"{name}: {result['seconds']:.1f} s, peak {result['peak_rss_mib']:.0f} MiB, "
+            f"stages: {', '.join(result['stages_run']) or 'none'}"
+        )
+    lock = "differs from the committed one: " + lock_changed if lock_changed else "equal to the committed one"
+    print(f"dvc.lock after make repro: {lock}")
     return results | {"dvc_lock_diff": lock_changed}
 
 
@@ -131,9 +157,15 @@ def main() -> None:
         save("tracking_logging", "python " + " ".join(sys.argv), vars(args), logging_overhead(args.epochs))
         return
     runs = [one_run(args.reuse_venv, args.experiments) for _ in range(args.repeats)]
-    results = {name: {"seconds": median([run[name]["seconds"] for run in runs]),
-                      "peak_rss_mib": max(run[name]["peak_rss_mib"] for run in runs),
-                      "stages_run": runs[-1][name]["stages_run"]} for name in runs[0] if name != "dvc_lock_diff"}
+    results = {
+        name: {
+            "seconds": median([run[name]["seconds"] for run in runs]),
+            "peak_rss_mib": max(run[name]["peak_rss_mib"] for run in runs),
+            "stages_run": runs[-1][name]["stages_run"],
+        }
+        for name in runs[0]
+        if name != "dvc_lock_diff"
+    }
     results["dvc_lock_equal_to_committed"] = all(not run["dvc_lock_diff"] for run in runs)
     results["runs"] = runs
     save("pipeline", "python " + " ".join(sys.argv), vars(args), results)

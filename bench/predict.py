@@ -26,7 +26,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import mlflow.pyfunc  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
 from common import Timer, save, synthetic_split  # noqa: E402
 
 from cxr.core import backbones  # noqa: E402
@@ -42,8 +41,9 @@ HEAD = Head(units=256, dropout=0.5, normalize=False)
 
 def model_folder(folder: Path, backbone, size: int, classes: list[str]) -> Path:
     model = build_classifier(backbone, size, len(classes), HEAD, None)
-    save_model(model, folder, {"backbone": backbone.name, "image_size": size, "classes": classes},
-               pd.DataFrame({"epoch": [0]}))
+    save_model(
+        model, folder, {"backbone": backbone.name, "image_size": size, "classes": classes}, pd.DataFrame({"epoch": [0]})
+    )
     return folder
 
 
@@ -62,27 +62,40 @@ def folder_rate(folder: Path, paths: list[Path], batch_size: int) -> dict:
 def served_latency(folder: Path, work: Path, images: list[bytes], requests: int, clients: int) -> dict:
     """p50/p95 seconds of single-image requests to `mlflow models serve`, ``clients`` at a time."""
     pyfunc = work / "pyfunc"
-    mlflow.pyfunc.save_model(pyfunc, python_model=XrayClassifier(), artifacts={"model": str(folder)},
-                             signature=signature(json.loads((folder / "meta.json").read_text())["classes"]))
+    mlflow.pyfunc.save_model(
+        pyfunc,
+        python_model=XrayClassifier(),
+        artifacts={"model": str(folder)},
+        signature=signature(json.loads((folder / "meta.json").read_text())["classes"]),
+    )
     port = free_port()
-    bodies = [json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(data).decode()]]}})
-              .encode() for data in images]
+    bodies = [
+        json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(data).decode()]]}}).encode()
+        for data in images
+    ]
 
     def call(index: int) -> float:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", bodies[index % len(bodies)],
-                                         {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", bodies[index % len(bodies)], {"Content-Type": "application/json"}
+        )
         with Timer() as timer, urllib.request.urlopen(request, timeout=120) as answer:
             assert json.loads(answer.read())["predictions"][0]["error"] == ""
         return timer.seconds
 
-    command = mlflow_command("models", "serve", "-m", str(pyfunc), "--env-manager", "local", "--host", "127.0.0.1",
-                             "--port", str(port))
+    command = mlflow_command(
+        "models", "serve", "-m", str(pyfunc), "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)
+    )
     with running(command, f"http://127.0.0.1:{port}/ping"):
         call(0)
         with Timer() as total, ThreadPoolExecutor(clients) as pool:
             seconds = list(pool.map(call, range(requests)))
-    return {"requests": requests, "clients": clients, "p50_s": float(np.percentile(seconds, 50)),
-            "p95_s": float(np.percentile(seconds, 95)), "requests_per_s": requests / total.seconds}
+    return {
+        "requests": requests,
+        "clients": clients,
+        "p50_s": float(np.percentile(seconds, 50)),
+        "p95_s": float(np.percentile(seconds, 95)),
+        "requests_per_s": requests / total.seconds,
+    }
 
 
 def main() -> None:
@@ -98,21 +111,31 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as work:
         work = Path(work)
-        frame, config = synthetic_split(work / "raw", covid_patients=40, kermany_per_class=40, min_px=1000,
-                                        max_px=1600)
+        frame, config = synthetic_split(work / "raw", covid_patients=40, kermany_per_class=40, min_px=1000, max_px=1600)
         paths = [Path(path) for path in frame["path"].head(args.images)]
         classes = config.class_names()
         for size_name in args.sizes:
             size = backbone.input_size(size_name)
             folder = model_folder(work / f"model-{size}", backbone, size, classes)
-            row = {"backbone": backbone.name, "size": size, "cxr_predict": folder_rate(folder, paths, args.batch),
-                   "served": served_latency(folder, work / f"serve-{size}", [path.read_bytes() for path in paths[:8]],
-                                            args.requests, args.clients)}
+            row = {
+                "backbone": backbone.name,
+                "size": size,
+                "cxr_predict": folder_rate(folder, paths, args.batch),
+                "served": served_latency(
+                    folder,
+                    work / f"serve-{size}",
+                    [path.read_bytes() for path in paths[:8]],
+                    args.requests,
+                    args.clients,
+                ),
+            }
             results.append(row)
-            print(f"{backbone.name} {size}px: cxr-predict {row['cxr_predict']['images_per_s']:.1f} images/s "
-                  f"({len(paths)} files of 1000-1600 px); served p50 {row['served']['p50_s'] * 1000:.0f} ms, "
-                  f"p95 {row['served']['p95_s'] * 1000:.0f} ms, {row['served']['requests_per_s']:.1f} requests/s "
-                  f"({args.clients} concurrent clients, one image per request)")
+            print(
+                f"{backbone.name} {size}px: cxr-predict {row['cxr_predict']['images_per_s']:.1f} images/s "
+                f"({len(paths)} files of 1000-1600 px); served p50 {row['served']['p50_s'] * 1000:.0f} ms, "
+                f"p95 {row['served']['p95_s'] * 1000:.0f} ms, {row['served']['requests_per_s']:.1f} requests/s "
+                f"({args.clients} concurrent clients, one image per request)"
+            )
     save(f"predict_{backbone.name}", "python " + " ".join(sys.argv), vars(args), results)
 
 

@@ -26,7 +26,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
 from common import Timer, median, save, synthetic_split  # noqa: E402
 
 from cxr.core import backbones  # noqa: E402
@@ -37,12 +36,19 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 # keras.io/api/applications: time (ms) per inference step, batch 32, (CPU, GPU).
-KERAS_PUBLISHED_MS = {"xception": (109.4, 8.1), "vgg16": (69.5, 4.2), "inceptionresnetv2": (130.2, 10.0),
-                      "nasnetlarge": (344.5, 20.0)}
+KERAS_PUBLISHED_MS = {
+    "xception": (109.4, 8.1),
+    "vgg16": (69.5, 4.2),
+    "inceptionresnetv2": (130.2, 10.0),
+    "nasnetlarge": (344.5, 20.0),
+}
 HEAD = Head(units=256, dropout=0.5, normalize=False)
 # What jit_compile=True/False means per backend, written next to the numbers.
-XLA_MEANING = {"tensorflow": ("tf.function graph", "tf.function + XLA"), "jax": ("eager op-by-op", "jax.jit (XLA)"),
-               "torch": ("eager", "torch.compile")}
+XLA_MEANING = {
+    "tensorflow": ("tf.function graph", "tf.function + XLA"),
+    "jax": ("eager op-by-op", "jax.jit (XLA)"),
+    "torch": ("eager", "torch.compile"),
+}
 
 
 def gpu_name() -> str | None:
@@ -66,8 +72,9 @@ def gpu_name() -> str | None:
 
 
 def compiled(model: keras.Model, xla: bool) -> keras.Model:
-    model.compile(optimizer=keras.optimizers.Adam(1e-4, amsgrad=True), loss="sparse_categorical_crossentropy",
-                  jit_compile=xla)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4, amsgrad=True), loss="sparse_categorical_crossentropy", jit_compile=xla
+    )
     return model
 
 
@@ -86,9 +93,11 @@ def step_rate(model: keras.Model, batch: np.ndarray, labels: np.ndarray, steps: 
 
 def precision_check(model: keras.Model) -> dict:
     """Under mixed_float16, Keras wants the softmax in float32 and a loss-scaling optimizer."""
-    return {"output_dtype": keras.backend.standardize_dtype(model.outputs[0].dtype),
-            "probabilities_compute_dtype": model.get_layer("head").get_layer("probabilities").compute_dtype,
-            "loss_scale_optimizer": isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)}
+    return {
+        "output_dtype": keras.backend.standardize_dtype(model.outputs[0].dtype),
+        "probabilities_compute_dtype": model.get_layer("head").get_layer("probabilities").compute_dtype,
+        "loss_scale_optimizer": isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer),
+    }
 
 
 def step_rates(backbone, size: int, batch_size: int, steps: int, xla: bool, mixed: bool) -> dict:
@@ -104,11 +113,16 @@ def step_rates(backbone, size: int, batch_size: int, steps: int, xla: bool, mixe
     finetune, finetune_loss = step_rate(compiled(model, xla), batch, labels, steps)
     keras.backend.clear_session()
     losses = [frozen_loss, finetune_loss]
-    return {"frozen_images_per_s": frozen, "finetune_images_per_s": finetune, **check,
-            "last_losses": losses, "losses_finite": bool(np.all(np.isfinite(losses)))}
+    return {
+        "frozen_images_per_s": frozen,
+        "finetune_images_per_s": finetune,
+        **check,
+        "last_losses": losses,
+        "losses_finite": bool(np.all(np.isfinite(losses))),
+    }
 
 
-def epoch_seconds(model: keras.Model, dataset: "tf.data.Dataset", epochs: int) -> list[float]:
+def epoch_seconds(model: keras.Model, dataset: tf.data.Dataset, epochs: int) -> list[float]:
     seconds = []
     for _ in range(epochs):
         with Timer() as timer:
@@ -135,8 +149,13 @@ def feature_cache(backbone, frame, classes: list[str], size: int, batch_size: in
     head = compiled(model.get_layer("head"), False)
     cached = epoch_seconds(head, images.TrainingBatches(head_data, len(train), batch_size, 0).epoch(0), epochs + 1)[1:]
     keras.backend.clear_session()
-    return {"images": len(train), "full_epoch_s": median(full), "feature_extraction_s": extraction.seconds,
-            "cached_epoch_s": median(cached), "speedup_after_first_epoch": median(full) / median(cached)}
+    return {
+        "images": len(train),
+        "full_epoch_s": median(full),
+        "feature_extraction_s": extraction.seconds,
+        "cached_epoch_s": median(cached),
+        "speedup_after_first_epoch": median(full) / median(cached),
+    }
 
 
 def real_vs_memory(backbone, frame, classes: list[str], size: int, batch_size: int, epochs: int) -> dict:
@@ -148,10 +167,14 @@ def real_vs_memory(backbone, frame, classes: list[str], size: int, batch_size: i
 
     keras.mixed_precision.set_global_policy("float32")
     train = frame[frame["split"] == "train"]
-    augment = images.augmenter(Augment(enabled=True, rotation=0.05, zoom=0.1, shift=0.05, contrast=0.1,
-                                       horizontal_flip=False))
-    real = images.TrainingBatches(images.image_dataset(train, classes, size, "memory"), len(train), batch_size, 0,
-                                  augment).epoch(0).prefetch(images.AUTOTUNE)
+    augment = images.augmenter(
+        Augment(enabled=True, rotation=0.05, zoom=0.1, shift=0.05, contrast=0.1, horizontal_flip=False)
+    )
+    real = (
+        images.TrainingBatches(images.image_dataset(train, classes, size, "memory"), len(train), batch_size, 0, augment)
+        .epoch(0)
+        .prefetch(images.AUTOTUNE)
+    )
     rng = np.random.default_rng(0)
     tensors = rng.uniform(0, 255, (len(train), size, size, 3)).astype(np.float32)
     memory = tf.data.Dataset.from_tensor_slices((tensors, images.label_indices(train, classes))).batch(batch_size)
@@ -167,8 +190,10 @@ def tf_data_skipped() -> str | None:
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return None
-    return (f"Keras backend is {backend}: the feature-cache and real-input comparisons feed the model "
-            "through tf.data (cxr.learn.images), which needs TensorFlow and its backend")
+    return (
+        f"Keras backend is {backend}: the feature-cache and real-input comparisons feed the model "
+        "through tf.data (cxr.learn.images), which needs TensorFlow and its backend"
+    )
 
 
 def results_name(backend: str, gpu: str | None, args: argparse.Namespace) -> str:
@@ -183,16 +208,23 @@ def results_name(backend: str, gpu: str | None, args: argparse.Namespace) -> str
 
 
 def step_row(name: str, backbone, size: int, args: argparse.Namespace, xla: bool, mixed: bool, gpu: str | None) -> dict:
-    row = {"backbone": name, "size": size, "xla": xla, "mixed_precision": mixed,
-           "execution": XLA_MEANING.get(keras.backend.backend(), ("off", "on"))[xla],
-           **step_rates(backbone, size, args.batch, args.steps, xla, mixed)}
+    row = {
+        "backbone": name,
+        "size": size,
+        "xla": xla,
+        "mixed_precision": mixed,
+        "execution": XLA_MEANING.get(keras.backend.backend(), ("off", "on"))[xla],
+        **step_rates(backbone, size, args.batch, args.steps, xla, mixed),
+    }
     published = KERAS_PUBLISHED_MS[name][1 if gpu else 0]
     row["keras_published_inference_images_per_s"] = 32 / (published / 1000)
-    print(f"{name} {size}px {row['execution']} mixed={mixed}: "
-          f"frozen {row['frozen_images_per_s']:.1f} img/s, "
-          f"fine-tune {row['finetune_images_per_s']:.1f} img/s (Keras-published inference "
-          f"{row['keras_published_inference_images_per_s']:.0f} img/s on its machine); "
-          f"output {row['output_dtype']}, losses {'finite' if row['losses_finite'] else 'NOT finite'}")
+    print(
+        f"{name} {size}px {row['execution']} mixed={mixed}: "
+        f"frozen {row['frozen_images_per_s']:.1f} img/s, "
+        f"fine-tune {row['finetune_images_per_s']:.1f} img/s (Keras-published inference "
+        f"{row['keras_published_inference_images_per_s']:.0f} img/s on its machine); "
+        f"output {row['output_dtype']}, losses {'finite' if row['losses_finite'] else 'NOT finite'}"
+    )
     return row
 
 
@@ -215,8 +247,15 @@ def main() -> None:
         print(f"skipping the feature-cache and real-input comparisons: {skipped}")
     name_, command = results_name(backend, gpu, args), "python " + " ".join(sys.argv)
     # Saved after every row, so a run cut short keeps what it measured ("complete" says whether it was).
-    record = {"backend": backend, "gpu": bool(gpu), "gpu_name": gpu, "steps": [], "caches": {},
-              "caches_skipped": skipped, "complete": False}
+    record = {
+        "backend": backend,
+        "gpu": bool(gpu),
+        "gpu_name": gpu,
+        "steps": [],
+        "caches": {},
+        "caches_skipped": skipped,
+        "complete": False,
+    }
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as folder:
         frame = classes = None
         if skipped is None and "96" in args.sizes:
@@ -234,13 +273,17 @@ def main() -> None:
                 continue
             size = backbone.input_size(96)
             caches = record["caches"]
-            caches[name] = {"feature_cache": feature_cache(backbone, frame, classes, size, args.batch, args.epochs),
-                            "input_pipeline": real_vs_memory(backbone, frame, classes, size, args.batch, args.epochs)}
+            caches[name] = {
+                "feature_cache": feature_cache(backbone, frame, classes, size, args.batch, args.epochs),
+                "input_pipeline": real_vs_memory(backbone, frame, classes, size, args.batch, args.epochs),
+            }
             cache, feed = caches[name]["feature_cache"], caches[name]["input_pipeline"]
-            print(f"{name} {size}px: full epoch {cache['full_epoch_s']:.2f} s, cached-feature epoch "
-                  f"{cache['cached_epoch_s']:.3f} s ({cache['speedup_after_first_epoch']:.0f}x); real-data epoch "
-                  f"{feed['real_epoch_s']:.2f} s vs in-memory {feed['memory_epoch_s']:.2f} s "
-                  f"({feed['real_over_memory']:.2f}x)")
+            print(
+                f"{name} {size}px: full epoch {cache['full_epoch_s']:.2f} s, cached-feature epoch "
+                f"{cache['cached_epoch_s']:.3f} s ({cache['speedup_after_first_epoch']:.0f}x); real-data epoch "
+                f"{feed['real_epoch_s']:.2f} s vs in-memory {feed['memory_epoch_s']:.2f} s "
+                f"({feed['real_over_memory']:.2f}x)"
+            )
     record["complete"] = True
     save(name_, command, vars(args), record)
 

@@ -33,16 +33,32 @@ def browser() -> str:
         return found
     if os.geteuid() != 0:
         raise SystemExit("error: no Chromium found; install Debian's `chromium` package (apt-get install chromium)")
-    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, env={**os.environ,
-                   "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "chromium"],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
     return shutil.which("chromium")
 
 
 def shoot(chromium: str, url: str, path: Path, width: int, height: int, wait_ms: int) -> None:
     """A headless Chromium screenshot of ``url`` after ``wait_ms`` of page time, as a palette PNG."""
-    subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={width},{height}", f"--virtual-time-budget={wait_ms}",
-                    f"--screenshot={path}", url], check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            chromium,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={width},{height}",
+            f"--virtual-time-budget={wait_ms}",
+            f"--screenshot={path}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     with Image.open(path) as shot:
         shot.convert("RGB").quantize(colors=128).save(path, optimize=True)
     print(f"{path} ({path.stat().st_size // 1024} KB) <- {url}")
@@ -55,8 +71,12 @@ def pages(repo: Path, base: str, task: str) -> dict[str, str]:
     if experiment is None:
         raise SystemExit(f"error: no experiment cxr-{task} in {repo / 'mlflow.db'}; run `make repro` first")
     champion = client.get_model_version_by_alias(f"cxr-{task}", "champion")
-    [train] = client.search_runs([experiment.experiment_id], "attributes.run_name LIKE 'train@%'",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
+    [train] = client.search_runs(
+        [experiment.experiment_id],
+        "attributes.run_name LIKE 'train@%'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     docs = sorted((repo / "reports/validation/split/validations").rglob("*.html"))
     if not docs:
         raise SystemExit("error: reports/validation/split has no Data Docs; run `make repro` first")
@@ -66,7 +86,7 @@ def pages(repo: Path, base: str, task: str) -> dict[str, str]:
     return {
         "mlflow-experiment.png": f"{experiment_url}/runs?workflowType=machine_learning",
         "mlflow-confusion.png": f"{experiment_url}/runs/{train.info.run_id}/artifacts/evaluation/confusion.png"
-                                "?workflowType=machine_learning",
+        "?workflowType=machine_learning",
         "mlflow-champion.png": f"{base}/#/models/cxr-{task}/versions/{champion.version}",
         "dvc-plots.png": (repo / "dvc_plots/offline.html").as_uri(),
         "gx-data-docs.png": max(docs, key=lambda page: page.stat().st_size).as_uri(),  # the main table
@@ -82,12 +102,12 @@ def main() -> None:
     args = parser.parse_args()
     repo = args.repo.resolve()
     chromium = browser()
-    subprocess.run([str(Path(sys.executable).parent / "cxr-plots"), "show"], cwd=repo, check=True,
-                   capture_output=True)
+    subprocess.run([str(Path(sys.executable).parent / "cxr-plots"), "show"], cwd=repo, check=True, capture_output=True)
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    ui = mlflow_command("ui", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--host", "127.0.0.1",
-                        "--port", str(port))
+    ui = mlflow_command(
+        "ui", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)
+    )
     with running(ui, f"http://127.0.0.1:{port}/health", cwd=repo):
         for name, url in pages(repo, f"http://127.0.0.1:{port}", args.task).items():
             shoot(chromium, url, args.out / name, 1440, 900, args.wait_ms)

@@ -34,9 +34,12 @@ def main() -> None:
     classes, size = spec.classes, spec.image_size
     box = config.audit.lung_box
     key = {"config": as_dict(config), "split": tracking.file_md5(args.split)}
-    work = {name: training.resume_dir(training.work_folder(args.model.with_name(f"audit-{name}-{backbone.name}")),
-                                      key | {"stage": name})
-            for name in ("probe", "hidden")}
+    work = {
+        name: training.resume_dir(
+            training.work_folder(args.model.with_name(f"audit-{name}-{backbone.name}")), key | {"stage": name}
+        )
+        for name in ("probe", "hidden")
+    }
     tables = {"classifier": measures.predicted_table(classifier, test, classes, size, config)}
     sample = gradcam.saliency_sample(test, config.audit.saliency_images_per_class, config.audit.saliency_seed)
     batch, maps, saliency = gradcam.saliency(classifier, backbone, sample, classes, size, box)
@@ -46,10 +49,23 @@ def main() -> None:
     with strategy.scope():
         tables["source_probe"] = measures.source_probe(backbone, split, size, config, work["probe"])
         tables["lungs_hidden"] = measures.lungs_hidden(backbone, split, classes, size, config, work["hidden"])
-    metrics = measures.summary(tables, saliency, split, classes, size, config, layer=backbone.gradcam_layer,
-                               map_side=gradcam.map_side(classifier, backbone.gradcam_layer))
-    grid = figures.saliency_grid(batch, maps, saliency, images.center_box(size, box),
-                                 f"Grad-CAM, {backbone.name} ({metrics['saliency']['layer']})")
+    metrics = measures.summary(
+        tables,
+        saliency,
+        split,
+        classes,
+        size,
+        config,
+        layer=backbone.gradcam_layer,
+        map_side=gradcam.map_side(classifier, backbone.gradcam_layer),
+    )
+    grid = figures.saliency_grid(
+        batch,
+        maps,
+        saliency,
+        images.center_box(size, box),
+        f"Grad-CAM, {backbone.name} ({metrics['saliency']['layer']})",
+    )
     with staged_directory(args.out) as staging:
         for name, table in tables.items():
             write_csv(staging / f"{name}_predictions.csv", table)

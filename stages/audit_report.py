@@ -27,8 +27,9 @@ def read_json(path: Path) -> dict:
 
 
 def main() -> None:
-    args = arguments(__doc__, "split", "audits", "split-report", "external-report", "model", "evaluation",
-                     "audit-md", "card")
+    args = arguments(
+        __doc__, "split", "audits", "split-report", "external-report", "model", "evaluation", "audit-md", "card"
+    )
     config = load()
     tracking.require_tracking_store()
     results = {name: read_json(args.audits / f"{name}.json") for name in config.backbones}
@@ -36,20 +37,34 @@ def main() -> None:
     external = read_json(args.external_report)["test_set"]
     note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
     classes, positive = config.class_names(), config.positive_class
-    write_text(args.audit_md, findings.audit_markdown(results, split_report["source_confound"], external, classes,
-                                                      note, positive))
+    write_text(
+        args.audit_md,
+        findings.audit_markdown(results, split_report["source_confound"], external, classes, note, positive),
+    )
     model_file = args.model / "model.keras"
     registered = tracking.model_name(config.task)
     run_id = tracking.find_model_run(config.task, model_file)
-    card = model_card(config, spec=read_spec(args.model), model_file=model_file.as_posix(),
-                      report=read_json(args.evaluation), split_report=split_report,
-                      audit_metrics=results.get(config.backbone), external_report=external,
-                      registered_name=registered, model_md5=tracking.file_md5(model_file), note=note)
+    card = model_card(
+        config,
+        spec=read_spec(args.model),
+        model_file=model_file.as_posix(),
+        report=read_json(args.evaluation),
+        split_report=split_report,
+        audit_metrics=results.get(config.backbone),
+        external_report=external,
+        registered_name=registered,
+        model_md5=tracking.file_md5(model_file),
+        note=note,
+    )
     write_text(args.card, card)
     with tracking.stage_run(config, "audit_report", args.split, config.backbone):
         for backbone, metrics in results.items():
-            mlflow.log_metrics({f"{backbone}.shortcut_{name}": float(found) for name, found
-                                in findings.evidence(metrics, len(classes), positive).items()})
+            mlflow.log_metrics(
+                {
+                    f"{backbone}.shortcut_{name}": float(found)
+                    for name, found in findings.evidence(metrics, len(classes), positive).items()
+                }
+            )
         mlflow.log_artifact(str(args.audit_md))
         mlflow.log_artifact(str(args.card))
     if run_id is not None:
@@ -61,9 +76,11 @@ def main() -> None:
     for backbone, metrics in results.items():
         backbone_run = tracking.find_model_run(config.task, args.model.with_name(backbone) / "model.keras")
         if backbone_run is not None:
-            tracking.describe_version(tracking.model_name(config.task, backbone), backbone_run,
-                                      tags={"audit.shortcut_evidence": findings.evidence_text(metrics, len(classes),
-                                                                                               positive)})
+            tracking.describe_version(
+                tracking.model_name(config.task, backbone),
+                backbone_run,
+                tags={"audit.shortcut_evidence": findings.evidence_text(metrics, len(classes), positive)},
+            )
     print(args.audit_md.read_text())
 
 

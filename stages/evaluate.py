@@ -12,12 +12,12 @@ run; one `evaluate` run holds the comparison. The evaluated release candidate be
 import mlflow
 import pandas as pd
 
-from cxr.report import evaluation, figures
 from cxr.core import tracking
-from cxr.learn.model_files import load_model
 from cxr.core.config import load
 from cxr.core.outputs import output_set, write_csv, write_json, write_text
 from cxr.core.stage import arguments, run
+from cxr.learn.model_files import load_model
+from cxr.report import evaluation, figures
 
 
 def main() -> None:
@@ -37,8 +37,9 @@ def main() -> None:
             probabilities = evaluation.predict(model, test, classes, spec.image_size, config.train)
             table = evaluation.predictions_frame(test, classes, probabilities)
             report = evaluation.report(table, classes)
-            intervals = evaluation.patient_bootstrap(table, classes, resamples=config.evaluate.bootstrap_resamples,
-                                                     seed=config.evaluate.bootstrap_seed)
+            intervals = evaluation.patient_bootstrap(
+                table, classes, resamples=config.evaluate.bootstrap_resamples, seed=config.evaluate.bootstrap_seed
+            )
             folder = staging / "models" / name
             write_csv(folder / "predictions.csv", table)
             write_json(folder / "report.json", report | {"intervals": intervals})
@@ -49,16 +50,21 @@ def main() -> None:
             predictions[name], reports[name] = table, report
             histories[name] = pd.read_csv(models / name / "history.csv")
             rows.append(evaluation.comparison_row(name, report, intervals, classes))
-            metrics[name] = {key: None if value != value else value for key, value in rows[-1].items()
-                             if key not in ("model", "never_predicted")}
+            metrics[name] = {
+                key: None if value != value else value
+                for key, value in rows[-1].items()
+                if key not in ("model", "never_predicted")
+            }
         comparison = pd.DataFrame(rows)
         tests = evaluation.pairwise_mcnemar(predictions)
         note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
         write_csv(staging / "comparison.csv", comparison)
         write_csv(staging / "mcnemar.csv", tests)
         unchanged = {name: spec.finetuned_from for name, spec in specs.items() if spec.unchanged_from_base}
-        write_text(staging / "comparison.md", evaluation.comparison_markdown(comparison, config.class_names(), tests,
-                                                                             note, unchanged))
+        write_text(
+            staging / "comparison.md",
+            evaluation.comparison_markdown(comparison, config.class_names(), tests, note, unchanged),
+        )
         figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(staging / "comparison.png")
         figures.curves_side_by_side(histories).savefig(staging / "training_curves.png")
         write_json(staging / "headline.json", evaluation.lead_metrics(metrics))
@@ -68,24 +74,41 @@ def main() -> None:
     for name in names:
         run_id = tracking.find_model_run(config.task, models / name / "model.keras")
         if run_id is None:
-            print(f"warning: no MLflow run is tagged with the md5 of {models / name / 'model.keras'}; "
-                  "its test metrics are in reports/eval only")
+            print(
+                f"warning: no MLflow run is tagged with the md5 of {models / name / 'model.keras'}; "
+                "its test metrics are in reports/eval only"
+            )
             continue
         matrix = reports[name]["confusion_matrix"]
         confusion = pd.DataFrame(matrix["matrix"], columns=matrix["labels"], index=matrix["labels"])
-        tracking.log_evaluation(run_id, {f"test_{key}": value for key, value in metrics[name].items()},
-                                out / "models" / name, confusion.reset_index(names="actual"))
+        tracking.log_evaluation(
+            run_id,
+            {f"test_{key}": value for key, value in metrics[name].items()},
+            out / "models" / name,
+            confusion.reset_index(names="actual"),
+        )
         release = name == "finetuned"
         version = tracking.describe_version(
-            tracking.model_name(config.task, None if release else name), run_id,
-            tags={f"test.{statistic}": evaluation.interval_text(metrics[name], statistic)
-                  for statistic in evaluation.LEAD_STATISTICS} | {"test.split_md5": split_md5},
-            alias=tracking.CHAMPION if release else None)
+            tracking.model_name(config.task, None if release else name),
+            run_id,
+            tags={
+                f"test.{statistic}": evaluation.interval_text(metrics[name], statistic)
+                for statistic in evaluation.LEAD_STATISTICS
+            }
+            | {"test.split_md5": split_md5},
+            alias=tracking.CHAMPION if release else None,
+        )
         if release and version is not None:
             print(f"{tracking.model_name(config.task)} version {version} is @{tracking.CHAMPION}")
     with tracking.stage_run(config, "evaluate", args.split, config.backbone):
-        mlflow.log_metrics({f"{name}.{key}": value for name, values in metrics.items()
-                            for key, value in values.items() if value is not None})
+        mlflow.log_metrics(
+            {
+                f"{name}.{key}": value
+                for name, values in metrics.items()
+                for key, value in values.items()
+                if value is not None
+            }
+        )
         tracking.log_headline_metrics(evaluation.lead_metrics(metrics))
         mlflow.log_table(comparison, "comparison.json")
         for artifact in ("comparison.md", "comparison.csv", "comparison.png", "mcnemar.csv", "training_curves.png"):

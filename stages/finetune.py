@@ -25,26 +25,53 @@ def main() -> None:
     with tracking.stage_run(config, "finetune", args.split, config.backbone):
         with strategy.scope():
             model, spec = load_model(args.base)
-            work = training.resume_dir(training.work_folder(args.model), {
-                "config": as_dict(config), "split": tracking.file_md5(args.split), "stage": "finetune",
-                "base_model": tracking.file_md5(args.base / "model.keras")})
+            work = training.resume_dir(
+                training.work_folder(args.model),
+                {
+                    "config": as_dict(config),
+                    "split": tracking.file_md5(args.split),
+                    "stage": "finetune",
+                    "base_model": tracking.file_md5(args.base / "model.keras"),
+                },
+            )
             unfrozen = unfreeze_last(model, config.finetune.unfreeze)
-            result = training.train_whole(model, split, spec.classes, spec.image_size, config.train,
-                                          epochs=config.finetune.epochs, learning_rate=config.finetune.learning_rate,
-                                          seed=config.seed, work_dir=work, callbacks=[publish.EpochMetrics(work)])
+            result = training.train_whole(
+                model,
+                split,
+                spec.classes,
+                spec.image_size,
+                config.train,
+                epochs=config.finetune.epochs,
+                learning_rate=config.finetune.learning_rate,
+                seed=config.seed,
+                work_dir=work,
+                callbacks=[publish.EpochMetrics(work)],
+            )
         # Epoch 0 is the base model before any fine-tuning step: if it stays the best, the weights kept
         # are the base model's, and every report must say so rather than present a second model.
         unchanged = int(result.best["epoch"]) == 0
         mlflow.set_tag("finetune.unchanged_from_base", str(unchanged).lower())
         summary = publish.publish(
-            model, result, spec.finetuned(config.backbone, unfrozen, unchanged), folder=args.model,
-            curves=args.curves, report=args.metrics, title=f"finetune {config.backbone}",
-            example=training.example_image(split), registered_name=tracking.model_name(config.task),
-            extra={"unfrozen_layers": unfrozen, "unchanged_from_base": unchanged})
+            model,
+            result,
+            spec.finetuned(config.backbone, unfrozen, unchanged),
+            folder=args.model,
+            curves=args.curves,
+            report=args.metrics,
+            title=f"finetune {config.backbone}",
+            example=training.example_image(split),
+            registered_name=tracking.model_name(config.task),
+            extra={"unfrozen_layers": unfrozen, "unchanged_from_base": unchanged},
+        )
     shutil.rmtree(work, ignore_errors=True)
-    print(f"finetune {config.backbone}: unfroze {unfrozen}; best val_accuracy {summary['best']['val_accuracy']:.3f}"
-          + (f"; no epoch improved on the base model: the fine-tuned model is {config.backbone}'s weights" if unchanged
-             else ""))
+    print(
+        f"finetune {config.backbone}: unfroze {unfrozen}; best val_accuracy {summary['best']['val_accuracy']:.3f}"
+        + (
+            f"; no epoch improved on the base model: the fine-tuned model is {config.backbone}'s weights"
+            if unchanged
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,22 +22,47 @@ def main() -> None:
     tracking.require_tracking_store()
     backbone = backbones.get(args.backbone)
     split = pd.read_csv(args.split)
-    spec = ModelSpec(backbone=backbone.name, image_size=backbone.input_size(config.train.image_size),
-                     classes=config.class_names(), task=config.task, weights=config.train.weights,
-                     **trained_on(split, config.filter.views))
-    work = training.resume_dir(training.work_folder(args.model),
-                               {"config": as_dict(config), "split": tracking.file_md5(args.split), "stage": "train"})
+    spec = ModelSpec(
+        backbone=backbone.name,
+        image_size=backbone.input_size(config.train.image_size),
+        classes=config.class_names(),
+        task=config.task,
+        weights=config.train.weights,
+        **trained_on(split, config.filter.views),
+    )
+    work = training.resume_dir(
+        training.work_folder(args.model),
+        {"config": as_dict(config), "split": tracking.file_md5(args.split), "stage": "train"},
+    )
     strategy = training.configure_runtime(config.train, config.seed)
     with tracking.stage_run(config, f"train@{backbone.name}", args.split, backbone.name):
         with strategy.scope():
-            model, result = training.train_classifier(backbone, split, spec.classes, spec.image_size, config.train,
-                                                      config.seed, work, callbacks=[publish.EpochMetrics(work)])
-        summary = publish.publish(model, result, spec, folder=args.model, curves=args.curves, report=args.metrics,
-                                  title=f"train@{backbone.name}", example=training.example_image(split),
-                                  registered_name=tracking.model_name(config.task, backbone.name))
+            model, result = training.train_classifier(
+                backbone,
+                split,
+                spec.classes,
+                spec.image_size,
+                config.train,
+                config.seed,
+                work,
+                callbacks=[publish.EpochMetrics(work)],
+            )
+        summary = publish.publish(
+            model,
+            result,
+            spec,
+            folder=args.model,
+            curves=args.curves,
+            report=args.metrics,
+            title=f"train@{backbone.name}",
+            example=training.example_image(split),
+            registered_name=tracking.model_name(config.task, backbone.name),
+        )
     shutil.rmtree(work, ignore_errors=True)
-    print(f"train@{backbone.name}: best val_accuracy {summary['best']['val_accuracy']:.3f} "
-          f"(epoch {summary['best_epoch']} of {summary['epochs']})")
+    print(
+        f"train@{backbone.name}: best val_accuracy {summary['best']['val_accuracy']:.3f} "
+        f"(epoch {summary['best_epoch']} of {summary['epochs']})"
+    )
 
 
 if __name__ == "__main__":

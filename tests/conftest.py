@@ -21,8 +21,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from cxr.core.config import Config, from_dict
-from cxr.serve.local import free_port, mlflow_command, running
 from cxr.data.sources import download_source
+from cxr.serve.local import free_port, mlflow_command, running
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -80,8 +80,7 @@ def write_params(folder: Path, overrides: dict | None = None) -> None:
 
 def stage_env(**extra: str) -> dict[str, str]:
     """The environment of a stage run outside DVC and MLflow, plus ``extra``."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("MLFLOW_", "DVC_"))}
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
     return env | {"TF_CPP_MIN_LOG_LEVEL": "2"} | extra
 
 
@@ -98,10 +97,17 @@ def stage_command(folder: Path, stage: str, item: str | None = None) -> list[str
     return [sys.executable, *shlex.split(command)[1:]]
 
 
-def run_stage(folder: Path, stage: str, item: str | None = None, env: dict[str, str] | None = None
-              ) -> subprocess.CompletedProcess:
-    return subprocess.run(stage_command(folder, stage, item), cwd=folder, env=env or stage_env(),
-                          capture_output=True, text=True, timeout=600)
+def run_stage(
+    folder: Path, stage: str, item: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        stage_command(folder, stage, item),
+        cwd=folder,
+        env=env or stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @contextmanager
@@ -110,7 +116,10 @@ def serve_folder(folder: Path) -> Iterator[str]:
     its base URL; stop that process (by its own pid) afterwards."""
     server = subprocess.Popen(
         [sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(folder), "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         banner = server.stdout.readline()
         port = re.search(r"port (\d+)", banner)
@@ -126,16 +135,25 @@ def serve_model(model_uri: str, folder: Path, env: dict[str, str]) -> Iterator[s
     """``mlflow models serve`` of ``model_uri`` on 127.0.0.1 and a free port, run from ``folder``;
     yield its base URL once ``/ping`` answers; its process group is stopped afterwards."""
     port = free_port()
-    command = mlflow_command("models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1",
-                             "--port", str(port))
+    command = mlflow_command(
+        "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)
+    )
     with running(command, f"http://127.0.0.1:{port}/ping", cwd=folder, env=env):
         yield f"http://127.0.0.1:{port}"
 
 
-
-def write_dicom(path: Path, values: np.ndarray, *, photometric: str = "MONOCHROME2", view: str | None = "PA",
-                frames: int = 1, window: tuple | None = None, age: str | None = None, modality: str = "DX",
-                **attributes) -> Path:
+def write_dicom(
+    path: Path,
+    values: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    view: str | None = "PA",
+    frames: int = 1,
+    window: tuple | None = None,
+    age: str | None = None,
+    modality: str = "DX",
+    **attributes,
+) -> Path:
     """A 16-bit DICOM of ``values`` (rows, columns), as a DX/CR export writes one; ``attributes`` sets any
     other header keyword (``RescaleSlope=""``, ``BodyPartExamined="HAND"``, ...)."""
     meta = FileMetaDataset()
@@ -180,9 +198,18 @@ def model_folder(tmp_path_factory) -> Path:
     from cxr.learn.model_files import save_model
 
     folder = tmp_path_factory.mktemp("models") / "tiny"
-    model = build_classifier(backbones.get("vgg16"), SIZE, len(CLASSES), Head(units=8, dropout=0.0, normalize=False), None)
-    spec = ModelSpec(backbone="vgg16", image_size=SIZE, classes=CLASSES, task="multiclass", weights=None,
-                     views=["PA", "AP"], ages={"min": 18.0, "max": 90.0, "recorded": 40, "images": 60})
+    model = build_classifier(
+        backbones.get("vgg16"), SIZE, len(CLASSES), Head(units=8, dropout=0.0, normalize=False), None
+    )
+    spec = ModelSpec(
+        backbone="vgg16",
+        image_size=SIZE,
+        classes=CLASSES,
+        task="multiclass",
+        weights=None,
+        views=["PA", "AP"],
+        ages={"min": 18.0, "max": 90.0, "recorded": 40, "images": 60},
+    )
     save_model(model, folder, spec, pd.DataFrame({"epoch": [0]}))
     return folder
 

@@ -8,15 +8,15 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_config
 
-from cxr.report.audit import findings, gradcam, measures
 from cxr.core import backbones
-from cxr.data import catalog
-from cxr.learn import training
 from cxr.core.config import ConfigError
+from cxr.data import catalog
 from cxr.data.sources import SourceLayoutError, download_source, read_source
 from cxr.data.split import SplitError, external_test_set, make_split, source_confound
-from conftest import make_config
+from cxr.learn import training
+from cxr.report.audit import findings, gradcam, measures
 
 
 def probe_table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
@@ -27,8 +27,13 @@ def probe_table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
 
 def test_within_class_probe_scores_a_class_only_guess_at_chance():
     # Always answering the class's most common source: right for every "b" image, wrong for every "a".
-    guess = probe_table([("X", "a", "b")] * 3 + [("X", "b", "b")] * 9 + [("Y", "a", "b")] * 2 + [("Y", "b", "b")] * 5
-                        + [("Z", "a", "a")] * 4)
+    guess = probe_table(
+        [("X", "a", "b")] * 3
+        + [("X", "b", "b")] * 9
+        + [("Y", "a", "b")] * 2
+        + [("Y", "b", "b")] * 5
+        + [("Z", "a", "a")] * 4
+    )
     result = measures.within_class_source_accuracy(guess, resamples=50, seed=0)
     assert result["value"] == pytest.approx(0.5) and result["chance"] == 0.5
     assert "Z" not in result["per_class"]  # one source only: no evidence either way
@@ -46,8 +51,11 @@ def test_within_class_probe_weights_classes_by_their_evidence():
 
 
 def test_within_class_scores_say_what_they_rest_on():
-    table = probe_table([("BACTERIA", "covid_chestxray", "covid_chestxray")] * 3
-                        + [("BACTERIA", "kermany", "kermany")] * 40 + [("BACTERIA", "kermany", "covid_chestxray")] * 2)
+    table = probe_table(
+        [("BACTERIA", "covid_chestxray", "covid_chestxray")] * 3
+        + [("BACTERIA", "kermany", "kermany")] * 40
+        + [("BACTERIA", "kermany", "covid_chestxray")] * 2
+    )
     result = measures.within_class_source_accuracy(table, resamples=300, seed=0)
     bacteria = result["per_class"]["BACTERIA"]
     assert bacteria["balanced_accuracy"] == pytest.approx((1 + 40 / 42) / 2)
@@ -57,11 +65,13 @@ def test_within_class_scores_say_what_they_rest_on():
 
 
 def test_source_confound_rule_and_baselines():
-    frame = pd.DataFrame({
-        "split": ["train"] * 6 + ["test"] * 4,
-        "source": ["s1", "s1", "s2", "s2", "s2", "s2", "s1", "s2", "s2", "s2"],
-        "class": ["C", "C", "N", "N", "B", "N", "C", "N", "B", "B"],
-    })
+    frame = pd.DataFrame(
+        {
+            "split": ["train"] * 6 + ["test"] * 4,
+            "source": ["s1", "s1", "s2", "s2", "s2", "s2", "s1", "s2", "s2", "s2"],
+            "class": ["C", "C", "N", "N", "B", "N", "C", "N", "B", "B"],
+        }
+    )
     result = source_confound(frame)
     assert result["source_only_rule"] == {"s1": "C", "s2": "N"}
     assert result["source_only_accuracy"] == pytest.approx(2 / 4)
@@ -83,8 +93,9 @@ def region_model(size: int, masked: bool) -> keras.Model:
     """A classifier laid out like build_classifier's whose class-1 score grows with the
     brightness of the top-left quadrant only (or of the whole image when not ``masked``)."""
     base_input = keras.Input((size, size, 3))
-    brightness = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", activation="relu",
-                                     name="brightness")(base_input)
+    brightness = keras.layers.Conv2D(
+        1, 1, use_bias=False, kernel_initializer="ones", activation="relu", name="brightness"
+    )(base_input)
     base = keras.Model(base_input, KeepTopLeft()(brightness) if masked else brightness, name="base")
     inputs = keras.Input((size, size, 3))
     scaled = keras.layers.Rescaling(1 / 255, name="preprocess")(inputs)
@@ -179,11 +190,15 @@ def test_an_external_source_cannot_also_be_trained_on():
 
 def shortcut_split(source_shift: bool, root: Path) -> tuple[pd.DataFrame, object]:
     """Enough synthetic data for the probe to have evidence: many COVID-collection patients, every view."""
-    config = make_config({
-        "synthetic": {"source_shift": source_shift, "patients": {"covid_chestxray": 400, "kermany": 30}},
-        "filter": {"views": []}, "backbones": ["vgg16"], "backbone": "vgg16",
-        "train": {"image_size": 64, "epochs": 30, "head": {"units": 32}},
-    })
+    config = make_config(
+        {
+            "synthetic": {"source_shift": source_shift, "patients": {"covid_chestxray": 400, "kermany": 30}},
+            "filter": {"views": []},
+            "backbones": ["vgg16"],
+            "backbone": "vgg16",
+            "train": {"image_size": 64, "epochs": 30, "head": {"units": 32}},
+        }
+    )
     for name in config.sources.use:
         download_source(name, config, root)
     table, _ = catalog.build(config, root)
@@ -197,8 +212,9 @@ def shortcut_split(source_shift: bool, root: Path) -> tuple[pd.DataFrame, object
 def test_source_probe_detects_the_source_shift_and_falls_to_chance_without_it(tmp_path, source_shift):
     frame, config = shortcut_split(source_shift, tmp_path / "raw")
     vgg16 = backbones.get("vgg16")
-    probe = measures.within_class_source_accuracy(measures.source_probe(vgg16, frame, 64, config, tmp_path / "probe"),
-                                               resamples=100, seed=0)
+    probe = measures.within_class_source_accuracy(
+        measures.source_probe(vgg16, frame, 64, config, tmp_path / "probe"), resamples=100, seed=0
+    )
     assert sum(probe["smallest_source_images"].values()) >= 15
     if source_shift:
         assert probe["value"] >= 0.9
@@ -212,33 +228,61 @@ def test_source_probe_detects_the_source_shift_and_falls_to_chance_without_it(tm
 def test_verdict_follows_the_numbers():
     metrics = {
         "classifier": {"accuracy": 0.97, "recall_COVID": 1.0},
-        "source_probe": {"within_class_accuracy": 1.0, "within_class_chance": 0.5, "within_class": {
-            "BACTERIA": {"balanced_accuracy": 1.0, "balanced_accuracy_low": 1.0, "balanced_accuracy_high": 1.0,
-                         "images": {"covid_chestxray": 3, "kermany": 40}}}},
-        "lungs_hidden": {"balanced_accuracy": 0.45, "balanced_accuracy_low": 0.35, "balanced_accuracy_high": 0.55,
-                         "recall_COVID": 0.8},
+        "source_probe": {
+            "within_class_accuracy": 1.0,
+            "within_class_chance": 0.5,
+            "within_class": {
+                "BACTERIA": {
+                    "balanced_accuracy": 1.0,
+                    "balanced_accuracy_low": 1.0,
+                    "balanced_accuracy_high": 1.0,
+                    "images": {"covid_chestxray": 3, "kermany": 40},
+                }
+            },
+        },
+        "lungs_hidden": {
+            "balanced_accuracy": 0.45,
+            "balanced_accuracy_low": 0.35,
+            "balanced_accuracy_high": 0.55,
+            "recall_COVID": 0.8,
+        },
         "saliency": {"lung_box_share": 0.2, "uniform_share": 0.36, "map_side": 7},
         "external": {"recall_COVID": 0.5},
     }
-    assert findings.evidence(metrics, 4, "COVID") == {"probe": True, "lungs_hidden": True, "saliency": True, "external": True}
+    assert findings.evidence(metrics, 4, "COVID") == {
+        "probe": True,
+        "lungs_hidden": True,
+        "saliency": True,
+        "external": True,
+    }
     text = findings.verdict("vgg16", metrics, 4, "COVID")
     assert "1.00 (chance 0.50; BACTERIA 1.00 [1.00, 1.00] on 3 covid_chestxray + 40 kermany images)" in text
     assert "0.45 [0.35, 0.55]" in text and "a 7x7 feature map" in text
     assert "The COVID result is not evidence of COVID detection" in text
-    clean = {**metrics, "source_probe": {"within_class_accuracy": 0.55, "within_class_chance": 0.5},
-             "lungs_hidden": {**metrics["lungs_hidden"], "balanced_accuracy_low": 0.2},
-             "saliency": {"lung_box_share": 0.35, "uniform_share": 0.36}, "external": {"recall_COVID": 0.95}}
+    clean = {
+        **metrics,
+        "source_probe": {"within_class_accuracy": 0.55, "within_class_chance": 0.5},
+        "lungs_hidden": {**metrics["lungs_hidden"], "balanced_accuracy_low": 0.2},
+        "saliency": {"lung_box_share": 0.35, "uniform_share": 0.36},
+        "external": {"recall_COVID": 0.95},
+    }
     assert not any(findings.evidence(clean, 4, "COVID").values())
     assert "find no sign" in findings.verdict("vgg16", clean, 4, "COVID")
 
 
 def test_the_verdict_names_the_positive_class_it_is_given():
-    metrics = {"classifier": {"recall_PNEUMONIA": 1.0},
-               "source_probe": {"within_class_accuracy": 0.5, "within_class_chance": 0.5, "within_class": {}},
-               "lungs_hidden": {"balanced_accuracy": 0.5, "balanced_accuracy_low": 0.4, "balanced_accuracy_high": 0.6,
-                                "recall_PNEUMONIA": 0.2},
-               "saliency": {"lung_box_share": 0.4, "uniform_share": 0.36, "map_side": 3},
-               "external": {"recall_PNEUMONIA": 0.1}}
+    metrics = {
+        "classifier": {"recall_PNEUMONIA": 1.0},
+        "source_probe": {"within_class_accuracy": 0.5, "within_class_chance": 0.5, "within_class": {}},
+        "lungs_hidden": {
+            "balanced_accuracy": 0.5,
+            "balanced_accuracy_low": 0.4,
+            "balanced_accuracy_high": 0.6,
+            "recall_PNEUMONIA": 0.2,
+        },
+        "saliency": {"lung_box_share": 0.4, "uniform_share": 0.36, "map_side": 3},
+        "external": {"recall_PNEUMONIA": 0.1},
+    }
     assert findings.evidence(metrics, 2, "PNEUMONIA")["external"]
     text = findings.verdict("vgg16", metrics, 2, "PNEUMONIA")
     assert "a PNEUMONIA recall of 0.20" in text and "PNEUMONIA recall is 0.10 against 1.00" in text
@@ -248,8 +292,12 @@ def test_the_verdict_names_the_positive_class_it_is_given():
 def test_verdict_when_no_class_has_two_sources_in_the_test_split():
     metrics = {
         "classifier": {"recall_COVID": 1.0},
-        "source_probe": {"within_class_accuracy": None, "within_class_chance": 0.5, "accuracy": 1.0,
-                         "class_only_accuracy": 1.0},
+        "source_probe": {
+            "within_class_accuracy": None,
+            "within_class_chance": 0.5,
+            "accuracy": 1.0,
+            "class_only_accuracy": 1.0,
+        },
         "lungs_hidden": {"balanced_accuracy": 0.3, "balanced_accuracy_low": 0.2, "balanced_accuracy_high": 0.4},
         "saliency": {"lung_box_share": 0.5, "uniform_share": 0.36},
     }

@@ -4,15 +4,15 @@ import shutil
 
 import pandas as pd
 import pytest
+from conftest import make_config
 
+from cxr.core.config import Filter
+from cxr.core.schema import CATALOG_COLUMNS, SchemaError
 from cxr.data import catalog
 from cxr.data.catalog import CatalogError
 from cxr.data.image_files import ImageFileError
-from cxr.core.config import Filter
-from cxr.core.schema import CATALOG_COLUMNS, SchemaError
 from cxr.data.sources import SourceTable
 from cxr.data.validation import DataValidationError, Table, catalog_expectations, validate
-from conftest import make_config
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,9 @@ def test_catalog_schema_and_labels(merged):
 
 def test_map_findings_covers_the_study_map():
     labels = make_config().labels
-    frame = pd.DataFrame({"image_id": ["a", "b", "c", "d"],
-                          "finding": ["COVID-19, ARDS", "SARS", "Pneumocystis", "No Finding"]})
+    frame = pd.DataFrame(
+        {"image_id": ["a", "b", "c", "d"], "finding": ["COVID-19, ARDS", "SARS", "Pneumocystis", "No Finding"]}
+    )
     assert catalog.map_findings(frame, labels).tolist() == ["COVID", "VIRAL", "FUNGAL", "NORMAL"]
 
 
@@ -73,9 +74,19 @@ def test_catalog_expectations_catch_bad_rows(tmp_path, merged):
     table.loc[0, "image_id"] = table.loc[1, "image_id"]
     table.loc[2, "label"] = "MYSTERY"
     with pytest.raises(DataValidationError) as error:
-        validate("merge", [Table("catalog", table, catalog_expectations(["COVID", "VIRAL", "BACTERIA", "NORMAL",
-                                                                         "FUNGAL", "ARDS"], ["covid_chestxray", "kermany"]))],
-                 tmp_path / "merge.json")
+        validate(
+            "merge",
+            [
+                Table(
+                    "catalog",
+                    table,
+                    catalog_expectations(
+                        ["COVID", "VIRAL", "BACTERIA", "NORMAL", "FUNGAL", "ARDS"], ["covid_chestxray", "kermany"]
+                    ),
+                )
+            ],
+            tmp_path / "merge.json",
+        )
     message = str(error.value)
     assert "2 data expectation(s) failed" in message
     assert "image ids are unique [image_id]: 2 unexpected" in message
@@ -109,6 +120,9 @@ def test_a_source_whose_rows_miss_a_column_is_a_one_line_error(monkeypatch, raw_
         return SourceTable(table.images.drop(columns=["view"]), table.metadata, table.dropped)
 
     monkeypatch.setattr(catalog, "read_source", without_view)
-    with pytest.raises(SchemaError, match=r"source 'covid_chestxray' \(its reader's rows\): missing column\(s\) "
-                                          r"\['view'\]; expected \['image_id', 'source'"):
+    with pytest.raises(
+        SchemaError,
+        match=r"source 'covid_chestxray' \(its reader's rows\): missing column\(s\) "
+        r"\['view'\]; expected \['image_id', 'source'",
+    ):
         catalog.build(make_config(), raw_root)

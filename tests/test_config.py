@@ -2,11 +2,11 @@ import re
 
 import pytest
 import yaml
+from conftest import REPO, params_dict, write_params
 
 from cxr.core.backbones import BACKBONES
 from cxr.core.config import ConfigError, from_dict, load
 from cxr.data.sources import check_sources, params_of
-from conftest import REPO, params_dict, write_params
 
 
 def test_project_params_load_and_expand_classes():
@@ -14,7 +14,16 @@ def test_project_params_load_and_expand_classes():
     assert config.class_names() == ["BACTERIA", "COVID", "NORMAL", "VIRAL"]
     binary = from_dict(params_dict({"task": "binary"})).task_classes()
     assert binary["COVID"] == ["COVID"]
-    assert set(binary["OTHER"]) == {"ARDS", "ASPIRATION", "BACTERIA", "FUNGAL", "LIPOID", "NORMAL", "TUBERCULOSIS", "VIRAL"}
+    assert set(binary["OTHER"]) == {
+        "ARDS",
+        "ASPIRATION",
+        "BACTERIA",
+        "FUNGAL",
+        "LIPOID",
+        "NORMAL",
+        "TUBERCULOSIS",
+        "VIRAL",
+    }
 
 
 @pytest.mark.parametrize(
@@ -24,8 +33,14 @@ def test_project_params_load_and_expand_classes():
         ({"splitting": {}}, "unknown key 'splitting'; allowed: ['seed', 'task', 'positive_class', 'sources'"),
         ({"split": {"train": "most"}}, "split.train: expected float, got 'most'"),
         ({"split": {"seed": True}}, "split.seed: expected int, got True"),
-        ({"filter": {"missing_view": "maybe"}}, "filter.missing_view: 'maybe' is not allowed; allowed: ['keep', 'drop']"),
-        ({"sources": {"origin": "internet"}}, "sources.origin: 'internet' is not allowed; allowed: ['synthetic', 'upstream']"),
+        (
+            {"filter": {"missing_view": "maybe"}},
+            "filter.missing_view: 'maybe' is not allowed; allowed: ['keep', 'drop']",
+        ),
+        (
+            {"sources": {"origin": "internet"}},
+            "sources.origin: 'internet' is not allowed; allowed: ['synthetic', 'upstream']",
+        ),
         ({"sources": {"use": ["nih"]}}, "sources.use: 'nih' has no section sources.nih"),
         ({"sources": {"nih": {}}, "synthetic": {"patients": {"nih": 9}}}, "sources.nih: no source module of that name"),
         ({"synthetic": {"patients": {"nih": 9}}}, "synthetic.patients: needs one count per source section"),
@@ -37,13 +52,22 @@ def test_project_params_load_and_expand_classes():
         ({"train": {"learning_rate": 0}}, "train.learning_rate: 0.0 is out of range; it must be > 0"),
         ({"train": {"head": {"dropout": 1.0}}}, "train.head.dropout: 1.0 is out of range; it must be >= 0 and < 1"),
         ({"train": {"image_size": 8}}, "train.image_size: 8 is out of range; it must be >= 32"),
-        ({"train": {"epochs": 1000000000}}, "train.epochs: 1000000000 is out of range; it must be >= 1 and <= 10000 "
-         "(the study ran 50 epochs; more than 10,000 is a typo)"),
-        ({"train": {"image_size": 100000}}, "train.image_size: 100000 is out of range; it must be >= 32 and <= 1024 "
-         "(the backbones' native sizes are 224-331 px"),
+        (
+            {"train": {"epochs": 1000000000}},
+            "train.epochs: 1000000000 is out of range; it must be >= 1 and <= 10000 "
+            "(the study ran 50 epochs; more than 10,000 is a typo)",
+        ),
+        (
+            {"train": {"image_size": 100000}},
+            "train.image_size: 100000 is out of range; it must be >= 32 and <= 1024 "
+            "(the backbones' native sizes are 224-331 px",
+        ),
         ({"train": {"batch_size": 100000}}, "train.batch_size: 100000 is out of range; it must be >= 1 and <= 4096"),
-        ({"labels": {"SARS": "VIRALL"}}, "labels: 'VIRALL' (for 'SARS') is named by no class of any task; did you mean "
-         "'VIRAL'? Its images would be left out of multiclass"),
+        (
+            {"labels": {"SARS": "VIRALL"}},
+            "labels: 'VIRALL' (for 'SARS') is named by no class of any task; did you mean "
+            "'VIRAL'? Its images would be left out of multiclass",
+        ),
         ({"split": {"max_per_class": {"COVID": 0}}}, "split.max_per_class.COVID: 0 is out of range; it must be >= 1"),
         ({"finetune": {"unfreeze": 0}}, "finetune.unfreeze: 0 is out of range"),
         ({"audit": {"lung_box": 1.2}}, "audit.lung_box: 1.2 is out of range; it must be > 0 and < 1"),
@@ -101,26 +125,43 @@ def test_the_registry_knows_each_base_s_unfreezable_layers():
     import keras
 
     from cxr.learn.model import build_base
+
     for name in ("vgg16", "xception"):
         backbone = BACKBONES[name]
         base = build_base(backbone, backbone.min_size, None)
-        layers = [layer for layer in base.layers
-                  if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+        layers = [
+            layer for layer in base.layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+        ]
         assert len(layers) == backbone.unfreezable_layers
 
 
 def test_a_stage_under_dvc_reads_only_the_params_dvc_yaml_declares(tmp_path, monkeypatch):
     write_params(tmp_path)
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"download": {"foreach": ["kermany"], "do": {
-        "cmd": "python stages/download.py ${item}", "params": ["sources.origin", "sources.${item}", "task", "classes"]}}}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "download": {
+                        "foreach": ["kermany"],
+                        "do": {
+                            "cmd": "python stages/download.py ${item}",
+                            "params": ["sources.origin", "sources.${item}", "task", "classes"],
+                        },
+                    }
+                }
+            }
+        )
+    )
     monkeypatch.setenv("DVC_STAGE", "download@kermany")
     config = load(tmp_path / "params.yaml")
     assert config.sources.origin == "synthetic" and params_of("kermany", config).method == "kaggle"
-    with pytest.raises(ConfigError, match="stage download@kermany reads params.yaml key 'sources.covid_chestxray', "
-                                          "which dvc.yaml does not declare"):
+    with pytest.raises(
+        ConfigError,
+        match="stage download@kermany reads params.yaml key 'sources.covid_chestxray', which dvc.yaml does not declare",
+    ):
         params_of("covid_chestxray", config)
     with pytest.raises(ConfigError, match="key 'train'"):
-        config.train
+        config.train  # noqa: B018 - reading the attribute is what is tested
     with pytest.raises(ConfigError, match="key 'labels'"):  # methods are checked too: classes need the labels
         config.class_names()
     monkeypatch.delenv("DVC_STAGE")

@@ -5,7 +5,6 @@ import ast
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
 
 
@@ -56,8 +55,11 @@ def test_every_stage_depends_on_every_module_it_imports():
         script = REPO / stage["cmd"].split()[1]
         deps = [REPO / dep for dep in stage["deps"]]
         needed = closure(script)
-        uncovered = sorted(path.relative_to(REPO).as_posix() for path in needed
-                           if not any(path == dep or dep in path.parents for dep in deps))
+        uncovered = sorted(
+            path.relative_to(REPO).as_posix()
+            for path in needed
+            if not any(path == dep or dep in path.parents for dep in deps)
+        )
         if uncovered:
             missing[name] = uncovered
     assert not missing, f"dvc.yaml deps miss modules their stage imports: {missing}"
@@ -67,8 +69,11 @@ def test_no_stage_depends_on_a_module_it_does_not_import():
     extra = {}
     for name, stage in stage_definitions().items():
         needed = closure(REPO / stage["cmd"].split()[1])
-        unused = [dep for dep in stage["deps"] if dep.startswith("src/") and not any(
-            path == REPO / dep or REPO / dep in path.parents for path in needed)]
+        unused = [
+            dep
+            for dep in stage["deps"]
+            if dep.startswith("src/") and not any(path == REPO / dep or REPO / dep in path.parents for path in needed)
+        ]
         if unused:
             extra[name] = unused
     assert not extra, f"dvc.yaml deps list modules their stage never imports: {extra}"

@@ -18,9 +18,14 @@ def frame(actual, predicted, patients=None, probabilities=None):
     n = len(actual)
     if probabilities is None:
         probabilities = np.array([[0.8 if name == guess else 0.1 for name in CLASSES] for guess in predicted])
-    rows = pd.DataFrame({"image_id": [f"i{k}" for k in range(n)],
-                         "patient_id": patients or [f"p{k}" for k in range(n)],
-                         "source": "s", "class": actual})
+    rows = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(n)],
+            "patient_id": patients or [f"p{k}" for k in range(n)],
+            "source": "s",
+            "class": actual,
+        }
+    )
     return evaluation.predictions_frame(rows, CLASSES, np.asarray(probabilities))
 
 
@@ -66,8 +71,12 @@ def test_bootstrap_resamples_patients_not_images():
     two_patients = frame(["A"] * 20, ["A"] * 10 + ["B"] * 10, patients=["right"] * 10 + ["wrong"] * 10)
     groups = [group.index.to_numpy() for _, group in two_patients.groupby("patient_id")]
     rng = np.random.default_rng(0)
-    accuracies = {evaluation.headline(two_patients.loc[np.concatenate([groups[i] for i in rng.integers(0, 2, 2)])],
-                                      CLASSES)["accuracy"] for _ in range(100)}
+    accuracies = {
+        evaluation.headline(two_patients.loc[np.concatenate([groups[i] for i in rng.integers(0, 2, 2)])], CLASSES)[
+            "accuracy"
+        ]
+        for _ in range(100)
+    }
     assert accuracies == {0.0, 0.5, 1.0}
     interval = evaluation.patient_bootstrap(two_patients, CLASSES, resamples=400, seed=1)["accuracy"]
     assert interval["low"] == 0.0 and interval["high"] == 1.0
@@ -87,8 +96,13 @@ def test_pairwise_mcnemar_uses_shared_images():
     first = frame(["A", "B", "C"], ["A", "B", "A"])
     second = frame(["A", "B", "C"], ["B", "B", "C"])
     [row] = evaluation.pairwise_mcnemar({"m1": first, "m2": second}).to_dict(orient="records")
-    assert (row["model_a"], row["model_b"], row["images"], row["only_a_correct"], row["only_b_correct"]) == \
-        ("m1", "m2", 3, 1, 1)
+    assert (row["model_a"], row["model_b"], row["images"], row["only_a_correct"], row["only_b_correct"]) == (
+        "m1",
+        "m2",
+        3,
+        1,
+        1,
+    )
 
 
 def test_confusion_file_renders_with_dvc_confusion_template(tmp_path):
@@ -96,8 +110,9 @@ def test_confusion_file_renders_with_dvc_confusion_template(tmp_path):
     table = frame(["A", "A", "B", "C"], ["A", "B", "B", "C"])
     (tmp_path / "eval").mkdir()
     table[["actual", "predicted"]].to_csv(tmp_path / "eval" / "model.csv", index=False)
-    (tmp_path / "dvc.yaml").write_text("plots:\n  - eval/model.csv:\n      template: confusion\n"
-                                       "      x: actual\n      y: predicted\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "plots:\n  - eval/model.csv:\n      template: confusion\n      x: actual\n      y: predicted\n"
+    )
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([env_bin / "dvc", "init", "-q"], cwd=tmp_path, check=True)
     result = subprocess.run([env_bin / "dvc", "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True)

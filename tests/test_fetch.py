@@ -76,7 +76,7 @@ def test_corrupt_member_data_is_an_error(tmp_path):
     archive = make_zip(tmp_path / "a.zip", {"top/a.bin": payload})
     data = bytearray(archive.read_bytes())
     offset = data.index(b"top/a.bin") + len("top/a.bin") + 20
-    data[offset:offset + 8] = b"\xff" * 8
+    data[offset : offset + 8] = b"\xff" * 8
     archive.write_bytes(bytes(data))
     with pytest.raises(FetchError, match="member 'top/a.bin' is corrupt or truncated"):
         safe_extract(archive, tmp_path / "out", select=keep_all, limits=LIMITS)
@@ -165,8 +165,14 @@ def serve():
 def test_http_download_retries_then_succeeds(tmp_path, serve, mode):
     payload = b"zip bytes " * 5000
     base, server = serve(payload, failures=2, mode=mode)
-    path = download(f"{base}/archive.zip", tmp_path / "a.zip", sha256=hashlib.sha256(payload).hexdigest(),
-                    retries=3, timeout_s=5, max_bytes=10**6)
+    path = download(
+        f"{base}/archive.zip",
+        tmp_path / "a.zip",
+        sha256=hashlib.sha256(payload).hexdigest(),
+        retries=3,
+        timeout_s=5,
+        max_bytes=10**6,
+    )
     assert path.read_bytes() == payload
     assert server.requests == 3
 

@@ -3,15 +3,14 @@
 from dataclasses import replace
 
 import numpy as np
-import tensorflow as tf
 import pandas as pd
 import pytest
+import tensorflow as tf
+from conftest import make_config
 from PIL import Image
 
 from cxr.data import image_files
 from cxr.learn import images
-
-from conftest import make_config
 
 AUGMENT = make_config().train.augment  # the shipped augmentation settings
 
@@ -65,12 +64,12 @@ def test_a_memory_cache_over_its_limit_goes_to_disk(mixed_formats, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     size_mb = images.decoded_megabytes(len(mixed_formats), 16)
     folder = tmp_path / "data/cache/images"
-    within = images.image_dataset(mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb * 2,
-                                  cache_dir=folder)
+    within = images.image_dataset(
+        mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb * 2, cache_dir=folder
+    )
     list(within.as_numpy_iterator())
     assert not (tmp_path / "data/cache/images").exists()
-    over = images.image_dataset(mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb / 2,
-                                cache_dir=folder)
+    over = images.image_dataset(mixed_formats, ["A"], 16, cache="memory", memory_limit_mb=size_mb / 2, cache_dir=folder)
     assert len(list(over.as_numpy_iterator())) == len(mixed_formats)
     assert list((tmp_path / "data/cache/images").glob("16px-*"))
 
@@ -99,15 +98,17 @@ def test_a_pure_shift_moves_the_image():
     image = np.zeros((1, 20, 20, 3), np.float32)
     image[0, 8:12, 8:12] = 255.0
     shifted = images.augmenter(replace(AUGMENT, enabled=True, rotation=0, zoom=0, shift=0.25, contrast=0))(
-        image, tf.constant([5, 6])).numpy()
+        image, tf.constant([5, 6])
+    ).numpy()
     assert shifted.sum() == pytest.approx(image.sum(), rel=0.05)  # moved, not lost (stays inside)
     rows, columns = np.nonzero(shifted[0, :, :, 0] > 127)
     assert (rows.mean(), columns.mean()) != pytest.approx((9.5, 9.5), abs=0.5)
 
 
 def test_training_batches_depend_on_seed_and_epoch_alone():
-    data = tf.data.Dataset.from_tensor_slices((np.random.default_rng(1).uniform(0, 255, (6, 16, 16, 3))
-                                               .astype(np.float32), np.arange(6)))
+    data = tf.data.Dataset.from_tensor_slices(
+        (np.random.default_rng(1).uniform(0, 255, (6, 16, 16, 3)).astype(np.float32), np.arange(6))
+    )
     batches = images.TrainingBatches(data, 6, 4, seed=3, augment=images.augmenter(replace(AUGMENT, enabled=True)))
     assert batches.steps_per_epoch == 2
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import CLASSES, make_config, write_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut
@@ -34,7 +35,6 @@ from cxr.data.sources.synthetic import encode
 from cxr.learn.model_files import load_model
 from cxr.serve import predict
 from cxr.serve.classify import predict_sources
-from conftest import CLASSES, make_config, write_dicom
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -80,13 +80,16 @@ def deflated(source: Path, target: Path) -> Path:
 
 # --- the decoder ---------------------------------------------------------------------------------
 
+
 def test_a_bomb_header_is_refused_before_any_pixel_is_decoded():
     data = bomb_header_png()
     assert len(data) < 120
     with pytest.raises(ImageFileError) as error:
         decode(data, "scans/bomb.png")
-    assert str(error.value) == ("scans/bomb.png: 4,294,836,225 pixels, over the limit of 67,108,864 pixels per "
-                                "image (max_pixels); downscale it first")
+    assert str(error.value) == (
+        "scans/bomb.png: 4,294,836,225 pixels, over the limit of 67,108,864 pixels per "
+        "image (max_pixels); downscale it first"
+    )
     # Below PIL's own guard, cxr's limit speaks first.
     with pytest.raises(ImageFileError, match=r"^b.png: 10000 x 10000 px \(100,000,000 pixels\), over the limit"):
         decode(bomb_header_png(10000, 10000), "b.png")
@@ -94,26 +97,41 @@ def test_a_bomb_header_is_refused_before_any_pixel_is_decoded():
 
 def test_the_pixel_limit_and_the_file_limit_name_the_limit(chest):
     data = encode(chest, "png")
-    with pytest.raises(ImageFileError, match=r"^a.png: 96 x 112 px \(10,752 pixels\), over the limit of 10,000 "
-                       r"pixels per image \(max_pixels\)"):
+    with pytest.raises(
+        ImageFileError,
+        match=r"^a.png: 96 x 112 px \(10,752 pixels\), over the limit of 10,000 "
+        r"pixels per image \(max_pixels\)",
+    ):
         decode(data, "a.png", Limits(max_pixels=100 * 100))
-    with pytest.raises(ImageFileError, match=rf"^a.png: {len(data):,} bytes, over the limit of 1,000 bytes per file "
-                       r"\(max_file_bytes\)$"):
+    with pytest.raises(
+        ImageFileError,
+        match=rf"^a.png: {len(data):,} bytes, over the limit of 1,000 bytes per file "
+        r"\(max_file_bytes\)$",
+    ):
         decode(data, "a.png", Limits(max_file_bytes=1000))
     assert decode(data, "a.png").pixels.shape == (112, 96, 3)
 
 
-@pytest.mark.parametrize("name, format, label", [("covid.png", "WEBP", "WebP"), ("IM-0001.jpeg", "TIFF", "TIFF"),
-                                                 ("x.png", "PPM", "Netpbm (PBM/PGM/PPM)"), ("y.jpg", "GIF", "GIF"),
-                                                 ("z.dcm", "WEBP", "WebP"), ("w.png", "BMP", "BMP")])
+@pytest.mark.parametrize(
+    "name, format, label",
+    [
+        ("covid.png", "WEBP", "WebP"),
+        ("IM-0001.jpeg", "TIFF", "TIFF"),
+        ("x.png", "PPM", "Netpbm (PBM/PGM/PPM)"),
+        ("y.jpg", "GIF", "GIF"),
+        ("z.dcm", "WEBP", "WebP"),
+        ("w.png", "BMP", "BMP"),
+    ],
+)
 def test_formats_tensorflow_does_not_train_on_are_refused_by_their_bytes_not_their_name(chest, name, format, label):
     data = pil_bytes(chest, format)
     with pytest.raises(ImageFileError) as error:
         decode(data, name)
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"{name}: ")
-    assert message == (f"{name}: a {label} file (whatever its name says); cxr reads PNG, JPEG and DICOM: "
-                       "convert it to PNG")
+    assert message == (
+        f"{name}: a {label} file (whatever its name says); cxr reads PNG, JPEG and DICOM: convert it to PNG"
+    )
 
 
 def test_one_line_drops_newlines_and_object_addresses():
@@ -126,7 +144,10 @@ def test_dicom_window_width_0_and_an_empty_rescale_slope_are_read_with_a_note(tm
     zero = write_dicom(tmp_path / "w0.dcm", values, window=(2000, 0))
     empty = write_dicom(tmp_path / "slope.dcm", values, RescaleSlope="", RescaleIntercept=" 0 ")
     plain = decode(write_dicom(tmp_path / "plain.dcm", values).read_bytes(), "plain.dcm").pixels.numpy()
-    for path, note in ((zero, "window (WindowCenter 2000, WindowWidth 0) is not valid (width at least 1)"), (empty, "RescaleSlope '' is not a number; 1 is used")):
+    for path, note in (
+        (zero, "window (WindowCenter 2000, WindowWidth 0) is not valid (width at least 1)"),
+        (empty, "RescaleSlope '' is not a number; 1 is used"),
+    ):
         read = decode(path.read_bytes(), path.name)
         assert np.array_equal(read.pixels.numpy(), plain)
         assert any(found.startswith(note) for found in read.dicom.notes), read.dicom.notes
@@ -159,9 +180,10 @@ def test_compressed_dicoms_decode_to_the_uncompressed_pixels(tmp_path, chest):
         assert np.array_equal(decode(path.read_bytes(), path.name).pixels.numpy(), expected), syntax.name
     # pydicom's own test files: one MR slice stored uncompressed, as JPEG-LS lossless, JPEG 2000 lossless
     # and RLE decodes to the same pixels every way; JPEG Lossless RGB, JPEG 2000 and YBR files are read.
-    same = [decode(Path(get_testdata_file(name)).read_bytes(), name).dicom.pixels
-            for name in ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
-                         "MR_small_RLE.dcm")]
+    same = [
+        decode(Path(get_testdata_file(name)).read_bytes(), name).dicom.pixels
+        for name in ("MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "MR_small_RLE.dcm")
+    ]
     assert all(np.array_equal(same[0], other) for other in same[1:])
     for name in ("JPEG2000.dcm", "SC_rgb_jpeg_gdcm.dcm", "SC_ybr_full_422_uncompressed.dcm"):
         path = Path(get_testdata_file(name))
@@ -197,6 +219,7 @@ def test_palette_dicoms_are_read_through_their_lookup_table_and_other_modalities
 
 # --- merge: a file merge accepts is a file training can read ---------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["webp", "tiff", "bomb"])
 def test_merge_stops_on_a_file_training_could_not_read_naming_it(tmp_path, raw_root, chest, kind):
     import shutil
@@ -204,8 +227,9 @@ def test_merge_stops_on_a_file_training_could_not_read_naming_it(tmp_path, raw_r
     root = tmp_path / "raw"
     shutil.copytree(raw_root, root)
     victim = sorted((root / "kermany" / "chest_xray").rglob("*.jpeg"))[3]
-    victim.write_bytes({"webp": pil_bytes(chest, "WEBP"), "tiff": pil_bytes(chest, "TIFF"),
-                        "bomb": bomb_header_png()}[kind])
+    victim.write_bytes(
+        {"webp": pil_bytes(chest, "WEBP"), "tiff": pil_bytes(chest, "TIFF"), "bomb": bomb_header_png()}[kind]
+    )
     with pytest.raises(ImageFileError) as error:
         catalog.build(make_config(), root)
     message = str(error.value)
@@ -220,6 +244,7 @@ def test_merge_refuses_a_dicom_among_training_images(tmp_path, chest):
 
 
 # --- cxr-predict ------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def hostile_folder(tmp_path, chest) -> Path:
@@ -248,18 +273,39 @@ def hostile_folder(tmp_path, chest) -> Path:
 def test_predict_answers_every_file_of_a_hostile_folder_in_its_own_row(tmp_path, hostile_folder, model_folder, capsys):
     output = tmp_path / "out.csv"
     with pytest.raises(SystemExit) as exit_:
-        predict.main([str(hostile_folder), "--model", str(model_folder), "--output", str(output),
-                      "--explain", str(tmp_path / "gradcam")])
+        predict.main(
+            [
+                str(hostile_folder),
+                "--model",
+                str(model_folder),
+                "--output",
+                str(output),
+                "--explain",
+                str(tmp_path / "gradcam"),
+            ]
+        )
     assert exit_.value.code == 1
     table = pd.read_csv(output, keep_default_na=False)
-    rows = {Path(path).relative_to(hostile_folder).as_posix(): row for path, row in zip(table["path"],
-                                                                                         table.to_dict("records"))}
-    good = ["good.png", "p1/view1_frontal.jpg", "p2/view1_frontal.jpg", "a/b/IM000000", "w0.dcm", "slope.dcm",
-            "hand.dcm"]
-    bad = {"bomb.png": "over the limit of 67,108,864 pixels per image (max_pixels)",
-           "webp.png": "a WebP file (whatever its name says)", "scan.tiff.jpg": "a TIFF file",
-           "loop.png": "cannot be read (Too many levels of symbolic links)",
-           "a/up": "a symbolic link back to"}
+    rows = {
+        Path(path).relative_to(hostile_folder).as_posix(): row
+        for path, row in zip(table["path"], table.to_dict("records"))
+    }
+    good = [
+        "good.png",
+        "p1/view1_frontal.jpg",
+        "p2/view1_frontal.jpg",
+        "a/b/IM000000",
+        "w0.dcm",
+        "slope.dcm",
+        "hand.dcm",
+    ]
+    bad = {
+        "bomb.png": "over the limit of 67,108,864 pixels per image (max_pixels)",
+        "webp.png": "a WebP file (whatever its name says)",
+        "scan.tiff.jpg": "a TIFF file",
+        "loop.png": "cannot be read (Too many levels of symbolic links)",
+        "a/up": "a symbolic link back to",
+    }
     assert sorted(rows) == sorted(good + list(bad))
     for name in good:
         assert rows[name]["error"] == "" and rows[name]["predicted"] in CLASSES, name
@@ -269,7 +315,9 @@ def test_predict_answers_every_file_of_a_hostile_folder_in_its_own_row(tmp_path,
         assert rows[name]["predicted"] == "" and rows[name]["p_COVID"] == "" and rows[name]["overlay"] == ""
     # Bare ages are years; header values the standard forbids are read and said; body parts named.
     assert "PatientAge 62.0 years is outside" not in rows["a/b/IM000000"]["warning"]
-    assert "WindowWidth 0) is not valid" in rows["w0.dcm"]["warning"] and "RescaleSlope ''" in rows["slope.dcm"]["warning"]
+    assert (
+        "WindowWidth 0) is not valid" in rows["w0.dcm"]["warning"] and "RescaleSlope ''" in rows["slope.dcm"]["warning"]
+    )
     assert rows["hand.dcm"]["warning"] == "BodyPartExamined HAND is not CHEST"
     # Two equal base names, two overlays, each named in its row.
     overlays = {rows[name]["overlay"] for name in good}
@@ -301,8 +349,10 @@ def test_a_model_or_grad_cam_failure_stays_in_the_rows_of_its_batch(tmp_path, ch
         path.write_bytes(encode(chest, "png"))
     broken = predict_sources(model, replace(spec, image_size=48), paths, batch_size=8)
     assert broken["predicted"].isna().all()
-    assert all(error.startswith(f"{path}: the model failed on the batch of this file (") and "\n" not in error
-               for path, error in zip(paths, broken["error"]))
+    assert all(
+        error.startswith(f"{path}: the model failed on the batch of this file (") and "\n" not in error
+        for path, error in zip(paths, broken["error"])
+    )
     explainer = predict.Explainer(tmp_path / "gradcam", "vgg16", 8, [str(path) for path in paths])
     explainer.layer = "no_such_layer"
     explained = predict_sources(model, spec, paths, batch_size=8, explain=explainer)
@@ -332,16 +382,21 @@ def test_an_unexpected_error_is_a_row_not_a_crash(tmp_path, chest, model_folder,
     table = predict_sources(model, spec, sources, batch_size=8)
     assert list(table["error"]) == [
         f"{sources[0]}: out of memory while decoding it; lower the limits or free memory",
-        f"{sources[1]}: cannot be read (RuntimeError: decoder failed at BytesIO)", ""]
+        f"{sources[1]}: cannot be read (RuntimeError: decoder failed at BytesIO)",
+        "",
+    ]
     assert "Traceback" in caplog.text and "plugin.dcm" in caplog.text
 
 
 # --- the served model ---------------------------------------------------------------------------------
 
+
 def strict_json(text: str):
     """Parse as browsers, Node and most Java/Go parsers do: NaN and Infinity are not JSON."""
+
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -350,16 +405,22 @@ def served(tmp_path_factory, model_folder):
     """`mlflow models serve` of the pyfunc as the pipeline logs it (models from code), at most 5 rows per
     request and 1 MB per file through MLflow's model config."""
     import mlflow.pyfunc
-
-    from cxr.serve import pyfunc
     from conftest import serve_model, stage_env
 
+    from cxr.serve import pyfunc
+
     folder = tmp_path_factory.mktemp("served")
-    mlflow.pyfunc.save_model(folder / "pyfunc", python_model=str(Path(pyfunc.__file__).with_name("model_code.py")),
-                             artifacts={"model": str(model_folder)}, signature=pyfunc.signature(CLASSES),
-                             model_config=pyfunc.SERVING_LIMITS)
-    env = stage_env(MLFLOW_PYFUNC_INFERENCE_CONFIG=json.dumps({"max_rows": 5, "max_file_bytes": 1_000_000}),
-                    PATH=f"{Path(os.sys.executable).parent}:{os.environ['PATH']}")
+    mlflow.pyfunc.save_model(
+        folder / "pyfunc",
+        python_model=str(Path(pyfunc.__file__).with_name("model_code.py")),
+        artifacts={"model": str(model_folder)},
+        signature=pyfunc.signature(CLASSES),
+        model_config=pyfunc.SERVING_LIMITS,
+    )
+    env = stage_env(
+        MLFLOW_PYFUNC_INFERENCE_CONFIG=json.dumps({"max_rows": 5, "max_file_bytes": 1_000_000}),
+        PATH=f"{Path(os.sys.executable).parent}:{os.environ['PATH']}",
+    )
     with serve_model(str(folder / "pyfunc"), folder, env) as url:
         yield url
 
@@ -401,8 +462,14 @@ def test_every_mlflow_input_format_is_answered_row_by_row(served, chest):
 
 def test_a_mixed_batch_answers_200_with_one_error_per_bad_row_in_strict_json(served, chest):
     good = base64.b64encode(encode(chest, "png")).decode()
-    cells = [good, base64.b64encode(pil_bytes(chest, "WEBP")).decode(), None,
-             base64.b64encode(bomb_header_png()).decode(), "not base64 at all!", good]
+    cells = [
+        good,
+        base64.b64encode(pil_bytes(chest, "WEBP")).decode(),
+        None,
+        base64.b64encode(bomb_header_png()).decode(),
+        "not base64 at all!",
+        good,
+    ]
     status, text = post(served, {"dataframe_split": {"columns": ["image"], "data": [[cell] for cell in cells]}})
     assert status == 200 and "NaN" not in text
     rows = strict_json(text)["predictions"]
@@ -414,26 +481,35 @@ def test_a_mixed_batch_answers_200_with_one_error_per_bad_row_in_strict_json(ser
         "row 4: text that is not base64; send the file's bytes base64-encoded",
         "row 5: over the limit of 5 rows per request (max_rows); send it in another request",
     ]
-    assert rows[0]["predicted"] in CLASSES and all(row["p_COVID"] is None and row["predicted"] is None
-                                                   for row in rows[1:])
+    assert rows[0]["predicted"] in CLASSES and all(
+        row["p_COVID"] is None and row["predicted"] is None for row in rows[1:]
+    )
 
 
 def test_nulls_and_oversized_cells_are_rows_in_every_format(served, chest):
     good = base64.b64encode(encode(chest, "png")).decode()
     oversized = base64.b64encode(np.random.default_rng(0).bytes(1_500_000)).decode()
-    for body in ({"inputs": {"image": [good, None, oversized]}}, {"instances": [{"image": good}, {"image": None},
-                                                                              {"image": oversized}]}):
+    for body in (
+        {"inputs": {"image": [good, None, oversized]}},
+        {"instances": [{"image": good}, {"image": None}, {"image": oversized}]},
+    ):
         status, text = post(served, body)
         assert status == 200, text
         rows = strict_json(text)["predictions"]
-        assert [row["error"] for row in rows] == ["", "row 1: no image (null)", "row 2: about 1,500,000 bytes once "
-                                                  "decoded, over the limit of 1,000,000 bytes per file (max_file_bytes)"]
+        assert [row["error"] for row in rows] == [
+            "",
+            "row 1: no image (null)",
+            "row 2: about 1,500,000 bytes once decoded, over the limit of 1,000,000 bytes per file (max_file_bytes)",
+        ]
 
 
 def test_client_errors_are_4xx_without_a_stack_trace(served):
     missing = {"dataframe_split": {"columns": ["picture"], "data": [["aGVsbG8="]]}}
-    for body, content_type in ((missing, "application/json"), ("{not json", "application/json"),
-                               ("image\n", "text/plain")):
+    for body, content_type in (
+        (missing, "application/json"),
+        ("{not json", "application/json"),
+        ("image\n", "text/plain"),
+    ):
         status, text = post(served, body, content_type)
         assert 400 <= status < 500 and "Traceback" not in text and "stack_trace" not in text, (status, text)
     status, text = post(served, missing)

@@ -7,8 +7,15 @@ import pytest
 from cxr.core import backbones
 from cxr.core.backbones import BackboneError
 from cxr.core.config import Head
-from cxr.learn.model import (base_of, build_base, build_classifier, feature_extractor, keras_preprocess_input,
-                             preprocessing, unfreeze_last)
+from cxr.learn.model import (
+    base_of,
+    build_base,
+    build_classifier,
+    feature_extractor,
+    keras_preprocess_input,
+    preprocessing,
+    unfreeze_last,
+)
 
 TINY_HEAD = Head(units=8, dropout=0.0, normalize=False)
 
@@ -32,7 +39,9 @@ def test_too_small_unknown_and_missing_weights_are_clear_errors(tmp_path):
     with pytest.raises(BackboneError, match="inceptionresnetv2 needs images of at least 75 px"):
         backbones.get("inceptionresnetv2").input_size(74)
     assert backbones.get("vgg16").input_size("native") == 224
-    with pytest.raises(BackboneError, match=r"unknown backbone 'resnet50'; known: \['inceptionresnetv2', 'nasnetlarge'"):
+    with pytest.raises(
+        BackboneError, match=r"unknown backbone 'resnet50'; known: \['inceptionresnetv2', 'nasnetlarge'"
+    ):
         backbones.get("resnet50")
     missing = tmp_path / "vgg16.weights.h5"
     with pytest.raises(BackboneError, match=f"weights file {missing} does not exist"):

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, SMALL, deep_merge, serve_model
 
 pytestmark = pytest.mark.slow
@@ -37,8 +36,13 @@ def sh(folder: Path, *command: str, env: dict[str, str] | None = None) -> str:
 def clone(tmp_path_factory) -> Path:
     """The tracked and untracked (not ignored) project files, committed in a new git repo."""
     folder = tmp_path_factory.mktemp("clone")
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in listed:
         if (REPO / name).is_file():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,8 @@ def test_repro_noop_and_experiments(clone):
     backbones = ["inceptionresnetv2", "nasnetlarge", "vgg16", "xception"]
     assert sorted(runs["tags.mlflow.runName"]) == sorted(
         ["evaluate", "finetune", "audit_report"]
-        + [f"{stage}@{name}" for stage in ("train", "audit") for name in backbones])
+        + [f"{stage}@{name}" for stage in ("train", "audit") for name in backbones]
+    )
     assert "**xception.**" in (clone / "reports/eval/audit.md").read_text()
     assert (clone / "reports/model_card.md").is_file()
     comparison = (clone / "reports/eval/comparison.md").read_text()
@@ -121,7 +126,13 @@ def test_repro_noop_and_experiments(clone):
     assert files[:2] == ["reports/eval/headline.json", "reports/eval/metrics.json"], files
     assert files[-1] == "reports/data/split.json", files
     assert list(shown["data"][files[0]]["data"]["xception"]) == [
-        "accuracy", "accuracy_low", "accuracy_high", "macro_f1", "macro_f1_low", "macro_f1_high"]
+        "accuracy",
+        "accuracy_low",
+        "accuracy_high",
+        "macro_f1",
+        "macro_f1_low",
+        "macro_f1_high",
+    ]
     # One parent run groups the repro's stage runs and carries every model's headline.
     assert runs["tags.mlflow.parentRunId"].nunique() == 1
     parent = mlflow_client(clone).get_run(runs["tags.mlflow.parentRunId"].iloc[0])
@@ -157,8 +168,10 @@ def test_repro_noop_and_experiments(clone):
     sh(clone, "git", "add", "dvc.lock")
     sh(clone, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc repro")
     versions = len(mlflow_client(clone).search_model_versions("name = 'cxr-multiclass'"))
-    queued = {"lr-hurts": ["-S", "backbone=vgg16", "-S", "finetune.learning_rate=10"],
-              "lr-small": ["-S", "finetune.learning_rate=0.00003"]}
+    queued = {
+        "lr-hurts": ["-S", "backbone=vgg16", "-S", "finetune.learning_rate=10"],
+        "lr-small": ["-S", "finetune.learning_rate=0.00003"],
+    }
     run_queued(clone, queued)
     runs = mlflow_runs(clone)
     check_experiment_runs(clone, mlflow_client(clone), runs, queued)
@@ -171,8 +184,10 @@ def test_repro_noop_and_experiments(clone):
     sh(clone, "dvc", "exp", "apply", "lr-hurts")
     assert json.loads((clone / "reports/finetune.json").read_text())["unchanged_from_base"] is True
     assert "| finetuned (= vgg16) | " in (clone / "reports/eval/comparison.md").read_text()
-    assert "this model keeps the vgg16 model's weights, and fine-tuning changed nothing" in (
-        clone / "reports/model_card.md").read_text()
+    assert (
+        "this model keeps the vgg16 model's weights, and fine-tuning changed nothing"
+        in (clone / "reports/model_card.md").read_text()
+    )
     assert not list((clone / ".dvc").rglob("mlflow.db"))
 
     sh(clone, "dvc", "exp", "run", "-S", "split.seed=7", "-S", "backbones=[vgg16]")
@@ -201,8 +216,9 @@ def run_queued(folder: Path, experiments: dict[str, list[str]], env: dict[str, s
         assert any(line.startswith(f"{name},") for line in shown), shown[1:]
 
 
-def check_experiment_runs(folder: Path, client, runs: pd.DataFrame, experiments: dict[str, list[str]],
-                          only_finetune_onwards: bool = True) -> None:
+def check_experiment_runs(
+    folder: Path, client, runs: pd.DataFrame, experiments: dict[str, list[str]], only_finetune_onwards: bool = True
+) -> None:
     """Each experiment logged the fine-tune and what follows it (only those, unless told otherwise) as
     stage runs under one parent named after the experiment, and nothing under DVC's temporary copies."""
     expected = {"audit_report", "evaluate", "finetune"}
@@ -210,7 +226,10 @@ def check_experiment_runs(folder: Path, client, runs: pd.DataFrame, experiments:
         mine = runs[runs["tags.DVC_EXP_NAME"] == name]
         stages = set(mine["tags.mlflow.runName"])
         assert stages == expected if only_finetune_onwards else stages >= expected, (
-            name, sorted(stages), stdout(folder, "dvc", "queue", "status"))
+            name,
+            sorted(stages),
+            stdout(folder, "dvc", "queue", "status"),
+        )
         assert len(mine) == len(stages), (name, sorted(mine["tags.mlflow.runName"]))
         assert mine["status"].eq("FINISHED").all()
         [parent_id] = set(mine["tags.mlflow.parentRunId"])
@@ -231,8 +250,11 @@ def test_the_champion_predicts_files_and_is_served(clone):
     table = pd.read_csv(clone / "predictions.csv", keep_default_na=False)
     assert set(table["model"]) == {"cxr-multiclass"} and set(table["model_version"]) == {champion.version}
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{clone / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{clone / 'mlflow.db'}",
+    }
     image = base64.b64encode((clone / test["path"].iloc[0]).read_bytes()).decode()
     request = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
     with serve_model("models:/cxr-multiclass@champion", clone, env) as url:
@@ -255,18 +277,21 @@ def test_a_params_error_removes_nothing_and_a_lone_stage_says_how_to_restore(clo
     stage = f"train@{params['backbones'][0]}"  # dvc.lock may keep entries of backbones no longer listed
     try:
         (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        failed = subprocess.run(["dvc", "repro"], cwd=clone, env=user_env(), capture_output=True, text=True,
-                                timeout=600)
+        failed = subprocess.run(
+            ["dvc", "repro"], cwd=clone, env=user_env(), capture_output=True, text=True, timeout=600
+        )
         assert failed.returncode != 0
         assert "error: params.yaml: train.epochs: -5 is out of range; it must be >= 1" in failed.stderr, failed.stderr
         assert "failed to reproduce 'check_params'" in failed.stderr
         assert output_bytes(clone, lock, tuple(lock["stages"])) == before
-        alone = subprocess.run(["dvc", "repro", "-s", stage], cwd=clone, env=user_env(), capture_output=True,
-                               text=True, timeout=600)
+        alone = subprocess.run(
+            ["dvc", "repro", "-s", stage], cwd=clone, env=user_env(), capture_output=True, text=True, timeout=600
+        )
         assert alone.returncode != 0
         [line] = [line for line in alone.stderr.splitlines() if line.startswith("error: ")]
-        assert line.endswith(f"DVC removed this stage's earlier outputs before running it: restore them with "
-                             f"`dvc checkout {stage}`"), line
+        assert line.endswith(
+            f"DVC removed this stage's earlier outputs before running it: restore them with `dvc checkout {stage}`"
+        ), line
         assert not (clone / "models" / stage.split("@")[1]).exists()
     finally:
         (clone / "params.yaml").write_text(original)
@@ -288,8 +313,10 @@ def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_fa
         team = {"MLFLOW_TRACKING_URI": url}
         # Different bootstrap seeds too: a one-epoch fine-tune may keep the base's weights for both rates,
         # and DVC's run-cache would then rightly restore the second experiment's evaluation.
-        queued = {"team-a": ["-S", "finetune.learning_rate=0.0002", "-S", "evaluate.bootstrap_seed=1"],
-                  "team-b": ["-S", "finetune.learning_rate=0.0003", "-S", "evaluate.bootstrap_seed=2"]}
+        queued = {
+            "team-a": ["-S", "finetune.learning_rate=0.0002", "-S", "evaluate.bootstrap_seed=1"],
+            "team-b": ["-S", "finetune.learning_rate=0.0003", "-S", "evaluate.bootstrap_seed=2"],
+        }
         # The workspace holds an earlier experiment's results: commit them, or a queued copy (which
         # starts from HEAD) lacks the metrics files DVC does not cache and reruns their stages.
         sh(clone, "git", "add", "-A")
@@ -303,7 +330,8 @@ def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_fa
         assert runs["artifact_uri"].str.startswith("mlflow-artifacts:/").all()
         versions = client.search_model_versions("name = 'cxr-multiclass'")
         assert len(versions) == 2 and {version.run_id for version in versions} == set(
-            runs.loc[runs["tags.mlflow.runName"] == "finetune", "run_id"])
+            runs.loc[runs["tags.mlflow.runName"] == "finetune", "run_id"]
+        )
         assert list((scratch / "artifacts").rglob("model.keras")), "the server stores the models it proxies"
 
         sh(clone, "dvc", "remote", "add", "-d", "team", str(scratch / "remote"))
@@ -322,44 +350,69 @@ def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_fa
         assert set(table["model_version"].astype(str)) == {champion.version}
 
 
-TINY = ["--set", "train.epochs=1", "--set", "train.image_size=75", "--set", "finetune.epochs=1",
-        "--set", "evaluate.bootstrap_resamples=50"]
+TINY = [
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.image_size=75",
+    "--set",
+    "finetune.epochs=1",
+    "--set",
+    "evaluate.bootstrap_resamples=50",
+]
 
 
 ONE_BACKBONE = ["--set", "backbones=[vgg16]", "--set", "backbone=vgg16"]
 
 
-@pytest.mark.parametrize(("recipe", "modalities", "classes"), [
-    ("ct_scans", {"CT"}, {"COVID", "OTHER"}),
-    ("larger_dataset", {"X-ray"}, {"BACTERIA", "COVID", "NORMAL", "VIRAL"}),
-])
+@pytest.mark.parametrize(
+    ("recipe", "modalities", "classes"),
+    [
+        ("ct_scans", {"CT"}, {"COVID", "OTHER"}),
+        ("larger_dataset", {"X-ray"}, {"BACTERIA", "COVID", "NORMAL", "VIRAL"}),
+    ],
+)
 def test_further_investigation_recipes_run_offline(clone, recipe, modalities, classes):
     """The study's open questions 2 and 3 end to end on the demo data (one backbone, to keep the
     suite's time; the recipes themselves train every backbone)."""
     # larger_dataset's demo block doubles the shipped demo's patients; here, the suite's smaller set's.
     larger = ["--set", "synthetic.patients.covid_chestxray=80", "--set", "synthetic.patients.kermany=28"]
-    output = sh(clone, "cxr-recipe", recipe, "--settings", "demo", *TINY, *ONE_BACKBONE,
-                *(larger if recipe == "larger_dataset" else []))
+    output = sh(
+        clone,
+        "cxr-recipe",
+        recipe,
+        "--settings",
+        "demo",
+        *TINY,
+        *ONE_BACKBONE,
+        *(larger if recipe == "larger_dataset" else []),
+    )
     assert "dvc exp run" in output
     split = pd.read_csv(clone / "data/processed/split.csv")
     assert set(split["modality"]) == modalities
     assert split.groupby("patient_id")["split"].nunique().max() == 1, "a patient in two splits"
     report = json.loads((clone / "reports/data/split.json").read_text())
     assert set(split["class"]) == classes and set(report["images_per_class"]["test"]) == classes
-    assert report["task"] == ("binary" if recipe == "ct_scans" else "multiclass") and set(json.loads((clone / "reports/eval/metrics.json").read_text())) == {
-        "vgg16", "finetuned"}
+    assert report["task"] == ("binary" if recipe == "ct_scans" else "multiclass") and set(
+        json.loads((clone / "reports/eval/metrics.json").read_text())
+    ) == {"vgg16", "finetuned"}
     card = (clone / "reports/model_card.md").read_text()
     print(recipe, {name: counts for name, counts in report["images_per_class"].items()})
     if recipe == "ct_scans":
         assert set(split["source"]) == {"covid_chestxray"} and set(split["view"]) <= {"Axial", "Coronal"}
         assert split["patient_id"].value_counts().max() > 1  # series of several slices, kept together
-        assert "External test source: none (no image of the external sources ['actualmed'] passes the filter" in (
-            clone / "reports/eval/audit.md").read_text()
+        assert (
+            "External test source: none (no image of the external sources ['actualmed'] passes the filter"
+            in (clone / "reports/eval/audit.md").read_text()
+        )
         assert "slices chosen for publication in case reports" in card and "no external test" in card
     else:
         assert set(split["source"]) == {"covid_chestxray", "kermany"}
         assert split["finding"].str.startswith("Pneumonia/").any(), "the later commit's findings"
-        assert split.loc[split["source"] == "kermany", "patient_id"].nunique() > 3 * SMALL["synthetic"]["patients"]["kermany"]
+        assert (
+            split.loc[split["source"] == "kermany", "patient_id"].nunique()
+            > 3 * SMALL["synthetic"]["patients"]["kermany"]
+        )
         assert "slices chosen for publication" not in card  # X-rays only
 
 

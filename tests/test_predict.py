@@ -3,30 +3,31 @@
 import io
 from pathlib import Path
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import CLASSES, SIZE, write_dicom
 from PIL import Image
 
-import mlflow.pyfunc
-
-from cxr.learn import images
-from cxr.learn.model_files import load_model
-from cxr.serve import predict
-from cxr.serve.pyfunc import XrayClassifier, signature
 from cxr.data import dicom
 from cxr.data.dicom import DicomError
 from cxr.data.image_files import DEFAULT_LIMITS
 from cxr.data.sources.synthetic import encode
-from conftest import write_dicom
-
-from conftest import CLASSES, SIZE
+from cxr.learn import images
+from cxr.learn.model_files import load_model
+from cxr.serve import predict
+from cxr.serve.pyfunc import XrayClassifier, signature
 
 
 def read_dicom(path: Path):
-    return dicom.read_dicom(path.read_bytes(), str(path), max_pixels=DEFAULT_LIMITS.max_pixels,
-                            max_decoded_bytes=DEFAULT_LIMITS.max_decoded_bytes)
+    return dicom.read_dicom(
+        path.read_bytes(),
+        str(path),
+        max_pixels=DEFAULT_LIMITS.max_pixels,
+        max_decoded_bytes=DEFAULT_LIMITS.max_decoded_bytes,
+    )
 
 
 def probabilities(table: pd.DataFrame, name: str) -> np.ndarray:
@@ -53,10 +54,15 @@ def test_every_format_gives_the_keras_models_probabilities_on_the_same_pixels(tm
     write_dicom(tmp_path / "windowed.dcm", wide, window=(32767.5, 65535))
     paths = predict.input_files([str(tmp_path)])
     table = predict.predict_sources(model, spec, paths, batch_size=4)
-    mlflow.pyfunc.save_model(tmp_path / "pyfunc", python_model=XrayClassifier(), artifacts={"model": str(model_folder)},
-                             signature=signature(CLASSES))
+    mlflow.pyfunc.save_model(
+        tmp_path / "pyfunc",
+        python_model=XrayClassifier(),
+        artifacts={"model": str(model_folder)},
+        signature=signature(CLASSES),
+    )
     served = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(
-        pd.DataFrame({"image": [path.read_bytes() for path in paths] + [b"not an image"]}))
+        pd.DataFrame({"image": [path.read_bytes() for path in paths] + [b"not an image"]})
+    )
     # A bad row fails alone, named by its position, not the request.
     assert served.iloc[-1]["error"] == f"row {len(paths)}: not a PNG, JPEG or DICOM file (it starts with b'not an i')"
     served = served.iloc[:-1].assign(path=[str(path) for path in paths])
@@ -98,8 +104,19 @@ def test_folder_with_bad_files_writes_every_row_and_fails(tmp_path, model_folder
     (scans / "notes.txt").write_text("not an image")  # not an image suffix: not read
     output = tmp_path / "out.csv"
     with pytest.raises(SystemExit) as exit_:
-        predict.main([str(scans), "--model", str(model_folder), "--output", str(output), "--views", "PA",
-                      "--explain", str(tmp_path / "gradcam")])
+        predict.main(
+            [
+                str(scans),
+                "--model",
+                str(model_folder),
+                "--output",
+                str(output),
+                "--views",
+                "PA",
+                "--explain",
+                str(tmp_path / "gradcam"),
+            ]
+        )
     assert exit_.value.code == 1
     table = pd.read_csv(output, keep_default_na=False)
     assert len(table) == 7 and set(table["model"]) == {"tiny"} and table["model_version"].str.startswith("md5:").all()
@@ -111,18 +128,29 @@ def test_folder_with_bad_files_writes_every_row_and_fails(tmp_path, model_folder
     lateral = table[table["path"].str.endswith("lateral.dcm")].iloc[0]
     assert "ViewPosition LL is not among the views the model was trained on (PA)" in lateral["warning"]
     child = table[table["path"].str.endswith("child.dcm")].iloc[0]
-    assert child["warning"] == ("PatientAge 4.0 years is outside the ages of the training images that record one "
-                                "(18-90 years; 40 of 60 images record an age)")
-    overlays = sorted(path.relative_to(tmp_path / "gradcam").as_posix() for path in (tmp_path / "gradcam").rglob("*.png"))
-    assert overlays == ["child.dcm.gradcam.png", "deeper/good.jpeg.gradcam.png", "good.png.gradcam.png",
-                        "lateral.dcm.gradcam.png"]
+    assert child["warning"] == (
+        "PatientAge 4.0 years is outside the ages of the training images that record one "
+        "(18-90 years; 40 of 60 images record an age)"
+    )
+    overlays = sorted(
+        path.relative_to(tmp_path / "gradcam").as_posix() for path in (tmp_path / "gradcam").rglob("*.png")
+    )
+    assert overlays == [
+        "child.dcm.gradcam.png",
+        "deeper/good.jpeg.gradcam.png",
+        "good.png.gradcam.png",
+        "lateral.dcm.gradcam.png",
+    ]
     # Each row names its overlay; failed rows have none.
     assert table.set_index(table["path"].map(lambda path: Path(path).name))["overlay"].to_dict() == {
         "child.dcm": str(tmp_path / "gradcam" / "child.dcm.gradcam.png"),
         "good.jpeg": str(tmp_path / "gradcam" / "deeper" / "good.jpeg.gradcam.png"),
         "good.png": str(tmp_path / "gradcam" / "good.png.gradcam.png"),
         "lateral.dcm": str(tmp_path / "gradcam" / "lateral.dcm.gradcam.png"),
-        "corrupt.jpg": "", "empty.png": "", "tiny.png": ""}
+        "corrupt.jpg": "",
+        "empty.png": "",
+        "tiny.png": "",
+    }
     assert Image.open(tmp_path / "gradcam" / "good.png.gradcam.png").size == (SIZE, SIZE)
     printed = capsys.readouterr().out
     assert "7 file(s), 4 predicted" in printed and "3 failed, 2 with a warning" in printed

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from cxr import recipes
-from conftest import REPO
 
 
 def dry_run(capsys, *arguments: str) -> list[str]:
@@ -23,8 +23,10 @@ def set_values(line: list[str]) -> dict[str, str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides([item for flag, item in zip(line, line[1:]) if flag == "-S"])
-    return {override.key_or_group: override.value() if isinstance(override.value(), str) else json.dumps(override.value())
-            for override in parsed}
+    return {
+        override.key_or_group: override.value() if isinstance(override.value(), str) else json.dumps(override.value())
+        for override in parsed
+    }
 
 
 def test_ct_scans_takes_the_ct_slices_of_the_covid_collection_alone(capsys, monkeypatch):
@@ -84,8 +86,10 @@ def test_set_values_reach_dvc_as_one_literal_each(tmp_path, capsys, monkeypatch)
     run(dvc, "init", "-q")
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
-    urls = {"sources.kermany.url": "https://mirror.example/x.zip?dl=1&token=a=b,c",
-            "sources.covid_chestxray.url": "file:///data/it's [v2]/a b\\c\\.zip"}
+    urls = {
+        "sources.kermany.url": "https://mirror.example/x.zip?dl=1&token=a=b,c",
+        "sources.covid_chestxray.url": "file:///data/it's [v2]/a b\\c\\.zip",
+    }
     arguments = [argument for key, value in urls.items() for argument in ("--set", f"{key}={value}")]
     with pytest.raises(SystemExit) as exit_:
         recipes.main(["study", "--settings", "demo", *arguments, "--queue", "--name", "quoted"])

@@ -10,11 +10,19 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
-
-from cxr.data.sources import (FetchError, SourceLayoutError, actualmed, covid_chestxray, download_source, kermany,
-                              params_of, read_source)
-from cxr.data.catalog import build
 from conftest import make_config, serve_folder
+
+from cxr.data.catalog import build
+from cxr.data.sources import (
+    FetchError,
+    SourceLayoutError,
+    actualmed,
+    covid_chestxray,
+    download_source,
+    kermany,
+    params_of,
+    read_source,
+)
 
 
 def test_covid_collection_drops_ct_volumes_and_keeps_rows_with_images(raw_root, config):
@@ -42,14 +50,17 @@ def test_covid_archive_layout_matches_github(tmp_path, config):
 
 def test_kermany_skips_duplicate_tree_and_macos_forks(raw_root, config):
     commit_free = zipfile.ZipFile(
-        kermany.synthetic_archive(raw_root.parent, config.synthetic, params_of("kermany", config))).namelist()
+        kermany.synthetic_archive(raw_root.parent, config.synthetic, params_of("kermany", config))
+    ).namelist()
     images_in_zip = [name for name in commit_free if name.endswith(".jpeg")]
     assert any(name.startswith("chest_xray/chest_xray/") for name in images_in_zip)
     assert any(name.startswith("chest_xray/__MACOSX/") and "/._" in name for name in commit_free)
     assert "chest_xray/train/.DS_Store" in commit_free
 
     table = read_source("kermany", raw_root / "kermany", config)
-    primary = [name for name in images_in_zip if not name.startswith(("chest_xray/chest_xray/", "chest_xray/__MACOSX/"))]
+    primary = [
+        name for name in images_in_zip if not name.startswith(("chest_xray/chest_xray/", "chest_xray/__MACOSX/"))
+    ]
     assert len(table.images) == len(primary)
     assert table.images["image_id"].is_unique
     assert not (raw_root / "kermany" / "chest_xray" / "chest_xray").exists()
@@ -68,27 +79,37 @@ def test_kermany_patients_and_findings(raw_root, config):
     assert images["view"].isna().all() and (images["modality"] == "X-ray").all()
 
 
-@pytest.mark.parametrize(("folder", "filename", "patient", "finding"), [
-    ("PNEUMONIA", "person12_bacteria_47.jpeg", "person12", "bacteria"),
-    ("PNEUMONIA", "person3_virus_16.jpeg", "person3", "virus"),
-    ("PNEUMONIA", "person447_virus_921_1.jpeg", "person447", "virus"),
-    ("PNEUMONIA", "person1068_bacteria_3002.JPEG", "person1068", "bacteria"),
-    ("PNEUMONIA", "BACTERIA-213622-0001.jpeg", "213622", "bacteria"),
-    ("PNEUMONIA", "VIRUS-3637528-0002.jpeg", "3637528", "virus"),
-    ("NORMAL", "IM-0115-0001.jpeg", "IM-0115", "NORMAL"),
-    ("NORMAL", "IM-0608-0001-0001.jpeg", "IM-0608", "NORMAL"),
-    ("NORMAL", "NORMAL2-IM-0927-0001.jpeg", "NORMAL2-IM-0927", "NORMAL"),
-    ("NORMAL", "NORMAL2-IM-0374-0001-0002.jpg", "NORMAL2-IM-0374", "NORMAL"),
-    ("NORMAL", "NORMAL-28501-0001.jpeg", "28501", "NORMAL"),
-])
+@pytest.mark.parametrize(
+    ("folder", "filename", "patient", "finding"),
+    [
+        ("PNEUMONIA", "person12_bacteria_47.jpeg", "person12", "bacteria"),
+        ("PNEUMONIA", "person3_virus_16.jpeg", "person3", "virus"),
+        ("PNEUMONIA", "person447_virus_921_1.jpeg", "person447", "virus"),
+        ("PNEUMONIA", "person1068_bacteria_3002.JPEG", "person1068", "bacteria"),
+        ("PNEUMONIA", "BACTERIA-213622-0001.jpeg", "213622", "bacteria"),
+        ("PNEUMONIA", "VIRUS-3637528-0002.jpeg", "3637528", "virus"),
+        ("NORMAL", "IM-0115-0001.jpeg", "IM-0115", "NORMAL"),
+        ("NORMAL", "IM-0608-0001-0001.jpeg", "IM-0608", "NORMAL"),
+        ("NORMAL", "NORMAL2-IM-0927-0001.jpeg", "NORMAL2-IM-0927", "NORMAL"),
+        ("NORMAL", "NORMAL2-IM-0374-0001-0002.jpg", "NORMAL2-IM-0374", "NORMAL"),
+        ("NORMAL", "NORMAL-28501-0001.jpeg", "28501", "NORMAL"),
+    ],
+)
 def test_kermany_reads_every_published_naming(folder, filename, patient, finding):
     assert kermany.parse_name(folder, filename) == (patient, finding)
 
 
-@pytest.mark.parametrize(("folder", "filename"), [
-    ("PNEUMONIA", "scan_007.jpeg"), ("PNEUMONIA", "person12_fungus_3.jpeg"), ("PNEUMONIA", "IM-0115-0001.jpeg"),
-    ("NORMAL", "person1_bacteria_1.jpeg"), ("NORMAL", "IM-0115-0001.png"), ("NORMAL", "IM-0115.jpeg"),
-])
+@pytest.mark.parametrize(
+    ("folder", "filename"),
+    [
+        ("PNEUMONIA", "scan_007.jpeg"),
+        ("PNEUMONIA", "person12_fungus_3.jpeg"),
+        ("PNEUMONIA", "IM-0115-0001.jpeg"),
+        ("NORMAL", "person1_bacteria_1.jpeg"),
+        ("NORMAL", "IM-0115-0001.png"),
+        ("NORMAL", "IM-0115.jpeg"),
+    ],
+)
 def test_kermany_names_that_fit_no_naming_are_refused(folder, filename):
     assert kermany.parse_name(folder, filename) is None
 
@@ -118,13 +139,16 @@ def test_kermany_unknown_names_dropped_and_listed_with_the_param(tmp_path):
     params = params_of("kermany", make_config({"sources": {"kermany": {"unknown_names": "drop"}}}))
     table = kermany.read(root, params)
     assert sorted(table.images["patient_id"]) == ["kermany:IM-0001", "kermany:person1"]
-    assert [row["file"] for row in table.dropped] == [f"chest_xray/train/PNEUMONIA/scan_{i:03d}.jpeg" for i in range(12)]
+    assert [row["file"] for row in table.dropped] == [
+        f"chest_xray/train/PNEUMONIA/scan_{i:03d}.jpeg" for i in range(12)
+    ]
     assert all("follows no Kermany naming" in row["reason"] for row in table.dropped)
 
 
 def test_kermany_mendeley_v3_archive_layout_is_read():
-    assert kermany.select_member(PurePosixPath("CellData/chest_xray/train/NORMAL/NORMAL-28501-0001.jpeg")) == \
-        PurePosixPath("chest_xray/train/NORMAL/NORMAL-28501-0001.jpeg")
+    assert kermany.select_member(
+        PurePosixPath("CellData/chest_xray/train/NORMAL/NORMAL-28501-0001.jpeg")
+    ) == PurePosixPath("chest_xray/train/NORMAL/NORMAL-28501-0001.jpeg")
     assert kermany.select_member(PurePosixPath("CellData/OCT/train/CNV/CNV-1016042-1.jpeg")) is None
     assert kermany.select_member(PurePosixPath("chest_xray/__MACOSX/chest_xray/train/NORMAL/._IM-1-1.jpeg")) is None
     assert kermany.select_member(PurePosixPath("chest_xray/chest_xray/train/NORMAL/IM-0001-0001.jpeg")) is None
@@ -145,7 +169,9 @@ def test_generated_archives_carry_the_upstream_quirks(raw_root, config):
     assert catalog["width"].max() >= 2000
     assert report["duplicate_images"]
     names = catalog.loc[catalog["source"] == "covid_chestxray", "path"].map(lambda path: Path(path).name)
-    assert names.str.contains(r"\..*\.").any() and names.str.endswith(".png").any() and names.str.endswith(".jpeg").any()
+    assert (
+        names.str.contains(r"\..*\.").any() and names.str.endswith(".png").any() and names.str.endswith(".jpeg").any()
+    )
 
 
 def test_metadata_missing_a_column_is_named(tmp_path, raw_root, config):
@@ -162,7 +188,9 @@ def test_rows_without_image_error_or_are_dropped_and_listed(tmp_path):
     download_source("covid_chestxray", config, tmp_path)
     with pytest.raises(SourceLayoutError, match=r"3 row\(s\) name images absent from the archive \(line \d+: images/"):
         read_source("covid_chestxray", tmp_path / "covid_chestxray", config)
-    dropping = make_config({"synthetic": {"missing_files": 3}, "sources": {"covid_chestxray": {"missing_files": "drop"}}})
+    dropping = make_config(
+        {"synthetic": {"missing_files": 3}, "sources": {"covid_chestxray": {"missing_files": "drop"}}}
+    )
     table = read_source("covid_chestxray", tmp_path / "covid_chestxray", dropping)
     absent = [row for row in table.dropped if "absent" in row["reason"]]
     assert len(absent) == 3 and all(row["file"].startswith("images/") for row in absent)
@@ -196,8 +224,9 @@ def test_pinned_manifest_mismatch_keeps_earlier_data(tmp_path, raw_root):
 def test_kermany_from_a_mirror_url(tmp_path, config):
     archive = kermany.synthetic_archive(tmp_path / "mirror", config.synthetic, params_of("kermany", config))
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    mirror = make_config({"sources": {"origin": "upstream",
-                                      "kermany": {"method": "url", "url": archive.as_uri(), "sha256": digest}}})
+    mirror = make_config(
+        {"sources": {"origin": "upstream", "kermany": {"method": "url", "url": archive.as_uri(), "sha256": digest}}}
+    )
     folder = download_source("kermany", mirror, tmp_path / "raw")
     assert len(read_source("kermany", folder, mirror).images) > 0
     assert archive.as_uri() in (folder / "SOURCE.json").read_text()
@@ -222,9 +251,15 @@ def test_github_sources_from_a_mirror_url(tmp_path, config, scheme):
         module.synthetic_archive(tmp_path, config.synthetic, params_of(module.NAME, config)).rename(mirror / archive)
     with serve_folder(mirror) as base:
         root = base if scheme == "http" else mirror.as_uri()
-        upstream = make_config({"sources": {"origin": "upstream",
-                                            "covid_chestxray": {"url": f"{root}/covid.zip"},
-                                            "actualmed": {"url": f"{root}/actualmed.zip"}}})
+        upstream = make_config(
+            {
+                "sources": {
+                    "origin": "upstream",
+                    "covid_chestxray": {"url": f"{root}/covid.zip"},
+                    "actualmed": {"url": f"{root}/actualmed.zip"},
+                }
+            }
+        )
         for name, archive in (("covid_chestxray", "covid.zip"), ("actualmed", "actualmed.zip")):
             folder = download_source(name, upstream, tmp_path / "raw")
             provenance = json.loads((folder / "SOURCE.json").read_text())
@@ -235,7 +270,8 @@ def test_github_sources_from_a_mirror_url(tmp_path, config, scheme):
 
 def test_github_source_defaults_to_the_commit_zip(config):
     assert params_of("covid_chestxray", config).archive_url == (
-        "https://github.com/ieee8023/covid-chestxray-dataset/archive/a64215bea3982e9f0d3a10c2b316d357d7fa7ed2.zip")
+        "https://github.com/ieee8023/covid-chestxray-dataset/archive/a64215bea3982e9f0d3a10c2b316d357d7fa7ed2.zip"
+    )
     mirrored = make_config({"sources": {"actualmed": {"url": "file:///mirror/actualmed.zip"}}})
     assert params_of("actualmed", mirrored).archive_url == "file:///mirror/actualmed.zip"
 
@@ -243,16 +279,25 @@ def test_github_source_defaults_to_the_commit_zip(config):
 def test_later_commits_findings_are_paths_mapped_by_their_last_part(tmp_path):
     """The larger_dataset recipe's COVID collection: `Pneumonia/Viral/COVID-19`, `Pneumonia/Viral/Herpes `
     (trailing space), `todo`; the label map covers them, and findings mapped to null are left out."""
-    config = make_config({"synthetic": {"covid_chestxray_findings": "hierarchical", "patients": {"covid_chestxray": 160}},
-                          "sources": {"use": ["covid_chestxray"]}})
+    config = make_config(
+        {
+            "synthetic": {"covid_chestxray_findings": "hierarchical", "patients": {"covid_chestxray": 160}},
+            "sources": {"use": ["covid_chestxray"]},
+        }
+    )
     download_source("covid_chestxray", config, tmp_path)
     table = read_source("covid_chestxray", tmp_path / "covid_chestxray", config)
     assert table.images["finding"].str.startswith("Pneumonia/Viral/COVID-19").any()
     catalog, report = build(config, tmp_path)
     labels = dict(zip(catalog["finding"], catalog["label"]))
-    assert labels["Pneumonia/Viral/COVID-19"] == "COVID" and labels["Pneumonia/Bacterial/Staphylococcus/MRSA"] == "BACTERIA"
+    assert (
+        labels["Pneumonia/Viral/COVID-19"] == "COVID"
+        and labels["Pneumonia/Bacterial/Staphylococcus/MRSA"] == "BACTERIA"
+    )
     assert labels["Tuberculosis"] == "TUBERCULOSIS" and labels["Pneumonia/Viral/Herpes"] == "VIRAL"
-    assert {"todo", "Pneumonia"} <= set(report["left_out_by_labels"]) and not {"todo", "Pneumonia"} & set(catalog["finding"])
+    assert {"todo", "Pneumonia"} <= set(report["left_out_by_labels"]) and not {"todo", "Pneumonia"} & set(
+        catalog["finding"]
+    )
     assert sum(report["left_out_by_labels"].values()) + len(catalog) == len(table.images)
 
 
@@ -261,9 +306,13 @@ def test_ct_series_are_ct_slices_of_one_patient_each(tmp_path):
     download_source("covid_chestxray", config, tmp_path)
     images = read_source("covid_chestxray", tmp_path / "covid_chestxray", config).images
     ct = images[images["modality"] == "CT"]
-    assert set(ct["view"]) == {"Axial", "Coronal"} and ct["patient_id"].nunique() == config.synthetic.patients["covid_chestxray"]
+    assert (
+        set(ct["view"]) == {"Axial", "Coronal"}
+        and ct["patient_id"].nunique() == config.synthetic.patients["covid_chestxray"]
+    )
     assert ct.groupby("patient_id").size().max() > 1
     from PIL import Image
+
     with Image.open(ct["path"].iloc[0]) as slice_image:
         pixels = np.asarray(slice_image.convert("L"), dtype=float)
     assert pixels.shape[0] == pixels.shape[1] and pixels[-2:].mean() < 30  # square, air below the table
@@ -284,6 +333,7 @@ def test_a_refused_archive_is_named_by_its_url_and_member_not_a_scratch_path(tmp
     mirror = make_config({"sources": {"origin": "upstream", "kermany": {"method": "url", "url": evil.as_uri()}}})
     with pytest.raises(FetchError) as error:
         download_source("kermany", mirror, tmp_path / "raw")
-    assert str(error.value) == (f"{evil.as_uri()}: unsafe member path '../escape.jpeg' (absolute or '..'); "
-                                "refusing to extract")
+    assert str(error.value) == (
+        f"{evil.as_uri()}: unsafe member path '../escape.jpeg' (absolute or '..'); refusing to extract"
+    )
     assert sorted(path.relative_to(earlier) for path in earlier.rglob("*")) == before

@@ -2,12 +2,12 @@
 
 import pandas as pd
 import pytest
+from conftest import make_config
 
-from cxr.data import catalog
 from cxr.core.config import Filter
+from cxr.data import catalog
 from cxr.data.split import SplitError, group_ids, make_split, source_quotas
 from cxr.data.validation import DataValidationError, split_tables, validate
-from conftest import make_config
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,11 @@ def test_no_patient_or_identical_image_in_two_splits(filtered, tmp_path):
     assert (split.groupby("patient_id")["split"].nunique() == 1).all()
     both = split[split["patient_id"] == "kermany:person6"]
     assert set(both["label"]) == {"BACTERIA", "VIRAL"} and both["split"].nunique() == 1
-    validate("split", split_tables(split, config.class_names(), config.split.fractions, config.split.tolerance),
-             tmp_path / "split.json")
+    validate(
+        "split",
+        split_tables(split, config.class_names(), config.split.fractions, config.split.tolerance),
+        tmp_path / "split.json",
+    )
     assert set(report["images"]) == {"train", "val", "test"}
 
 
@@ -69,7 +72,9 @@ def test_class_left_empty_by_the_filter_is_named(raw_root):
     table, _ = catalog.build(make_config(), raw_root)
     no_covid, _ = catalog.filter_views(table, Filter(views=["PA"], modalities=["X-ray"], missing_view="drop"))
     no_covid = no_covid[no_covid["label"] != "COVID"]
-    with pytest.raises(SplitError, match=r"catalog_pa.csv: class\(es\) \['COVID'.*\] of task 'multiclass' have no images"):
+    with pytest.raises(
+        SplitError, match=r"catalog_pa.csv: class\(es\) \['COVID'.*\] of task 'multiclass' have no images"
+    ):
         make_split(no_covid, make_config(), "catalog_pa.csv")
 
 
@@ -81,21 +86,26 @@ def test_split_validation_reports_leakage(filtered, tmp_path):
     leaked.loc[leaked.index[(leaked["patient_id"] == patient)][0], "split"] = "test"
     extra = leaked[leaked["patient_id"] == patient]
     if extra["split"].nunique() == 1:
-        row = leaked[leaked["split"] == "train"].iloc[[0]].assign(image_id="dup", split="train",
-                                                                 patient_id=patient)
+        row = leaked[leaked["split"] == "train"].iloc[[0]].assign(image_id="dup", split="train", patient_id=patient)
         leaked = pd.concat([leaked, row], ignore_index=True)
     with pytest.raises(DataValidationError, match=r"patients: no patient in two splits \[patient_id\]"):
-        validate("split", split_tables(leaked, config.class_names(), config.split.fractions, config.split.tolerance),
-                 tmp_path / "split.json")
+        validate(
+            "split",
+            split_tables(leaked, config.class_names(), config.split.fractions, config.split.tolerance),
+            tmp_path / "split.json",
+        )
 
 
-@pytest.mark.parametrize(("counts", "limit", "quotas"), [
-    ({"covid_chestxray": 14, "kermany": 2500}, 200, {"covid_chestxray": 14, "kermany": 186}),
-    ({"covid_chestxray": 150, "kermany": 2500}, 200, {"covid_chestxray": 100, "kermany": 100}),
-    ({"a": 5, "b": 40, "c": 1000}, 100, {"a": 5, "b": 40, "c": 55}),
-    ({"a": 90, "b": 95}, 60, {"a": 30, "b": 30}),
-    ({"a": 3}, 2, {"a": 2}),
-])
+@pytest.mark.parametrize(
+    ("counts", "limit", "quotas"),
+    [
+        ({"covid_chestxray": 14, "kermany": 2500}, 200, {"covid_chestxray": 14, "kermany": 186}),
+        ({"covid_chestxray": 150, "kermany": 2500}, 200, {"covid_chestxray": 100, "kermany": 100}),
+        ({"a": 5, "b": 40, "c": 1000}, 100, {"a": 5, "b": 40, "c": 55}),
+        ({"a": 90, "b": 95}, 60, {"a": 30, "b": 30}),
+        ({"a": 3}, 2, {"a": 2}),
+    ],
+)
 def test_source_quotas_keep_rare_sources_whole(counts, limit, quotas):
     assert source_quotas(counts, limit) == quotas
 
@@ -104,13 +114,23 @@ def study_shaped_catalog() -> pd.DataFrame:
     """Like the study's PA catalog: the COVID collection's 14 bacterial, 16 viral and 140 COVID
     images (about two per patient) beside Kermany's thousands (one to three per child)."""
     rows = []
-    for source, per_class, per_patient in (("covid_chestxray", {"BACTERIA": 14, "VIRAL": 16, "COVID": 140}, 2),
-                                           ("kermany", {"BACTERIA": 2500, "VIRAL": 1300, "NORMAL": 1500}, 3)):
+    for source, per_class, per_patient in (
+        ("covid_chestxray", {"BACTERIA": 14, "VIRAL": 16, "COVID": 140}, 2),
+        ("kermany", {"BACTERIA": 2500, "VIRAL": 1300, "NORMAL": 1500}, 3),
+    ):
         for label, count in per_class.items():
             for index in range(count):
                 patient = f"{source}:{label}{index // per_patient}"
-                rows.append({"image_id": f"{source}/{label}/{index}", "source": source, "patient_id": patient,
-                             "sha256": f"{source}{label}{index}", "label": label, "path": "x"})
+                rows.append(
+                    {
+                        "image_id": f"{source}/{label}/{index}",
+                        "source": source,
+                        "patient_id": patient,
+                        "sha256": f"{source}{label}{index}",
+                        "label": label,
+                        "path": "x",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -124,6 +144,8 @@ def test_cap_keeps_rare_sources_and_reports_split_by_source_and_class():
     by_split = report["images_per_split_source_class"]
     for name in ("BACTERIA", "VIRAL"):  # the rare source reaches the test split, so the probe can be scored
         assert by_split["test"]["covid_chestxray"][name] >= 2 and by_split["test"]["kermany"][name] >= 30
-        assert sum(by_split[part]["covid_chestxray"][name] for part in ("train", "val", "test")) == \
-            counts.loc["covid_chestxray", name]
+        assert (
+            sum(by_split[part]["covid_chestxray"][name] for part in ("train", "val", "test"))
+            == counts.loc["covid_chestxray", name]
+        )
     assert by_split["test"]["kermany"]["COVID"] == 0  # every class and source listed, zeros too

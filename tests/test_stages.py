@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, params_dict, run_stage, write_params
 
 
 def outputs(folder):
-    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
-                  if path.is_file() and path.parts[len(folder.parts)] in ("reports", "data")
-                  and "raw" not in path.parts)
+    return sorted(
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() and path.parts[len(folder.parts)] in ("reports", "data") and "raw" not in path.parts
+    )
 
 
 def test_data_stages_run_in_order(project):
@@ -29,8 +30,11 @@ def test_data_stages_run_in_order(project):
     for stage in ("merge", "filter_pa", "split"):
         report = json.loads((project / f"reports/validation/{stage}.json").read_text())
         pages = "".join(page.read_text() for page in (project / "reports/validation" / stage).rglob("*.html"))
-        descriptions = {item["expectation_config"]["description"] for result in report["results"].values()
-                        for item in result["results"]}
+        descriptions = {
+            item["expectation_config"]["description"]
+            for result in report["results"].values()
+            for item in result["results"]
+        }
         assert descriptions and all(html.escape(text) in pages for text in descriptions), stage
     # Same data, same bytes: GX's random expectation ids and load times never reach a report.
     reports = project / "reports/validation"
@@ -65,7 +69,9 @@ def test_a_file_training_could_not_read_stops_merge_in_one_line(project, kind):
     folder = {"webp": "data/raw/covid_chestxray/images", "tiff": "data/raw/kermany", "bomb": "data/raw/kermany"}[kind]
     pattern = "*.jpg" if kind == "webp" else "**/*.jpeg"
     victim = sorted((project / folder).glob(pattern))[0]
-    victim.write_bytes({"webp": pil_bytes(chest, "WEBP"), "tiff": pil_bytes(chest, "TIFF"), "bomb": bomb_header_png()}[kind])
+    victim.write_bytes(
+        {"webp": pil_bytes(chest, "WEBP"), "tiff": pil_bytes(chest, "TIFF"), "bomb": bomb_header_png()}[kind]
+    )
     result = run_stage(project, "merge")
     assert result.returncode == 1
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -135,8 +141,9 @@ def test_bad_param_stops_a_stage_naming_the_key(project):
 def test_bad_archive_stops_download_and_keeps_earlier_data(project, tmp_path, damage):
     import zipfile
 
-    from cxr.data.sources import kermany, params_of
     from conftest import make_config
+
+    from cxr.data.sources import kermany, params_of
 
     config = make_config()
     mirror = kermany.synthetic_archive(tmp_path / "mirror", config.synthetic, params_of("kermany", config))
@@ -160,24 +167,34 @@ def test_bad_archive_stops_download_and_keeps_earlier_data(project, tmp_path, da
 
 def test_upstream_path_end_to_end_from_a_local_http_mirror(tmp_path):
     """Not the synthetic branch: every source fetched by URL from a server, as from real mirrors."""
-    from cxr.data.sources import MODULES, params_of
     from conftest import make_config, serve_folder
+
+    from cxr.data.sources import MODULES, params_of
 
     config = make_config()
     mirror, project = tmp_path / "mirror", tmp_path / "project"
     mirror.mkdir()
-    for name, archive in (("covid_chestxray", "covid-chestxray-dataset.zip"), ("kermany", "chest-xray-pneumonia.zip"),
-                          ("actualmed", "Actualmed-COVID-chestxray-dataset.zip")):
-        MODULES[name].synthetic_archive(tmp_path / "generated", config.synthetic,
-                                        params_of(name, config)).rename(mirror / archive)
+    for name, archive in (
+        ("covid_chestxray", "covid-chestxray-dataset.zip"),
+        ("kermany", "chest-xray-pneumonia.zip"),
+        ("actualmed", "Actualmed-COVID-chestxray-dataset.zip"),
+    ):
+        MODULES[name].synthetic_archive(tmp_path / "generated", config.synthetic, params_of(name, config)).rename(
+            mirror / archive
+        )
     shutil.copytree(REPO / "stages", project / "stages")
     with serve_folder(mirror) as base:
-        write_params(project, {"sources": {
-            "origin": "upstream",
-            "covid_chestxray": {"url": f"{base}/covid-chestxray-dataset.zip"},
-            "kermany": {"method": "url", "url": f"{base}/chest-xray-pneumonia.zip"},
-            "actualmed": {"url": f"{base}/Actualmed-COVID-chestxray-dataset.zip"},
-        }})
+        write_params(
+            project,
+            {
+                "sources": {
+                    "origin": "upstream",
+                    "covid_chestxray": {"url": f"{base}/covid-chestxray-dataset.zip"},
+                    "kermany": {"method": "url", "url": f"{base}/chest-xray-pneumonia.zip"},
+                    "actualmed": {"url": f"{base}/Actualmed-COVID-chestxray-dataset.zip"},
+                }
+            },
+        )
         for source in ("covid_chestxray", "kermany", "actualmed"):
             result = run_stage(project, "download", source)
             assert result.returncode == 0, result.stderr

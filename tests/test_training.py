@@ -14,15 +14,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, free_port, make_config, run_stage, stage_command, stage_env, write_params
 from mlflow.tracking import MlflowClient
 
+from cxr.data.sources import download_source
 from cxr.learn import training
 from cxr.learn.model_files import load_model
-from conftest import REPO, free_port, make_config, run_stage, stage_command, stage_env, write_params
-from cxr.data.sources import download_source
 
 TINY = {
-    "backbones": ["vgg16"], "backbone": "vgg16",
+    "backbones": ["vgg16"],
+    "backbone": "vgg16",
     "train": {"image_size": 32, "epochs": 3, "batch_size": 16, "head": {"units": 8}},
     "finetune": {"epochs": 1, "unfreeze": 1},
 }
@@ -66,11 +67,23 @@ def runs_named(client: MlflowClient, name: str):
 def test_train_stage_writes_model_metrics_and_curves(trained):
     meta = json.loads((trained / "models/vgg16/meta.json").read_text())
     split = pd.read_csv(trained / "data/processed/split.csv").query("split == 'train'")
-    assert meta == {"backbone": "vgg16", "image_size": 32, "classes": ["BACTERIA", "COVID", "NORMAL", "VIRAL"],
-                    "task": "multiclass", "weights": None, "views": ["PA"],
-                    "ages": {"min": split["age"].min(), "max": split["age"].max(),
-                             "recorded": int(split["age"].notna().sum()), "images": len(split)},
-                    "finetuned_from": None, "unfrozen_layers": [], "unchanged_from_base": False}
+    assert meta == {
+        "backbone": "vgg16",
+        "image_size": 32,
+        "classes": ["BACTERIA", "COVID", "NORMAL", "VIRAL"],
+        "task": "multiclass",
+        "weights": None,
+        "views": ["PA"],
+        "ages": {
+            "min": split["age"].min(),
+            "max": split["age"].max(),
+            "recorded": int(split["age"].notna().sum()),
+            "images": len(split),
+        },
+        "finetuned_from": None,
+        "unfrozen_layers": [],
+        "unchanged_from_base": False,
+    }
     report = json.loads((trained / "reports/train/vgg16.json").read_text())
     assert report["epochs"] == 3 and 0 <= report["best_epoch"] <= 3
     assert 0 <= report["best"]["val_accuracy"] <= 1
@@ -143,13 +156,19 @@ def test_stage_nests_under_mlflow_run(project):
 
 
 def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(project, tmp_path):
-    params = TINY | {"train": {"image_size": 32, "epochs": 12, "batch_size": 8, "head": {"units": 8},
-                               "augment": {"enabled": True}}}
+    params = TINY | {
+        "train": {"image_size": 32, "epochs": 12, "batch_size": 8, "head": {"units": 8}, "augment": {"enabled": True}}
+    }
     write_params(project, params)
     uninterrupted = tmp_path / "uninterrupted"
     shutil.copytree(project, uninterrupted)
-    process = subprocess.Popen(stage_command(project, "train", "vgg16"), cwd=project, env=stage_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        stage_command(project, "train", "vgg16"),
+        cwd=project,
+        env=stage_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     history = project / "models/.resume/vgg16/history.csv"
     deadline = time.time() + 300
     while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 4):
@@ -170,8 +189,10 @@ def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(project, tmp_
     first_epoch = next(line for line in resumed.stdout.splitlines() if line.startswith("Epoch "))
     assert first_epoch.startswith(f"Epoch {done + 1}/12")
     [announced] = [line for line in resumed.stdout.splitlines() if line.startswith("resuming ")]
-    assert announced.startswith(f"resuming at epoch {done + 1} of 12 from the checkpoint "
-                                f"{Path('models/.resume/vgg16/state.json')} of epoch {done} "), announced
+    assert announced.startswith(
+        f"resuming at epoch {done + 1} of 12 from the checkpoint "
+        f"{Path('models/.resume/vgg16/state.json')} of epoch {done} "
+    ), announced
     assert pd.read_csv(project / "models/vgg16/history.csv")["epoch"].tolist() == list(range(1, 13))
     statuses = {run.info.run_id: run.info.status for run in runs_named(client, "train@vgg16")}
     assert statuses.pop(killed.info.run_id) == "KILLED" and list(statuses.values()) == ["FINISHED"]
@@ -189,10 +210,27 @@ def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_one(project, tmp_
 
 
 def test_sigterm_ends_the_run_as_killed_and_leaves_nothing_half_written(project):
-    write_params(project, TINY | {"train": {"image_size": 32, "epochs": 200, "batch_size": 8, "head": {"units": 8},
-                                            "augment": {"enabled": True}}})
-    process = subprocess.Popen(stage_command(project, "train", "vgg16"), cwd=project, env=stage_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    write_params(
+        project,
+        TINY
+        | {
+            "train": {
+                "image_size": 32,
+                "epochs": 200,
+                "batch_size": 8,
+                "head": {"units": 8},
+                "augment": {"enabled": True},
+            }
+        },
+    )
+    process = subprocess.Popen(
+        stage_command(project, "train", "vgg16"),
+        cwd=project,
+        env=stage_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     history = project / "models/.resume/vgg16/history.csv"
     deadline = time.time() + 300
     while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 3):
@@ -206,8 +244,12 @@ def test_sigterm_ends_the_run_as_killed_and_leaves_nothing_half_written(project)
     [run] = runs_named(MlflowClient(f"sqlite:///{project / 'mlflow.db'}"), "train@vgg16")
     assert run.info.status == "KILLED"
     assert not (project / "models/vgg16").exists() and not (project / "reports/train/vgg16.json").exists()
-    staging = [path.name for folder in (project / "models", project / "reports")
-               for path in folder.rglob(".*") if path.name != ".resume" and ".resume" not in path.parts]
+    staging = [
+        path.name
+        for folder in (project / "models", project / "reports")
+        for path in folder.rglob(".*")
+        if path.name != ".resume" and ".resume" not in path.parts
+    ]
     assert staging == []
 
 
@@ -218,12 +260,22 @@ def _tiny_fit(work_dir: Path, epochs: int, learning_rate: float, patience: int |
     from cxr.learn.images import TrainingBatches
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(2, activation="softmax")]
+    )
     rng = np.random.default_rng(0)
     data = tf.data.Dataset.from_tensor_slices((rng.normal(size=(12, 4)).astype("float32"), np.arange(12) % 2))
-    return model, training.fit(model, TrainingBatches(data, 12, 4, seed=0), data.batch(4), epochs=epochs,
-                               learning_rate=learning_rate, amsgrad=False, weights=None, patience=patience,
-                               work_dir=work_dir)
+    return model, training.fit(
+        model,
+        TrainingBatches(data, 12, 4, seed=0),
+        data.batch(4),
+        epochs=epochs,
+        learning_rate=learning_rate,
+        amsgrad=False,
+        weights=None,
+        patience=patience,
+        work_dir=work_dir,
+    )
 
 
 def test_a_fit_that_stopped_early_stays_stopped_when_run_again(tmp_path):
@@ -303,16 +355,22 @@ with strategy.scope():
     model = build_classifier(backbones.get("vgg16"), 32, 2, Head(units=4, dropout=0.5, normalize=False), None)
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices((x, np.array([0, 1] * 4)))
-    result = fit(model, TrainingBatches(data, 8, 4, seed=0), data.batch(4), epochs=1, learning_rate=1e-3, amsgrad=True, weights=None, patience=None,
-                 work_dir=__import__("pathlib").Path("{work}"))
+    result = fit(model, TrainingBatches(data, 8, 4, seed=0), data.batch(4), epochs=1, learning_rate=1e-3,
+                 amsgrad=True, weights=None, patience=None, work_dir=__import__("pathlib").Path("{work}"))
 print("epochs", len(result.history))
 """
 
 
 @pytest.mark.parametrize(("mode", "replicas"), [("mirrored", 2), ("auto", 1)])
 def test_distribution_strategy_on_two_logical_cpus(tmp_path, mode, replicas):
-    script = MIRRORED.replace("{mode}", mode).replace("{work}", str(tmp_path / "work")).replace("{params}", str(REPO / "params.yaml"))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=stage_env(), timeout=300)
+    script = (
+        MIRRORED.replace("{mode}", mode)
+        .replace("{work}", str(tmp_path / "work"))
+        .replace("{params}", str(REPO / "params.yaml"))
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=stage_env(), timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"replicas {replicas}" in result.stdout and "epochs 1" in result.stdout
 
@@ -331,8 +389,17 @@ def test_evaluate_stage_reports_and_logs_to_each_training_run(trained):
     predictions = pd.read_csv(trained / "reports/eval/models/vgg16/predictions.csv")
     test_rows = pd.read_csv(trained / "data/processed/split.csv").query("split == 'test'")
     assert len(predictions) == len(test_rows)
-    assert list(predictions.columns) == ["image_id", "patient_id", "source", "actual", "predicted",
-                                         "p_BACTERIA", "p_COVID", "p_NORMAL", "p_VIRAL"]
+    assert list(predictions.columns) == [
+        "image_id",
+        "patient_id",
+        "source",
+        "actual",
+        "predicted",
+        "p_BACTERIA",
+        "p_COVID",
+        "p_NORMAL",
+        "p_VIRAL",
+    ]
     assert np.allclose(predictions.filter(like="p_").sum(axis=1), 1, atol=1e-4)
     confusion = pd.read_csv(trained / "reports/eval/confusion/vgg16.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == len(test_rows)
@@ -357,8 +424,9 @@ def test_evaluate_stage_reports_and_logs_to_each_training_run(trained):
     champion = client.get_model_version_by_alias("cxr-multiclass", "champion")
     assert champion.run_id == finetune_run.info.run_id
     finetuned = metrics["finetuned"]
-    assert champion.tags["test.accuracy"] == (f"{finetuned['accuracy']:.2f} [{finetuned['accuracy_low']:.2f}, "
-                                              f"{finetuned['accuracy_high']:.2f}]")
+    assert champion.tags["test.accuracy"] == (
+        f"{finetuned['accuracy']:.2f} [{finetuned['accuracy_low']:.2f}, {finetuned['accuracy_high']:.2f}]"
+    )
     [vgg16] = client.search_model_versions("name = 'cxr-multiclass-vgg16'")
     assert vgg16.tags["test.macro_f1"].startswith(f"{metrics['vgg16']['macro_f1']:.2f} [")
 
@@ -433,8 +501,12 @@ def test_the_same_weights_saved_by_two_processes_give_the_same_bytes(tmp_path):
     """No save date, zip time or memory address reaches model.keras (DVC would see a new model).
     Layers are named: Keras' automatic names count the layers a process has built before."""
     exec(compile(TINY_MODEL_SAVE.replace("sys.argv[1]", repr(str(tmp_path / "here"))), "save", "exec"), {})
-    subprocess.run([sys.executable, "-c", TINY_MODEL_SAVE, str(tmp_path / "there")], check=True,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", TINY_MODEL_SAVE, str(tmp_path / "there")],
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+    )
     here, there = ((tmp_path / name / "model.keras").read_bytes() for name in ("here", "there"))
     assert here == there
     model, spec = load_model(tmp_path / "there")
@@ -452,13 +524,30 @@ def gone(pid: int) -> bool:
 def test_a_stage_stops_when_the_dvc_process_that_started_it_dies(project):
     """`kill -9` of `dvc repro` must not leave the stage running on as an orphan: a stand-in parent (as
     DVC runs stages: DVC_STAGE set, the command as its child) is killed mid-training."""
-    write_params(project, TINY | {"train": {"image_size": 32, "epochs": 200, "batch_size": 8, "head": {"units": 8},
-                                            "augment": {"enabled": True}}})
-    launcher = ("import subprocess, sys; child = subprocess.Popen(sys.argv[1:]); print(child.pid, flush=True); "
-                "child.wait()")
-    parent = subprocess.Popen([sys.executable, "-c", launcher, *stage_command(project, "train", "vgg16")], cwd=project,
-                              env=stage_env(DVC_STAGE="train@vgg16"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
+    write_params(
+        project,
+        TINY
+        | {
+            "train": {
+                "image_size": 32,
+                "epochs": 200,
+                "batch_size": 8,
+                "head": {"units": 8},
+                "augment": {"enabled": True},
+            }
+        },
+    )
+    launcher = (
+        "import subprocess, sys; child = subprocess.Popen(sys.argv[1:]); print(child.pid, flush=True); child.wait()"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", launcher, *stage_command(project, "train", "vgg16")],
+        cwd=project,
+        env=stage_env(DVC_STAGE="train@vgg16"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     child = int(parent.stdout.readline())
     history = project / "models/.resume/vgg16/history.csv"
     deadline = time.time() + 300
@@ -485,8 +574,11 @@ def test_a_full_disk_during_evaluate_leaves_the_earlier_report_set_whole(tmp_pat
     reports = project / "reports" / "eval"
 
     def digests() -> dict[str, str]:
-        return {path.relative_to(reports).as_posix(): hashlib.md5(path.read_bytes()).hexdigest()
-                for path in sorted(reports.rglob("*")) if path.is_file()}
+        return {
+            path.relative_to(reports).as_posix(): hashlib.md5(path.read_bytes()).hexdigest()
+            for path in sorted(reports.rglob("*"))
+            if path.is_file()
+        }
 
     before = digests()
     assert {"headline.json", "metrics.json", "comparison.md", "models/vgg16/roc.png"} <= set(before)
@@ -497,8 +589,15 @@ def test_a_full_disk_during_evaluate_leaves_the_earlier_report_set_whole(tmp_pat
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    full = subprocess.run(stage_command(project, "evaluate"), cwd=project, env=stage_env(), capture_output=True,
-                          text=True, timeout=600, preexec_fn=small_disk)
+    full = subprocess.run(
+        stage_command(project, "evaluate"),
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=small_disk,
+    )
     assert full.returncode == 1
     [line] = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
     assert "File too large" in line and "Traceback" not in full.stderr, full.stderr[-2000:]
@@ -518,9 +617,11 @@ def test_a_stage_that_finds_the_disk_full_says_so_in_one_line(capsys, monkeypatc
     with pytest.raises(SystemExit) as exit_:
         run(full)
     assert exit_.value.code == 1
-    assert capsys.readouterr().err == ("error: reports/eval/metrics.json: No space left on device (free some space, "
-                                       "then rerun); DVC removed this stage's earlier outputs before running it: "
-                                       "restore them with `dvc checkout evaluate`\n")
+    assert capsys.readouterr().err == (
+        "error: reports/eval/metrics.json: No space left on device (free some space, "
+        "then rerun); DVC removed this stage's earlier outputs before running it: "
+        "restore them with `dvc checkout evaluate`\n"
+    )
 
 
 def test_a_registry_write_refused_for_a_moment_is_retried(tmp_path):

@@ -20,8 +20,9 @@ import vl_convert
 
 def dvc_plots(arguments: list[str]) -> dict:
     """``dvc plots <arguments> --json``: plot path -> list of rendered items (vega or image)."""
-    result = subprocess.run([sys.executable, "-m", "dvc", "plots", *arguments, "--json"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", *arguments, "--json"], capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise SystemExit(f"error: dvc plots {' '.join(arguments)} failed:\n{result.stderr}")
     return json.loads(result.stdout)["data"]
@@ -39,20 +40,29 @@ def page(plots: dict, title: str) -> str:
                 body = f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(path)}">'
             revisions = ", ".join(item.get("revisions", []))
             sections.setdefault(str(Path(path).parent), []).append(
-                f'<figure>{body}<figcaption>{html.escape(path)} ({html.escape(revisions)})</figcaption></figure>')
-    parts = [f"<h2>{html.escape(folder)}</h2><div class='grid'>{''.join(figures)}</div>"
-             for folder, figures in sections.items()]
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}"
-            ".grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:small}</style>"
-            f"</head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n")
+                f"<figure>{body}<figcaption>{html.escape(path)} ({html.escape(revisions)})</figcaption></figure>"
+            )
+    parts = [
+        f"<h2>{html.escape(folder)}</h2><div class='grid'>{''.join(figures)}</div>"
+        for folder, figures in sections.items()
+    ]
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}"
+        ".grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:small}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cxr-plots", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--out", default="dvc_plots", help="folder for offline.html (default dvc_plots)")
-    parser.add_argument("dvc_arguments", nargs="*", default=["show"],
-                        help="what follows `dvc plots`: show [targets] or diff [revisions]")
+    parser.add_argument(
+        "dvc_arguments",
+        nargs="*",
+        default=["show"],
+        help="what follows `dvc plots`: show [targets] or diff [revisions]",
+    )
     arguments = parser.parse_args(argv)
     plots = dvc_plots(arguments.dvc_arguments or ["show"])
     out = Path(arguments.out)

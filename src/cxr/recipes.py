@@ -49,8 +49,13 @@ def overrides(book: dict, recipe: str, settings: str, baseline: dict, extra: dic
         layers += [_common(book, entry), *(entry.get(name, {}) for name in book["settings"])]
     committed = {key: lookup(baseline, key) for key in sorted({key for layer in layers for key in layer})}
     entry = book["recipes"][recipe]
-    return {**committed, **book["settings"][settings], **_common(book, entry), **entry.get(settings, {}),
-            **(extra or {})}
+    return {
+        **committed,
+        **book["settings"][settings],
+        **_common(book, entry),
+        **entry.get(settings, {}),
+        **(extra or {}),
+    }
 
 
 def _common(book: dict, entry: dict) -> dict:
@@ -107,8 +112,15 @@ def set_arguments(changes: dict) -> list[str]:
     return arguments
 
 
-def command(recipe: str, settings: str, extra: dict | None = None, *, queue: bool = False,
-            name: str | None = None, params_file: Path = Path("params.yaml")) -> list[str]:
+def command(
+    recipe: str,
+    settings: str,
+    extra: dict | None = None,
+    *,
+    queue: bool = False,
+    name: str | None = None,
+    params_file: Path = Path("params.yaml"),
+) -> list[str]:
     """The ``dvc exp run`` command line for a recipe, after checking the params it would make."""
     baseline = committed_params(params_file)
     changes = overrides(load_recipes(), recipe, settings, baseline, extra)
@@ -116,16 +128,27 @@ def command(recipe: str, settings: str, extra: dict | None = None, *, queue: boo
         check_sources(from_dict(apply(baseline, changes)))
     except ConfigError as exc:
         raise RecipeError(f"recipe {recipe!r} with settings {settings!r} makes invalid params: {exc}") from None
-    return ["dvc", "exp", "run", *(["--queue"] if queue else []), *(["-n", name] if name else []),
-            *set_arguments(changes)]
+    return [
+        "dvc",
+        "exp",
+        "run",
+        *(["--queue"] if queue else []),
+        *(["-n", name] if name else []),
+        *set_arguments(changes),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cxr-recipe", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="a recipe of recipes.yaml (study, first_try, ...)")
     parser.add_argument("--settings", default="study", help="study (default) or demo (offline, synthetic)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="one more override, e.g. --set train.epochs=2 (YAML value)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more override, e.g. --set train.epochs=2 (YAML value)",
+    )
     parser.add_argument("--queue", action="store_true", help="queue the experiment (dvc exp run --queue)")
     parser.add_argument("--name", help="experiment name (dvc exp run -n)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command only")

@@ -33,9 +33,7 @@ class Backbone:
         """The side in pixels for ``train.image_size`` (a number, or "native")."""
         size = self.native_size if image_size == "native" else int(image_size)
         if size < self.min_size:
-            raise BackboneError(
-                f"{self.name} needs images of at least {self.min_size} px, got train.image_size={size}"
-            )
+            raise BackboneError(f"{self.name} needs images of at least {self.min_size} px, got train.image_size={size}")
         return size
 
 
@@ -43,12 +41,37 @@ BACKBONES = {
     backbone.name: backbone
     for backbone in (
         Backbone("nasnetlarge", "NASNetLarge", "nasnet", "tf", 331, 32, "NASNet-large-no-top.h5", 268),
-        Backbone("vgg16", "VGG16", "vgg16", "caffe", 224, 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", 13,
-                 gradcam_layer="block5_conv3"),
-        Backbone("xception", "Xception", "xception", "tf", 299, 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 40),
-        Backbone("inceptionresnetv2", "InceptionResNetV2", "inception_resnet_v2", "tf", 299, 75,
-                 "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5", 244),
+        Backbone(
+            "vgg16",
+            "VGG16",
+            "vgg16",
+            "caffe",
+            224,
+            32,
+            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            13,
+            gradcam_layer="block5_conv3",
+        ),
+        Backbone(
+            "xception",
+            "Xception",
+            "xception",
+            "tf",
+            299,
+            71,
+            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            40,
+        ),
+        Backbone(
+            "inceptionresnetv2",
+            "InceptionResNetV2",
+            "inception_resnet_v2",
+            "tf",
+            299,
+            75,
+            "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            244,
+        ),
     )
 }
 

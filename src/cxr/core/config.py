@@ -31,8 +31,14 @@ class ConfigError(CxrError, ValueError):
     """A parameter is unknown, missing or of the wrong type; the message names it."""
 
 
-def bounded(*, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False, reason: str = "") -> Any:
+def bounded(
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    reason: str = "",
+) -> Any:
     """A field whose numbers must lie in ``[low, high]`` (``(`` / ``)`` where open); None skips a side.
 
     The range lives next to the field's type so that one place says what a parameter accepts;
@@ -64,8 +70,9 @@ class Synthetic:
     source_shift: bool
     missing_files: int = bounded(low=0)
     min_size: int = bounded(low=16)
-    max_size: int = bounded(low=16, high=4096, reason="real radiographs are at most about 4300 px; larger "
-                            "generated ones only slow the demo")
+    max_size: int = bounded(
+        low=16, high=4096, reason="real radiographs are at most about 4300 px; larger generated ones only slow the demo"
+    )
     large_images: int = bounded(low=0)
 
 
@@ -120,8 +127,11 @@ class Augment:
 class Train:
     weights: str | None
     image_size: int | Literal["native"] = bounded(
-        low=32, high=1024, reason="the backbones' native sizes are 224-331 px; above 1024 px a batch of float32 "
-        "activations no longer fits a GPU or this machine's memory")
+        low=32,
+        high=1024,
+        reason="the backbones' native sizes are 224-331 px; above 1024 px a batch of float32 "
+        "activations no longer fits a GPU or this machine's memory",
+    )
     batch_size: int = bounded(low=1, high=4096, reason="larger batches exceed memory at any image size")
     epochs: int = bounded(low=1, high=10000, reason="the study ran 50 epochs; more than 10,000 is a typo")
     learning_rate: float = bounded(low=0, low_open=True)
@@ -148,8 +158,9 @@ class Finetune:
 
 @dataclass(frozen=True)
 class Evaluate:
-    bootstrap_resamples: int = bounded(low=1, high=1_000_000, reason="intervals settle long before a million "
-                                       "resamples; more only costs time")
+    bootstrap_resamples: int = bounded(
+        low=1, high=1_000_000, reason="intervals settle long before a million resamples; more only costs time"
+    )
     bootstrap_seed: int
 
 
@@ -188,10 +199,7 @@ class Config:
         groups = self.classes[self.task]
         claimed = {label for labels in groups.values() if labels != "*" for label in labels}
         known = set(self.label_names())
-        return {
-            name: sorted(known - claimed) if labels == "*" else list(labels)
-            for name, labels in groups.items()
-        }
+        return {name: sorted(known - claimed) if labels == "*" else list(labels) for name, labels in groups.items()}
 
     def label_names(self) -> list[str]:
         """The labels findings map to (null, "left out", is none)."""
@@ -257,8 +265,10 @@ class DeclaredParams:
             return value
         if any(declared.startswith(f"{key}.") for declared in self._declared):
             return DeclaredParams(value, self._declared, self._stage, key)
-        raise ConfigError(f"stage {self._stage} reads params.yaml key {key!r}, which dvc.yaml does not declare in "
-                          "its params: add it there, so that DVC reruns the stage when it changes")
+        raise ConfigError(
+            f"stage {self._stage} reads params.yaml key {key!r}, which dvc.yaml does not declare in "
+            "its params: add it there, so that DVC reruns the stage when it changes"
+        )
 
 
 def unrestricted(config: Config | DeclaredParams) -> Config:
@@ -293,9 +303,7 @@ def from_dict(raw: dict[str, Any], source: str = PARAMS_FILE) -> Config:
 
 def _check_semantics(config: Config, source: str) -> None:
     if config.task not in config.classes:
-        raise ConfigError(
-            f"{source}: task: {config.task!r} is not a task; allowed: {sorted(config.classes)}"
-        )
+        raise ConfigError(f"{source}: task: {config.task!r} is not a task; allowed: {sorted(config.classes)}")
     labels = set(config.label_names())
     for task, groups in config.classes.items():
         wildcards = [name for name, members in groups.items() if members == "*"]
@@ -311,24 +319,27 @@ def _check_semantics(config: Config, source: str) -> None:
     _check_label_typos(config, source)
     fractions = config.split.fractions
     if any(value <= 0 for value in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
-        raise ConfigError(
-            f"{source}: split.train/val/test must be positive and sum to 1, got {fractions}"
-        )
+        raise ConfigError(f"{source}: split.train/val/test must be positive and sum to 1, got {fractions}")
     sections = sorted(config.sources.sections)
     if not config.sources.use:
         raise ConfigError(f"{source}: sources.use: at least one source is needed; allowed: {sections}")
     if not config.sources.external:
-        raise ConfigError(f"{source}: sources.external: the shortcut audit needs one external test source; "
-                          f"allowed: {sections} not in sources.use")
+        raise ConfigError(
+            f"{source}: sources.external: the shortcut audit needs one external test source; "
+            f"allowed: {sections} not in sources.use"
+        )
     for key in ("use", "external"):
         for name in getattr(config.sources, key):
             if name not in config.sources.sections:
-                raise ConfigError(f"{source}: sources.{key}: {name!r} has no section sources.{name}; "
-                                  f"sources with a section: {sections}")
+                raise ConfigError(
+                    f"{source}: sources.{key}: {name!r} has no section sources.{name}; "
+                    f"sources with a section: {sections}"
+                )
     both = sorted(set(config.sources.use) & set(config.sources.external))
     if both:
-        raise ConfigError(f"{source}: sources.external: {both} also in sources.use; an external test source "
-                          "must never be trained on")
+        raise ConfigError(
+            f"{source}: sources.external: {both} also in sources.use; an external test source must never be trained on"
+        )
     for key, names in (("backbones", config.backbones), ("backbone", [config.backbone])):
         for name in names:
             if name not in BACKBONES:
@@ -339,20 +350,28 @@ def _check_semantics(config: Config, source: str) -> None:
             f"a trained backbone (set both, e.g. -S 'backbones=[{config.backbone}]' -S backbone={config.backbone})"
         )
     if config.positive_class not in config.class_names():
-        raise ConfigError(f"{source}: positive_class: {config.positive_class!r} is not a class of task "
-                          f"{config.task!r}; allowed: {config.class_names()}")
+        raise ConfigError(
+            f"{source}: positive_class: {config.positive_class!r} is not a class of task "
+            f"{config.task!r}; allowed: {config.class_names()}"
+        )
     if config.train.image_size != "native":
         for name in config.backbones:
             if config.train.image_size < BACKBONES[name].min_size:
-                raise ConfigError(f"{source}: train.image_size: {name} needs at least {BACKBONES[name].min_size} px, "
-                                  f"got {config.train.image_size}")
+                raise ConfigError(
+                    f"{source}: train.image_size: {name} needs at least {BACKBONES[name].min_size} px, "
+                    f"got {config.train.image_size}"
+                )
     ceiling = BACKBONES[config.backbone].unfreezable_layers
     if config.finetune.unfreeze > ceiling:
-        raise ConfigError(f"{source}: finetune.unfreeze: {config.finetune.unfreeze} is more than the "
-                          f"{ceiling} layers of {config.backbone}'s base that can be unfrozen")
+        raise ConfigError(
+            f"{source}: finetune.unfreeze: {config.finetune.unfreeze} is more than the "
+            f"{ceiling} layers of {config.backbone}'s base that can be unfrozen"
+        )
     if sorted(config.synthetic.patients) != sections:
-        raise ConfigError(f"{source}: synthetic.patients: needs one count per source section {sections}, "
-                          f"got {sorted(config.synthetic.patients)}")
+        raise ConfigError(
+            f"{source}: synthetic.patients: needs one count per source section {sections}, "
+            f"got {sorted(config.synthetic.patients)}"
+        )
     if config.synthetic.min_size > config.synthetic.max_size:
         raise ConfigError(f"{source}: synthetic.min_size must not exceed synthetic.max_size")
 
@@ -361,17 +380,27 @@ def _check_label_typos(config: Config, source: str) -> None:
     """A label of ``labels`` that no task's classes name, spelled like one they do name (``VIRALL`` for
     ``VIRAL``, ``Normal`` for ``NORMAL``), is a typo that would silently drop its images from every task
     that lists classes by name; labels no class names and like none (``LIPOID``) are left out by design."""
-    named = {label for groups in config.classes.values() for members in groups.values() if members != "*"
-             for label in members}
+    named = {
+        label
+        for groups in config.classes.values()
+        for members in groups.values()
+        if members != "*"
+        for label in members
+    }
     for label in sorted(set(config.label_names()) - named):
         close = difflib.get_close_matches(label.upper(), {name.upper(): name for name in named}, n=1, cutoff=0.8)
         if close:
             findings = sorted(finding for finding, value in config.labels.items() if value == label)
-            tasks = sorted(task for task, groups in config.classes.items()
-                           if not any(members == "*" for members in groups.values()))
-            raise ConfigError(f"{source}: labels: {label!r} (for {', '.join(map(repr, findings))}) is named by no "
-                              f"class of any task; did you mean {close[0]!r}? Its images would be left out of "
-                              f"{', '.join(tasks) or 'every task'}")
+            tasks = sorted(
+                task
+                for task, groups in config.classes.items()
+                if not any(members == "*" for members in groups.values())
+            )
+            raise ConfigError(
+                f"{source}: labels: {label!r} (for {', '.join(map(repr, findings))}) is named by no "
+                f"class of any task; did you mean {close[0]!r}? Its images would be left out of "
+                f"{', '.join(tasks) or 'every task'}"
+            )
 
 
 def _build(kind: Any, value: Any, key: str, source: str) -> Any:
@@ -384,23 +413,28 @@ def _build(kind: Any, value: Any, key: str, source: str) -> Any:
         hints = typing.get_type_hints(kind)
         rest = [item.name for item in dataclasses.fields(kind) if item.metadata.get("rest")]
         if rest:
-            value = {**{name: item for name, item in value.items() if name in hints},
-                     rest[0]: {name: item for name, item in value.items() if name not in hints}}
+            value = {
+                **{name: item for name, item in value.items() if name in hints},
+                rest[0]: {name: item for name, item in value.items() if name not in hints},
+            }
         unknown = sorted(set(value) - set(hints))
         if unknown:
-            raise ConfigError(
-                f"{where}: unknown key {_join(key, unknown[0])!r}; allowed: {_field_names(kind)}"
-            )
+            raise ConfigError(f"{where}: unknown key {_join(key, unknown[0])!r}; allowed: {_field_names(kind)}")
         missing = [name for name in _field_names(kind) if name not in value]
         if missing:
-            raise ConfigError(f"{where}: missing key {_join(key, missing[0])!r}; every parameter must be set "
-                              "(the shipped params.yaml has them all)")
-        built = {name: _build(hints[name], item, key if name in rest else _join(key, name), source)
-                 for name, item in value.items()}
+            raise ConfigError(
+                f"{where}: missing key {_join(key, missing[0])!r}; every parameter must be set "
+                "(the shipped params.yaml has them all)"
+            )
+        built = {
+            name: _build(hints[name], item, key if name in rest else _join(key, name), source)
+            for name, item in value.items()
+        }
         for item in dataclasses.fields(kind):
             if "range" in item.metadata and item.name in built:
-                _check_range(built[item.name], item.metadata["range"], _join(key, item.name), source,
-                             item.metadata["reason"])
+                _check_range(
+                    built[item.name], item.metadata["range"], _join(key, item.name), source, item.metadata["reason"]
+                )
         return kind(**built)
     if origin in (Union, types.UnionType):
         options = typing.get_args(kind)
@@ -458,14 +492,18 @@ def _check_range(value: Any, bounds: tuple, key: str, source: str, reason: str =
         too_high = high is not None and (number >= high if high_open else number > high)
         if too_low or too_high:
             accepted = " and ".join(
-                part for part in (
+                part
+                for part in (
                     None if low is None else f"{'>' if low_open else '>='} {low:g}",
                     None if high is None else f"{'<' if high_open else '<='} {high:g}",
-                ) if part
+                )
+                if part
             )
             where = key if name is None else f"{key}.{name}"
-            raise ConfigError(f"{source}: {where}: {number!r} is out of range; it must be {accepted}"
-                              + (f" ({reason})" if reason else ""))
+            raise ConfigError(
+                f"{source}: {where}: {number!r} is out of range; it must be {accepted}"
+                + (f" ({reason})" if reason else "")
+            )
 
 
 def _field_names(kind: Any) -> list[str]:

@@ -116,7 +116,7 @@ def remove_stale_staging(parent: Path) -> list[Path]:
     """Remove the staging folders under ``parent`` whose writing process no longer exists; return them."""
     removed = []
     for entry in sorted(parent.glob(f"{STAGING_PREFIX}*")):
-        pid = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        pid = entry.name[len(STAGING_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not process_exists(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)

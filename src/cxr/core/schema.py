@@ -17,8 +17,21 @@ SOURCE_COLUMNS = ("image_id", "source", "path", "patient_id", "finding", "view",
 # What reading the image file adds (cxr.data.image_files).
 IMAGE_COLUMNS = ("sha256", "width", "height", "mode", "orientation")
 # The catalog: the source's columns, the finding's label and the file's description, in this order.
-CATALOG_COLUMNS = ("image_id", "source", "path", "sha256", "patient_id", "finding", "label",
-                   "view", "modality", "width", "height", "mode", "orientation")
+CATALOG_COLUMNS = (
+    "image_id",
+    "source",
+    "path",
+    "sha256",
+    "patient_id",
+    "finding",
+    "label",
+    "view",
+    "modality",
+    "width",
+    "height",
+    "mode",
+    "orientation",
+)
 # Catalog columns that are never empty (view and modality may be: not every source records them).
 CATALOG_REQUIRED = ("image_id", "source", "path", "sha256", "patient_id", "finding", "label")
 CATALOG_INTEGERS = ("width", "height", "orientation")

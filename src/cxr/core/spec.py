@@ -34,8 +34,9 @@ class ModelSpec:
     unchanged_from_base: bool = False  # no fine-tuning epoch beat the base: same weights
 
     def finetuned(self, base: str, unfrozen: list[str], unchanged: bool) -> ModelSpec:
-        return dataclasses.replace(self, finetuned_from=base, unfrozen_layers=list(unfrozen),
-                                   unchanged_from_base=unchanged)
+        return dataclasses.replace(
+            self, finetuned_from=base, unfrozen_layers=list(unfrozen), unchanged_from_base=unchanged
+        )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -43,8 +44,11 @@ class ModelSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path | str = "meta.json") -> ModelSpec:
         fields = {item.name: item for item in dataclasses.fields(cls)}
-        required = [name for name, item in fields.items()
-                    if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING]
+        required = [
+            name
+            for name, item in fields.items()
+            if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+        ]
         missing = [name for name in required if name not in data]
         if missing:
             raise SpecError(f"{path}: missing {', '.join(missing)}; retrain the model (dvc repro) to rewrite it")
@@ -60,6 +64,9 @@ def trained_on(split: pd.DataFrame, views: list[str]) -> dict[str, Any]:
     """The spec's ``views`` and ``ages`` for a model trained on the train part of ``split``."""
     train = split[split["split"] == "train"]
     ages = pd.to_numeric(train["age"], errors="coerce").dropna() if "age" in train else pd.Series(dtype=float)
-    age_range = None if ages.empty else {"min": float(ages.min()), "max": float(ages.max()),
-                                         "recorded": int(len(ages)), "images": int(len(train))}
+    age_range = (
+        None
+        if ages.empty
+        else {"min": float(ages.min()), "max": float(ages.max()), "recorded": int(len(ages)), "images": int(len(train))}
+    )
     return {"views": list(views), "ages": age_range}

@@ -40,14 +40,20 @@ def run(main: Callable[[], None], *, restorable: bool = True) -> None:
     try:
         main()
     except StageInterrupted as exc:
-        fail(f"{exc}; nothing half-written was left, and its MLflow run ended as KILLED", restorable,
-             status=128 + exc.signum)
+        fail(
+            f"{exc}; nothing half-written was left, and its MLflow run ended as KILLED",
+            restorable,
+            status=128 + exc.signum,
+        )
     except CxrError as exc:
         fail(one_line(exc), restorable)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        fail(f"{where}{exc.strerror or one_line(exc)}" + (" (free some space, then rerun)" if exc.errno == errno.ENOSPC
-                                                          else ""), restorable)
+        fail(
+            f"{where}{exc.strerror or one_line(exc)}"
+            + (" (free some space, then rerun)" if exc.errno == errno.ENOSPC else ""),
+            restorable,
+        )
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -57,8 +63,9 @@ def fail(message: str, restorable: bool = True, status: int = 1) -> None:
     """Print ``error: <message>`` (with the restore command under DVC) and exit with ``status``."""
     stage = os.environ.get("DVC_STAGE")
     if stage and restorable:
-        message += (f"; DVC removed this stage's earlier outputs before running it: restore them with "
-                    f"`dvc checkout {stage}`")
+        message += (
+            f"; DVC removed this stage's earlier outputs before running it: restore them with `dvc checkout {stage}`"
+        )
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(status)
 

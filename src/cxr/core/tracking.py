@@ -39,8 +39,9 @@ from cxr.core.config import Config, as_dict, unrestricted
 from cxr.core.errors import CxrError, StageInterrupted, one_line
 from cxr.core.outputs import process_exists
 
-SYNTHETIC_NOTE = ("Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, "
-                  "not a medical result.")
+SYNTHETIC_NOTE = (
+    "Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, not a medical result."
+)
 
 
 def repo_root() -> Path:
@@ -71,12 +72,15 @@ def check_tracking_store(uri: str) -> None:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(
                 f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not answer ({reason}); start it "
-                "(README, 'Working as a team'), or unset MLFLOW_TRACKING_URI to log to the local mlflow.db") from None
+                "(README, 'Working as a team'), or unset MLFLOW_TRACKING_URI to log to the local mlflow.db"
+            ) from None
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not folder.is_dir():
-            raise TrackingError(f"the MLflow tracking store {uri}: the folder {folder} does not exist; create it or "
-                                "point MLFLOW_TRACKING_URI elsewhere")
+            raise TrackingError(
+                f"the MLflow tracking store {uri}: the folder {folder} does not exist; create it or "
+                "point MLFLOW_TRACKING_URI elsewhere"
+            )
 
 
 def require_tracking_store() -> None:
@@ -126,8 +130,9 @@ def file_md5(path: Path) -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=repo_root()).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=repo_root()
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -153,9 +158,11 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def experiment_description(name: str) -> str:
-    return (f"cxr: chest X-ray classification ({name}), one run per DVC stage execution (train@<backbone>, "
-            "finetune, evaluate, audit@<backbone>, audit_report). Compare backbones with the runs' test "
-            "metrics; see the project README, sections 'MLflow' and 'Reproduce the study'.")
+    return (
+        f"cxr: chest X-ray classification ({name}), one run per DVC stage execution (train@<backbone>, "
+        "finetune, evaluate, audit@<backbone>, audit_report). Compare backbones with the runs' test "
+        "metrics; see the project README, sections 'MLflow' and 'Reproduce the study'."
+    )
 
 
 def _experiment_id(name: str) -> str:
@@ -191,8 +198,9 @@ def log_table_input(rows: pd.DataFrame, source: Path, context: str, digest: str)
     """``rows`` of the table file ``source`` as the active run's dataset input for ``context``
     (``train``, ``external``...), named ``<file>:<context>``, with the file's DVC hash as digest."""
     columns = [column for column in ("image_id", "patient_id", "source", "class") if column in rows]
-    dataset = mlflow.data.from_pandas(rows[columns], source=source.as_posix(), targets="class",
-                                      name=f"{source.name}:{context}", digest=digest)
+    dataset = mlflow.data.from_pandas(
+        rows[columns], source=source.as_posix(), targets="class", name=f"{source.name}:{context}", digest=digest
+    )
     mlflow.log_input(dataset, context=context)
 
 
@@ -220,15 +228,24 @@ def pipeline_run(experiment_id: str, config: Config, commit: str) -> str:
     found = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=name, tags={
-        PIPELINE_KEY: key, "git_commit": commit, "mlflow.source.git.commit": commit,
-        "DVC_EXP_NAME": os.environ.get("DVC_EXP_NAME", ""), "task": config.task, "backbone": config.backbone,
-        "data_origin": config.sources.origin,
-        "mlflow.note.content": "One pipeline execution (`dvc repro` / `dvc exp run`); its stages are the child runs. "
-                               "Headline test metrics are logged here by `evaluate`."})
+    run = client.create_run(
+        experiment_id,
+        run_name=name,
+        tags={
+            PIPELINE_KEY: key,
+            "git_commit": commit,
+            "mlflow.source.git.commit": commit,
+            "DVC_EXP_NAME": os.environ.get("DVC_EXP_NAME", ""),
+            "task": config.task,
+            "backbone": config.backbone,
+            "data_origin": config.sources.origin,
+            "mlflow.note.content": "One pipeline execution (`dvc repro` / `dvc exp run`); "
+            "its stages are the child runs. Headline test metrics are logged here by `evaluate`.",
+        },
+    )
     params = [mlflow.entities.Param(key_, value) for key_, value in flat_params(config).items()]
     for start in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[start:start + 100])
+        client.log_batch(run.info.run_id, params=params[start : start + 100])
     client.set_terminated(run.info.run_id)
     winners = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
     if winners and winners[0].info.run_id != run.info.run_id:
@@ -250,9 +267,15 @@ def log_headline_metrics(headline: dict[str, dict]) -> None:
     if parent is None:
         return
     timestamp = int(pd.Timestamp.now().timestamp() * 1000)
-    MlflowClient().log_batch(parent, metrics=[
-        mlflow.entities.Metric(f"test.{model}.{statistic}", float(value), timestamp, 0)
-        for model, values in headline.items() for statistic, value in values.items() if value is not None])
+    MlflowClient().log_batch(
+        parent,
+        metrics=[
+            mlflow.entities.Metric(f"test.{model}.{statistic}", float(value), timestamp, 0)
+            for model, values in headline.items()
+            for statistic, value in values.items()
+            if value is not None
+        ],
+    )
 
 
 @contextmanager
@@ -276,8 +299,9 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
             tags["mlflow.parentRunId"] = pipeline_run(experiment_id, config, tags["git_commit"])
         description = SYNTHETIC_NOTE if config.sources.origin == "synthetic" else None
         close_orphaned_runs(experiment_id, stage)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags | process_tags(),
-                              description=description) as run:
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=stage, tags=tags | process_tags(), description=description
+        ) as run:
             mlflow.log_params(flat_params(config))
             log_split_inputs(split_file, tags["split_md5"])
             try:
@@ -301,8 +325,10 @@ def close_orphaned_runs(experiment_id: str, stage: str) -> list[str]:
     killed with SIGKILL cannot end its own run); return their ids."""
     client, closed = MlflowClient(), []
     host = socket.gethostname()
-    running = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.stage = "
-                                 f"'{stage}' and tags.host = '{host}'")
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.stage = '{stage}' and tags.host = '{host}'",
+    )
     for run in running:
         pid = run.data.tags.get("pid", "")
         if pid.isdigit() and not process_exists(int(pid)):
@@ -318,9 +344,12 @@ def find_model_run(task: str, model_file: Path) -> str | None:
     experiment = mlflow.get_experiment_by_name(experiment_name(task))
     if experiment is None:
         return None
-    runs = MlflowClient().search_runs([experiment.experiment_id],
-                                      filter_string=f"tags.model_md5 = '{file_md5(model_file)}'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
+    runs = MlflowClient().search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.model_md5 = '{file_md5(model_file)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -328,8 +357,12 @@ def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, 
     """Test metrics, reports, figures and predictions of one model, added to its training run."""
     client = MlflowClient()
     timestamp = int(pd.Timestamp.now().timestamp() * 1000)
-    client.log_batch(run_id, metrics=[mlflow.entities.Metric(key, value, timestamp, 0)
-                                      for key, value in metrics.items() if value is not None])
+    client.log_batch(
+        run_id,
+        metrics=[
+            mlflow.entities.Metric(key, value, timestamp, 0) for key, value in metrics.items() if value is not None
+        ],
+    )
     client.log_artifacts(run_id, str(folder), "evaluation")
     client.log_table(run_id, confusion, "evaluation/confusion_table.json")
 
@@ -338,8 +371,9 @@ def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, 
 CHAMPION = "champion"
 
 
-def describe_version(name: str, run_id: str, *, tags: dict[str, str], description: str | None = None,
-                     alias: str | None = None) -> str | None:
+def describe_version(
+    name: str, run_id: str, *, tags: dict[str, str], description: str | None = None, alias: str | None = None
+) -> str | None:
     """Tag the version of registered model ``name`` that run ``run_id`` logged (its latest, if it
     logged several), optionally describe it and point ``alias`` at it; return its version number,
     or None when the run registered no version of ``name``."""
@@ -367,7 +401,7 @@ def registry_write(call, *args, attempts: int = 5, **kwargs):
             return call(*args, **kwargs)
         except MlflowException as exc:
             if attempt == attempts - 1:
-                raise TrackingError(f"the MLflow registry refused {call.__name__}{args[:3]} {attempts} times: "
-                                    f"{one_line(exc.message)}") from None
-            time.sleep(0.5 * 2 ** attempt)
-
+                raise TrackingError(
+                    f"the MLflow registry refused {call.__name__}{args[:3]} {attempts} times: {one_line(exc.message)}"
+                ) from None
+            time.sleep(0.5 * 2**attempt)

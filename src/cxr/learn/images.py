@@ -74,9 +74,15 @@ def decoded_megabytes(count: int, size: int) -> float:
     return count * size * size * 3 * 4 / 2**20
 
 
-def image_dataset(frame: pd.DataFrame, classes: list[str], size: int, cache: str,
-                  hidden_center: float | None = None, memory_limit_mb: float | None = None,
-                  cache_dir: Path | None = None) -> tf.data.Dataset:
+def image_dataset(
+    frame: pd.DataFrame,
+    classes: list[str],
+    size: int,
+    cache: str,
+    hidden_center: float | None = None,
+    memory_limit_mb: float | None = None,
+    cache_dir: Path | None = None,
+) -> tf.data.Dataset:
     """(image, label) pairs in the frame's order, decoded in parallel and cached.
 
     ``cache`` is ``memory`` or ``disk`` (files under ``cache_dir``, named by content, order and
@@ -85,13 +91,16 @@ def image_dataset(frame: pd.DataFrame, classes: list[str], size: int, cache: str
     shared with the unmasked runs).
     """
     if cache == "memory" and memory_limit_mb is not None and decoded_megabytes(len(frame), size) > memory_limit_mb:
-        print(f"cache: {len(frame)} images at {size} px need {decoded_megabytes(len(frame), size):.0f} MB, over "
-              f"train.cache_memory_limit_mb={memory_limit_mb:g}: caching on disk under {cache_dir}")
+        print(
+            f"cache: {len(frame)} images at {size} px need {decoded_megabytes(len(frame), size):.0f} MB, over "
+            f"train.cache_memory_limit_mb={memory_limit_mb:g}: caching on disk under {cache_dir}"
+        )
         cache = "disk"
     paths = frame["path"].tolist()
     dataset = tf.data.Dataset.from_tensor_slices((paths, orientations(frame), label_indices(frame, classes)))
-    dataset = dataset.map(lambda path, orientation, label: (decode_resize(path, size, orientation), label),
-                          num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(
+        lambda path, orientation, label: (decode_resize(path, size, orientation), label), num_parallel_calls=AUTOTUNE
+    )
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("a disk cache needs cache_dir")
@@ -146,11 +155,27 @@ class Augmenter:
         # Output pixel q samples the input at c + R(-angle) (q - c - shift) / zoom.
         from_x, from_y = center_x + shift_x, center_y + shift_y
         zeros = tf.zeros_like(angle)
-        transforms = tf.stack([cos, sin, center_x - cos * from_x - sin * from_y,
-                               -sin, cos, center_y + sin * from_x - cos * from_y, zeros, zeros], axis=1)
+        transforms = tf.stack(
+            [
+                cos,
+                sin,
+                center_x - cos * from_x - sin * from_y,
+                -sin,
+                cos,
+                center_y + sin * from_x - cos * from_y,
+                zeros,
+                zeros,
+            ],
+            axis=1,
+        )
         batch = tf.raw_ops.ImageProjectiveTransformV3(
-            images=batch, transforms=transforms, output_shape=tf.shape(batch)[1:3], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="CONSTANT")
+            images=batch,
+            transforms=transforms,
+            output_shape=tf.shape(batch)[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )
         if params.contrast:
             factor = uniform(4, 1 - params.contrast, 1 + params.contrast)[:, None, None, None]
             mean = tf.reduce_mean(batch, axis=(1, 2, 3), keepdims=True)
@@ -222,7 +247,10 @@ class TrainingBatches:
         if self.augment is not None:
             augment = self.augment
             epoch = epoch.enumerate().map(
-                lambda step, batch: (augment(batch[0], tf.random.experimental.stateless_fold_in(key, step + 1)),
-                                     batch[1]),
-                num_parallel_calls=AUTOTUNE)
+                lambda step, batch: (
+                    augment(batch[0], tf.random.experimental.stateless_fold_in(key, step + 1)),
+                    batch[1],
+                ),
+                num_parallel_calls=AUTOTUNE,
+            )
         return epoch

@@ -115,12 +115,14 @@ def unfreeze_last(model: keras.Model, count: int) -> list[str]:
     so BatchNorm statistics are not updated either.
     """
     base = base_of(model)
-    candidates = [layer for layer in base.layers
-                  if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    candidates = [
+        layer for layer in base.layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
     if not 0 <= count <= len(candidates):
-        raise BackboneError(f"finetune.unfreeze={count}: the {base.name} base has {len(candidates)} layers "
-                            "that can be unfrozen")
-    chosen = candidates[len(candidates) - count:] if count else []
+        raise BackboneError(
+            f"finetune.unfreeze={count}: the {base.name} base has {len(candidates)} layers that can be unfrozen"
+        )
+    chosen = candidates[len(candidates) - count :] if count else []
     base.trainable = True
     for layer in base.layers:
         layer.trainable = layer in chosen

@@ -28,8 +28,10 @@ def renumber_shared_objects(config: Any) -> Any:
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
-            return {key: ranks.setdefault(value, len(ranks) + 1) if key == "shared_object_id" else walk(value)
-                    for key, value in node.items()}
+            return {
+                key: ranks.setdefault(value, len(ranks) + 1) if key == "shared_object_id" else walk(value)
+                for key, value in node.items()
+            }
         return [walk(item) for item in node] if isinstance(node, list) else node
 
     return walk(config)

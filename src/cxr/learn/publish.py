@@ -18,8 +18,8 @@ import cxr
 from cxr.core.outputs import write_csv, write_json
 from cxr.core.spec import ModelSpec
 from cxr.core.tracking import file_md5
-from cxr.learn.model_files import save_model
 from cxr.learn import training
+from cxr.learn.model_files import save_model
 from cxr.learn.training import FitResult
 from cxr.report import figures
 from cxr.serve import pyfunc
@@ -76,18 +76,32 @@ def write_curves(history: pd.DataFrame, curves: Path, name: str) -> None:
 
 def log_fit(history: pd.DataFrame, metrics: dict, title: str) -> None:
     """The fit's summary numbers as run metrics and its curves as a figure artifact."""
-    mlflow.log_metrics({
-        "best_epoch": metrics["best_epoch"],
-        "best_val_loss": metrics["best"]["val_loss"],
-        "best_val_accuracy": metrics["best"]["val_accuracy"],
-    })
+    mlflow.log_metrics(
+        {
+            "best_epoch": metrics["best_epoch"],
+            "best_val_loss": metrics["best"]["val_loss"],
+            "best_val_accuracy": metrics["best"]["val_accuracy"],
+        }
+    )
     mlflow.log_figure(figures.training_curves(history, title), "training_curves.png")
     mlflow.log_table(history, "history.json")
 
 
 # What the registered pyfunc needs where it is served; the code itself travels with the model.
-SERVING_PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pillow", "pydicom", "python-gdcm", "pyyaml",
-                    "scikit-learn", "matplotlib", "tqdm")
+SERVING_PACKAGES = (
+    "tensorflow-cpu",
+    "keras",
+    "mlflow",
+    "numpy",
+    "pandas",
+    "pillow",
+    "pydicom",
+    "python-gdcm",
+    "pyyaml",
+    "scikit-learn",
+    "matplotlib",
+    "tqdm",
+)
 
 
 def serving_requirements() -> list[str]:
@@ -117,8 +131,19 @@ def log_model(folder: Path, spec: ModelSpec, example: Path, registered_name: str
     return info.model_uri
 
 
-def publish(model: keras.Model, result: FitResult, spec: ModelSpec, *, folder: Path, curves: Path, report: Path,
-            title: str, example: Path, registered_name: str, extra: dict | None = None) -> dict:
+def publish(
+    model: keras.Model,
+    result: FitResult,
+    spec: ModelSpec,
+    *,
+    folder: Path,
+    curves: Path,
+    report: Path,
+    title: str,
+    example: Path,
+    registered_name: str,
+    extra: dict | None = None,
+) -> dict:
     """Save the model to ``folder`` and its curves under ``curves``, log the fit to the active MLflow
     run, register the saved model (a pyfunc that takes image files, ``example`` as its input
     example), tag the run with the model file's md5, then write ``report``. Returns its metrics."""

@@ -21,12 +21,11 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
-from cxr.learn import images
-from cxr.core.config import Train
 from cxr.core.backbones import Backbone
+from cxr.core.config import Train
 from cxr.core.outputs import replacing, write_csv, write_json
+from cxr.learn import images
 from cxr.learn.model import build_classifier, feature_extractor
-
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
 
@@ -118,8 +117,11 @@ class Checkpoint(keras.callbacks.Callback):
         super().__init__()
         self.folder = folder
         self.record = folder / "state.json"
-        self.state = (json.loads(self.record.read_text()) if self.record.is_file()
-                      else {"epoch": 0, "variables": None, "history": [], "stopped": False})
+        self.state = (
+            json.loads(self.record.read_text())
+            if self.record.is_file()
+            else {"epoch": 0, "variables": None, "history": [], "stopped": False}
+        )
 
     @property
     def completed(self) -> int:
@@ -155,8 +157,12 @@ class Checkpoint(keras.callbacks.Callback):
             np.savez(stream, *[keras.ops.convert_to_numpy(variable) for variable in _fit_variables(self.model)])
         write_csv(self.folder / "history.csv", pd.DataFrame(history))
         previous = self.state["variables"]
-        self.state = {"epoch": epoch + 1, "variables": name, "history": history,
-                      "stopped": bool(self.model.stop_training)}
+        self.state = {
+            "epoch": epoch + 1,
+            "variables": name,
+            "history": history,
+            "stopped": bool(self.model.stop_training),
+        }
         write_json(self.record, self.state)
         if previous not in (None, name):
             (self.folder / previous).unlink(missing_ok=True)
@@ -202,54 +208,97 @@ def resume_dir(folder: Path, key: dict) -> Path:
     return folder
 
 
-def fit(model: keras.Model, train: images.TrainingBatches, val: tf.data.Dataset, *, epochs: int,
-        learning_rate: float, amsgrad: bool, weights: dict[int, float] | None, patience: int | None,
-        work_dir: Path, callbacks: list[keras.callbacks.Callback] = (), xla: bool = False) -> FitResult:
+def fit(
+    model: keras.Model,
+    train: images.TrainingBatches,
+    val: tf.data.Dataset,
+    *,
+    epochs: int,
+    learning_rate: float,
+    amsgrad: bool,
+    weights: dict[int, float] | None,
+    patience: int | None,
+    work_dir: Path,
+    callbacks: list[keras.callbacks.Callback] = (),
+    xla: bool = False,
+) -> FitResult:
     """Compile (with XLA when ``xla``) and fit for ``epochs``, resuming from the :class:`Checkpoint`
     in ``work_dir`` if a killed fit left one, then load the best weights (:class:`KeepBest`).
 
     Returns the history (one row per epoch, :data:`HISTORY_COLUMNS`) and the best epoch's record.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, amsgrad=amsgrad),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=xla)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate, amsgrad=amsgrad),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=xla,
+    )
     best = KeepBest(work_dir, val, patience)
     best.set_model(model)
     checkpoint = Checkpoint(work_dir)
     done = checkpoint.restore(model)
     if done:
-        print(f"resuming at epoch {done + 1} of {epochs} from the checkpoint {checkpoint.record} of epoch {done} "
-              f"(best so far: epoch {best.best['epoch']}, val_loss {best.best['val_loss']:.4f})", flush=True)
+        print(
+            f"resuming at epoch {done + 1} of {epochs} from the checkpoint {checkpoint.record} of epoch {done} "
+            f"(best so far: epoch {best.best['epoch']}, val_loss {best.best['val_loss']:.4f})",
+            flush=True,
+        )
     if done < epochs and not checkpoint.state["stopped"]:
-        model.fit(train.epochs(done, epochs), steps_per_epoch=train.steps_per_epoch, initial_epoch=done,
-                  epochs=epochs, validation_data=val, class_weight=weights, shuffle=False, verbose=2,
-                  callbacks=[LearningRateLog(), best, *callbacks, checkpoint])
+        model.fit(
+            train.epochs(done, epochs),
+            steps_per_epoch=train.steps_per_epoch,
+            initial_epoch=done,
+            epochs=epochs,
+            validation_data=val,
+            class_weight=weights,
+            shuffle=False,
+            verbose=2,
+            callbacks=[LearningRateLog(), best, *callbacks, checkpoint],
+        )
     history = checkpoint.history
-    return FitResult(history=history[[column for column in HISTORY_COLUMNS if column in history]],
-                     best=best.restore())
+    return FitResult(history=history[[column for column in HISTORY_COLUMNS if column in history]], best=best.restore())
 
 
-def train_classifier(backbone: Backbone, split: pd.DataFrame, classes: list[str], size: int, params: Train,
-                     seed: int, work_dir: Path, callbacks: list[keras.callbacks.Callback] = (),
-                     hidden_center: float | None = None) -> tuple[keras.Model, FitResult]:
+def train_classifier(
+    backbone: Backbone,
+    split: pd.DataFrame,
+    classes: list[str],
+    size: int,
+    params: Train,
+    seed: int,
+    work_dir: Path,
+    callbacks: list[keras.callbacks.Callback] = (),
+    hidden_center: float | None = None,
+) -> tuple[keras.Model, FitResult]:
     """A new classifier of ``backbone`` for ``classes`` (base frozen, the head of ``params``),
     fitted by :func:`train_frozen`: how ``train@`` trains, and how the audit retrains."""
     model = build_classifier(backbone, size, len(classes), params.head, params.weights)
     return model, train_frozen(model, split, classes, size, params, seed, work_dir, callbacks, hidden_center)
 
 
-def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], size: int, params: Train,
-                 seed: int, work_dir: Path, callbacks: list[keras.callbacks.Callback] = (),
-                 hidden_center: float | None = None) -> FitResult:
+def train_frozen(
+    model: keras.Model,
+    split: pd.DataFrame,
+    classes: list[str],
+    size: int,
+    params: Train,
+    seed: int,
+    work_dir: Path,
+    callbacks: list[keras.callbacks.Callback] = (),
+    hidden_center: float | None = None,
+) -> FitResult:
     """Fit the head of ``model`` (base frozen) on the train split, validating on val.
 
     ``hidden_center``: train on images whose central square is blanked (the shortcut audit).
     """
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
-    train_images = images.image_dataset(train_rows, classes, size, params.cache, hidden_center,
-                                        params.cache_memory_limit_mb, Path(params.cache_dir))
-    val_images = images.image_dataset(val_rows, classes, size, params.cache, hidden_center,
-                                      params.cache_memory_limit_mb, Path(params.cache_dir))
+    train_images = images.image_dataset(
+        train_rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb, Path(params.cache_dir)
+    )
+    val_images = images.image_dataset(
+        val_rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb, Path(params.cache_dir)
+    )
     augment = images.augmenter(params.augment)
     head = model.get_layer("head")
     extractor = feature_extractor(model)
@@ -268,26 +317,69 @@ def train_frozen(model: keras.Model, split: pd.DataFrame, classes: list[str], si
         target = model
         train_batches = images.TrainingBatches(train_images, len(train_rows), params.batch_size, seed, augment)
         val_batches = images.batches(val_images, params.batch_size)
-    return fit(target, train_batches, val_batches, epochs=params.epochs, learning_rate=params.learning_rate,
-               amsgrad=params.amsgrad, weights=weights, patience=params.early_stopping_patience,
-               work_dir=work_dir, callbacks=callbacks, xla=params.xla)
+    return fit(
+        target,
+        train_batches,
+        val_batches,
+        epochs=params.epochs,
+        learning_rate=params.learning_rate,
+        amsgrad=params.amsgrad,
+        weights=weights,
+        patience=params.early_stopping_patience,
+        work_dir=work_dir,
+        callbacks=callbacks,
+        xla=params.xla,
+    )
 
 
-def train_whole(model: keras.Model, split: pd.DataFrame, classes: list[str], size: int, params: Train, *,
-                epochs: int, learning_rate: float, seed: int, work_dir: Path,
-                callbacks: list[keras.callbacks.Callback] = ()) -> FitResult:
+def train_whole(
+    model: keras.Model,
+    split: pd.DataFrame,
+    classes: list[str],
+    size: int,
+    params: Train,
+    *,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    work_dir: Path,
+    callbacks: list[keras.callbacks.Callback] = (),
+) -> FitResult:
     """Fit the whole model as it is (e.g. after unfreezing layers), with augmentation if enabled."""
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
-    train_images = images.image_dataset(train_rows, classes, size, params.cache,
-                                        memory_limit_mb=params.cache_memory_limit_mb, cache_dir=Path(params.cache_dir))
-    train_batches = images.TrainingBatches(train_images, len(train_rows), params.batch_size, seed,
-                                           images.augmenter(params.augment))
-    val_images = images.image_dataset(val_rows, classes, size, params.cache,
-                                      memory_limit_mb=params.cache_memory_limit_mb, cache_dir=Path(params.cache_dir))
+    train_images = images.image_dataset(
+        train_rows,
+        classes,
+        size,
+        params.cache,
+        memory_limit_mb=params.cache_memory_limit_mb,
+        cache_dir=Path(params.cache_dir),
+    )
+    train_batches = images.TrainingBatches(
+        train_images, len(train_rows), params.batch_size, seed, images.augmenter(params.augment)
+    )
+    val_images = images.image_dataset(
+        val_rows,
+        classes,
+        size,
+        params.cache,
+        memory_limit_mb=params.cache_memory_limit_mb,
+        cache_dir=Path(params.cache_dir),
+    )
     val_batches = images.batches(val_images, params.batch_size)
-    return fit(model, train_batches, val_batches, epochs=epochs, learning_rate=learning_rate, amsgrad=params.amsgrad,
-               weights=weights, patience=params.early_stopping_patience, work_dir=work_dir, callbacks=callbacks,
-               xla=params.xla)
+    return fit(
+        model,
+        train_batches,
+        val_batches,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        amsgrad=params.amsgrad,
+        weights=weights,
+        patience=params.early_stopping_patience,
+        work_dir=work_dir,
+        callbacks=callbacks,
+        xla=params.xla,
+    )
 
 
 def _rows_and_weights(split: pd.DataFrame, classes: list[str], params: Train):

@@ -8,8 +8,8 @@ compared on the same images with McNemar's test.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -55,8 +55,9 @@ def report(predictions: pd.DataFrame, classes: list[str]) -> dict:
 
 
 def report_text(predictions: pd.DataFrame, classes: list[str]) -> str:
-    return classification_report(predictions["actual"], predictions["predicted"], labels=classes, digits=3,
-                                 zero_division=0)
+    return classification_report(
+        predictions["actual"], predictions["predicted"], labels=classes, digits=3, zero_division=0
+    )
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:
@@ -68,8 +69,9 @@ def roc_auc(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float | 
     result = {}
     for name in classes:
         positive = (predictions["actual"] == name).to_numpy()
-        result[name] = (float(roc_auc_score(positive, predictions[f"p_{name}"]))
-                        if 0 < positive.sum() < len(positive) else None)
+        result[name] = (
+            float(roc_auc_score(positive, predictions[f"p_{name}"])) if 0 < positive.sum() < len(positive) else None
+        )
     return result
 
 
@@ -106,9 +108,11 @@ def patient_bootstrap(predictions: pd.DataFrame, classes: list[str], *, resample
     alpha = (1 - CI_LEVEL) / 2
     point = headline(predictions, classes)
     return {
-        name: {"value": point[name],
-               "low": float(np.nanquantile(table[name], alpha)),
-               "high": float(np.nanquantile(table[name], 1 - alpha))}
+        name: {
+            "value": point[name],
+            "low": float(np.nanquantile(table[name], alpha)),
+            "high": float(np.nanquantile(table[name], 1 - alpha)),
+        }
         for name in point
     }
 
@@ -143,22 +147,33 @@ def pairwise_mcnemar(predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
     names = list(predictions)
     rows = []
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             joined = predictions[first].merge(predictions[second], on="image_id", suffixes=("_a", "_b"))
             result = mcnemar(joined["actual_a"] == joined["predicted_a"], joined["actual_b"] == joined["predicted_b"])
-            rows.append({"model_a": first, "model_b": second, "images": len(joined),
-                         "only_a_correct": result.b, "only_b_correct": result.c,
-                         "statistic": result.statistic, "p_value": result.p_value, "method": result.method})
+            rows.append(
+                {
+                    "model_a": first,
+                    "model_b": second,
+                    "images": len(joined),
+                    "only_a_correct": result.b,
+                    "only_b_correct": result.c,
+                    "statistic": result.statistic,
+                    "p_value": result.p_value,
+                    "method": result.method,
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def predict(model, rows: pd.DataFrame, classes: list[str], size: int, params: Train,
-            hidden_center: float | None = None) -> np.ndarray:
+def predict(
+    model, rows: pd.DataFrame, classes: list[str], size: int, params: Train, hidden_center: float | None = None
+) -> np.ndarray:
     """Class probabilities for ``rows``, in order, through the same input pipeline as training."""
     from cxr.learn import images
 
-    dataset = images.image_dataset(rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb,
-                                   Path(params.cache_dir))
+    dataset = images.image_dataset(
+        rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb, Path(params.cache_dir)
+    )
     dataset = dataset.map(lambda image, label: image).batch(params.batch_size)
     return model.predict(dataset, verbose=0)
 
@@ -187,8 +202,14 @@ LEAD_STATISTICS = ("accuracy", "macro_f1")
 
 def lead_metrics(metrics: dict[str, dict]) -> dict[str, dict]:
     """``{model: {accuracy, accuracy_low, accuracy_high, macro_f1, ...}}`` from every model's metrics."""
-    return {model: {f"{statistic}{end}": values.get(f"{statistic}{end}") for statistic in LEAD_STATISTICS
-                    for end in ("", "_low", "_high")} for model, values in metrics.items()}
+    return {
+        model: {
+            f"{statistic}{end}": values.get(f"{statistic}{end}")
+            for statistic in LEAD_STATISTICS
+            for end in ("", "_low", "_high")
+        }
+        for model, values in metrics.items()
+    }
 
 
 def comparison_row(name: str, model_report: dict, intervals: dict, classes: list[str]) -> dict:
@@ -202,8 +223,13 @@ def comparison_row(name: str, model_report: dict, intervals: dict, classes: list
     return row
 
 
-def comparison_markdown(table: pd.DataFrame, classes: list[str], tests: pd.DataFrame, note: str,
-                        unchanged_from: dict[str, str] | None = None) -> str:
+def comparison_markdown(
+    table: pd.DataFrame,
+    classes: list[str],
+    tests: pd.DataFrame,
+    note: str,
+    unchanged_from: dict[str, str] | None = None,
+) -> str:
     """``comparison.md``: one row per model with 95% intervals, then the McNemar table.
 
     ``unchanged_from`` maps a model to the model whose weights it kept (a fine-tune whose best
@@ -224,19 +250,31 @@ def comparison_markdown(table: pd.DataFrame, classes: list[str], tests: pd.DataF
     ]
     for _, row in table.iterrows():
         name = row["model"] + (f" (= {unchanged_from[row['model']]})" if row["model"] in unchanged_from else "")
-        cells = [name, *[interval_text(row, statistic) for statistic in statistics],
-                 f"{row['roc_auc_macro']:.2f}"]
+        cells = [name, *[interval_text(row, statistic) for statistic in statistics], f"{row['roc_auc_macro']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     for model, base in unchanged_from.items():
-        lines += ["", f"{model}: no fine-tuning epoch improved on the validation loss of {base} (best epoch 0), so "
-                  f"{model} keeps {base}'s weights; its row repeats {base}'s, it is not a second result."]
+        lines += [
+            "",
+            f"{model}: no fine-tuning epoch improved on the validation loss of {base} (best epoch 0), so "
+            f"{model} keeps {base}'s weights; its row repeats {base}'s, it is not a second result.",
+        ]
     never = table[table["never_predicted"] != ""]
     if len(never):
-        lines += ["", "Classes never predicted (precision undefined, counted as 0): "
-                  + "; ".join(f"{row['model']}: {row['never_predicted']}" for _, row in never.iterrows())]
-    lines += ["", "## Paired comparisons (McNemar, same test images)", "",
-              "| model A | model B | only A right | only B right | p-value | test |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Classes never predicted (precision undefined, counted as 0): "
+            + "; ".join(f"{row['model']}: {row['never_predicted']}" for _, row in never.iterrows()),
+        ]
+    lines += [
+        "",
+        "## Paired comparisons (McNemar, same test images)",
+        "",
+        "| model A | model B | only A right | only B right | p-value | test |",
+        "|---|---|---|---|---|---|",
+    ]
     for _, test in tests.iterrows():
-        lines.append(f"| {test['model_a']} | {test['model_b']} | {test['only_a_correct']} | "
-                     f"{test['only_b_correct']} | {test['p_value']:.3g} | {test['method']} |")
+        lines.append(
+            f"| {test['model_a']} | {test['model_b']} | {test['only_a_correct']} | "
+            f"{test['only_b_correct']} | {test['p_value']:.3g} | {test['method']} |"
+        )
     return "\n".join(lines) + "\n"

@@ -26,8 +26,9 @@ def training_curves(history: pd.DataFrame, title: str) -> Figure:
 
 def curves_side_by_side(histories: dict[str, pd.DataFrame]) -> Figure:
     """Every model's loss and accuracy curves in one row each, on shared axes."""
-    figure, axes = plt.subplots(len(histories), 2, figsize=(10, 3 * len(histories)), squeeze=False,
-                                sharex="col", sharey="col")
+    figure, axes = plt.subplots(
+        len(histories), 2, figsize=(10, 3 * len(histories)), squeeze=False, sharex="col", sharey="col"
+    )
     for row, (name, history) in zip(axes, histories.items()):
         _curves(row, history, name)
     figure.tight_layout()
@@ -53,8 +54,7 @@ def confusion(matrix: list[list[int]], labels: list[str], title: str) -> Figure:
     axis.set_xlabel("predicted")
     axis.set_ylabel("actual")
     for (i, j), value in np.ndenumerate(values):
-        axis.text(j, i, str(value), ha="center", va="center",
-                  color="white" if value > values.max() / 2 else "black")
+        axis.text(j, i, str(value), ha="center", va="center", color="white" if value > values.max() / 2 else "black")
     axis.set_title(title)
     figure.tight_layout()
     plt.close(figure)
@@ -101,8 +101,9 @@ def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.4
     """An RGB uint8 image: the X-ray in gray with its saliency map in the jet colour map on top."""
     gray = image.mean(axis=-1, keepdims=True) / 255.0
     heat = matplotlib.colormaps["jet"](saliency)[..., :3]
-    return (np.clip((1 - alpha * saliency[..., None]) * gray + alpha * saliency[..., None] * heat, 0, 1)
-            * 255).astype(np.uint8)
+    return (np.clip((1 - alpha * saliency[..., None]) * gray + alpha * saliency[..., None] * heat, 0, 1) * 255).astype(
+        np.uint8
+    )
 
 
 def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box: slice, title: str) -> Figure:
@@ -116,12 +117,22 @@ def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box:
         for column, index in enumerate(table.index[table["class"] == name]):
             axis = axes[row_index, column]
             axis.imshow(saliency_overlay(batch[index], maps[index]))
-            axis.add_patch(Rectangle((box.start, box.start), box.stop - box.start,
-                                                        box.stop - box.start, fill=False, edgecolor="white",
-                                                        linestyle="--", linewidth=1))
+            axis.add_patch(
+                Rectangle(
+                    (box.start, box.start),
+                    box.stop - box.start,
+                    box.stop - box.start,
+                    fill=False,
+                    edgecolor="white",
+                    linestyle="--",
+                    linewidth=1,
+                )
+            )
             share = table.loc[index, "lung_box_share"]
-            axis.set_title(f"{name} -> {table.loc[index, 'predicted']}\nin box: "
-                           f"{'-' if np.isnan(share) else f'{share:.2f}'}", fontsize=8)
+            axis.set_title(
+                f"{name} -> {table.loc[index, 'predicted']}\nin box: {'-' if np.isnan(share) else f'{share:.2f}'}",
+                fontsize=8,
+            )
     figure.suptitle(title)
     figure.tight_layout()
     plt.close(figure)

@@ -9,8 +9,19 @@ from cxr.report.audit.findings import verdict
 from cxr.report.evaluation import flat_intervals, interval_text
 
 
-def model_card(config: Config, *, spec: ModelSpec, model_file: str, report: dict, split_report: dict, audit_metrics: dict | None,
-               external_report: dict | None, registered_name: str, model_md5: str, note: str) -> str:
+def model_card(
+    config: Config,
+    *,
+    spec: ModelSpec,
+    model_file: str,
+    report: dict,
+    split_report: dict,
+    audit_metrics: dict | None,
+    external_report: dict | None,
+    registered_name: str,
+    model_md5: str,
+    note: str,
+) -> str:
     """``reports/model_card.md`` for the fine-tuned model, from the pipeline's own reports.
 
     ``report`` is the model's evaluation report (with ``intervals``); ``audit_metrics`` the
@@ -23,57 +34,84 @@ def model_card(config: Config, *, spec: ModelSpec, model_file: str, report: dict
     confound = split_report["source_confound"]
     weights = f"weights: {spec.weights}" if spec.weights else "random initial weights"
     lines = [
-        f"# Model card: {registered_name}", "",
-        note, "",
-        "## Model", "",
+        f"# Model card: {registered_name}",
+        "",
+        note,
+        "",
+        "## Model",
+        "",
         f"- {base} base ({weights}), frozen and trained with a small head, then its last "
         f"{len(spec.unfrozen_layers)} weighted layers fine-tuned (`finetune`)."
-        + (f" No fine-tuning epoch improved on the validation loss (best epoch 0): this model keeps the "
-           f"{base} model's weights, and fine-tuning changed nothing." if spec.unchanged_from_base
-           else ""),
+        + (
+            f" No fine-tuning epoch improved on the validation loss (best epoch 0): this model keeps the "
+            f"{base} model's weights, and fine-tuning changed nothing."
+            if spec.unchanged_from_base
+            else ""
+        ),
         f"- Input: RGB {spec.image_size}x{spec.image_size} pixels in [0, 255] (preprocessing is inside "
         f"the model). Output: probabilities of {', '.join(classes)} (task `{spec.task}`).",
         f"- Registered in MLflow as `{registered_name}`; `{model_file}` md5 `{model_md5}` (its "
         f"training run is the one tagged `model_md5 = '{model_md5}'`).",
         "",
-        "## Intended use", "",
+        "## Intended use",
+        "",
         "Research on reproducing and auditing a 2020 COVID-19 chest X-ray study. Not a medical device; not "
         "for diagnosis, triage or any decision about a patient.",
         "",
-        "## Data", "",
+        "## Data",
+        "",
         f"Sources: {', '.join(config.sources.use)} (`sources.origin: {config.sources.origin}`), modalities "
         f"{config.filter.modalities or 'all'}, views {config.filter.views or 'all'}; split by patient (no patient "
-        "in two splits).", *_modality_caveat(config.filter.modalities), "",
-        "| split | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes),
+        "in two splits).",
+        *_modality_caveat(config.filter.modalities),
+        "",
+        "| split | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
     ]
     for name, counts in split_report["images_per_class"].items():
         lines.append(f"| {name} | " + " | ".join(str(counts.get(cls, 0)) for cls in classes) + " |")
-    lines += ["", "Images per source and class: " + "; ".join(
-        f"{source}: " + ", ".join(f"{cls} {count}" for cls, count in counts.items())
-        for source, counts in confound["images_per_source_class"].items()) + "."]
-    lines += ["", "## Test results", "",
-              f"{report['support']} test images; 95% intervals from a bootstrap over patients.", "",
-              "| statistic | value [95% CI] |", "|---|---|",
-              f"| accuracy | {interval_text(intervals, 'accuracy')} |",
-              f"| macro F1 | {interval_text(intervals, 'macro_f1')} |",
-              f"| balanced accuracy | {interval_text(intervals, 'balanced_accuracy')} |"]
+    lines += [
+        "",
+        "Images per source and class: "
+        + "; ".join(
+            f"{source}: " + ", ".join(f"{cls} {count}" for cls, count in counts.items())
+            for source, counts in confound["images_per_source_class"].items()
+        )
+        + ".",
+    ]
+    lines += [
+        "",
+        "## Test results",
+        "",
+        f"{report['support']} test images; 95% intervals from a bootstrap over patients.",
+        "",
+        "| statistic | value [95% CI] |",
+        "|---|---|",
+        f"| accuracy | {interval_text(intervals, 'accuracy')} |",
+        f"| macro F1 | {interval_text(intervals, 'macro_f1')} |",
+        f"| balanced accuracy | {interval_text(intervals, 'balanced_accuracy')} |",
+    ]
     lines += [f"| recall {name} | {interval_text(intervals, f'recall_{name}')} |" for name in classes]
     aucs = {name: value for name, value in report["roc_auc"].items() if value is not None}
     lines += ["", "ROC AUC (one vs rest): " + ", ".join(f"{name} {value:.2f}" for name, value in aucs.items()) + "."]
     if external_report and audit_metrics and "external" in audit_metrics:
         external = audit_metrics["external"]
-        lines += ["", f"External source never trained on ({', '.join(config.sources.external)}, "
-                  f"{external['images']} images), the {base} model before fine-tuning: accuracy "
-                  f"{external['accuracy']:.2f}, {positive} recall "
-                  f"{'-' if external.get(f'recall_{positive}') is None else format(external[f'recall_{positive}'], '.2f')}."]
+        lines += [
+            "",
+            f"External source never trained on ({', '.join(config.sources.external)}, "
+            f"{external['images']} images), the {base} model before fine-tuning: accuracy "
+            f"{external['accuracy']:.2f}, {positive} recall "
+            f"{'-' if external.get(f'recall_{positive}') is None else format(external[f'recall_{positive}'], '.2f')}.",
+        ]
     lines += ["", "## Shortcut audit", ""]
     if audit_metrics:
-        lines += [verdict(base, audit_metrics, len(classes), positive), "",
-                  "Details: `reports/eval/audit.md`."]
+        lines += [verdict(base, audit_metrics, len(classes), positive), "", "Details: `reports/eval/audit.md`."]
     else:
         lines += ["No audit of this backbone was run."]
     lines += [
-        "", "## Limitations", "",
+        "",
+        "## Limitations",
+        "",
         f"- Source and class are confounded: the source alone predicts the class with "
         f"{confound['source_only_accuracy']:.2f} test accuracy (most common class: "
         f"{confound['majority_class_accuracy']:.2f}). Every {positive} image comes from "
@@ -91,6 +129,9 @@ def _modality_caveat(modalities: list[str]) -> list[str]:
     if modalities and "CT" not in modalities:
         return []
     only_ct = " No external source has CT, so there is no external test." if modalities == ["CT"] else ""
-    return ["", "Any CT images are slices chosen for publication in case reports (one to a few per patient), "
-            "not CT series from a screening or diagnostic cohort: the results say nothing about CT screening, and "
-            "the selection favours clear, typical findings." + only_ct]
+    return [
+        "",
+        "Any CT images are slices chosen for publication in case reports (one to a few per patient), "
+        "not CT series from a screening or diagnostic cohort: the results say nothing about CT screening, and "
+        "the selection favours clear, typical findings." + only_ct,
+    ]

@@ -65,8 +65,9 @@ class ModelInput:
     warning: str  # "" when nothing is out of the ordinary
 
 
-def model_input(data: bytes, name: str, spec: ModelSpec, views: list[str] | None = None,
-                limits: Limits = DEFAULT_LIMITS) -> ModelInput:
+def model_input(
+    data: bytes, name: str, spec: ModelSpec, views: list[str] | None = None, limits: Limits = DEFAULT_LIMITS
+) -> ModelInput:
     """``data``, the bytes of the file called ``name`` (PNG, JPEG or DICOM), for the model described by
     ``spec``. ``views`` overrides the views the model records it was trained on. Raises
     :class:`CxrError` naming the file."""
@@ -89,17 +90,21 @@ def dicom_warning(dicom: DicomImage, views: list[str], ages: dict | None) -> str
     if dicom.view and dicom.view not in FRONTAL_VIEWS and not (views and dicom.view in views):
         warnings.append(f"ViewPosition {dicom.view} is not a frontal view (PA or AP)")
     if views and dicom.view and dicom.view not in views:
-        warnings.append(f"ViewPosition {dicom.view} is not among the views the model was trained on "
-                        f"({', '.join(views)})")
+        warnings.append(
+            f"ViewPosition {dicom.view} is not among the views the model was trained on ({', '.join(views)})"
+        )
     if ages and dicom.age is not None and not ages["min"] <= dicom.age <= ages["max"]:
-        warnings.append(f"PatientAge {dicom.age:.1f} years is outside the ages of the training images that record "
-                        f"one ({ages['min']:g}-{ages['max']:g} years; {ages['recorded']} of {ages['images']} "
-                        "images record an age)")
+        warnings.append(
+            f"PatientAge {dicom.age:.1f} years is outside the ages of the training images that record "
+            f"one ({ages['min']:g}-{ages['max']:g} years; {ages['recorded']} of {ages['images']} "
+            "images record an age)"
+        )
     return "; ".join(warnings)
 
 
-def read_source(source: Source, spec: ModelSpec, views: list[str] | None = None,
-                limits: Limits = DEFAULT_LIMITS) -> ModelInput:
+def read_source(
+    source: Source, spec: ModelSpec, views: list[str] | None = None, limits: Limits = DEFAULT_LIMITS
+) -> ModelInput:
     """:func:`model_input` of a file on disk or of bytes already in hand."""
     if isinstance(source, Unreadable):
         raise CxrError(source.message)
@@ -127,9 +132,18 @@ def row_error(source: Source, error: BaseException) -> str:
     return f"{name}: cannot be read ({type(error).__name__}: {one_line(error)})"
 
 
-def predict_sources(model, spec: ModelSpec, sources: list[Source], *, batch_size: int, views: list[str] | None = None,
-                    progress: bool = False, explain: Explain | None = None, limits: Limits = DEFAULT_LIMITS,
-                    decode_slots: threading.Semaphore | None = None) -> pd.DataFrame:
+def predict_sources(
+    model,
+    spec: ModelSpec,
+    sources: list[Source],
+    *,
+    batch_size: int,
+    views: list[str] | None = None,
+    progress: bool = False,
+    explain: Explain | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    decode_slots: threading.Semaphore | None = None,
+) -> pd.DataFrame:
     """One row per source, in order: path (its name), predicted class, ``p_<class>`` per class of
     ``spec`` (None where the row failed), warning, error, and overlay (what ``explain`` wrote for it,
     when given). A source that cannot be read gets its one-line error in its row; the others go on.
@@ -139,7 +153,7 @@ def predict_sources(model, spec: ModelSpec, sources: list[Source], *, batch_size
     columns += ["overlay"] if explain is not None else []
     bar = tqdm(total=len(sources), unit="image", disable=not progress, file=sys.stderr)
     for start in range(0, len(sources), CHUNK):
-        chunk, decoded = sources[start:start + CHUNK], []
+        chunk, decoded = sources[start : start + CHUNK], []
         for source in chunk:
             try:
                 with decode_slots or nullcontext():
@@ -157,20 +171,31 @@ def predict_sources(model, spec: ModelSpec, sources: list[Source], *, batch_size
             except Exception as exc:  # noqa: BLE001 - memory, a broken model: the batch's rows say so
                 LOG.error("the model failed on a batch of %d images", len(good), exc_info=exc)
                 for index in good:
-                    decoded[index] = (f"{source_name(chunk[index])}: the model failed on the batch of this file "
-                                      f"({type(exc).__name__}: {one_line(exc)})")
+                    decoded[index] = (
+                        f"{source_name(chunk[index])}: the model failed on the batch of this file "
+                        f"({type(exc).__name__}: {one_line(exc)})"
+                    )
                 good = []
         if explain is not None and good:
             try:
-                written = explain(model, [source_name(chunk[index]) for index in good], pixels,
-                                  np.array([int(np.argmax(probabilities[index])) for index in good]))
+                written = explain(
+                    model,
+                    [source_name(chunk[index]) for index in good],
+                    pixels,
+                    np.array([int(np.argmax(probabilities[index])) for index in good]),
+                )
                 overlays = dict(zip(good, written))
             except Exception as exc:  # noqa: BLE001 - the prediction stands; the row says the overlay failed
                 LOG.error("Grad-CAM overlays failed", exc_info=exc)
                 overlay_failure = f"Grad-CAM overlay not written ({type(exc).__name__}: {one_line(exc)})"
         for index, source in enumerate(chunk):
-            row = {"path": source_name(source), "predicted": None, **{f"p_{name}": None for name in classes},
-                   "warning": "", "error": ""} | ({"overlay": ""} if explain is not None else {})
+            row = {
+                "path": source_name(source),
+                "predicted": None,
+                **{f"p_{name}": None for name in classes},
+                "warning": "",
+                "error": "",
+            } | ({"overlay": ""} if explain is not None else {})
             if index in probabilities:
                 row["predicted"] = classes[int(np.argmax(probabilities[index]))]
                 row.update({f"p_{name}": float(value) for name, value in zip(classes, probabilities[index])})

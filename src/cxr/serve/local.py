@@ -34,15 +34,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(command: list[str], ready_url: str, *, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 180) -> Iterator[subprocess.Popen]:
+def running(
+    command: list[str],
+    ready_url: str,
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> Iterator[subprocess.Popen]:
     """Run ``command`` until the block ends; enter once ``ready_url`` answers 200. A server that
     exits or stays silent for ``timeout`` seconds raises :class:`CxrError` with its last output."""
     env = dict(os.environ if env is None else env)
     # `mlflow models serve` execs `uvicorn` by name: find the tools installed beside this Python.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True)
+    server = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -54,8 +61,9 @@ def running(command: list[str], ready_url: str, *, cwd: Path | None = None, env:
                         break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise CxrError(f"{' '.join(command[:3])} did not answer on {ready_url} "
-                                   f"in {timeout:.0f} s") from None
+                    raise CxrError(
+                        f"{' '.join(command[:3])} did not answer on {ready_url} in {timeout:.0f} s"
+                    ) from None
                 time.sleep(1)
         yield server
     finally:
@@ -98,17 +106,35 @@ def postgresql(database: str = "mlflow") -> Iterator[str]:
             try:
                 shutil.chown(folder, "postgres")
             except LookupError:
-                raise CxrError("PostgreSQL as root needs the 'postgres' user (Debian's postgresql package creates it)") from None
+                raise CxrError(
+                    "PostgreSQL as root needs the 'postgres' user (Debian's postgresql package creates it)"
+                ) from None
         _run_postgres("initdb", [*as_owner, postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"])
-        _run_postgres("pg_ctl start", [*as_owner, postgres_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w",
-                       "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start"])
+        _run_postgres(
+            "pg_ctl start",
+            [
+                *as_owner,
+                postgres_bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(folder / "log"),
+                "-w",
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {folder}",
+                "start",
+            ],
+        )
         try:
-            _run_postgres("createdb", [*as_owner, postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                           database])
+            _run_postgres(
+                "createdb",
+                [*as_owner, postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
+            )
             yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
         finally:
-            subprocess.run([*as_owner, postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           capture_output=True)
+            subprocess.run(
+                [*as_owner, postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -118,8 +144,19 @@ def tracking_server(backend_store_uri: str, artifacts: Path, *, workers: int = 2
     """``mlflow server`` on ``backend_store_uri`` that stores and proxies artifacts (``--serve-artifacts``,
     under ``artifacts``), as README's "Working as a team" starts it; yield its URL."""
     port = free_port()
-    command = mlflow_command("server", "--backend-store-uri", backend_store_uri, "--artifacts-destination",
-                             str(artifacts), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", str(workers))
+    command = mlflow_command(
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    )
     with running(command, f"http://127.0.0.1:{port}/health"):
         yield f"http://127.0.0.1:{port}"

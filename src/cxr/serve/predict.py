@@ -23,19 +23,20 @@ import pandas as pd
 from PIL import Image
 
 from cxr.core import backbones, tracking
-from cxr.report.audit.gradcam import gradcam
 from cxr.core.config import PARAMS_FILE, load
 from cxr.core.errors import CxrError, one_line
-from cxr.core.spec import ModelSpec
-from cxr.report.figures import saliency_overlay
-from cxr.learn.model_files import load_model
 from cxr.core.outputs import write_csv
+from cxr.core.spec import ModelSpec
 from cxr.data.dicom import SUFFIXES as DICOM_SUFFIXES
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
+from cxr.learn.model_files import load_model
+from cxr.report.audit.gradcam import gradcam
+from cxr.report.figures import saliency_overlay
 from cxr.serve.classify import Source, Unreadable, predict_sources, source_name
 
-DISCLAIMER = ("cxr models are research artefacts, not diagnostic devices: never use a prediction for a "
-              "decision about a patient.")
+DISCLAIMER = (
+    "cxr models are research artefacts, not diagnostic devices: never use a prediction for a decision about a patient."
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -77,8 +78,13 @@ def scan_folder(folder: Path) -> list[Source]:
             real = os.path.realpath(os.path.join(root, name))
             if real in seen:
                 folders.remove(name)
-                problems.append(Unreadable(os.path.join(root, name), f"{os.path.join(root, name)}: a symbolic link back "
-                                           f"to {real}, which is already scanned; skipped"))
+                problems.append(
+                    Unreadable(
+                        os.path.join(root, name),
+                        f"{os.path.join(root, name)}: a symbolic link back "
+                        f"to {real}, which is already scanned; skipped",
+                    )
+                )
             seen.add(real)
         for name in sorted(files):
             path = Path(root) / name
@@ -119,14 +125,16 @@ def load_reference(reference: str) -> LoadedModel:
     try:
         loaded = mlflow.pyfunc.load_model(reference)
     except mlflow.exceptions.MlflowException as exc:
-        raise CxrError(f"{reference}: cannot be loaded from {tracking.tracking_uri()} ({exc.message.splitlines()[0]}); "
-                       "run `dvc repro` first, or pass --model models/<name>") from None
+        raise CxrError(
+            f"{reference}: cannot be loaded from {tracking.tracking_uri()} ({exc.message.splitlines()[0]}); "
+            "run `dvc repro` first, or pass --model models/<name>"
+        ) from None
     classifier = loaded.unwrap_python_model()
     name, version = reference, loaded.metadata.run_id
     if reference.startswith("models:/"):
         name, _, label = reference.removeprefix("models:/").replace("@", "/").partition("/")
         client = mlflow.MlflowClient()
-        version = (client.get_model_version_by_alias(name, label).version if "@" in reference else label)
+        version = client.get_model_version_by_alias(name, label).version if "@" in reference else label
     return LoadedModel(classifier.model, classifier.spec, name, str(version))
 
 
@@ -168,8 +176,10 @@ def summary(table: pd.DataFrame, output: Path) -> str:
     counts = table["predicted"].dropna().value_counts().sort_index()
     failed = int((table["error"] != "").sum())
     predicted = ", ".join(f"{name} {count}" for name, count in counts.items()) or "none"
-    return (f"cxr-predict: {len(table)} file(s), {len(table) - failed} predicted ({predicted}), {failed} failed, "
-            f"{int((table['warning'] != '').sum())} with a warning -> {output}")
+    return (
+        f"cxr-predict: {len(table)} file(s), {len(table) - failed} predicted ({predicted}), {failed} failed, "
+        f"{int((table['warning'] != '').sum())} with a warning -> {output}"
+    )
 
 
 def default_model() -> str:
@@ -179,25 +189,41 @@ def default_model() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cxr-predict", description=__doc__.splitlines()[0],
-                                     epilog=DISCLAIMER)
-    parser.add_argument("inputs", nargs="+", help="image files (PNG, JPEG, DICOM), folders (searched "
-                        "recursively) or globs")
-    parser.add_argument("--model", help="models:/<name>@<alias> or models:/<name>/<version> (MLflow registry), "
-                        "runs:/<run id>/model, or a pipeline folder such as models/finetuned; default: "
-                        "models:/cxr-<task>@champion")
+    parser = argparse.ArgumentParser(prog="cxr-predict", description=__doc__.splitlines()[0], epilog=DISCLAIMER)
+    parser.add_argument(
+        "inputs", nargs="+", help="image files (PNG, JPEG, DICOM), folders (searched recursively) or globs"
+    )
+    parser.add_argument(
+        "--model",
+        help="models:/<name>@<alias> or models:/<name>/<version> (MLflow registry), "
+        "runs:/<run id>/model, or a pipeline folder such as models/finetuned; default: "
+        "models:/cxr-<task>@champion",
+    )
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="the CSV to write")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--explain", type=Path, metavar="DIR",
-                        help="write a Grad-CAM overlay of the predicted class per image into DIR")
-    parser.add_argument("--views", nargs="*", default=None,
-                        help="views the model was trained on; a DICOM whose ViewPosition is another gets a "
-                        "warning (default: the views the model records)")
-    parser.add_argument("--max-file-mb", type=float, default=DEFAULT_LIMITS.max_file_bytes / 2**20,
-                        help="larger files get an error row without being read (default: %(default)g)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_LIMITS.max_pixels,
-                        help="images whose header claims more pixels (width x height x frames) get an error row "
-                        "before decoding (default: %(default)d, 8192 x 8192)")
+    parser.add_argument(
+        "--explain", type=Path, metavar="DIR", help="write a Grad-CAM overlay of the predicted class per image into DIR"
+    )
+    parser.add_argument(
+        "--views",
+        nargs="*",
+        default=None,
+        help="views the model was trained on; a DICOM whose ViewPosition is another gets a "
+        "warning (default: the views the model records)",
+    )
+    parser.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=DEFAULT_LIMITS.max_file_bytes / 2**20,
+        help="larger files get an error row without being read (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_LIMITS.max_pixels,
+        help="images whose header claims more pixels (width x height x frames) get an error row "
+        "before decoding (default: %(default)d, 8192 x 8192)",
+    )
     args = parser.parse_args(argv)
     limits = Limits(max_file_bytes=int(args.max_file_mb * 2**20), max_pixels=args.max_pixels)
     try:
@@ -207,10 +233,21 @@ def main(argv: list[str] | None = None) -> None:
     paths = input_files(args.inputs)
     if not paths:
         raise SystemExit(f"error: no PNG, JPEG or DICOM file in {args.inputs}")
-    explain = (Explainer(args.explain, loaded.spec.backbone, args.batch_size, [source_name(path) for path in paths])
-               if args.explain else None)
-    table = predict_sources(loaded.model, loaded.spec, paths, batch_size=args.batch_size, views=args.views,
-                            progress=len(paths) > 1, explain=explain, limits=limits)
+    explain = (
+        Explainer(args.explain, loaded.spec.backbone, args.batch_size, [source_name(path) for path in paths])
+        if args.explain
+        else None
+    )
+    table = predict_sources(
+        loaded.model,
+        loaded.spec,
+        paths,
+        batch_size=args.batch_size,
+        views=args.views,
+        progress=len(paths) > 1,
+        explain=explain,
+        limits=limits,
+    )
     table.insert(2, "model", loaded.name)
     table.insert(3, "model_version", loaded.version)
     write_csv(args.output, table)

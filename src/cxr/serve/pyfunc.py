@@ -2,13 +2,13 @@
 
 Each registered version (``cxr-<task>``, ``cxr-<task>-<backbone>``) is this pyfunc around the
 pipeline's model folder (``model.keras`` + ``meta.json``). It takes a DataFrame with an ``image``
-column of raw PNG, JPEG or DICOM bytes (in Python) or their base64 text (over HTTP) and returns, per row, the predicted class, one ``p_<class>``
-column per class, a ``warning`` and an ``error``. Over HTTP the bytes travel as base64 in any of
-MLflow's JSON formats (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``), with
-or without line breaks. Every row gets its own answer: a file that cannot be read, a ``null`` cell
-or a row over :data:`SERVING_LIMITS` ``max_rows`` fails its own row (``error``, with the ``p_``
-columns ``null``), never the request. Decoding and resizing are :mod:`cxr.serve.classify`, the code
-``cxr-predict`` and training use.
+column of raw PNG, JPEG or DICOM bytes (in Python) or their base64 text (over HTTP) and returns, per
+row, the predicted class, one ``p_<class>`` column per class, a ``warning`` and an ``error``. Over
+HTTP the bytes travel as base64 in any of MLflow's JSON formats (``dataframe_split``,
+``dataframe_records``, ``instances``, ``inputs``), with or without line breaks. Every row gets its
+own answer: a file that cannot be read, a ``null`` cell or a row over :data:`SERVING_LIMITS`
+``max_rows`` fails its own row (``error``, with the ``p_`` columns ``null``), never the request.
+Decoding and resizing are :mod:`cxr.serve.classify`, the code ``cxr-predict`` and training use.
 
 Limits (:data:`SERVING_LIMITS`, logged as the model's ``model_config``) can be changed where the
 model is served: ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"max_rows": 16}' mlflow models serve ...``. What large
@@ -52,11 +52,13 @@ def serving_limits(model_config: dict | None) -> dict[str, int]:
     limits = dict(SERVING_LIMITS)
     for key, value in (model_config or {}).items():
         if key not in limits:
-            raise MlflowException(f"model config: unknown key {key!r} (known: {', '.join(SERVING_LIMITS)})",
-                                  INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"model config: unknown key {key!r} (known: {', '.join(SERVING_LIMITS)})", INVALID_PARAMETER_VALUE
+            )
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise MlflowException(f"model config: {key} must be a positive integer, got {value!r}",
-                                  INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"model config: {key} must be a positive integer, got {value!r}", INVALID_PARAMETER_VALUE
+            )
         limits[key] = value
     return limits
 
@@ -75,12 +77,18 @@ def cell_source(value: object, index: int, max_bytes: int = DEFAULT_LIMITS.max_f
     if isinstance(value, str):
         size = (len(value) - sum(value.count(space) for space in " \r\n")) * 3 // 4  # base64: 4 chars, 3 bytes
         if size > max_bytes:
-            return Unreadable(name, f"{name}: about {size:,} bytes once decoded, over the limit of {max_bytes:,} "
-                              "bytes per file (max_file_bytes)")
+            return Unreadable(
+                name,
+                f"{name}: about {size:,} bytes once decoded, over the limit of {max_bytes:,} "
+                "bytes per file (max_file_bytes)",
+            )
     if isinstance(value, bytes | bytearray | memoryview):
         return name, bytes(value)
-    if value is None or (isinstance(value, float) and np.isnan(value)) or (
-            isinstance(value, str) and value.strip() in NULL_TEXT):
+    if (
+        value is None
+        or (isinstance(value, float) and np.isnan(value))
+        or (isinstance(value, str) and value.strip() in NULL_TEXT)
+    ):
         return Unreadable(name, f"{name}: no image (null)")
     if isinstance(value, str):
         try:
@@ -101,13 +109,23 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         # MLflow has enforced the signature: the column is there (a request without it is answered 400).
         limit, max_bytes = self.limits["max_rows"], self.limits["max_file_bytes"]
-        sources = [cell_source(value, index, max_bytes) if index < limit else
-                   Unreadable(f"row {index}", f"row {index}: over the limit of {limit} rows per request (max_rows); "
-                              "send it in another request")
-                   for index, value in enumerate(model_input[COLUMN])]
-        table = predict_sources(self.model, self.spec, sources, batch_size=32,
-                                limits=Limits(self.limits["max_file_bytes"], self.limits["max_pixels"]),
-                                decode_slots=self.decode_slots)
+        sources = [
+            cell_source(value, index, max_bytes)
+            if index < limit
+            else Unreadable(
+                f"row {index}",
+                f"row {index}: over the limit of {limit} rows per request (max_rows); send it in another request",
+            )
+            for index, value in enumerate(model_input[COLUMN])
+        ]
+        table = predict_sources(
+            self.model,
+            self.spec,
+            sources,
+            batch_size=32,
+            limits=Limits(self.limits["max_file_bytes"], self.limits["max_pixels"]),
+            decode_slots=self.decode_slots,
+        )
         # Failed rows answer null, never NaN (not JSON: most parsers refuse it).
         table = table.drop(columns="path").astype(object)
         return table.where(table.notna(), None)
@@ -117,7 +135,10 @@ def signature(classes: list[str]) -> ModelSignature:
     """The contract MLflow records: ``image`` (the file's bytes from Python; base64 text over HTTP,
     decoded by :func:`cell_source` rather than by MLflow, so that a null cell is a row's error and
     not a failed request) -> ``predicted``, ``p_<class>`` per class, ``warning``, ``error``."""
-    outputs = [ColSpec("string", "predicted", required=False),
-               *[ColSpec("double", f"p_{name}", required=False) for name in classes],
-               ColSpec("string", "warning"), ColSpec("string", "error")]
+    outputs = [
+        ColSpec("string", "predicted", required=False),
+        *[ColSpec("double", f"p_{name}", required=False) for name in classes],
+        ColSpec("string", "warning"),
+        ColSpec("string", "error"),
+    ]
     return ModelSignature(inputs=Schema([ColSpec("string", COLUMN)]), outputs=Schema(outputs))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from cxr.report import evaluation
 
-
 # Thresholds the verdict uses; audit.md states them next to the numbers.
 PROBE_MARGIN = 0.2  # within-class probe accuracy this far above chance: the sources look different
 SALIENCY_MARGIN = 0.05  # lung-box share of saliency this far below an even spread: it looks elsewhere
@@ -23,7 +22,8 @@ def evidence(metrics: dict, n_classes: int, positive: str) -> dict[str, bool]:
         "lungs_hidden": (hidden["balanced_accuracy_low"] or 0) > 1 / n_classes,
         "saliency": saliency["lung_box_share"] is not None
         and saliency["lung_box_share"] <= saliency["uniform_share"] - SALIENCY_MARGIN,
-        "external": external.get(recall) is not None and internal.get(recall) is not None
+        "external": external.get(recall) is not None
+        and internal.get(recall) is not None
         and external[recall] <= internal[recall] - EXTERNAL_DROP,
     }
 
@@ -43,36 +43,52 @@ def verdict(backbone: str, metrics: dict, n_classes: int, positive: str) -> str:
     probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
     internal = metrics["classifier"]
     if probe["within_class_accuracy"] is None:
-        probe_sentence = (f"No class has test images from two sources, so the source probe cannot be scored within "
-                          f"a class (its plain accuracy, {probe['accuracy']:.2f}, is no evidence: the class alone "
-                          f"gives {probe['class_only_accuracy']:.2f}).")
+        probe_sentence = (
+            f"No class has test images from two sources, so the source probe cannot be scored within "
+            f"a class (its plain accuracy, {probe['accuracy']:.2f}, is no evidence: the class alone "
+            f"gives {probe['class_only_accuracy']:.2f})."
+        )
     else:
-        probe_sentence = (f"The source probe tells the sources apart among images of the same class with balanced "
-                          f"accuracy {probe['within_class_accuracy']:.2f} (chance {probe['within_class_chance']:.2f}; "
-                          f"{within_class_text(probe.get('within_class', {}))})"
-                          + (": the sources look different whatever the diagnosis." if found["probe"] else
-                             ", so the sources are hard to tell apart."))
+        probe_sentence = (
+            f"The source probe tells the sources apart among images of the same class with balanced "
+            f"accuracy {probe['within_class_accuracy']:.2f} (chance {probe['within_class_chance']:.2f}; "
+            f"{within_class_text(probe.get('within_class', {}))})"
+            + (
+                ": the sources look different whatever the diagnosis."
+                if found["probe"]
+                else ", so the sources are hard to tell apart."
+            )
+        )
     sentences = [
         probe_sentence,
         f"With the lungs hidden, the classifier still reaches a balanced accuracy of "
-        f"{evaluation.interval_text(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) and a {positive} recall of "
+        f"{evaluation.interval_text(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) "
+        f"and a {positive} recall of "
         f"{_number(hidden.get(recall))}.",
         f"Grad-CAM puts {_number(saliency['lung_box_share'])} of its mass inside the lung box "
         f"({saliency['uniform_share']:.2f} if it were spread evenly; {_map(saliency)}).",
     ]
     if "external" in metrics:
-        sentences.append(f"On the external source, {positive} recall is {_number(metrics['external'].get(recall))}"
-                         f" against {_number(internal.get(recall))} on the test split.")
+        sentences.append(
+            f"On the external source, {positive} recall is {_number(metrics['external'].get(recall))}"
+            f" against {_number(internal.get(recall))} on the test split."
+        )
     others = [name for name in ("lungs_hidden", "saliency", "external") if found[name]]
     if found["probe"] and others:
-        conclusion = (f"The {positive} result is not evidence of {positive} detection: the model can recognise the "
-                      f"source, and {_listing(others)} show{'s' if len(others) == 1 else ''} it does.")
+        conclusion = (
+            f"The {positive} result is not evidence of {positive} detection: the model can recognise the "
+            f"source, and {_listing(others)} show{'s' if len(others) == 1 else ''} it does."
+        )
     elif found["probe"]:
-        conclusion = ("The sources differ visibly, so the model could use them; the other tests do not show "
-                      "that it does, but they do not rule it out.")
+        conclusion = (
+            "The sources differ visibly, so the model could use them; the other tests do not show "
+            "that it does, but they do not rule it out."
+        )
     elif others:
-        conclusion = (f"{_listing(others)[0].upper()}{_listing(others)[1:]} point{'s' if len(others) == 1 else ''} "
-                      f"away from the lungs: read the {positive} result with care.")
+        conclusion = (
+            f"{_listing(others)[0].upper()}{_listing(others)[1:]} point{'s' if len(others) == 1 else ''} "
+            f"away from the lungs: read the {positive} result with care."
+        )
     else:
         conclusion = "These tests find no sign that the model relies on the source of the image."
     return f"**{backbone}.** " + " ".join(sentences) + " " + conclusion
@@ -80,15 +96,22 @@ def verdict(backbone: str, metrics: dict, n_classes: int, positive: str) -> str:
 
 def within_class_text(per_class: dict) -> str:
     """``BACTERIA 0.92 [0.75, 1.00] on 3 covid_chestxray + 41 kermany images; ...`` (what each score rests on)."""
-    return "; ".join(
-        f"{name} {evaluation.interval_text(result, 'balanced_accuracy')} on "
-        + " + ".join(f"{count} {source}" for source, count in result["images"].items()) + " images"
-        for name, result in per_class.items()
-    ) or "no class has two sources"
+    return (
+        "; ".join(
+            f"{name} {evaluation.interval_text(result, 'balanced_accuracy')} on "
+            + " + ".join(f"{count} {source}" for source, count in result["images"].items())
+            + " images"
+            for name, result in per_class.items()
+        )
+        or "no class has two sources"
+    )
 
 
-LABELS = {"lungs_hidden": "the lungs-hidden classifier", "saliency": "the saliency maps",
-          "external": "the external source"}
+LABELS = {
+    "lungs_hidden": "the lungs-hidden classifier",
+    "saliency": "the saliency maps",
+    "external": "the external source",
+}
 
 
 def _listing(names: list[str]) -> str:
@@ -105,59 +128,92 @@ def _number(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def audit_markdown(results: dict[str, dict], confound: dict, external: dict | None, classes: list[str],
-                   note: str, positive: str) -> str:
+def audit_markdown(
+    results: dict[str, dict], confound: dict, external: dict | None, classes: list[str], note: str, positive: str
+) -> str:
     """``reports/eval/audit.md``: the source x class table, one row of numbers per backbone,
     the generated verdicts, and what each number means."""
     class_header = " | ".join(classes)
     recall = f"recall_{positive}"
-    lines = [f"# Shortcut audit: {positive}, or the source of the image?", "", note, "",
-             "## How much the source alone gives away", "",
-             f"| source | {class_header} |", "|---|" + "---|" * len(classes)]
+    lines = [
+        f"# Shortcut audit: {positive}, or the source of the image?",
+        "",
+        note,
+        "",
+        "## How much the source alone gives away",
+        "",
+        f"| source | {class_header} |",
+        "|---|" + "---|" * len(classes),
+    ]
     for source, counts in confound["images_per_source_class"].items():
         lines.append(f"| {source} | " + " | ".join(str(counts.get(name, 0)) for name in classes) + " |")
     rule = ", ".join(f"{source} -> {name}" for source, name in confound["source_only_rule"].items())
-    lines += ["", f"Predicting the class from the source alone (each source's most common training class: "
-              f"{rule}) scores {confound['source_only_accuracy']:.2f} test accuracy; "
-              f"predicting the most common class for every image scores {confound['majority_class_accuracy']:.2f}."]
+    lines += [
+        "",
+        f"Predicting the class from the source alone (each source's most common training class: "
+        f"{rule}) scores {confound['source_only_accuracy']:.2f} test accuracy; "
+        f"predicting the most common class for every image scores {confound['majority_class_accuracy']:.2f}.",
+    ]
     if external and external.get("note"):
         lines += ["", f"External test source: none ({external['note']})."]
     elif external:
-        counts = "; ".join(f"{source}: " + ", ".join(f"{count} {name}" for name, count in values.items())
-                           for source, values in external["images_per_source_class"].items())
+        counts = "; ".join(
+            f"{source}: " + ", ".join(f"{count} {name}" for name, count in values.items())
+            for source, values in external["images_per_source_class"].items()
+        )
         lines += ["", f"External test source (never trained on): {counts}."]
-    lines += ["", "## Results", "",
-              "| backbone | test accuracy | source probe within class (chance) | source probe accuracy "
-              f"(class-only guess) | lungs hidden: balanced accuracy | lungs hidden: {positive} recall | "
-              f"Grad-CAM mass in lung box (even spread; map) | external: accuracy | external: {positive} recall |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Results",
+        "",
+        "| backbone | test accuracy | source probe within class (chance) | source probe accuracy "
+        f"(class-only guess) | lungs hidden: balanced accuracy | lungs hidden: {positive} recall | "
+        f"Grad-CAM mass in lung box (even spread; map) | external: accuracy | external: {positive} recall |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for backbone, metrics in results.items():
         probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
         external_metrics = metrics.get("external", {})
-        lines.append(" | ".join([
-            f"| {backbone}", evaluation.interval_text(metrics["classifier"], "accuracy"),
-            f"{_number(probe['within_class_accuracy'])} ({probe['within_class_chance']:.2f})",
-            f"{_number(probe['accuracy'])} ({probe['class_only_accuracy']:.2f})",
-            evaluation.interval_text(hidden, "balanced_accuracy"), _number(hidden.get(recall)),
-            f"{_number(saliency['lung_box_share'])} ({saliency['uniform_share']:.2f}; "
-            f"{saliency.get('map_side')}x{saliency.get('map_side')} map)",
-            evaluation.interval_text(external_metrics, "accuracy"), _number(external_metrics.get(recall)),
-        ]) + " |")
-    lines += ["", "### Source probe within each class", "",
-              "Scored only where a class has test images from two or more sources; each score rests on the images "
-              "it names.", "", "| backbone | class | test images per source | balanced accuracy [95% CI] (chance) |",
-              "|---|---|---|---|"]
+        lines.append(
+            " | ".join(
+                [
+                    f"| {backbone}",
+                    evaluation.interval_text(metrics["classifier"], "accuracy"),
+                    f"{_number(probe['within_class_accuracy'])} ({probe['within_class_chance']:.2f})",
+                    f"{_number(probe['accuracy'])} ({probe['class_only_accuracy']:.2f})",
+                    evaluation.interval_text(hidden, "balanced_accuracy"),
+                    _number(hidden.get(recall)),
+                    f"{_number(saliency['lung_box_share'])} ({saliency['uniform_share']:.2f}; "
+                    f"{saliency.get('map_side')}x{saliency.get('map_side')} map)",
+                    evaluation.interval_text(external_metrics, "accuracy"),
+                    _number(external_metrics.get(recall)),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "### Source probe within each class",
+        "",
+        "Scored only where a class has test images from two or more sources; each score rests on the images it names.",
+        "",
+        "| backbone | class | test images per source | balanced accuracy [95% CI] (chance) |",
+        "|---|---|---|---|",
+    ]
     for backbone, metrics in results.items():
         probe = metrics["source_probe"]
         for name, result in probe.get("within_class", {}).items():
             images = ", ".join(f"{source} {count}" for source, count in result["images"].items())
-            lines.append(f"| {backbone} | {name} | {images} | {evaluation.interval_text(result, 'balanced_accuracy')} "
-                         f"({probe['within_class_chance']:.2f}) |")
+            lines.append(
+                f"| {backbone} | {name} | {images} | {evaluation.interval_text(result, 'balanced_accuracy')} "
+                f"({probe['within_class_chance']:.2f}) |"
+            )
     lines += ["", "## Verdict", ""]
     for backbone, metrics in results.items():
         lines += [verdict(backbone, metrics, len(classes), positive), ""]
     lines += [
-        "## What the numbers are", "",
+        "## What the numbers are",
+        "",
         "- **Source probe**: the same backbone and head, trained like `train@<backbone>` but to predict "
         "each image's source. *Within class* is its recall averaged over sources, among test images of one "
         "class, averaged over the classes that more than one source provides: a guess from the class alone "
@@ -171,7 +227,8 @@ def audit_markdown(results: dict[str, dict], confound: dict, external: dict | No
         "mass inside the lung box, against the share an even spread would have; "
         f"{SALIENCY_MARGIN} or more below it counts as looking elsewhere. A feature map of 1x1 (small inputs) "
         "cannot localise anything. Overlays: "
-        + ", ".join(f"[{backbone}](../audit/{backbone}/gradcam.png)" for backbone in results) + ".",
+        + ", ".join(f"[{backbone}](../audit/{backbone}/gradcam.png)" for backbone in results)
+        + ".",
         f"- **External**: the trained classifier on the external source's images; a {positive} recall "
         f"{EXTERNAL_DROP} or more below the test split's counts as a drop.",
         "- Intervals are 95% percentile intervals of a bootstrap over patients.",

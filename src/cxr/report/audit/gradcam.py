@@ -15,8 +15,10 @@ from cxr.learn.model import base_of
 
 def saliency_sample(test: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
     """A fixed sample of test images, ``per_class`` of each class (fewer if a class has fewer)."""
-    parts = [rows.sample(n=min(per_class, len(rows)), random_state=np.random.default_rng([seed, index]))
-             for index, (_, rows) in enumerate(test.groupby("class", sort=True))]
+    parts = [
+        rows.sample(n=min(per_class, len(rows)), random_state=np.random.default_rng([seed, index]))
+        for index, (_, rows) in enumerate(test.groupby("class", sort=True))
+    ]
     return pd.concat(parts).sort_values(["class", "image_id"], ignore_index=True)
 
 
@@ -67,13 +69,21 @@ def map_side(model: keras.Model, layer: str | None) -> int:
     return int((base.get_layer(layer).output if layer else base.output).shape[1])
 
 
-def saliency(model: keras.Model, backbone: Backbone, sample: pd.DataFrame, classes: list[str], size: int,
-             box: float) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def saliency(
+    model: keras.Model, backbone: Backbone, sample: pd.DataFrame, classes: list[str], size: int, box: float
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Grad-CAM of the predicted class for each sampled image: (images, maps, one row per image)."""
-    batch = np.stack([images.decode_resize(tf.constant(path), size, int(orientation)).numpy()
-                      for path, orientation in zip(sample["path"], images.orientations(sample))])
+    batch = np.stack(
+        [
+            images.decode_resize(tf.constant(path), size, int(orientation)).numpy()
+            for path, orientation in zip(sample["path"], images.orientations(sample))
+        ]
+    )
     predicted = np.argmax(model.predict(batch, verbose=0), axis=1)
     maps = gradcam(model, batch, predicted, backbone.gradcam_layer)
-    table = sample[["image_id", "source", "class"]].reset_index(drop=True).assign(
-        predicted=np.asarray(classes)[predicted], lung_box_share=box_share(maps, box))
+    table = (
+        sample[["image_id", "source", "class"]]
+        .reset_index(drop=True)
+        .assign(predicted=np.asarray(classes)[predicted], lung_box_share=box_share(maps, box))
+    )
     return batch, maps, table

@@ -35,11 +35,15 @@ def within_class_source_accuracy(table: pd.DataFrame, *, resamples: int, seed: i
         counts = rows["actual"].value_counts().sort_index()
         if len(counts) < 2:
             continue
-        interval = evaluation.patient_bootstrap(rows.reset_index(drop=True), list(counts.index),
-                                                resamples=resamples, seed=seed)["balanced_accuracy"]
-        per_class[name] = {"balanced_accuracy": interval["value"], "balanced_accuracy_low": interval["low"],
-                           "balanced_accuracy_high": interval["high"],
-                           "images": {source: int(count) for source, count in counts.items()}}
+        interval = evaluation.patient_bootstrap(
+            rows.reset_index(drop=True), list(counts.index), resamples=resamples, seed=seed
+        )["balanced_accuracy"]
+        per_class[name] = {
+            "balanced_accuracy": interval["value"],
+            "balanced_accuracy_low": interval["low"],
+            "balanced_accuracy_high": interval["high"],
+            "images": {source: int(count) for source, count in counts.items()},
+        }
         weights[name] = int(counts.min())
     n_sources = table["actual"].nunique()
     scores = [result["balanced_accuracy"] for result in per_class.values()]
@@ -62,12 +66,19 @@ def class_only_source_accuracy(split: pd.DataFrame) -> float:
 def scored(table: pd.DataFrame, classes: list[str], resamples: int, seed: int) -> dict:
     """Accuracy, macro F1 and recall per class of a predictions table, with patient-bootstrap 95%
     intervals, flattened (``accuracy``, ``accuracy_low``, ...); NaN (a class absent) -> None."""
-    return without_nan(evaluation.flat_intervals(
-        evaluation.patient_bootstrap(table, classes, resamples=resamples, seed=seed)))
+    return without_nan(
+        evaluation.flat_intervals(evaluation.patient_bootstrap(table, classes, resamples=resamples, seed=seed))
+    )
 
 
-def predicted_table(model: keras.Model, rows: pd.DataFrame, classes: list[str], size: int, config: Config,
-                     hidden_center: float | None = None) -> pd.DataFrame:
+def predicted_table(
+    model: keras.Model,
+    rows: pd.DataFrame,
+    classes: list[str],
+    size: int,
+    config: Config,
+    hidden_center: float | None = None,
+) -> pd.DataFrame:
     probabilities = evaluation.predict(model, rows, classes, size, config.train, hidden_center)
     return evaluation.predictions_frame(rows, classes, probabilities)
 
@@ -80,53 +91,75 @@ def source_probe(backbone: Backbone, split: pd.DataFrame, size: int, config: Con
     model, _ = training.train_classifier(backbone, as_sources, sources, size, config.train, config.seed, work_dir)
     test = as_sources[as_sources["split"] == "test"]
     return predicted_table(model, test, sources, size, config).assign(
-        **{"class": split.loc[split["split"] == "test", "class"].to_numpy()})
+        **{"class": split.loc[split["split"] == "test", "class"].to_numpy()}
+    )
 
 
-def lungs_hidden(backbone: Backbone, split: pd.DataFrame, classes: list[str], size: int, config: Config,
-                 work_dir: Path) -> pd.DataFrame:
+def lungs_hidden(
+    backbone: Backbone, split: pd.DataFrame, classes: list[str], size: int, config: Config, work_dir: Path
+) -> pd.DataFrame:
     """Train and test the classifier on images whose lung box is blanked; its test predictions."""
     box = config.audit.lung_box
-    model, _ = training.train_classifier(backbone, split, classes, size, config.train, config.seed, work_dir,
-                                         hidden_center=box)
+    model, _ = training.train_classifier(
+        backbone, split, classes, size, config.train, config.seed, work_dir, hidden_center=box
+    )
     return predicted_table(model, split[split["split"] == "test"], classes, size, config, hidden_center=box)
 
 
-def summary(tables: dict[str, pd.DataFrame], saliency_table: pd.DataFrame, split: pd.DataFrame,
-            classes: list[str], size: int, config: Config, *, layer: str | None, map_side: int) -> dict:
+def summary(
+    tables: dict[str, pd.DataFrame],
+    saliency_table: pd.DataFrame,
+    split: pd.DataFrame,
+    classes: list[str],
+    size: int,
+    config: Config,
+    *,
+    layer: str | None,
+    map_side: int,
+) -> dict:
     """The audit's metrics for one backbone (``reports/audit/<backbone>.json``) from its prediction
     tables (``classifier``, ``source_probe``, ``lungs_hidden``, ``external``) and saliency table."""
     resamples, seed = config.evaluate.bootstrap_resamples, config.evaluate.bootstrap_seed
     probe = tables["source_probe"]
     within = within_class_source_accuracy(probe, resamples=resamples, seed=seed)
     confound = source_confound(split)
-    return without_nan({
-        "classifier": scored(tables["classifier"], classes, resamples, seed),
-        "source_probe": {
-            "accuracy": float((probe["actual"] == probe["predicted"]).mean()),
-            "class_only_accuracy": class_only_source_accuracy(split),
-            "within_class_accuracy": within["value"],
-            "within_class_chance": within["chance"],
-            "within_class_evidence": sum(within["smallest_source_images"].values()),
-            "within_class": within["per_class"],
-            **scored(probe, sorted(split["source"].unique()), resamples, seed),
-        },
-        "lungs_hidden": {
-            **scored(tables["lungs_hidden"], classes, resamples, seed),
-            "source_only_accuracy": confound["source_only_accuracy"],
-            "majority_class_accuracy": confound["majority_class_accuracy"],
-        },
-        "saliency": {
-            "lung_box_share": float(saliency_table["lung_box_share"].mean()),
-            "per_class": saliency_table.groupby("class")["lung_box_share"].mean().to_dict(),
-            "uniform_share": gradcam.even_share(size, config.audit.lung_box),
-            "layer": layer or "base output",
-            "map_side": map_side,
-            "images": len(saliency_table),
-        },
-        **({"external": {"images": len(tables["external"]), **scored(tables["external"], classes, resamples, seed)}}
-           if "external" in tables else {}),
-    })
+    return without_nan(
+        {
+            "classifier": scored(tables["classifier"], classes, resamples, seed),
+            "source_probe": {
+                "accuracy": float((probe["actual"] == probe["predicted"]).mean()),
+                "class_only_accuracy": class_only_source_accuracy(split),
+                "within_class_accuracy": within["value"],
+                "within_class_chance": within["chance"],
+                "within_class_evidence": sum(within["smallest_source_images"].values()),
+                "within_class": within["per_class"],
+                **scored(probe, sorted(split["source"].unique()), resamples, seed),
+            },
+            "lungs_hidden": {
+                **scored(tables["lungs_hidden"], classes, resamples, seed),
+                "source_only_accuracy": confound["source_only_accuracy"],
+                "majority_class_accuracy": confound["majority_class_accuracy"],
+            },
+            "saliency": {
+                "lung_box_share": float(saliency_table["lung_box_share"].mean()),
+                "per_class": saliency_table.groupby("class")["lung_box_share"].mean().to_dict(),
+                "uniform_share": gradcam.even_share(size, config.audit.lung_box),
+                "layer": layer or "base output",
+                "map_side": map_side,
+                "images": len(saliency_table),
+            },
+            **(
+                {
+                    "external": {
+                        "images": len(tables["external"]),
+                        **scored(tables["external"], classes, resamples, seed),
+                    }
+                }
+                if "external" in tables
+                else {}
+            ),
+        }
+    )
 
 
 def without_nan(value):
