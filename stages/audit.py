@@ -12,13 +12,12 @@ import shutil
 import mlflow
 import pandas as pd
 
-from cxr.core import backbones, tracking
+from cxr.core import backbones, figures, tracking
 from cxr.core.config import as_dict, load
 from cxr.core.outputs import staged_directory, write_csv, write_json
 from cxr.core.stage import arguments, run
 from cxr.learn import images, training
 from cxr.learn.model_files import load_model
-from cxr.report import figures
 from cxr.report.audit import findings, gradcam, measures
 
 

@@ -12,12 +12,12 @@ run; one `evaluate` run holds the comparison. The evaluated release candidate be
 import mlflow
 import pandas as pd
 
-from cxr.core import tracking
+from cxr.core import figures, tracking
 from cxr.core.config import load
 from cxr.core.outputs import output_set, write_csv, write_json, write_text
 from cxr.core.stage import arguments, run
 from cxr.learn.model_files import load_model
-from cxr.report import evaluation, figures
+from cxr.report import evaluation
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """DVC stage `finetune`: unfreeze the end of the ${backbone} model's base and train on, in MLflow.
 
-Writes the fine-tuned model folder, its metrics and curves; registers it as cxr-<task>.
+Writes the fine-tuned model folder, its metrics and curves; logs the run (`register_finetuned`
+registers it as cxr-<task>).
 """
 
 import shutil
@@ -59,8 +60,6 @@ def main() -> None:
             curves=args.curves,
             report=args.metrics,
             title=f"finetune {config.backbone}",
-            example=training.example_image(split),
-            registered_name=tracking.model_name(config.task),
             extra={"unfrozen_layers": unfrozen, "unchanged_from_base": unchanged},
         )
     shutil.rmtree(work, ignore_errors=True)

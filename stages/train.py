@@ -1,8 +1,8 @@
 """DVC stage `train@<backbone>`: the study's frozen-base training of one backbone, in MLflow.
 
 Writes the model folder (model.keras, meta.json, history.csv), its metrics file and its
-accuracy/loss curves (DVC plots); logs the run and registers the model as
-cxr-<task>-<backbone> in MLflow.
+accuracy/loss curves (DVC plots); logs the run in MLflow (`register@<backbone>` registers the
+model as cxr-<task>-<backbone>).
 """
 
 import shutil
@@ -55,8 +55,6 @@ def main() -> None:
             curves=args.curves,
             report=args.metrics,
             title=f"train@{backbone.name}",
-            example=training.example_image(split),
-            registered_name=tracking.model_name(config.task, backbone.name),
         )
     shutil.rmtree(work, ignore_errors=True)
     print(

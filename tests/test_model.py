@@ -98,3 +98,59 @@ def test_unfreeze_exactly_n_layers_and_keep_batchnorm_frozen(count):
         assert names[-1] == "block14_sepconv2"
     with pytest.raises(BackboneError, match="finetune.unfreeze=1000"):
         unfreeze_last(model, 1000)
+
+
+def test_a_model_contract_of_format_1_loads_and_a_newer_one_warns():
+    """Format 1 (before format_version existed) migrates; fields a newer cxr added are a warning."""
+    import warnings
+
+    from cxr.core.spec import FORMAT_VERSION, ModelSpec, SpecError
+
+    version_1 = {
+        "backbone": "vgg16",
+        "image_size": 32,
+        "classes": ["COVID", "NORMAL"],
+        "task": "binary",
+        "weights": None,
+        "views": ["PA"],
+        "ages": None,
+        "finetuned_from": None,
+        "unfrozen_layers": [],
+        "unchanged_from_base": False,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = ModelSpec.from_json(version_1)
+    assert spec.image_size == 32 and spec.to_json()["format_version"] == FORMAT_VERSION
+    assert spec.to_json()["output"]["names"] == ["COVID", "NORMAL"]
+    assert ModelSpec.from_json(spec.to_json()) == spec  # the current format round-trips
+    newer = spec.to_json() | {"format_version": FORMAT_VERSION + 1, "calibration": {"temperature": 1.3}}
+    with pytest.warns(
+        UserWarning, match=r"meta.json: format_version 3 .*ignoring fields it does not know: calibration"
+    ):
+        assert ModelSpec.from_json(newer) == spec
+    with pytest.raises(SpecError, match="meta.json: missing image_size"):
+        ModelSpec.from_json({key: value for key, value in version_1.items() if key != "image_size"})
+
+
+@pytest.mark.parametrize(
+    ("installed", "expected"),
+    [
+        ({"tensorflow-cpu": "2.21.0"}, "tensorflow-cpu==2.21.0"),
+        ({"tensorflow": "2.21.0"}, "tensorflow==2.21.0"),
+        ({"tensorflow": "2.21.0", "nvidia-cudnn-cu12": "9.3.0"}, "tensorflow[and-cuda]==2.21.0"),
+    ],
+)
+def test_serving_requirements_name_the_tensorflow_installed(installed, expected):
+    from cxr.serve.register import serving_requirements
+
+    found = serving_requirements(lambda name: (installed | {"keras": "3.15.0", "mlflow": "3.17.2"}).get(name))
+    assert found == [expected, "keras==3.15.0", "mlflow==3.17.2"]
+
+
+def test_serving_without_tensorflow_is_refused():
+    from cxr.core.errors import CxrError
+    from cxr.serve.register import serving_requirements
+
+    with pytest.raises(CxrError, match="no TensorFlow distribution is installed"):
+        serving_requirements(lambda name: None)

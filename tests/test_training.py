@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from cxr.data.sources import download_source
 from cxr.learn import training
 from cxr.learn.model_files import load_model
+from cxr.serve import register
 
 TINY = {
     "backbones": ["vgg16"],
@@ -49,10 +50,11 @@ def project(tmp_path, data_project):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_project):
-    """train@vgg16 then finetune, run once; MLflow at the default place (sqlite in the project)."""
+    """train@vgg16, finetune, register@vgg16 and register_finetuned, run once; MLflow at the default
+    place (sqlite in the project)."""
     folder = tmp_path_factory.mktemp("trained") / "p"
     shutil.copytree(data_project, folder)
-    for stage, args in (("train", ["vgg16"]), ("finetune", [])):
+    for stage, args in (("train", ["vgg16"]), ("finetune", []), ("register", ["vgg16"]), ("register_finetuned", [])):
         result = run_stage(folder, stage, *args)
         assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
@@ -68,6 +70,7 @@ def test_train_stage_writes_model_metrics_and_curves(trained):
     meta = json.loads((trained / "models/vgg16/meta.json").read_text())
     split = pd.read_csv(trained / "data/processed/split.csv").query("split == 'train'")
     assert meta == {
+        "format_version": 2,
         "backbone": "vgg16",
         "image_size": 32,
         "classes": ["BACTERIA", "COVID", "NORMAL", "VIRAL"],
@@ -83,6 +86,14 @@ def test_train_stage_writes_model_metrics_and_curves(trained):
         "finetuned_from": None,
         "unfrozen_layers": [],
         "unchanged_from_base": False,
+        "input": {"shape": [None, 32, 32, 3], "channels": "RGB", "dtype": "float32", "value_range": [0, 255]},
+        "output": {
+            "shape": [None, 4],
+            "dtype": "float32",
+            "kind": "softmax probabilities, sum 1",
+            "names": ["BACTERIA", "COVID", "NORMAL", "VIRAL"],
+        },
+        "cxr_version": "0.1.0",
     }
     report = json.loads((trained / "reports/train/vgg16.json").read_text())
     assert report["epochs"] == 3 and 0 <= report["best_epoch"] <= 3
@@ -141,6 +152,18 @@ def test_finetune_is_logged_and_registered_as_the_task_model(trained):
     assert run.data.tags["DVC_STAGE"] == "finetune"
     [version] = client.search_model_versions("name = 'cxr-multiclass'")
     assert version.run_id == run.info.run_id
+    assert json.loads((trained / "reports/register/finetuned.json").read_text()) == {
+        "model": "finetuned",
+        "model_md5": hashlib.md5((trained / "models/finetuned/model.keras").read_bytes()).hexdigest(),
+        "registered_model": "cxr-multiclass",
+        "requirements": register.serving_requirements(),
+    }
+    # The model contract travels with the registered model, with the commit that registered it.
+    metadata = mlflow.models.get_model_info(f"models:/cxr-multiclass/{version.version}").metadata
+    assert metadata["format_version"] == 2 and metadata["finetuned_from"] == "vgg16"
+    assert metadata["input"]["value_range"] == [0, 255]
+    assert metadata["output"]["names"] == ["BACTERIA", "COVID", "NORMAL", "VIRAL"]
+    assert metadata["git_commit"] == "unknown" or len(metadata["git_commit"]) == 40
 
 
 def test_stage_nests_under_mlflow_run(project):

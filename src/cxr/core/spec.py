@@ -1,19 +1,34 @@
 """What a saved model is: the typed record written next to every ``model.keras`` as ``meta.json``.
 
 Training writes it, and fine-tuning, evaluation, the audit, the model card and prediction read
-it, so the input size, the class order and what the model was trained on are stated once.
+it, so the input size, the class order and what the model was trained on are stated once. Like a
+MONAI bundle's ``metadata.json`` it carries a ``format_version`` and states the input (shape,
+channels, dtype, value range) and the output (what the numbers are, one name per class); the
+registered model carries it as its MLflow ``metadata``.
+
+Format versions: 1 (no ``format_version`` field, no ``input``/``output``); 2 (this one). An older
+file is migrated on reading; a field this version does not know (a newer cxr wrote it) is a
+warning, not an error, so an older ``cxr-predict`` still reads a newer model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+import cxr
 from cxr.core.errors import CxrError
+
+FORMAT_VERSION = 2
+# The files of a model folder.
+MODEL_FILE = "model.keras"
+SPEC_FILE = "meta.json"
+HISTORY_FILE = "history.csv"
 
 
 class SpecError(CxrError):
@@ -39,10 +54,51 @@ class ModelSpec:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The ``meta.json`` record: ``format_version``, the fields, then ``input``, ``output`` and
+        ``cxr_version``."""
+        return {
+            "format_version": FORMAT_VERSION,
+            **dataclasses.asdict(self),
+            "input": self.input,
+            "output": self.output,
+            "cxr_version": cxr.__version__,
+        }
+
+    @property
+    def input(self) -> dict[str, Any]:
+        """What the model takes: a batch of upright RGB images at ``image_size``, raw pixel values
+        (the backbone's own preprocessing is inside the model)."""
+        return {
+            "shape": [None, self.image_size, self.image_size, 3],
+            "channels": "RGB",
+            "dtype": "float32",
+            "value_range": [0, 255],
+        }
+
+    @property
+    def output(self) -> dict[str, Any]:
+        """What the model gives: one probability per class (softmax), in ``classes`` order."""
+        return {
+            "shape": [None, len(self.classes)],
+            "dtype": "float32",
+            "kind": "softmax probabilities, sum 1",
+            "names": list(self.classes),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path | str = "meta.json") -> ModelSpec:
+        """Read a ``meta.json`` record of any format version up to :data:`FORMAT_VERSION`.
+
+        Raises SpecError (naming ``path`` and the field) when a required field is missing or
+        ``image_size``/``classes`` have the wrong type. Warns (UserWarning) on fields it does not
+        know and on a format version newer than its own.
+        """
+        data = dict(data)
+        version = data.pop("format_version", 1)
+        if not isinstance(version, int) or version < 1:
+            raise SpecError(f"{path}: format_version must be a positive integer, got {version!r}")
+        for derived in ("input", "output", "cxr_version"):
+            data.pop(derived, None)
         fields = {item.name: item for item in dataclasses.fields(cls)}
         required = [
             name
@@ -53,11 +109,15 @@ class ModelSpec:
         if missing:
             raise SpecError(f"{path}: missing {', '.join(missing)}; retrain the model (dvc repro) to rewrite it")
         unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise SpecError(f"{path}: unknown field {unknown[0]!r}; known: {sorted(fields)}")
+        if version > FORMAT_VERSION or unknown:
+            warnings.warn(
+                f"{path}: format_version {version} (this cxr reads up to {FORMAT_VERSION})"
+                + (f"; ignoring fields it does not know: {', '.join(unknown)}" if unknown else ""),
+                stacklevel=2,
+            )
         if not isinstance(data["image_size"], int) or not isinstance(data["classes"], list):
             raise SpecError(f"{path}: image_size must be an integer and classes a list")
-        return cls(**data)
+        return cls(**{name: value for name, value in data.items() if name in fields})
 
 
 def trained_on(split: pd.DataFrame, views: list[str]) -> dict[str, Any]:

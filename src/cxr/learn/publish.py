@@ -1,28 +1,25 @@
-"""The end of a training stage: the model saved, then logged and registered in MLflow.
+"""The end of a training stage: the model saved, then its fit logged in MLflow.
 
-The saved folder comes first, so a model is never registered that is not on disk; the run is
-tagged with the model file's md5, which is how ``evaluate`` finds the run of each model.
+The saved folder comes first, so a run never claims a model that is not on disk; the run is
+tagged with the model file's md5, which is how registration (:mod:`cxr.serve.register`, the
+``register@`` stages) and ``evaluate`` find the run of each model.
 """
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 
 import keras
 import mlflow
-import mlflow.pyfunc
 import pandas as pd
 
-import cxr
+from cxr.core import figures
 from cxr.core.outputs import write_csv, write_json
 from cxr.core.spec import ModelSpec
 from cxr.core.tracking import file_md5
 from cxr.learn import training
 from cxr.learn.model_files import save_model
 from cxr.learn.training import FitResult
-from cxr.report import figures
-from cxr.serve import pyfunc
 
 
 class EpochMetrics(keras.callbacks.Callback):
@@ -87,50 +84,6 @@ def log_fit(history: pd.DataFrame, metrics: dict, title: str) -> None:
     mlflow.log_table(history, "history.json")
 
 
-# What the registered pyfunc needs where it is served; the code itself travels with the model.
-SERVING_PACKAGES = (
-    "tensorflow-cpu",
-    "keras",
-    "mlflow",
-    "numpy",
-    "pandas",
-    "pillow",
-    "pydicom",
-    "python-gdcm",
-    "pyyaml",
-    "scikit-learn",
-    "matplotlib",
-    "tqdm",
-)
-
-
-def serving_requirements() -> list[str]:
-    found = []
-    for name in SERVING_PACKAGES:
-        try:
-            found.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def log_model(folder: Path, spec: ModelSpec, example: Path, registered_name: str) -> str:
-    """Log the saved model folder as the image-taking pyfunc (:mod:`cxr.serve.pyfunc`, logged from
-    code), with its signature, an example image and cxr's code, and register it; return the URI."""
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(pyfunc.__file__).with_name("model_code.py")),
-        artifacts={"model": str(folder)},
-        code_paths=[str(Path(cxr.__file__).parent)],
-        signature=pyfunc.signature(spec.classes),
-        model_config=pyfunc.SERVING_LIMITS,
-        input_example=pd.DataFrame({pyfunc.COLUMN: [example.read_bytes()]}),
-        registered_model_name=registered_name,
-        pip_requirements=serving_requirements(),
-    )
-    return info.model_uri
-
-
 def publish(
     model: keras.Model,
     result: FitResult,
@@ -140,18 +93,18 @@ def publish(
     curves: Path,
     report: Path,
     title: str,
-    example: Path,
-    registered_name: str,
     extra: dict | None = None,
 ) -> dict:
-    """Save the model to ``folder`` and its curves under ``curves``, log the fit to the active MLflow
-    run, register the saved model (a pyfunc that takes image files, ``example`` as its input
-    example), tag the run with the model file's md5, then write ``report``. Returns its metrics."""
+    """Save the model to ``folder`` and its curves under ``curves`` (``<metric>/<folder name>.csv``),
+    log the fit to the active MLflow run, tag the run with the model file's md5 (how the
+    ``register@`` stages and ``evaluate`` find it), then write ``report``.
+
+    Returns the metrics written to ``report``: :func:`summary`'s keys plus ``extra``'s.
+    """
     metrics = summary(result) | (extra or {})
     save_model(model, folder, spec, result.history)
     write_curves(result.history, curves, folder.name)
     log_fit(result.history, metrics, title)
-    log_model(folder, spec, example, registered_name)
     mlflow.set_tag("model_md5", file_md5(folder / "model.keras"))
     write_json(report, metrics)
     return metrics

@@ -188,11 +188,6 @@ def work_folder(model_folder: Path) -> Path:
     return model_folder.parent / ".resume" / model_folder.name
 
 
-def example_image(split: pd.DataFrame) -> Path:
-    """The image a registered model shows as its input example: the first of the val split."""
-    return Path(split[split["split"] == "val"].iloc[0]["path"])
-
-
 def resume_dir(folder: Path, key: dict) -> Path:
     """The checkpoint folder of one configuration: state left by another configuration is wiped.
 

@@ -25,13 +25,13 @@ from PIL import Image
 from cxr.core import backbones, tracking
 from cxr.core.config import PARAMS_FILE, load
 from cxr.core.errors import CxrError, one_line
+from cxr.core.figures import saliency_overlay
 from cxr.core.outputs import write_csv
 from cxr.core.spec import ModelSpec
 from cxr.data.dicom import SUFFIXES as DICOM_SUFFIXES
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn.model_files import load_model
 from cxr.report.audit.gradcam import gradcam
-from cxr.report.figures import saliency_overlay
 from cxr.serve.classify import Source, Unreadable, predict_sources, source_name
 
 DISCLAIMER = (
