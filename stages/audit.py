@@ -12,11 +12,11 @@ import shutil
 import mlflow
 import pandas as pd
 
-from cxr.core import backbones, figures, tracking
+from cxr.core import backbones, figures, runs, tracking
 from cxr.core.config import as_dict, load
 from cxr.core.outputs import staged_directory, write_csv, write_json
 from cxr.core.stage import arguments, run
-from cxr.learn import images, training
+from cxr.learn import checkpoints, images, training
 from cxr.learn.model_files import load_model
 from cxr.report.audit import findings, gradcam, measures
 
@@ -34,8 +34,8 @@ def main() -> None:
     box = config.audit.lung_box
     key = {"config": as_dict(config), "split": tracking.file_md5(args.split)}
     work = {
-        name: training.resume_dir(
-            training.work_folder(args.model.with_name(f"audit-{name}-{backbone.name}")), key | {"stage": name}
+        name: checkpoints.resume_dir(
+            checkpoints.work_folder(args.model.with_name(f"audit-{name}-{backbone.name}")), key | {"stage": name}
         )
         for name in ("probe", "hidden")
     }
@@ -71,7 +71,7 @@ def main() -> None:
         write_csv(staging / "saliency.csv", saliency)
         grid.savefig(staging / "gradcam.png")
     write_json(args.metrics, metrics)
-    with tracking.stage_run(config, f"audit@{backbone.name}", args.split, backbone.name):
+    with runs.stage_run(config, f"audit@{backbone.name}", args.split, backbone.name):
         if not external.empty:
             tracking.log_table_input(external, args.external, "external", tracking.file_md5(args.external))
         mlflow.log_metrics(tracking.flat_metrics(metrics))

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from cxr.core import tracking
+from cxr.core import registry, runs, tracking
 from cxr.core.config import load
 from cxr.core.errors import CxrError
 from cxr.core.outputs import write_text
@@ -42,8 +42,8 @@ def main() -> None:
         findings.audit_markdown(results, split_report["source_confound"], external, classes, note, positive),
     )
     model_file = args.model / "model.keras"
-    registered = tracking.model_name(config.task)
-    run_id = tracking.find_model_run(config.task, model_file)
+    registered = registry.model_name(config.task)
+    run_id = registry.find_model_run(config.task, model_file)
     card = model_card(
         config,
         spec=read_spec(args.model),
@@ -57,7 +57,7 @@ def main() -> None:
         note=note,
     )
     write_text(args.card, card)
-    with tracking.stage_run(config, "audit_report", args.split, config.backbone):
+    with runs.stage_run(config, "audit_report", args.split, config.backbone):
         for backbone, metrics in results.items():
             mlflow.log_metrics(
                 {
@@ -72,12 +72,12 @@ def main() -> None:
         client.log_artifact(run_id, str(args.card))
         client.update_registered_model(registered, description=card)
         evidence = findings.evidence_text(results.get(config.backbone), len(classes), positive)
-        tracking.describe_version(registered, run_id, description=card, tags={"audit.shortcut_evidence": evidence})
+        registry.describe_version(registered, run_id, description=card, tags={"audit.shortcut_evidence": evidence})
     for backbone, metrics in results.items():
-        backbone_run = tracking.find_model_run(config.task, args.model.with_name(backbone) / "model.keras")
+        backbone_run = registry.find_model_run(config.task, args.model.with_name(backbone) / "model.keras")
         if backbone_run is not None:
-            tracking.describe_version(
-                tracking.model_name(config.task, backbone),
+            registry.describe_version(
+                registry.model_name(config.task, backbone),
                 backbone_run,
                 tags={"audit.shortcut_evidence": findings.evidence_text(metrics, len(classes), positive)},
             )

@@ -12,7 +12,7 @@ run; one `evaluate` run holds the comparison. The evaluated release candidate be
 import mlflow
 import pandas as pd
 
-from cxr.core import figures, tracking
+from cxr.core import figures, registry, runs, tracking
 from cxr.core.config import load
 from cxr.core.outputs import output_set, write_csv, write_json, write_text
 from cxr.core.stage import arguments, run
@@ -72,7 +72,7 @@ def main() -> None:
 
     split_md5 = tracking.file_md5(args.split)
     for name in names:
-        run_id = tracking.find_model_run(config.task, models / name / "model.keras")
+        run_id = registry.find_model_run(config.task, models / name / "model.keras")
         if run_id is None:
             print(
                 f"warning: no MLflow run is tagged with the md5 of {models / name / 'model.keras'}; "
@@ -88,19 +88,19 @@ def main() -> None:
             confusion.reset_index(names="actual"),
         )
         release = name == "finetuned"
-        version = tracking.describe_version(
-            tracking.model_name(config.task, None if release else name),
+        version = registry.describe_version(
+            registry.model_name(config.task, None if release else name),
             run_id,
             tags={
                 f"test.{statistic}": evaluation.interval_text(metrics[name], statistic)
                 for statistic in evaluation.LEAD_STATISTICS
             }
             | {"test.split_md5": split_md5},
-            alias=tracking.CHAMPION if release else None,
+            alias=registry.CHAMPION if release else None,
         )
         if release and version is not None:
-            print(f"{tracking.model_name(config.task)} version {version} is @{tracking.CHAMPION}")
-    with tracking.stage_run(config, "evaluate", args.split, config.backbone):
+            print(f"{registry.model_name(config.task)} version {version} is @{registry.CHAMPION}")
+    with runs.stage_run(config, "evaluate", args.split, config.backbone):
         mlflow.log_metrics(
             {
                 f"{name}.{key}": value
@@ -109,7 +109,7 @@ def main() -> None:
                 if value is not None
             }
         )
-        tracking.log_headline_metrics(evaluation.lead_metrics(metrics))
+        runs.log_headline_metrics(evaluation.lead_metrics(metrics))
         mlflow.log_table(comparison, "comparison.json")
         for artifact in ("comparison.md", "comparison.csv", "comparison.png", "mcnemar.csv", "training_curves.png"):
             mlflow.log_artifact(str(out / artifact))

@@ -9,10 +9,10 @@ import shutil
 import mlflow
 import pandas as pd
 
-from cxr.core import tracking
+from cxr.core import runs, tracking
 from cxr.core.config import as_dict, load
 from cxr.core.stage import arguments, run
-from cxr.learn import publish, training
+from cxr.learn import checkpoints, publish, training
 from cxr.learn.model import unfreeze_last
 from cxr.learn.model_files import load_model
 
@@ -23,11 +23,11 @@ def main() -> None:
     tracking.require_tracking_store()
     split = pd.read_csv(args.split)
     strategy = training.configure_runtime(config.train, config.seed)
-    with tracking.stage_run(config, "finetune", args.split, config.backbone):
+    with runs.stage_run(config, "finetune", args.split, config.backbone):
         with strategy.scope():
             model, spec = load_model(args.base)
-            work = training.resume_dir(
-                training.work_folder(args.model),
+            work = checkpoints.resume_dir(
+                checkpoints.work_folder(args.model),
                 {
                     "config": as_dict(config),
                     "split": tracking.file_md5(args.split),

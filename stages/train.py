@@ -9,11 +9,11 @@ import shutil
 
 import pandas as pd
 
-from cxr.core import backbones, tracking
+from cxr.core import backbones, runs, tracking
 from cxr.core.config import as_dict, load
 from cxr.core.spec import ModelSpec, trained_on
 from cxr.core.stage import arguments, run
-from cxr.learn import publish, training
+from cxr.learn import checkpoints, publish, training
 
 
 def main() -> None:
@@ -30,12 +30,12 @@ def main() -> None:
         weights=config.train.weights,
         **trained_on(split, config.filter.views),
     )
-    work = training.resume_dir(
-        training.work_folder(args.model),
+    work = checkpoints.resume_dir(
+        checkpoints.work_folder(args.model),
         {"config": as_dict(config), "split": tracking.file_md5(args.split), "stage": "train"},
     )
     strategy = training.configure_runtime(config.train, config.seed)
-    with tracking.stage_run(config, f"train@{backbone.name}", args.split, backbone.name):
+    with runs.stage_run(config, f"train@{backbone.name}", args.split, backbone.name):
         with strategy.scope():
             model, result = training.train_classifier(
                 backbone,

@@ -18,7 +18,7 @@ from conftest import REPO, free_port, make_config, run_stage, stage_command, sta
 from mlflow.tracking import MlflowClient
 
 from cxr.data.sources import download_source
-from cxr.learn import training
+from cxr.learn import checkpoints, training
 from cxr.learn.model_files import load_model
 from cxr.serve import register
 
@@ -317,16 +317,16 @@ def test_a_checkpoint_restores_weights_optimizer_and_dropout_state(tmp_path):
     state = json.loads((tmp_path / "split/state.json").read_text())
     assert state["epoch"] == 2 and (tmp_path / "split" / state["variables"]).is_file()
     resumed, _ = _tiny_fit(tmp_path / "split", epochs=4, learning_rate=0.1, patience=None)
-    for one, other in zip(training._fit_variables(whole), training._fit_variables(resumed)):
+    for one, other in zip(checkpoints._fit_variables(whole), checkpoints._fit_variables(resumed)):
         assert np.array_equal(np.asarray(one), np.asarray(other)), one.path
     assert sorted(path.name for path in (tmp_path / "split").glob("state-*.npz")) == ["state-4.npz"]
 
 
 def test_changed_params_discard_checkpoints(tmp_path):
-    folder = training.resume_dir(tmp_path / "resume", {"epochs": 3})
+    folder = checkpoints.resume_dir(tmp_path / "resume", {"epochs": 3})
     (folder / "best.json").write_text("{}")
-    assert (training.resume_dir(tmp_path / "resume", {"epochs": 3}) / "best.json").exists()
-    assert not (training.resume_dir(tmp_path / "resume", {"epochs": 4}) / "best.json").exists()
+    assert (checkpoints.resume_dir(tmp_path / "resume", {"epochs": 3}) / "best.json").exists()
+    assert not (checkpoints.resume_dir(tmp_path / "resume", {"epochs": 4}) / "best.json").exists()
 
 
 def test_an_unreachable_tracking_server_stops_train_at_once(project):
@@ -367,7 +367,7 @@ from dataclasses import replace
 import numpy as np, pandas as pd, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from cxr.core import backbones
+from cxr.core import backbones, registry
 from cxr.core.config import Head, load
 from cxr.learn.images import TrainingBatches
 from cxr.learn.model import build_classifier
@@ -652,7 +652,7 @@ def test_a_registry_write_refused_for_a_moment_is_retried(tmp_path):
     (here: an alias on a version another process registers a moment later) succeeds on a retry."""
     import threading
 
-    from cxr.core.tracking import registry_write
+    from cxr.core.registry import registry_write
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_registered_model("m")

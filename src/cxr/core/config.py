@@ -1,4 +1,7 @@
-"""Typed view of params.yaml, validated once.
+"""Typed view of params.yaml, validated once: the sections as frozen dataclasses, and loading.
+
+The machinery that builds them (types, ranges) is :mod:`cxr.core.checks`, the checks across
+keys :mod:`cxr.core.semantics`, the DVC-declared view :mod:`cxr.core.declared`.
 
 Every stage reads its parameters through :func:`load`, so a typo in params.yaml (or in a
 ``dvc exp run -S`` override) fails fast with the key's full path and what it accepts. There
@@ -9,43 +12,16 @@ value (the study's own settings are in recipes.yaml).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
-from cxr.core.backbones import BACKBONES
-from cxr.core.errors import CxrError
-
-PARAMS_FILE = "params.yaml"
-YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class ConfigError(CxrError, ValueError):
-    """A parameter is unknown, missing or of the wrong type; the message names it."""
-
-
-def bounded(
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    reason: str = "",
-) -> Any:
-    """A field whose numbers must lie in ``[low, high]`` (``(`` / ``)`` where open); None skips a side.
-
-    The range lives next to the field's type so that one place says what a parameter accepts;
-    :func:`_build` checks it for plain numbers and for every value of a mapping. ``reason`` says
-    why the bound is where it is; it ends the error message.
-    """
-    return field(metadata={"range": (low, high, low_open, high_open), "reason": reason})
+from cxr.core.checks import PARAMS_FILE, ConfigError, bounded, build
+from cxr.core.declared import DeclaredParams, declared_params
+from cxr.core.semantics import check_semantics
 
 
 @dataclass(frozen=True)
@@ -230,47 +206,6 @@ def load(path: str | Path = PARAMS_FILE) -> Config:
     return config
 
 
-def declared_params(pipeline: Path, stage: str) -> list[str]:
-    """The params.yaml keys that dvc.yaml declares for ``stage`` (``name`` or ``name@item``)."""
-    name, _, item = stage.partition("@")
-    stages = (yaml.safe_load(pipeline.read_text()) or {}).get("stages", {})
-    if name not in stages:
-        raise ConfigError(f"{pipeline}: no stage {name!r} (DVC_STAGE={stage})")
-    definition = stages[name].get("do", stages[name])
-    keys = [key for entry in definition.get("params", []) for key in ([entry] if isinstance(entry, str) else [])]
-    return [key.replace("${item}", item) for key in keys]
-
-
-class DeclaredParams:
-    """A :class:`Config` (or one of its sections) that only yields the parameters its stage declares.
-
-    Reading an undeclared one raises :class:`ConfigError` naming the key and the stage. Methods
-    and properties run against the view, so what they read is checked too.
-    """
-
-    def __init__(self, value: Any, declared: frozenset[str], stage: str, prefix: str = ""):
-        self._value, self._declared, self._stage, self._prefix = value, declared, stage, prefix
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(type(self._value), name, None)
-        if isinstance(attribute, property):
-            return attribute.fget(self)
-        if callable(attribute):
-            return attribute.__get__(self)
-        return self._child(_join(self._prefix, name), getattr(self._value, name))
-
-    def _child(self, key: str, value: Any) -> Any:
-        """``value`` at ``key``: itself when declared, a view when only keys below it are, else an error."""
-        if any(key == declared or key.startswith(f"{declared}.") for declared in self._declared):
-            return value
-        if any(declared.startswith(f"{key}.") for declared in self._declared):
-            return DeclaredParams(value, self._declared, self._stage, key)
-        raise ConfigError(
-            f"stage {self._stage} reads params.yaml key {key!r}, which dvc.yaml does not declare in "
-            "its params: add it there, so that DVC reruns the stage when it changes"
-        )
-
-
 def unrestricted(config: Config | DeclaredParams) -> Config:
     """Every parameter, for records that log the whole configuration (MLflow params and tags)."""
     return config._value if isinstance(config, DeclaredParams) else config
@@ -291,224 +226,11 @@ def source_params(config: Config | DeclaredParams, name: str, kind: type) -> Any
     sections = unrestricted(config).sources.sections
     if name not in sections:
         raise ConfigError(f"{PARAMS_FILE}: missing key 'sources.{name}'; every source needs its section")
-    built = _build(kind, sections[name], f"sources.{name}", PARAMS_FILE)
+    built = build(kind, sections[name], f"sources.{name}", PARAMS_FILE)
     return config._child(f"sources.{name}", built) if isinstance(config, DeclaredParams) else built
 
 
 def from_dict(raw: dict[str, Any], source: str = PARAMS_FILE) -> Config:
-    config = _build(Config, raw, key="", source=source)
-    _check_semantics(config, source)
+    config = build(Config, raw, key="", source=source)
+    check_semantics(config, source)
     return config
-
-
-def _check_semantics(config: Config, source: str) -> None:
-    if config.task not in config.classes:
-        raise ConfigError(f"{source}: task: {config.task!r} is not a task; allowed: {sorted(config.classes)}")
-    labels = set(config.label_names())
-    for task, groups in config.classes.items():
-        wildcards = [name for name, members in groups.items() if members == "*"]
-        if len(wildcards) > 1:
-            raise ConfigError(f"{source}: classes.{task}: at most one class may be '*', got {wildcards}")
-        for name, members in groups.items():
-            for label in [] if members == "*" else members:
-                if label not in labels:
-                    raise ConfigError(
-                        f"{source}: classes.{task}.{name}: label {label!r} is not produced by "
-                        f"`labels`; allowed: {sorted(labels)}"
-                    )
-    _check_label_typos(config, source)
-    fractions = config.split.fractions
-    if any(value <= 0 for value in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
-        raise ConfigError(f"{source}: split.train/val/test must be positive and sum to 1, got {fractions}")
-    sections = sorted(config.sources.sections)
-    if not config.sources.use:
-        raise ConfigError(f"{source}: sources.use: at least one source is needed; allowed: {sections}")
-    if not config.sources.external:
-        raise ConfigError(
-            f"{source}: sources.external: the shortcut audit needs one external test source; "
-            f"allowed: {sections} not in sources.use"
-        )
-    for key in ("use", "external"):
-        for name in getattr(config.sources, key):
-            if name not in config.sources.sections:
-                raise ConfigError(
-                    f"{source}: sources.{key}: {name!r} has no section sources.{name}; "
-                    f"sources with a section: {sections}"
-                )
-    both = sorted(set(config.sources.use) & set(config.sources.external))
-    if both:
-        raise ConfigError(
-            f"{source}: sources.external: {both} also in sources.use; an external test source must never be trained on"
-        )
-    for key, names in (("backbones", config.backbones), ("backbone", [config.backbone])):
-        for name in names:
-            if name not in BACKBONES:
-                raise ConfigError(f"{source}: {key}: unknown backbone {name!r}; known: {sorted(BACKBONES)}")
-    if config.backbone not in config.backbones:
-        raise ConfigError(
-            f"{source}: backbone: {config.backbone!r} is not in backbones {config.backbones}; finetune refines "
-            f"a trained backbone (set both, e.g. -S 'backbones=[{config.backbone}]' -S backbone={config.backbone})"
-        )
-    if config.positive_class not in config.class_names():
-        raise ConfigError(
-            f"{source}: positive_class: {config.positive_class!r} is not a class of task "
-            f"{config.task!r}; allowed: {config.class_names()}"
-        )
-    if config.train.image_size != "native":
-        for name in config.backbones:
-            if config.train.image_size < BACKBONES[name].min_size:
-                raise ConfigError(
-                    f"{source}: train.image_size: {name} needs at least {BACKBONES[name].min_size} px, "
-                    f"got {config.train.image_size}"
-                )
-    ceiling = BACKBONES[config.backbone].unfreezable_layers
-    if config.finetune.unfreeze > ceiling:
-        raise ConfigError(
-            f"{source}: finetune.unfreeze: {config.finetune.unfreeze} is more than the "
-            f"{ceiling} layers of {config.backbone}'s base that can be unfrozen"
-        )
-    if sorted(config.synthetic.patients) != sections:
-        raise ConfigError(
-            f"{source}: synthetic.patients: needs one count per source section {sections}, "
-            f"got {sorted(config.synthetic.patients)}"
-        )
-    if config.synthetic.min_size > config.synthetic.max_size:
-        raise ConfigError(f"{source}: synthetic.min_size must not exceed synthetic.max_size")
-
-
-def _check_label_typos(config: Config, source: str) -> None:
-    """A label of ``labels`` that no task's classes name, spelled like one they do name (``VIRALL`` for
-    ``VIRAL``, ``Normal`` for ``NORMAL``), is a typo that would silently drop its images from every task
-    that lists classes by name; labels no class names and like none (``LIPOID``) are left out by design."""
-    named = {
-        label
-        for groups in config.classes.values()
-        for members in groups.values()
-        if members != "*"
-        for label in members
-    }
-    for label in sorted(set(config.label_names()) - named):
-        close = difflib.get_close_matches(label.upper(), {name.upper(): name for name in named}, n=1, cutoff=0.8)
-        if close:
-            findings = sorted(finding for finding, value in config.labels.items() if value == label)
-            tasks = sorted(
-                task
-                for task, groups in config.classes.items()
-                if not any(members == "*" for members in groups.values())
-            )
-            raise ConfigError(
-                f"{source}: labels: {label!r} (for {', '.join(map(repr, findings))}) is named by no "
-                f"class of any task; did you mean {close[0]!r}? Its images would be left out of "
-                f"{', '.join(tasks) or 'every task'}"
-            )
-
-
-def _build(kind: Any, value: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the type annotation ``kind`` and convert it; ``key`` is its path."""
-    where = f"{source}: {key or '<top level>'}"
-    origin = typing.get_origin(kind)
-    if dataclasses.is_dataclass(kind):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping with keys {_field_names(kind)}, got {value!r}")
-        hints = typing.get_type_hints(kind)
-        rest = [item.name for item in dataclasses.fields(kind) if item.metadata.get("rest")]
-        if rest:
-            value = {
-                **{name: item for name, item in value.items() if name in hints},
-                rest[0]: {name: item for name, item in value.items() if name not in hints},
-            }
-        unknown = sorted(set(value) - set(hints))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {_join(key, unknown[0])!r}; allowed: {_field_names(kind)}")
-        missing = [name for name in _field_names(kind) if name not in value]
-        if missing:
-            raise ConfigError(
-                f"{where}: missing key {_join(key, missing[0])!r}; every parameter must be set "
-                "(the shipped params.yaml has them all)"
-            )
-        built = {
-            name: _build(hints[name], item, key if name in rest else _join(key, name), source)
-            for name, item in value.items()
-        }
-        for item in dataclasses.fields(kind):
-            if "range" in item.metadata and item.name in built:
-                _check_range(
-                    built[item.name], item.metadata["range"], _join(key, item.name), source, item.metadata["reason"]
-                )
-        return kind(**built)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(kind)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _build(option, value, key, source)
-            except ConfigError as exc:
-                errors.append(str(exc).split(": ", 2)[-1])
-        raise ConfigError(f"{where}: {value!r} is none of: {'; '.join(errors)}")
-    if origin is Literal:
-        allowed = typing.get_args(kind)
-        if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {list(allowed)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_kind,) = typing.get_args(kind)
-        return [_build(item_kind, item, f"{key}[{index}]", source) for index, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        key_kind, item_kind = typing.get_args(kind)
-        return {
-            _build(key_kind, name, key, source): _build(item_kind, item, _join(key, str(name)), source)
-            for name, item in value.items()
-        }
-    if kind is Any:
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is float and isinstance(value, str) and YAML12_FLOAT.fullmatch(value):
-        # YAML 1.1 (PyYAML) reads 3e-05 as text, and `dvc exp run -S lr=0.00003` writes it so.
-        return float(value)
-    if kind in (int, float, str, bool):
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
-        return value
-    raise TypeError(f"config type {kind!r} at {key} is not supported")
-
-
-def _check_range(value: Any, bounds: tuple, key: str, source: str, reason: str = "") -> None:
-    """Every number in ``value`` (a number, or a mapping's values) lies within ``bounds``."""
-    low, high, low_open, high_open = bounds
-    numbers = value.items() if isinstance(value, dict) else [(None, value)]
-    for name, number in numbers:
-        if isinstance(number, bool) or not isinstance(number, int | float):
-            continue
-        too_low = low is not None and (number <= low if low_open else number < low)
-        too_high = high is not None and (number >= high if high_open else number > high)
-        if too_low or too_high:
-            accepted = " and ".join(
-                part
-                for part in (
-                    None if low is None else f"{'>' if low_open else '>='} {low:g}",
-                    None if high is None else f"{'<' if high_open else '<='} {high:g}",
-                )
-                if part
-            )
-            where = key if name is None else f"{key}.{name}"
-            raise ConfigError(
-                f"{source}: {where}: {number!r} is out of range; it must be {accepted}"
-                + (f" ({reason})" if reason else "")
-            )
-
-
-def _field_names(kind: Any) -> list[str]:
-    return [item.name for item in dataclasses.fields(kind)]
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name

@@ -71,7 +71,7 @@ def fail(message: str, restorable: bool = True, status: int = 1) -> None:
 
 
 # Signals that stop a stage cleanly (SIGKILL cannot be caught: the next run of the stage closes its
-# MLflow run, see cxr.core.tracking.close_orphaned_runs).
+# MLflow run, see cxr.core.runs.close_orphaned_runs).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 

@@ -1,4 +1,4 @@
-"""MLflow conventions: where runs go, what each run carries, how the registry is described.
+"""MLflow conventions: where runs go and what each run carries.
 
 - Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``; the
   repo root is ``DVC_ROOT`` when DVC runs the stage (experiments run in temporary copies).
@@ -13,6 +13,8 @@
   as dataset inputs whose digest is the split file's DVC hash.
 - Experiments carry ``mlflow.experimentKind = custom_model_development`` (the UI opens on the
   runs) and a description.
+
+The model registry's conventions (names, aliases, version tags) are :mod:`cxr.core.registry`.
 """
 
 from __future__ import annotations
@@ -20,24 +22,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import subprocess
-import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import mlflow.data
 import pandas as pd
-from mlflow.entities import RunStatus
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cxr.core.config import Config, as_dict, unrestricted
-from cxr.core.errors import CxrError, StageInterrupted, one_line
-from cxr.core.outputs import process_exists
+from cxr.core.config import Config, as_dict
+from cxr.core.errors import CxrError
 
 SYNTHETIC_NOTE = (
     "Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, not a medical result."
@@ -90,11 +85,6 @@ def require_tracking_store() -> None:
 
 def experiment_name(task: str) -> str:
     return f"cxr-{task}"
-
-
-def model_name(task: str, backbone: str | None = None) -> str:
-    """Registered model names: ``cxr-<task>`` (the release candidate), ``cxr-<task>-<backbone>``."""
-    return f"cxr-{task}" if backbone is None else f"cxr-{task}-{backbone}"
 
 
 def flat_params(config: Config) -> dict[str, str]:
@@ -165,7 +155,7 @@ def experiment_description(name: str) -> str:
     )
 
 
-def _experiment_id(name: str) -> str:
+def experiment_id_of(name: str) -> str:
     """The experiment ``name``, created with its kind and description if it does not exist yet (by
     this process or, concurrently, by another: a lost race reads the winner's)."""
     experiment = mlflow.get_experiment_by_name(name)
@@ -204,155 +194,6 @@ def log_table_input(rows: pd.DataFrame, source: Path, context: str, digest: str)
     mlflow.log_input(dataset, context=context)
 
 
-PIPELINE_KEY = "cxr.pipeline"
-
-
-def pipeline_identity(commit: str) -> tuple[str, str]:
-    """(key, run name) of this pipeline execution: the DVC experiment when DVC runs one (each queue
-    worker has its own), else the workspace at git ``commit`` and its params.yaml."""
-    experiment = os.environ.get("DVC_EXP_NAME")
-    if experiment:
-        return f"exp:{experiment}", experiment
-    params = repo_root() / "params.yaml"
-    params_md5 = file_md5(params)[:8] if params.is_file() else "none"
-    return f"workspace:{commit}:{params_md5}", f"workspace@{commit[:7]}"
-
-
-def pipeline_run(experiment_id: str, config: Config, commit: str) -> str:
-    """The parent run of this pipeline execution in ``experiment_id``: found by its key, or created
-    (finished at once: it only groups) with the experiment's params. Two processes that create it
-    at the same moment keep the older of the two and delete the other."""
-    client = MlflowClient()
-    key, name = pipeline_identity(commit)
-    query = f"tags.`{PIPELINE_KEY}` = '{key}'"
-    found = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(
-        experiment_id,
-        run_name=name,
-        tags={
-            PIPELINE_KEY: key,
-            "git_commit": commit,
-            "mlflow.source.git.commit": commit,
-            "DVC_EXP_NAME": os.environ.get("DVC_EXP_NAME", ""),
-            "task": config.task,
-            "backbone": config.backbone,
-            "data_origin": config.sources.origin,
-            "mlflow.note.content": "One pipeline execution (`dvc repro` / `dvc exp run`); "
-            "its stages are the child runs. Headline test metrics are logged here by `evaluate`.",
-        },
-    )
-    params = [mlflow.entities.Param(key_, value) for key_, value in flat_params(config).items()]
-    for start in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[start : start + 100])
-    client.set_terminated(run.info.run_id)
-    winners = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
-    if winners and winners[0].info.run_id != run.info.run_id:
-        client.delete_run(run.info.run_id)
-        return winners[0].info.run_id
-    return run.info.run_id
-
-
-def parent_run_id() -> str | None:
-    """The run the active stage run is a child of."""
-    run = mlflow.active_run()
-    return run.data.tags.get("mlflow.parentRunId") if run else None
-
-
-def log_headline_metrics(headline: dict[str, dict]) -> None:
-    """``test.<model>.<statistic>`` for every model's headline statistics, on the parent run of the
-    active stage run, so the runs table compares pipeline executions at a glance."""
-    parent = parent_run_id()
-    if parent is None:
-        return
-    timestamp = int(pd.Timestamp.now().timestamp() * 1000)
-    MlflowClient().log_batch(
-        parent,
-        metrics=[
-            mlflow.entities.Metric(f"test.{model}.{statistic}", float(value), timestamp, 0)
-            for model, values in headline.items()
-            for statistic, value in values.items()
-            if value is not None
-        ],
-    )
-
-
-@contextmanager
-def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage execution, with params, tags and dataset inputs, a child of the
-    pipeline's parent run; FAILED if the stage raises, KILLED if a signal stops it
-    (:class:`StageInterrupted`). The run records every parameter, not only those the stage declares,
-    and which process runs it; runs of the same stage left RUNNING by a process that is gone
-    (SIGKILL) are ended as KILLED first."""
-    config = unrestricted(config)
-    require_tracking_store()
-    mlflow.set_tracking_uri(tracking_uri())
-    tags = run_tags(config, stage, split_file, backbone)
-    outer = os.environ.pop("MLFLOW_RUN_ID", None)
-    try:
-        if outer:
-            experiment_id = MlflowClient().get_run(outer).info.experiment_id
-            tags["mlflow.parentRunId"] = outer
-        else:
-            experiment_id = _experiment_id(experiment_name(config.task))
-            tags["mlflow.parentRunId"] = pipeline_run(experiment_id, config, tags["git_commit"])
-        description = SYNTHETIC_NOTE if config.sources.origin == "synthetic" else None
-        close_orphaned_runs(experiment_id, stage)
-        with mlflow.start_run(
-            experiment_id=experiment_id, run_name=stage, tags=tags | process_tags(), description=description
-        ) as run:
-            mlflow.log_params(flat_params(config))
-            log_split_inputs(split_file, tags["split_md5"])
-            try:
-                yield run
-            except (StageInterrupted, KeyboardInterrupt):
-                mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-                raise
-    finally:
-        if outer:
-            os.environ["MLFLOW_RUN_ID"] = outer
-
-
-def process_tags() -> dict[str, str]:
-    """Which process runs the stage (``host``, ``pid``): lets a later run tell a run whose process is
-    gone (killed with SIGKILL, or its machine stopped) from one still running."""
-    return {"host": socket.gethostname(), "pid": str(os.getpid())}
-
-
-def close_orphaned_runs(experiment_id: str, stage: str) -> list[str]:
-    """End as KILLED the RUNNING runs of ``stage`` on this host whose process no longer exists (a stage
-    killed with SIGKILL cannot end its own run); return their ids."""
-    client, closed = MlflowClient(), []
-    host = socket.gethostname()
-    running = client.search_runs(
-        [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.stage = '{stage}' and tags.host = '{host}'",
-    )
-    for run in running:
-        pid = run.data.tags.get("pid", "")
-        if pid.isdigit() and not process_exists(int(pid)):
-            client.set_tag(run.info.run_id, "killed", f"process {pid} was gone when the next {stage} run started")
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-            closed.append(run.info.run_id)
-    return closed
-
-
-def find_model_run(task: str, model_file: Path) -> str | None:
-    """The id of the run that produced ``model_file`` (by its ``model_md5`` tag), if any."""
-    mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.get_experiment_by_name(experiment_name(task))
-    if experiment is None:
-        return None
-    runs = MlflowClient().search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.model_md5 = '{file_md5(model_file)}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
-
-
 def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, confusion: pd.DataFrame) -> None:
     """Test metrics, reports, figures and predictions of one model, added to its training run."""
     client = MlflowClient()
@@ -365,43 +206,3 @@ def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, 
     )
     client.log_artifacts(run_id, str(folder), "evaluation")
     client.log_table(run_id, confusion, "evaluation/confusion_table.json")
-
-
-# The alias of the release candidate: the cxr-<task> version that `evaluate` last evaluated.
-CHAMPION = "champion"
-
-
-def describe_version(
-    name: str, run_id: str, *, tags: dict[str, str], description: str | None = None, alias: str | None = None
-) -> str | None:
-    """Tag the version of registered model ``name`` that run ``run_id`` logged (its latest, if it
-    logged several), optionally describe it and point ``alias`` at it; return its version number,
-    or None when the run registered no version of ``name``."""
-    client = MlflowClient()
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if not versions:
-        return None
-    version = max(versions, key=lambda found: int(found.version)).version
-    for key, value in tags.items():
-        registry_write(client.set_model_version_tag, name, version, key, value)
-    if description is not None:
-        registry_write(client.update_model_version, name, version, description=description)
-    if alias is not None:
-        registry_write(client.set_registered_model_alias, name, alias, version)
-    return version
-
-
-def registry_write(call, *args, attempts: int = 5, **kwargs):
-    """``call(*args, **kwargs)``, retried when the tracking server refuses it. MLflow's SQL store writes
-    an alias or tag as select-then-insert: two experiments evaluated at once (``dvc exp run -j 2``)
-    on a PostgreSQL-backed server can both insert, and the second fails on the unique key though a
-    moment later it would succeed."""
-    for attempt in range(attempts):
-        try:
-            return call(*args, **kwargs)
-        except MlflowException as exc:
-            if attempt == attempts - 1:
-                raise TrackingError(
-                    f"the MLflow registry refused {call.__name__}{args[:3]} {attempts} times: {one_line(exc.message)}"
-                ) from None
-            time.sleep(0.5 * 2**attempt)

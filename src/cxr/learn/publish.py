@@ -17,7 +17,7 @@ from cxr.core import figures
 from cxr.core.outputs import write_csv, write_json
 from cxr.core.spec import ModelSpec
 from cxr.core.tracking import file_md5
-from cxr.learn import training
+from cxr.learn import checkpoints
 from cxr.learn.model_files import save_model
 from cxr.learn.training import FitResult
 
@@ -25,9 +25,9 @@ from cxr.learn.training import FitResult
 class EpochMetrics(keras.callbacks.Callback):
     """Log each epoch's metrics (loss, accuracy, val_*, learning_rate) to the active run.
 
-    ``work_dir`` is the fit's resume folder (:func:`cxr.learn.training.resume_dir`). A fit that
+    ``work_dir`` is the fit's resume folder (:func:`cxr.learn.checkpoints.resume_dir`). A fit that
     resumes a killed one first logs the epochs the killed run committed (its
-    :class:`~cxr.learn.training.Checkpoint`) into this run, so the run's metric history is whole,
+    :class:`~cxr.learn.checkpoints.Checkpoint`) into this run, so the run's metric history is whole,
     and tags it ``resumed_from_run`` with the id of the run that was killed.
     """
 
@@ -42,7 +42,7 @@ class EpochMetrics(keras.callbacks.Callback):
         current = mlflow.active_run().info.run_id
         if marker.is_file() and marker.read_text().strip() != current:
             mlflow.set_tag("resumed_from_run", marker.read_text().strip())
-            for row in training.Checkpoint(self.work_dir).history.to_dict("records"):
+            for row in checkpoints.Checkpoint(self.work_dir).history.to_dict("records"):
                 epoch = int(row.pop("epoch"))
                 mlflow.log_metrics({key: float(value) for key, value in row.items()}, step=epoch)
         marker.write_text(current)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr.core import backbones, tracking
+from cxr.core import backbones, registry, tracking
 from cxr.core.config import PARAMS_FILE, load
 from cxr.core.errors import CxrError, one_line
 from cxr.core.figures import saliency_overlay
@@ -185,7 +185,7 @@ def summary(table: pd.DataFrame, output: Path) -> str:
 def default_model() -> str:
     """``models:/cxr-<task>@champion``, the task from ./params.yaml (multiclass without one)."""
     task = load(PARAMS_FILE).task if Path(PARAMS_FILE).is_file() else "multiclass"
-    return f"models:/{tracking.model_name(task)}@{tracking.CHAMPION}"
+    return f"models:/{registry.model_name(task)}@{registry.CHAMPION}"
 
 
 def main(argv: list[str] | None = None) -> None:

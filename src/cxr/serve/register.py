@@ -17,7 +17,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 import cxr
-from cxr.core import tracking
+from cxr.core import registry, tracking
 from cxr.core.errors import CxrError
 from cxr.core.spec import MODEL_FILE, ModelSpec
 from cxr.serve import pyfunc
@@ -98,7 +98,7 @@ def example_image(split: pd.DataFrame) -> Path:
 
 def registered_name(task: str, spec: ModelSpec) -> str:
     """``cxr-<task>`` for the fine-tuned model (the release), ``cxr-<task>-<backbone>`` otherwise."""
-    return tracking.model_name(task, None if spec.finetuned_from else spec.backbone)
+    return registry.model_name(task, None if spec.finetuned_from else spec.backbone)
 
 
 def register(folder: Path, spec: ModelSpec, task: str, example: Path) -> dict:
@@ -112,7 +112,7 @@ def register(folder: Path, spec: ModelSpec, task: str, example: Path) -> dict:
     """
     model_file = folder / MODEL_FILE
     name = registered_name(task, spec)
-    run_id = tracking.find_model_run(task, model_file)
+    run_id = registry.find_model_run(task, model_file)
     if run_id is None:
         print(
             f"warning: no MLflow run is tagged with the md5 of {model_file}, so it is not registered as {name}; "

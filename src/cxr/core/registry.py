@@ -1,0 +1,81 @@
+"""The MLflow model registry's conventions: registered names, the release alias, finding the run
+of a saved model, and describing a version.
+
+- ``cxr-<task>`` is the release candidate (the fine-tuned model); ``cxr-<task>-<backbone>`` each
+  trained backbone. ``@champion`` points at the ``cxr-<task>`` version ``evaluate`` last evaluated.
+- A saved model's run is the one tagged with its ``model.keras`` md5 (set when it was trained).
+- Every registry write is retried (:func:`registry_write`): MLflow's SQL store races under
+  parallel experiments on a shared server.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from cxr.core.errors import one_line
+from cxr.core.tracking import TrackingError, experiment_name, file_md5, tracking_uri
+
+
+def model_name(task: str, backbone: str | None = None) -> str:
+    """Registered model names: ``cxr-<task>`` (the release candidate), ``cxr-<task>-<backbone>``."""
+    return f"cxr-{task}" if backbone is None else f"cxr-{task}-{backbone}"
+
+
+def find_model_run(task: str, model_file: Path) -> str | None:
+    """The id of the run that produced ``model_file`` (by its ``model_md5`` tag), if any."""
+    mlflow.set_tracking_uri(tracking_uri())
+    experiment = mlflow.get_experiment_by_name(experiment_name(task))
+    if experiment is None:
+        return None
+    runs = MlflowClient().search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.model_md5 = '{file_md5(model_file)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+# The alias of the release candidate: the cxr-<task> version that `evaluate` last evaluated.
+CHAMPION = "champion"
+
+
+def describe_version(
+    name: str, run_id: str, *, tags: dict[str, str], description: str | None = None, alias: str | None = None
+) -> str | None:
+    """Tag the version of registered model ``name`` that run ``run_id`` logged (its latest, if it
+    logged several), optionally describe it and point ``alias`` at it; return its version number,
+    or None when the run registered no version of ``name``."""
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        return None
+    version = max(versions, key=lambda found: int(found.version)).version
+    for key, value in tags.items():
+        registry_write(client.set_model_version_tag, name, version, key, value)
+    if description is not None:
+        registry_write(client.update_model_version, name, version, description=description)
+    if alias is not None:
+        registry_write(client.set_registered_model_alias, name, alias, version)
+    return version
+
+
+def registry_write(call, *args, attempts: int = 5, **kwargs):
+    """``call(*args, **kwargs)``, retried when the tracking server refuses it. MLflow's SQL store writes
+    an alias or tag as select-then-insert: two experiments evaluated at once (``dvc exp run -j 2``)
+    on a PostgreSQL-backed server can both insert, and the second fails on the unique key though a
+    moment later it would succeed."""
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except MlflowException as exc:
+            if attempt == attempts - 1:
+                raise TrackingError(
+                    f"the MLflow registry refused {call.__name__}{args[:3]} {attempts} times: {one_line(exc.message)}"
+                ) from None
+            time.sleep(0.5 * 2**attempt)
