@@ -15,6 +15,7 @@ import pandas as pd
 from cxr.core import backbones, figures, runs, tracking
 from cxr.core.config import as_dict, load
 from cxr.core.outputs import staged_directory, write_csv, write_json
+from cxr.core.schema import split_part
 from cxr.core.stage import arguments, run
 from cxr.learn import checkpoints, images, training
 from cxr.learn.model_files import load_model
@@ -28,7 +29,7 @@ def main() -> None:
     backbone = backbones.get(args.backbone)
     strategy = training.configure_runtime(config.train, config.seed)
     split = pd.read_csv(args.split)
-    test = split[split["split"] == "test"].reset_index(drop=True)
+    test = split_part(split, "test").reset_index(drop=True)
     classifier, spec = load_model(args.model)
     classes, size = spec.classes, spec.image_size
     box = config.audit.lung_box

@@ -14,6 +14,7 @@ from cxr.core import registry, runs, tracking
 from cxr.core.config import load
 from cxr.core.errors import CxrError
 from cxr.core.outputs import write_text
+from cxr.core.spec import MODEL_FILE
 from cxr.core.stage import arguments, run
 from cxr.learn.model_files import read_spec
 from cxr.report.audit import findings
@@ -41,7 +42,7 @@ def main() -> None:
         args.audit_md,
         findings.audit_markdown(results, split_report["source_confound"], external, classes, note, positive),
     )
-    model_file = args.model / "model.keras"
+    model_file = args.model / MODEL_FILE
     registered = registry.model_name(config.task)
     run_id = registry.find_model_run(config.task, model_file)
     card = model_card(
@@ -74,7 +75,7 @@ def main() -> None:
         evidence = findings.evidence_text(results.get(config.backbone), len(classes), positive)
         registry.describe_version(registered, run_id, description=card, tags={"audit.shortcut_evidence": evidence})
     for backbone, metrics in results.items():
-        backbone_run = registry.find_model_run(config.task, args.model.with_name(backbone) / "model.keras")
+        backbone_run = registry.find_model_run(config.task, args.model.with_name(backbone) / MODEL_FILE)
         if backbone_run is not None:
             registry.describe_version(
                 registry.model_name(config.task, backbone),

@@ -15,6 +15,8 @@ import pandas as pd
 from cxr.core import figures, registry, runs, tracking
 from cxr.core.config import load
 from cxr.core.outputs import output_set, write_csv, write_json, write_text
+from cxr.core.schema import split_part
+from cxr.core.spec import HISTORY_FILE, MODEL_FILE
 from cxr.core.stage import arguments, run
 from cxr.learn.model_files import load_model
 from cxr.report import evaluation
@@ -25,7 +27,7 @@ def main() -> None:
     config = load()
     tracking.require_tracking_store()
     out, models = args.out, args.models
-    test = pd.read_csv(args.split).query("split == 'test'").reset_index(drop=True)
+    test = split_part(pd.read_csv(args.split), "test").reset_index(drop=True)
     names = [*config.backbones, "finetuned"]
     predictions, reports, rows, histories, metrics, specs = {}, {}, [], {}, {}, {}
     # Every report is written to a staging folder and moved into place together, or none is.
@@ -48,7 +50,7 @@ def main() -> None:
             figures.roc(table, classes, report["roc_auc"], name).savefig(folder / "roc.png")
             write_csv(staging / "confusion" / f"{name}.csv", table[["actual", "predicted"]])
             predictions[name], reports[name] = table, report
-            histories[name] = pd.read_csv(models / name / "history.csv")
+            histories[name] = pd.read_csv(models / name / HISTORY_FILE)
             rows.append(evaluation.comparison_row(name, report, intervals, classes))
             metrics[name] = {
                 key: None if value != value else value
@@ -72,7 +74,7 @@ def main() -> None:
 
     split_md5 = tracking.file_md5(args.split)
     for name in names:
-        run_id = registry.find_model_run(config.task, models / name / "model.keras")
+        run_id = registry.find_model_run(config.task, models / name / MODEL_FILE)
         if run_id is None:
             print(
                 f"warning: no MLflow run is tagged with the md5 of {models / name / 'model.keras'}; "

@@ -11,6 +11,7 @@ import pandas as pd
 
 from cxr.core import runs, tracking
 from cxr.core.config import as_dict, load
+from cxr.core.spec import MODEL_FILE
 from cxr.core.stage import arguments, run
 from cxr.learn import checkpoints, publish, training
 from cxr.learn.model import unfreeze_last
@@ -32,7 +33,7 @@ def main() -> None:
                     "config": as_dict(config),
                     "split": tracking.file_md5(args.split),
                     "stage": "finetune",
-                    "base_model": tracking.file_md5(args.base / "model.keras"),
+                    "base_model": tracking.file_md5(args.base / MODEL_FILE),
                 },
             )
             unfrozen = unfreeze_last(model, config.finetune.unfreeze)

@@ -1,5 +1,6 @@
 """Each source's layout parsing, on archives generated exactly like the upstream ones."""
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -14,6 +15,7 @@ from conftest import make_config, serve_folder
 
 from cxr.data.catalog import build
 from cxr.data.sources import (
+    MODULES,
     FetchError,
     SourceLayoutError,
     actualmed,
@@ -337,3 +339,17 @@ def test_a_refused_archive_is_named_by_its_url_and_member_not_a_scratch_path(tmp
         f"{evil.as_uri()}: unsafe member path '../escape.jpeg' (absolute or '..'); refusing to extract"
     )
     assert sorted(path.relative_to(earlier) for path in earlier.rglob("*")) == before
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_each_source_module_satisfies_the_written_interface(name):
+    import inspect
+
+    from cxr.data.sources.layout import SourceModule
+
+    module = MODULES[name]
+    assert isinstance(module, SourceModule) and module.NAME == name
+    assert dataclasses.is_dataclass(module.Params)
+    for function in ("select_member", "check_layout", "upstream_archive", "read", "synthetic_archive"):
+        expected = [p for p in inspect.signature(getattr(SourceModule, function)).parameters if p != "self"]
+        assert list(inspect.signature(getattr(module, function)).parameters) == expected, (name, function)

@@ -56,6 +56,14 @@ def catalog_order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[list(CATALOG_COLUMNS) + extras].sort_values("image_id", ignore_index=True)
 
 
+def split_part(frame: pd.DataFrame, part: str) -> pd.DataFrame:
+    """The rows of a split table in ``part`` (one of :data:`SPLIT_NAMES`), in order, index kept.
+    Raises ValueError for another name."""
+    if part not in SPLIT_NAMES:
+        raise ValueError(f"no split part {part!r}; the parts are {SPLIT_NAMES}")
+    return frame[frame["split"] == part]
+
+
 def split_order(frame: pd.DataFrame) -> pd.DataFrame:
     """The split's leading columns first, then the rest in their order."""
     return frame[list(SPLIT_LEADING) + [column for column in frame.columns if column not in SPLIT_LEADING]]

@@ -23,6 +23,7 @@ import pandas as pd
 
 import cxr
 from cxr.core.errors import CxrError
+from cxr.core.schema import split_part
 
 FORMAT_VERSION = 2
 # The files of a model folder.
@@ -122,7 +123,7 @@ class ModelSpec:
 
 def trained_on(split: pd.DataFrame, views: list[str]) -> dict[str, Any]:
     """The spec's ``views`` and ``ages`` for a model trained on the train part of ``split``."""
-    train = split[split["split"] == "train"]
+    train = split_part(split, "train")
     ages = pd.to_numeric(train["age"], errors="coerce").dropna() if "age" in train else pd.Series(dtype=float)
     age_range = (
         None

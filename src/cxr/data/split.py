@@ -14,6 +14,7 @@ import pandas as pd
 from cxr.core.config import Config
 from cxr.core.errors import CxrError
 from cxr.core.schema import SPLIT_NAMES, split_order
+from cxr.core.schema import split_part
 
 
 class SplitError(CxrError):
@@ -133,7 +134,7 @@ def source_confound(frame: pd.DataFrame) -> dict:
     the source: predict the class most common among that source's training images (versus
     predicting the most common training class for every image).
     """
-    train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
+    train, test = split_part(frame, "train"), split_part(frame, "test")
     majority = train["class"].value_counts().idxmax()
     rule = train.groupby("source")["class"].agg(lambda classes: classes.value_counts().idxmax())
     guess = test["source"].map(rule).fillna(majority)

@@ -20,6 +20,7 @@ import pandas as pd
 import tensorflow as tf
 
 from cxr.core.outputs import replacing, write_csv, write_json
+from cxr.core.spec import HISTORY_FILE
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -119,7 +120,7 @@ class Checkpoint(keras.callbacks.Callback):
         name = f"state-{epoch + 1}.npz"
         with replacing(self.folder / name) as stream:
             np.savez(stream, *[keras.ops.convert_to_numpy(variable) for variable in _fit_variables(self.model)])
-        write_csv(self.folder / "history.csv", pd.DataFrame(history))
+        write_csv(self.folder / HISTORY_FILE, pd.DataFrame(history))
         previous = self.state["variables"]
         self.state = {
             "epoch": epoch + 1,

@@ -21,6 +21,13 @@ from cxr.core.config import Head
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
+# The classifier's named layers: what training, fine-tuning and Grad-CAM reach into.
+PREPROCESS_LAYER = "preprocess"  # the backbone's own input scaling, inside the model
+POOL_LAYER = "pool"  # GlobalAveragePooling2D over the base's last feature map
+HEAD_LAYER = "head"  # the trainable head (a nested model)
+NORMALIZE_LAYER = "normalize"  # feature standardisation inside the head, when params say so
+
+
 def keras_preprocess_input(backbone: Backbone, images):
     """Keras' own ``preprocess_input`` of ``backbone`` (the reference :func:`preprocessing` matches)."""
     return getattr(keras.applications, backbone.module).preprocess_input(images)
@@ -29,12 +36,12 @@ def keras_preprocess_input(backbone: Backbone, images):
 def preprocessing(backbone: Backbone) -> keras.layers.Layer:
     """``backbone.preprocess_input`` as a layer: scale to [-1, 1] ("tf") or RGB->BGR minus mean ("caffe")."""
     if backbone.preprocess_mode == "tf":
-        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name=PREPROCESS_LAYER)
     if backbone.preprocess_mode == "caffe":
         swap = np.zeros((1, 1, 3, 3), np.float32)
         for channel in range(3):
             swap[0, 0, channel, 2 - channel] = 1.0
-        layer = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
+        layer = keras.layers.Conv2D(3, 1, name=PREPROCESS_LAYER, trainable=False)
         layer.build((None, None, None, 3))
         layer.set_weights([swap, -np.array(CAFFE_BGR_MEAN, np.float32)])
         return layer
@@ -43,7 +50,7 @@ def preprocessing(backbone: Backbone) -> keras.layers.Layer:
 
 def build_head(n_features: int, n_classes: int, params: Head) -> keras.Model:
     """Dense(relu) -> Dropout -> Dense(softmax), optionally after feature standardisation."""
-    normalize = [keras.layers.Normalization(name="normalize")] if params.normalize else []
+    normalize = [keras.layers.Normalization(name=NORMALIZE_LAYER)] if params.normalize else []
     return keras.Sequential(
         [
             keras.Input((n_features,), name="features"),
@@ -52,7 +59,7 @@ def build_head(n_features: int, n_classes: int, params: Head) -> keras.Model:
             keras.layers.Dropout(params.dropout, name="dropout"),
             keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities"),
         ],
-        name="head",
+        name=HEAD_LAYER,
     )
 
 
@@ -93,19 +100,21 @@ def build_classifier(backbone: Backbone, size: int, n_classes: int, head: Head, 
     inputs = keras.Input((size, size, 3), name="image")
     base = build_base(backbone, size, weights)
     base.trainable = False
-    features = keras.layers.GlobalAveragePooling2D(name="pool")(base(preprocessing(backbone)(inputs), training=False))
+    features = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(
+        base(preprocessing(backbone)(inputs), training=False)
+    )
     outputs = build_head(features.shape[-1], n_classes, head)(features)
     return keras.Model(inputs, outputs, name=f"cxr_{backbone.name}")
 
 
 def base_of(model: keras.Model) -> keras.Model:
-    [base] = [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head"]
+    [base] = [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != HEAD_LAYER]
     return base
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """Image -> pooled base features: what the head sees, computed once when the base is frozen."""
-    return keras.Model(model.inputs, model.get_layer("pool").output, name="features")
+    return keras.Model(model.inputs, model.get_layer(POOL_LAYER).output, name="features")
 
 
 def unfreeze_last(model: keras.Model, count: int) -> list[str]:

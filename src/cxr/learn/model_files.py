@@ -14,7 +14,7 @@ import pandas as pd
 
 from cxr.core.errors import CxrError
 from cxr.core.outputs import make_zip_reproducible, staged_directory, write_csv, write_json
-from cxr.core.spec import ModelSpec
+from cxr.core.spec import HISTORY_FILE, MODEL_FILE, SPEC_FILE, ModelSpec
 
 
 class ModelFileError(CxrError):
@@ -48,15 +48,15 @@ def save_model(model: keras.Model, folder: Path, spec: ModelSpec, history: pd.Da
     """Write ``model.keras``, ``meta.json`` and ``history.csv`` to ``folder`` at once, or not at all;
     the same weights always give the same ``model.keras`` bytes (no save date, fixed zip times)."""
     with staged_directory(folder) as staging:
-        model.save(staging / "model.keras")
-        make_zip_reproducible(staging / "model.keras", rewrite_json=KERAS_ARCHIVE_REWRITES)
-        write_json(staging / "meta.json", spec.to_json())
-        write_csv(staging / "history.csv", history)
+        model.save(staging / MODEL_FILE)
+        make_zip_reproducible(staging / MODEL_FILE, rewrite_json=KERAS_ARCHIVE_REWRITES)
+        write_json(staging / SPEC_FILE, spec.to_json())
+        write_csv(staging / HISTORY_FILE, history)
 
 
 def load_model(folder: Path) -> tuple[keras.Model, ModelSpec]:
     """A model written by :func:`save_model`; a missing or unreadable file is named."""
-    path, meta_path = folder / "model.keras", folder / "meta.json"
+    path, meta_path = folder / MODEL_FILE, folder / SPEC_FILE
     for required in (path, meta_path):
         if not required.is_file():
             raise ModelFileError(f"{required}: not found; run the stage that trains it (dvc repro)")
@@ -69,7 +69,7 @@ def load_model(folder: Path) -> tuple[keras.Model, ModelSpec]:
 
 def read_spec(folder: Path) -> ModelSpec:
     """The spec of the model in ``folder``, without loading the model."""
-    path = folder / "meta.json"
+    path = folder / SPEC_FILE
     if not path.is_file():
         raise ModelFileError(f"{path}: not found; run the stage that trains it (dvc repro)")
     try:

@@ -20,8 +20,9 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from cxr.core.backbones import Backbone
 from cxr.core.config import Train
+from cxr.core.schema import split_part
 from cxr.learn import checkpoints, images
-from cxr.learn.model import build_classifier, feature_extractor
+from cxr.learn.model import HEAD_LAYER, NORMALIZE_LAYER, build_classifier, feature_extractor
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
 
@@ -147,13 +148,13 @@ def train_frozen(
         val_rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb, Path(params.cache_dir)
     )
     augment = images.augmenter(params.augment)
-    head = model.get_layer("head")
+    head = model.get_layer(HEAD_LAYER)
     extractor = feature_extractor(model)
     train_labels, val_labels = images.label_indices(train_rows, classes), images.label_indices(val_rows, classes)
     if augment is None or params.head.normalize:
         train_features = _features(extractor, train_images, params.batch_size)
     if params.head.normalize:
-        head.get_layer("normalize").adapt(train_features)
+        head.get_layer(NORMALIZE_LAYER).adapt(train_features)
     if augment is None:
         target = head
         train_set = tf.data.Dataset.from_tensor_slices((train_features, train_labels))
@@ -231,7 +232,7 @@ def train_whole(
 
 def _rows_and_weights(split: pd.DataFrame, classes: list[str], params: Train):
     """Train rows, val rows, and the train split's class weights (None when turned off)."""
-    train_rows, val_rows = split[split["split"] == "train"], split[split["split"] == "val"]
+    train_rows, val_rows = split_part(split, "train"), split_part(split, "val")
     weights = class_weights(images.label_indices(train_rows, classes), len(classes)) if params.class_weights else None
     return train_rows, val_rows, weights
 

@@ -27,7 +27,7 @@ from cxr.core.config import PARAMS_FILE, load
 from cxr.core.errors import CxrError, one_line
 from cxr.core.figures import saliency_overlay
 from cxr.core.outputs import write_csv
-from cxr.core.spec import ModelSpec
+from cxr.core.spec import MODEL_FILE, ModelSpec
 from cxr.data.dicom import SUFFIXES as DICOM_SUFFIXES
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn.model_files import load_model
@@ -117,7 +117,7 @@ def load_reference(reference: str) -> LoadedModel:
     (``runs:/<id>/model``) or pipeline folder; a reference that does not resolve is named."""
     if not reference.startswith(("models:/", "runs:/")):
         model, spec = load_model(Path(reference))
-        digest = tracking.file_md5(Path(reference) / "model.keras")
+        digest = tracking.file_md5(Path(reference) / MODEL_FILE)
         return LoadedModel(model, spec, Path(reference).name, f"md5:{digest[:12]}")
     import mlflow
 

@@ -19,6 +19,7 @@ import pandas as pd
 import cxr
 from cxr.core import registry, tracking
 from cxr.core.errors import CxrError
+from cxr.core.schema import split_part
 from cxr.core.spec import MODEL_FILE, ModelSpec
 from cxr.serve import pyfunc
 
@@ -93,7 +94,7 @@ def log_servable(folder: Path, spec: ModelSpec, example: Path, registered_name: 
 
 def example_image(split: pd.DataFrame) -> Path:
     """The image a registered model shows as its input example: the first of the val split."""
-    return Path(split[split["split"] == "val"].iloc[0]["path"])
+    return Path(split_part(split, "val").iloc[0]["path"])
 
 
 def registered_name(task: str, spec: ModelSpec) -> str:

@@ -1,14 +1,15 @@
-"""What every source module hands to the catalog: rows in one schema, plus what it left out."""
+"""What every source module is (:class:`SourceModule`) and hands to the catalog: rows in one
+schema, plus what it left out; what the GitHub collections share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import pandas as pd
 
-from cxr.core.config import Download
+from cxr.core.config import Download, Synthetic
 from cxr.core.errors import CxrError
 from cxr.data.sources.fetch import fetch_archive
 
@@ -17,6 +18,30 @@ from cxr.data.sources.fetch import fetch_archive
 
 class SourceLayoutError(CxrError, ValueError):
     """Upstream data is not laid out as expected; the message names the file, row or column."""
+
+
+@runtime_checkable
+class SourceModule(Protocol):
+    """The interface of a source module (``cxr.data.sources.<name>``), written once; every entry of
+    ``MODULES`` satisfies it (``tests/test_sources.py`` checks names and parameters)."""
+
+    NAME: str
+    Params: type  # the dataclass of its ``sources.<name>`` section
+
+    def select_member(self, name: PurePosixPath) -> PurePosixPath | None:
+        """The path an archive member is extracted to, or None to leave it out."""
+
+    def check_layout(self, root: Path) -> None:
+        """Raise :class:`SourceLayoutError` naming what an extracted copy lacks."""
+
+    def upstream_archive(self, params: Any, scratch: Path, settings: Download) -> tuple[Path, str, str | None]:
+        """The pinned original fetched into ``scratch``: (archive, where it came from, its pinned sha256)."""
+
+    def read(self, root: Path, params: Any) -> SourceTable:
+        """The source's rows (``SOURCE_COLUMNS`` and its extras), its raw metadata, what it dropped."""
+
+    def synthetic_archive(self, folder: Path, params: Synthetic, source: Any) -> Path:
+        """The offline stand-in, laid out like the original with its quirks, written into ``folder``."""
 
 
 @dataclass

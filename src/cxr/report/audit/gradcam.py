@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from cxr.core.backbones import Backbone
 from cxr.learn import images
-from cxr.learn.model import base_of
+from cxr.learn.model import HEAD_LAYER, POOL_LAYER, PREPROCESS_LAYER, base_of
 
 
 def saliency_sample(test: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
@@ -36,8 +36,8 @@ def gradcam(model: keras.Model, batch: np.ndarray, class_indices: np.ndarray, la
     inner = keras.Model(base.inputs, [target, base.output])
     inputs = tf.convert_to_tensor(batch, tf.float32)
     with tf.GradientTape() as tape:
-        feature_maps, features = inner(model.get_layer("preprocess")(inputs), training=False)
-        probabilities = model.get_layer("head")(model.get_layer("pool")(features), training=False)
+        feature_maps, features = inner(model.get_layer(PREPROCESS_LAYER)(inputs), training=False)
+        probabilities = model.get_layer(HEAD_LAYER)(model.get_layer(POOL_LAYER)(features), training=False)
         scores = tf.gather(tf.cast(probabilities, tf.float32), class_indices, axis=1, batch_dims=1)
     gradients = tf.cast(tape.gradient(scores, feature_maps), tf.float32)
     weights = tf.reduce_mean(gradients, axis=(1, 2))

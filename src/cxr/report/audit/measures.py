@@ -13,6 +13,7 @@ import pandas as pd
 
 from cxr.core.backbones import Backbone
 from cxr.core.config import Config
+from cxr.core.schema import split_part
 from cxr.data.split import source_confound
 from cxr.learn import training
 from cxr.report import evaluation
@@ -58,7 +59,7 @@ def within_class_source_accuracy(table: pd.DataFrame, *, resamples: int, seed: i
 def class_only_source_accuracy(split: pd.DataFrame) -> float:
     """Test accuracy of guessing the source from the class alone (each class's most common
     training source): what the plain probe accuracy must be compared with."""
-    train, test = split[split["split"] == "train"], split[split["split"] == "test"]
+    train, test = split_part(split, "train"), split_part(split, "test")
     rule = train.groupby("class")["source"].agg(lambda sources: sources.value_counts().idxmax())
     return float((test["class"].map(rule) == test["source"]).mean())
 
@@ -89,9 +90,9 @@ def source_probe(backbone: Backbone, split: pd.DataFrame, size: int, config: Con
     sources = sorted(split["source"].unique())
     as_sources = split.assign(**{"class": split["source"]})
     model, _ = training.train_classifier(backbone, as_sources, sources, size, config.train, config.seed, work_dir)
-    test = as_sources[as_sources["split"] == "test"]
+    test = split_part(as_sources, "test")
     return predicted_table(model, test, sources, size, config).assign(
-        **{"class": split.loc[split["split"] == "test", "class"].to_numpy()}
+        **{"class": split_part(split, "test")["class"].to_numpy()}
     )
 
 
@@ -103,7 +104,7 @@ def lungs_hidden(
     model, _ = training.train_classifier(
         backbone, split, classes, size, config.train, config.seed, work_dir, hidden_center=box
     )
-    return predicted_table(model, split[split["split"] == "test"], classes, size, config, hidden_center=box)
+    return predicted_table(model, split_part(split, "test"), classes, size, config, hidden_center=box)
 
 
 def summary(
