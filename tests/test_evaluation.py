@@ -60,13 +60,16 @@ def test_a_model_predicting_one_class_is_evaluated():
     assert report["ppv"]["B"] is None and report["sensitivity"]["B"] == 0.0
     assert report["macro_f1"] == pytest.approx((2 * 0.25 / 1.25) / 3)
     intervals = evaluation.patient_bootstrap(table, CLASSES, resamples=50, seed=0)
-    assert intervals["recall_C"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    # 0 of 2: not the point [0, 0] the bootstrap gives, but the exact interval [0, 1 - 0.025^(1/2)].
+    assert intervals["recall_C"]["low"] == 0.0 and intervals["recall_C"]["high"] == pytest.approx(1 - 0.025**0.5)
 
 
 def test_bootstrap_resamples_patients_not_images():
     one_patient = frame(["A"] * 10, ["A"] * 5 + ["B"] * 5, patients=["p"] * 10)
     interval = evaluation.patient_bootstrap(one_patient, CLASSES, resamples=200, seed=0)["accuracy"]
-    assert interval == {"value": 0.5, "low": 0.5, "high": 0.5}
+    # One patient: every resample is the same, so the interval is the exact one on its 10 images.
+    assert interval["value"] == 0.5 and interval["method"].startswith("Clopper-Pearson")
+    assert interval["low"] == pytest.approx(0.187, abs=1e-3) and interval["high"] == pytest.approx(0.813, abs=1e-3)
 
     two_patients = frame(["A"] * 20, ["A"] * 10 + ["B"] * 10, patients=["right"] * 10 + ["wrong"] * 10)
     groups = [group.index.to_numpy() for _, group in two_patients.groupby("patient_id")]
@@ -139,3 +142,28 @@ def test_comparison_markdown_has_one_row_per_model_with_intervals():
     assert not math.isnan(rows.loc[0, "roc_auc_macro"])
     marked = evaluation.comparison_markdown(rows, CLASSES, tests, "note", unchanged_from={"m2": "m1"})
     assert "| m2 (= m1) | " in marked and "m2 keeps m1's weights" in marked and "| m2 (= m1)" not in text
+
+
+def test_a_proportion_at_one_gets_an_exact_interval_not_a_point():
+    """14 of 14 COVID images found: the percentile bootstrap collapses to [1, 1]; Clopper-Pearson
+    gives [0.768, 1] (alpha 0.05: (alpha/2)^(1/14) = 0.768). Statistics that vary keep the bootstrap."""
+    rows = [("COVID", "COVID")] * 14 + [("NORMAL", "NORMAL")] * 10 + [("NORMAL", "COVID")] * 6
+    table = pd.DataFrame(
+        {
+            "patient_id": [f"p{index}" for index in range(len(rows))],
+            "actual": [actual for actual, _ in rows],
+            "predicted": [predicted for _, predicted in rows],
+        }
+    )
+    intervals = evaluation.patient_bootstrap(table, ["COVID", "NORMAL"], resamples=200, seed=0)
+    covid = intervals["recall_COVID"]
+    assert covid["value"] == 1.0 and covid["high"] == 1.0
+    assert covid["low"] == pytest.approx(0.025 ** (1 / 14), abs=1e-6) and covid["low"] < 0.8
+    assert covid["method"].startswith("Clopper-Pearson")
+    normal = intervals["recall_NORMAL"]
+    assert normal["method"] == "patient bootstrap (percentile)" and normal["low"] < 0.625 < normal["high"]
+    assert evaluation.proportion_counts(table, ["COVID", "NORMAL"]) == {
+        "accuracy": (24, 30),
+        "recall_COVID": (14, 14),
+        "recall_NORMAL": (10, 16),
+    }

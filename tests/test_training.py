@@ -661,3 +661,25 @@ def test_a_registry_write_refused_for_a_moment_is_retried(tmp_path):
     registry_write(client.set_registered_model_alias, "m", "champion", "1")
     later.join()
     assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+
+
+def test_a_retrained_model_of_the_same_bytes_finds_the_version_registered_for_them(tmp_path, monkeypatch):
+    """`dvc repro -f` of a training stage gives the same model.keras in a new run, and its register@
+    stage (unchanged deps) does not run: evaluate still tags and aliases the version of those bytes."""
+    from cxr.core import registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.create_experiment("cxr-multiclass", artifact_location=(tmp_path / "artifacts").as_uri())
+    first, again, other = (client.create_run(experiment).info.run_id for _ in range(3))
+    for run_id, md5 in ((first, "a" * 32), (again, "a" * 32), (other, "b" * 32)):
+        client.set_tag(run_id, registry.MODEL_MD5_TAG, md5)
+    client.create_registered_model("cxr-multiclass")
+    version = client.create_model_version("cxr-multiclass", "runs:/x/model", run_id=first).version
+    client.set_model_version_tag("cxr-multiclass", version, registry.MODEL_MD5_TAG, "a" * 32)
+    assert (
+        registry.describe_version("cxr-multiclass", again, tags={"test.accuracy": "0.9"}, alias="champion") == version
+    )
+    assert client.get_model_version_by_alias("cxr-multiclass", "champion").tags["test.accuracy"] == "0.9"
+    assert registry.describe_version("cxr-multiclass", other, tags={}) is None

@@ -34,12 +34,15 @@ def find_model_run(task: str, model_file: Path) -> str | None:
         return None
     runs = MlflowClient().search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.model_md5 = '{file_md5(model_file)}'",
+        filter_string=f"tags.{MODEL_MD5_TAG} = '{file_md5(model_file)}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
 
+
+# The tag that ties a training run, and a registered version, to the bytes of its model file.
+MODEL_MD5_TAG = "model_md5"
 
 # The alias of the release candidate: the cxr-<task> version that `evaluate` last evaluated.
 CHAMPION = "champion"
@@ -49,10 +52,15 @@ def describe_version(
     name: str, run_id: str, *, tags: dict[str, str], description: str | None = None, alias: str | None = None
 ) -> str | None:
     """Tag the version of registered model ``name`` that run ``run_id`` logged (its latest, if it
-    logged several), optionally describe it and point ``alias`` at it; return its version number,
-    or None when the run registered no version of ``name``."""
+    logged several; else the latest registered with the md5 of the run's model file), optionally
+    describe it and point ``alias`` at it; return its version number, or None when there is none."""
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        # A retrained model with the same bytes (dvc repro -f of a training stage) is not registered
+        # again; its version is the one registered with that model file's md5.
+        md5 = client.get_run(run_id).data.tags.get(MODEL_MD5_TAG)
+        versions = client.search_model_versions(f"name = '{name}' and tags.{MODEL_MD5_TAG} = '{md5}'") if md5 else []
     if not versions:
         return None
     version = max(versions, key=lambda found: int(found.version)).version

@@ -15,6 +15,7 @@ import pandas as pd
 
 from cxr.core import figures
 from cxr.core.outputs import write_csv, write_json
+from cxr.core.registry import MODEL_MD5_TAG
 from cxr.core.spec import MODEL_FILE, ModelSpec
 from cxr.core.tracking import file_md5
 from cxr.learn import checkpoints
@@ -105,6 +106,6 @@ def publish(
     save_model(model, folder, spec, result.history)
     write_curves(result.history, curves, folder.name)
     log_fit(result.history, metrics, title)
-    mlflow.set_tag("model_md5", file_md5(folder / MODEL_FILE))
+    mlflow.set_tag(MODEL_MD5_TAG, file_md5(folder / MODEL_FILE))
     write_json(report, metrics)
     return metrics

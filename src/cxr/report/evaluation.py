@@ -92,10 +92,15 @@ def headline(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
 
 
 def patient_bootstrap(predictions: pd.DataFrame, classes: list[str], *, resamples: int, seed: int) -> dict:
-    """95% percentile intervals of :func:`headline`, resampling patients with replacement.
+    """95% intervals of :func:`headline`: ``{statistic: {"value", "low", "high", "method"}}``.
 
-    Each resample draws as many patients as the test set has, with replacement, and takes all
-    images of each drawn patient; intervals are the 2.5th and 97.5th percentiles.
+    Percentile bootstrap over patients: each resample draws as many patients as the test set has,
+    with replacement, and takes all images of each drawn patient; the interval is the 2.5th and
+    97.5th percentile. A proportion (accuracy, recall of a class) whose every resample gives the
+    same value, as one at 0 or 1 does, would get a zero-width interval that reads as certainty:
+    it gets the exact Clopper-Pearson interval on its images instead (Clopper & Pearson,
+    Biometrika 1934; ``scipy.stats.binomtest(...).proportion_ci(method="exact")``), e.g. 14 of 14
+    -> [0.77, 1.00]. ``method`` says which.
     """
     groups = [group.index.to_numpy() for _, group in predictions.groupby("patient_id", sort=True)]
     rng = np.random.default_rng(seed)
@@ -107,14 +112,27 @@ def patient_bootstrap(predictions: pd.DataFrame, classes: list[str], *, resample
     table = pd.DataFrame(samples)
     alpha = (1 - CI_LEVEL) / 2
     point = headline(predictions, classes)
-    return {
-        name: {
-            "value": point[name],
-            "low": float(np.nanquantile(table[name], alpha)),
-            "high": float(np.nanquantile(table[name], 1 - alpha)),
-        }
-        for name in point
-    }
+    counts = proportion_counts(predictions, classes)
+    intervals = {}
+    for name in point:
+        low, high = float(np.nanquantile(table[name], alpha)), float(np.nanquantile(table[name], 1 - alpha))
+        method = "patient bootstrap (percentile)"
+        if low == high and name in counts and counts[name][1] > 0:
+            exact = stats.binomtest(*counts[name]).proportion_ci(confidence_level=CI_LEVEL, method="exact")
+            low, high, method = float(exact.low), float(exact.high), "Clopper-Pearson (bootstrap degenerate)"
+        intervals[name] = {"value": point[name], "low": low, "high": high, "method": method}
+    return intervals
+
+
+def proportion_counts(predictions: pd.DataFrame, classes: list[str]) -> dict[str, tuple[int, int]]:
+    """(successes, trials) of the :func:`headline` statistics that are proportions of images:
+    ``accuracy`` and ``recall_<class>``."""
+    actual, predicted = predictions["actual"].to_numpy(), predictions["predicted"].to_numpy()
+    counts = {"accuracy": (int((actual == predicted).sum()), len(actual))}
+    for name in classes:
+        mask = actual == name
+        counts[f"recall_{name}"] = (int((predicted[mask] == name).sum()), int(mask.sum()))
+    return counts
 
 
 @dataclass(frozen=True)
@@ -243,7 +261,8 @@ def comparison_markdown(
         "",
         note,
         "",
-        "Values are point estimates with 95% intervals from a bootstrap over patients.",
+        "Values are point estimates with 95% intervals from a bootstrap over patients; a proportion every resample "
+        "gives alike (0 or 1, or one patient) has the exact Clopper-Pearson interval on its images instead.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

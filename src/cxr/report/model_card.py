@@ -83,7 +83,8 @@ def model_card(
         "",
         "## Test results",
         "",
-        f"{report['support']} test images; 95% intervals from a bootstrap over patients.",
+        f"{report['support']} test images; 95% intervals from a bootstrap over patients (exact Clopper-Pearson "
+        "where a proportion sits at 0 or 1 in every resample).",
         "",
         "| statistic | value [95% CI] |",
         "|---|---|",

@@ -15,6 +15,8 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
 
 import cxr
 from cxr.core import registry, tracking
@@ -72,11 +74,11 @@ def serving_requirements(version: Callable[[str], str | None] = installed_versio
     ]
 
 
-def log_servable(folder: Path, spec: ModelSpec, example: Path, registered_name: str) -> str:
+def log_servable(folder: Path, spec: ModelSpec, example: Path, registered_name: str) -> ModelInfo:
     """Log the saved model ``folder`` to the active run as the image-taking pyfunc
     (:mod:`cxr.serve.pyfunc`, logged from code), with its signature, an example image, the model
-    contract as metadata and cxr's code, and register it as ``registered_name``; returns the
-    model URI."""
+    contract as metadata and cxr's code, and register it as ``registered_name``; returns MLflow's
+    ``ModelInfo`` (``model_uri``, ``registered_model_version``)."""
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(pyfunc.__file__).with_name("model_code.py")),
@@ -89,7 +91,7 @@ def log_servable(folder: Path, spec: ModelSpec, example: Path, registered_name: 
         pip_requirements=serving_requirements(),
         metadata=spec.to_json() | {"git_commit": tracking.git_commit()},
     )
-    return info.model_uri
+    return info
 
 
 def example_image(split: pd.DataFrame) -> Path:
@@ -112,7 +114,7 @@ def register(folder: Path, spec: ModelSpec, task: str, example: Path) -> dict:
     training was restored from DVC's cache on another server), and a warning says so.
     """
     model_file = folder / MODEL_FILE
-    name = registered_name(task, spec)
+    name, md5 = registered_name(task, spec), tracking.file_md5(model_file)
     run_id = registry.find_model_run(task, model_file)
     if run_id is None:
         print(
@@ -121,7 +123,10 @@ def register(folder: Path, spec: ModelSpec, task: str, example: Path) -> dict:
         )
     else:
         with mlflow.start_run(run_id=run_id):
-            log_servable(folder, spec, example, name)
+            info = log_servable(folder, spec, example, name)
+        registry.registry_write(
+            MlflowClient().set_model_version_tag, name, info.registered_model_version, registry.MODEL_MD5_TAG, md5
+        )
     return {
         "model": folder.name,
         "model_md5": tracking.file_md5(model_file),

@@ -231,6 +231,7 @@ def audit_markdown(
         + ".",
         f"- **External**: the trained classifier on the external source's images; a {positive} recall "
         f"{EXTERNAL_DROP} or more below the test split's counts as a drop.",
-        "- Intervals are 95% percentile intervals of a bootstrap over patients.",
+        "- Intervals are 95% percentile intervals of a bootstrap over patients; a proportion at 0 or 1 in every "
+        "resample has the exact Clopper-Pearson interval on its images instead.",
     ]
     return "\n".join(lines) + "\n"
