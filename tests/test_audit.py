@@ -89,7 +89,7 @@ class KeepTopLeft(keras.layers.Layer):
         return features * mask
 
 
-def region_model(size: int, masked: bool) -> keras.Model:
+def region_model(size: int, masked: bool, scale: float = 1.0) -> keras.Model:
     """A classifier laid out like build_classifier's whose class-1 score grows with the
     brightness of the top-left quadrant only (or of the whole image when not ``masked``)."""
     base_input = keras.Input((size, size, 3))
@@ -101,7 +101,7 @@ def region_model(size: int, masked: bool) -> keras.Model:
     scaled = keras.layers.Rescaling(1 / 255, name="preprocess")(inputs)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(base(scaled))
     head = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, activation="softmax")], name="head")
-    head.layers[-1].set_weights([np.array([[-1.0, 1.0]], np.float32), np.zeros(2, np.float32)])
+    head.layers[-1].set_weights([np.array([[-scale, scale]], np.float32), np.zeros(2, np.float32)])
     return keras.Model(inputs, head(features))
 
 
@@ -119,6 +119,19 @@ def test_gradcam_finds_the_region_the_answer_depends_on():
     assert np.allclose(share, 0.25, atol=0.08)
     # Class 0's score falls as the region brightens: no positive evidence, an all-zero map.
     assert gradcam.gradcam(region_model(size, masked=True), batch[:1], np.array([0]), layer=None).max() == 0
+
+
+def test_gradcam_of_a_confident_prediction_is_not_blank():
+    """Grad-CAM differentiates the score before the softmax: a prediction at p = 1.0 (the softmax's
+    gradient p(1 - p) is 0 in float32) still has its map."""
+    size = 16
+    batch = np.random.default_rng(0).uniform(128, 255, (2, size, size, 3)).astype(np.float32)
+    model = region_model(size, masked=True, scale=1000.0)
+    assert (model.predict(batch, verbose=0)[:, 1] == 1.0).all()
+    maps = gradcam.gradcam(model, batch, np.array([1, 1]), layer=None)
+    assert maps.max() == pytest.approx(1.0)
+    quadrant = slice(0, size // 2)
+    assert (maps[:, quadrant, quadrant].sum(axis=(1, 2)) / maps.sum(axis=(1, 2)) > 0.9).all()
 
 
 def test_box_share_of_even_peaked_and_empty_maps():

@@ -27,9 +27,11 @@ def gradcam(model: keras.Model, batch: np.ndarray, class_indices: np.ndarray, la
 
     ``model`` is a classifier built by :func:`cxr.learn.model.build_classifier` (preprocess -> base ->
     pool -> head). The map is ReLU(sum_k a_k A_k) of the base's feature maps A at ``layer``
-    (None: the base's output), where a_k is the mean gradient of the class score over A_k,
+    (None: the base's output), where a_k is the mean gradient of the class score y^c over A_k,
     resized to the input size and scaled so each image's maximum is 1 (all zero if none is
-    positive).
+    positive). As Grad-CAM defines it (Selvaraju et al., ICCV 2017), y^c is the score before the
+    softmax (:func:`class_scores`): the softmax's gradient p(1 - p) would shrink the maps of
+    confident predictions towards zero.
     """
     base = base_of(model)
     target = base.get_layer(layer).output if layer else base.output
@@ -37,14 +39,25 @@ def gradcam(model: keras.Model, batch: np.ndarray, class_indices: np.ndarray, la
     inputs = tf.convert_to_tensor(batch, tf.float32)
     with tf.GradientTape() as tape:
         feature_maps, features = inner(model.get_layer(PREPROCESS_LAYER)(inputs), training=False)
-        probabilities = model.get_layer(HEAD_LAYER)(model.get_layer(POOL_LAYER)(features), training=False)
-        scores = tf.gather(tf.cast(probabilities, tf.float32), class_indices, axis=1, batch_dims=1)
+        logits = class_scores(model.get_layer(HEAD_LAYER), model.get_layer(POOL_LAYER)(features))
+        scores = tf.gather(logits, class_indices, axis=1, batch_dims=1)
     gradients = tf.cast(tape.gradient(scores, feature_maps), tf.float32)
     weights = tf.reduce_mean(gradients, axis=(1, 2))
     maps = tf.nn.relu(tf.einsum("bhwc,bc->bhw", tf.cast(feature_maps, tf.float32), weights))
     maps = tf.image.resize(maps[..., None], inputs.shape[1:3], method="bilinear")[..., 0].numpy()
     peak = maps.reshape(len(maps), -1).max(axis=1)
     return np.divide(maps, peak[:, None, None], out=np.zeros_like(maps), where=peak[:, None, None] > 0)
+
+
+def class_scores(head: keras.Model, pooled: tf.Tensor) -> tf.Tensor:
+    """The head's class scores before its softmax, float32 (n, classes): every head layer but the
+    last, then the last Dense layer's affine map without its activation."""
+    *hidden, last = head.layers
+    x = pooled
+    for layer in hidden:
+        x = layer(x, training=False)
+    kernel, bias = (tf.cast(weight, tf.float32) for weight in (last.kernel, last.bias))
+    return tf.matmul(tf.cast(x, tf.float32), kernel) + bias
 
 
 def box_share(maps: np.ndarray, fraction: float) -> np.ndarray:
