@@ -134,6 +134,23 @@ def test_gradcam_of_a_confident_prediction_is_not_blank():
     assert (maps[:, quadrant, quadrant].sum(axis=(1, 2)) / maps.sum(axis=(1, 2)) > 0.9).all()
 
 
+def test_gradcam_under_mixed_float16_is_not_blank():
+    """Under a mixed_float16 policy (what GPU training uses) the maps are computed in float32 from the
+    head's scores on: still non-zero, still on the region the answer depends on."""
+    size = 16
+    batch = np.random.default_rng(1).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = region_model(size, masked=True, scale=1000.0)
+        assert model.get_layer("pool").compute_dtype == "float16"
+        maps = gradcam.gradcam(model, batch, np.array([1, 1]), layer=None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert maps.dtype == np.float32 and maps.max() == pytest.approx(1.0)
+    quadrant = slice(0, size // 2)
+    assert (maps[:, quadrant, quadrant].sum(axis=(1, 2)) / maps.sum(axis=(1, 2)) > 0.9).all()
+
+
 def test_box_share_of_even_peaked_and_empty_maps():
     even = np.ones((1, 10, 10))
     peaked = np.zeros((1, 10, 10))
@@ -317,3 +334,17 @@ def test_verdict_when_no_class_has_two_sources_in_the_test_split():
     assert not any(findings.evidence(metrics, 4, "COVID").values())
     text = findings.verdict("vgg16", metrics, 4, "COVID")
     assert "cannot be scored within a class" in text and "find no sign" in text
+
+
+def test_an_empty_map_is_named_not_drawn(tmp_path):
+    """cxr-predict's overlays: a map with no positive evidence writes no blank picture and says so."""
+    from cxr.serve.predict import Explainer
+
+    size = 16
+    batch = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    explainer = Explainer(tmp_path / "gradcam", "vgg16", 8, ["a.png", "b.png"])
+    explainer.layer = None  # the stand-in model's base output
+    written = explainer(region_model(size, masked=True), ["a.png", "b.png"], batch, np.array([1, 0]))
+    assert written[0] == (str(tmp_path / "gradcam" / "a.png.gradcam.png"), "")
+    assert written[1][0] == "" and written[1][1].startswith("Grad-CAM map empty (no positive evidence")
+    assert sorted(path.name for path in (tmp_path / "gradcam").iterdir()) == ["a.png.gradcam.png"]

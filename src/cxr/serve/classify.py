@@ -56,7 +56,8 @@ class Unreadable:
 Source = Path | tuple[str, bytes] | Unreadable
 # Called with the model, the names and model inputs of a batch, and the predicted class indices;
 # returns what it wrote for each image (a path, or "" for nothing), in order.
-Explain = Callable[[object, list[str], np.ndarray, np.ndarray], list[str]]
+# (model, names, pixels, predicted class indices) -> per image: (overlay path or "", a note or "").
+Explain = Callable[[object, list[str], np.ndarray, np.ndarray], list[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,10 @@ def predict_sources(
             if index in probabilities:
                 row["predicted"] = classes[int(np.argmax(probabilities[index]))]
                 row.update({f"p_{name}": float(value) for name, value in zip(classes, probabilities[index])})
-                row["warning"] = "; ".join(part for part in (decoded[index].warning, overlay_failure) if part)
+                overlay, note = overlays.get(index, ("", ""))
+                row["warning"] = "; ".join(part for part in (decoded[index].warning, overlay_failure, note) if part)
                 if explain is not None:
-                    row["overlay"] = overlays.get(index, "")
+                    row["overlay"] = overlay
             else:
                 row["error"] = decoded[index]
             rows.append(row)

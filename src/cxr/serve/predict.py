@@ -149,16 +149,27 @@ class Explainer:
         self.relative = overlay_names(names)
         folder.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, model, names: list[str], batch: np.ndarray, predicted: np.ndarray) -> list[str]:
+    def __call__(self, model, names: list[str], batch: np.ndarray, predicted: np.ndarray) -> list[tuple[str, str]]:
+        """Per image: (the overlay written, "") or, when the map is empty (no positive evidence for the
+        predicted class at the layer), ("", a note saying so): no blank picture is written."""
         written = []
         for start in range(0, len(names), self.batch_size):
             part = slice(start, start + self.batch_size)
             maps = gradcam(model, batch[part], predicted[part], self.layer)
             for name, image, saliency in zip(names[part], batch[part], maps):
+                if not saliency.any():
+                    written.append(
+                        (
+                            "",
+                            f"Grad-CAM map empty (no positive evidence for the predicted class at "
+                            f"layer {self.layer or 'the base output'}): no overlay written",
+                        )
+                    )
+                    continue
                 target = self.folder / f"{self.relative.get(name, Path(name).name)}.gradcam.png"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(saliency_overlay(image, saliency)).save(target)
-                written.append(str(target))
+                written.append((str(target), ""))
         return written
 
 
