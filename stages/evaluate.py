@@ -26,13 +26,14 @@ def main() -> None:
     args = arguments(__doc__, "split", "models", "out")
     config = load()
     tracking.require_tracking_store()
-    test = split_part(pd.read_csv(args.split), "test").reset_index(drop=True)
+    split = pd.read_csv(args.split)
+    val, test = (split_part(split, part).reset_index(drop=True) for part in ("val", "test"))
     results, histories = [], {}
     # Every report is written to a staging folder and moved into place together, or none is.
     with output_set(args.out) as staging:
         for name in [*config.backbones, comparison.RELEASE]:
             model, spec = load_model(args.models / name)
-            results.append(comparison.evaluate_model(name, model, spec, test, config))
+            results.append(comparison.evaluate_model(name, model, spec, val, test, config))
             comparison.write_model_reports(results[-1], staging)
             histories[name] = pd.read_csv(args.models / name / HISTORY_FILE)
         table = comparison.write_comparison(results, histories, staging, config)

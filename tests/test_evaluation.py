@@ -167,3 +167,39 @@ def test_a_proportion_at_one_gets_an_exact_interval_not_a_point():
         "recall_COVID": (14, 14),
         "recall_NORMAL": (10, 16),
     }
+
+
+def test_the_threshold_rule_reaches_its_target_on_validation():
+    from cxr.report import operating_point
+
+    rng = np.random.default_rng(0)
+    positive = np.array([True] * 40 + [False] * 60)
+    scores = np.where(positive, rng.uniform(0.3, 1.0, 100), rng.uniform(0.0, 0.7, 100))
+    threshold = operating_point.choose_threshold(scores, positive, "target_sensitivity", 0.95)
+    reached = operating_point.at_threshold(scores, positive, threshold)
+    assert reached["sensitivity"]["value"] >= 0.95 and reached["sensitivity"]["n"] == 40
+    # The highest such threshold: one step up loses the target.
+    above = np.min(scores[positive][scores[positive] > threshold])
+    assert operating_point.at_threshold(scores, positive, above)["sensitivity"]["value"] < 0.95
+    youden = operating_point.choose_threshold(scores, positive, "youden", 0.95)
+    at_youden = operating_point.at_threshold(scores, positive, youden)
+    j = at_youden["sensitivity"]["value"] + at_youden["specificity"]["value"] - 1
+    for candidate in np.unique(scores):
+        other = operating_point.at_threshold(scores, positive, candidate)
+        assert other["sensitivity"]["value"] + other["specificity"]["value"] - 1 <= j + 1e-12
+    assert operating_point.choose_threshold(scores, np.zeros(100, bool), "target_sensitivity", 0.95) is None
+    with pytest.raises(ValueError, match="operating point rule 'f1'"):
+        operating_point.choose_threshold(scores, positive, "f1", 0.95)
+
+
+def test_numbers_at_the_operating_point_have_exact_intervals_and_their_n():
+    from cxr.report import operating_point
+
+    scores = np.array([0.9] * 14 + [0.8] * 2 + [0.1] * 8)
+    positive = np.array([True] * 14 + [False] * 10)
+    numbers = operating_point.at_threshold(scores, positive, 0.5)
+    assert numbers["counts"] == {"tp": 14, "fp": 2, "tn": 8, "fn": 0}
+    assert numbers["sensitivity"]["value"] == 1.0 and numbers["sensitivity"]["low"] == pytest.approx(0.025 ** (1 / 14))
+    assert numbers["specificity"] == pytest.approx({"value": 0.8, "low": 0.4439, "high": 0.9748, "n": 10}, abs=1e-4)
+    assert operating_point.interval(numbers["ppv"]) == "0.88 [0.62, 0.98] (n=16)"
+    assert operating_point.proportion(0, 0) == {"value": None, "low": None, "high": None, "n": 0}

@@ -138,6 +138,11 @@ class Evaluate:
         low=1, high=1_000_000, reason="intervals settle long before a million resamples; more only costs time"
     )
     bootstrap_seed: int
+    # How the decision threshold for positive_class is chosen on the validation split:
+    # target_sensitivity (the highest threshold whose sensitivity reaches target_sensitivity) or
+    # youden (maximises sensitivity + specificity - 1).
+    operating_point: Literal["target_sensitivity", "youden"]
+    target_sensitivity: float = bounded(low=0, high=1, low_open=True)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from cxr.core import figures, registry, tracking
 from cxr.core.config import Config
 from cxr.core.outputs import write_csv, write_json, write_text
 from cxr.core.spec import MODEL_FILE, ModelSpec
-from cxr.report import evaluation
+from cxr.report import evaluation, operating_point
 
 RELEASE = "finetuned"  # the model folder registered as cxr-<task>, the release candidate
 
@@ -37,13 +37,23 @@ class ModelResult:
     intervals: dict
     row: dict
     metrics: dict[str, float | None]
+    operating_point: dict
 
 
-def evaluate_model(name: str, model: keras.Model, spec: ModelSpec, test: pd.DataFrame, config: Config) -> ModelResult:
-    """Predict ``test`` (the split's test rows) with ``model`` and measure it."""
+def evaluate_model(
+    name: str, model: keras.Model, spec: ModelSpec, val: pd.DataFrame, test: pd.DataFrame, config: Config
+) -> ModelResult:
+    """Predict ``test`` (the split's test rows) with ``model`` and measure it; the operating point
+    for ``positive_class`` is chosen on ``val`` (the validation rows)."""
     classes = spec.classes
     probabilities = evaluation.predict(model, test, classes, spec.image_size, config.train)
     table = evaluation.predictions_frame(test, classes, probabilities)
+    val_table = evaluation.predictions_frame(
+        val, classes, evaluation.predict(model, val, classes, spec.image_size, config.train)
+    )
+    point = operating_point.operating_point(
+        val_table, table, config.positive_class, config.evaluate.operating_point, config.evaluate.target_sensitivity
+    )
     report = evaluation.report(table, classes)
     intervals = evaluation.patient_bootstrap(
         table, classes, resamples=config.evaluate.bootstrap_resamples, seed=config.evaluate.bootstrap_seed
@@ -52,7 +62,7 @@ def evaluate_model(name: str, model: keras.Model, spec: ModelSpec, test: pd.Data
     metrics = {
         key: None if value != value else value for key, value in row.items() if key not in ("model", "never_predicted")
     }
-    return ModelResult(name, spec, table, report, intervals, row, metrics)
+    return ModelResult(name, spec, table, report, intervals, row, metrics, point)
 
 
 def write_model_reports(result: ModelResult, staging: Path) -> None:
@@ -61,7 +71,10 @@ def write_model_reports(result: ModelResult, staging: Path) -> None:
     classes, name = result.spec.classes, result.name
     folder = staging / "models" / name
     write_csv(folder / "predictions.csv", result.table)
-    write_json(folder / "report.json", result.report | {"intervals": result.intervals})
+    write_json(
+        folder / "report.json",
+        result.report | {"intervals": result.intervals, "operating_point": result.operating_point},
+    )
     write_text(folder / "report.txt", evaluation.report_text(result.table, classes))
     figures.confusion(result.report["confusion_matrix"]["matrix"], classes, name).savefig(folder / "confusion.png")
     figures.roc(result.table, classes, result.report["roc_auc"], name).savefig(folder / "roc.png")
@@ -80,10 +93,9 @@ def write_comparison(
     write_csv(staging / "comparison.csv", comparison)
     write_csv(staging / "mcnemar.csv", tests)
     unchanged = {result.name: result.spec.finetuned_from for result in results if result.spec.unchanged_from_base}
-    write_text(
-        staging / "comparison.md",
-        evaluation.comparison_markdown(comparison, config.class_names(), tests, note, unchanged),
-    )
+    markdown = evaluation.comparison_markdown(comparison, config.class_names(), tests, note, unchanged)
+    points = {result.name: result.operating_point for result in results}
+    write_text(staging / "comparison.md", markdown + "\n" + "\n".join(operating_point.markdown(points)) + "\n")
     figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(staging / "comparison.png")
     figures.curves_side_by_side(histories).savefig(staging / "training_curves.png")
     write_json(staging / "headline.json", evaluation.lead_metrics(metrics))
@@ -122,8 +134,24 @@ def log_to_training_runs(
                 f"test.{statistic}": evaluation.interval_text(result.metrics, statistic)
                 for statistic in evaluation.LEAD_STATISTICS
             }
+            | operating_point_tags(result.operating_point)
             | {"test.split_md5": split_md5},
             alias=registry.CHAMPION if release else None,
         )
         if release and version is not None:
             print(f"{registry.model_name(config.task)} version {version} is @{registry.CHAMPION}")
+
+
+def operating_point_tags(point: dict) -> dict[str, str]:
+    """Registry version tags of the operating point: its threshold and rule, and the test numbers
+    at it as ``value [low, high] (n=...)``."""
+    if point["threshold"] is None:
+        return {"operating_point": f"none: no {point['positive_class']} image in the validation split"}
+    rule = point["rule"] + (f" {point['target_sensitivity']:g}" if point["rule"] == "target_sensitivity" else "")
+    return {
+        "operating_point": f"p({point['positive_class']}) >= {point['threshold']:.4f} ({rule}, chosen on validation)",
+        **{
+            f"test.{key}_at_operating_point": operating_point.interval(point["test"][key])
+            for key in ("sensitivity", "specificity", "ppv", "npv")
+        },
+    }

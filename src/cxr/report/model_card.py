@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from cxr.core.config import Config
 from cxr.core.spec import ModelSpec
+from cxr.report import operating_point
 from cxr.report.audit.findings import verdict
 from cxr.report.evaluation import flat_intervals, interval_text
 
@@ -95,6 +96,19 @@ def model_card(
     lines += [f"| recall {name} | {interval_text(intervals, f'recall_{name}')} |" for name in classes]
     aucs = {name: value for name, value in report["roc_auc"].items() if value is not None}
     lines += ["", "ROC AUC (one vs rest): " + ", ".join(f"{name} {value:.2f}" for name, value in aucs.items()) + "."]
+    point = report.get("operating_point")
+    if point and point["threshold"] is not None:
+        test = point["test"]
+        lines += [
+            "",
+            f"Operating point: decide {point['positive_class']} when p({point['positive_class']}) >= "
+            f"{point['threshold']:.3f}, chosen on the validation split by `{point['rule']}`"
+            + (f" ({point['target_sensitivity']:g})" if point["rule"] == "target_sensitivity" else "")
+            + f". On the test split: sensitivity {operating_point.interval(test['sensitivity'])}, specificity "
+            f"{operating_point.interval(test['specificity'])}, PPV {operating_point.interval(test['ppv'])}, NPV "
+            f"{operating_point.interval(test['npv'])} (exact 95% intervals; n is the images each rests on; PPV and "
+            "NPV hold at this test set's prevalence only).",
+        ]
     if external_report and audit_metrics and "external" in audit_metrics:
         external = audit_metrics["external"]
         lines += [
