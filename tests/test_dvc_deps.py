@@ -36,7 +36,7 @@ def closure(script: Path) -> set[Path]:
     while pending:
         for module in imported_modules(pending.pop()):
             parts = module.split(".")
-            for depth in range(2, len(parts) + 1):  # a package's __init__ runs before its modules
+            for depth in range(1, len(parts) + 1):  # every package's __init__ runs first, cxr's too
                 found = module_file(".".join(parts[:depth]))
                 if found and found not in seen:
                     seen.add(found)

@@ -683,3 +683,49 @@ def test_a_retrained_model_of_the_same_bytes_finds_the_version_registered_for_th
     )
     assert client.get_model_version_by_alias("cxr-multiclass", "champion").tags["test.accuracy"] == "0.9"
     assert registry.describe_version("cxr-multiclass", other, tags={}) is None
+
+
+def test_the_run_of_a_model_file_is_found_in_any_experiment_and_only_when_finished(tmp_path, monkeypatch):
+    """Under `mlflow run --experiment-name outer` the training run lives in "outer"; a run of the same
+    bytes still RUNNING in another `dvc exp run -j` worker is not the one to reopen."""
+    from cxr.core import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    model_file = tmp_path / "model.keras"
+    model_file.write_bytes(b"weights")
+    md5 = hashlib.md5(b"weights").hexdigest()
+    outer = client.create_experiment("outer", artifact_location=(tmp_path / "a").as_uri())
+    finished = client.create_run(outer).info.run_id
+    client.set_tag(finished, registry.MODEL_MD5_TAG, md5)
+    client.set_terminated(finished, "FINISHED")
+    assert registry.find_model_run("multiclass", model_file) == finished
+    task = client.create_experiment("cxr-multiclass", artifact_location=(tmp_path / "b").as_uri())
+    running = client.create_run(task).info.run_id
+    client.set_tag(running, registry.MODEL_MD5_TAG, md5)
+    assert registry.find_model_run("multiclass", model_file) == finished
+    client.set_terminated(running, "FINISHED")
+    assert registry.find_model_run("multiclass", model_file) == running  # the task's experiment first
+
+
+def test_a_re_registration_takes_over_tags_description_and_champion(tmp_path):
+    """The same model file registered again (serving code changed): its new version is what @champion
+    serves, with the test tags and model card evaluate and audit_report gave the old one."""
+    from cxr.core import registry
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    client.create_registered_model("cxr-multiclass")
+    old = client.create_model_version("cxr-multiclass", "runs:/x/model", run_id=None).version
+    client.set_model_version_tag("cxr-multiclass", old, registry.MODEL_MD5_TAG, "a" * 32)
+    client.set_model_version_tag("cxr-multiclass", old, "test.accuracy", "0.95 [0.90, 0.99]")
+    client.update_model_version("cxr-multiclass", old, description="the model card")
+    client.set_registered_model_alias("cxr-multiclass", "champion", old)
+    new = client.create_model_version("cxr-multiclass", "runs:/y/model", run_id=None).version
+    assert registry.latest_version_of("cxr-multiclass", "a" * 32) == old
+    registry.carry_over("cxr-multiclass", old, new)
+    champion = client.get_model_version_by_alias("cxr-multiclass", "champion")
+    assert champion.version == new and champion.description == "the model card"
+    assert champion.tags["test.accuracy"] == "0.95 [0.90, 0.99]" and champion.tags[registry.MODEL_MD5_TAG] == "a" * 32

@@ -27,18 +27,31 @@ def model_name(task: str, backbone: str | None = None) -> str:
 
 
 def find_model_run(task: str, model_file: Path) -> str | None:
-    """The id of the run that produced ``model_file`` (by its ``model_md5`` tag), if any."""
+    """The id of the latest FINISHED run that produced ``model_file`` (by its ``model_md5`` tag), if any.
+
+    The task's experiment (``cxr-<task>``) is searched first, then every other one: under
+    ``mlflow run --experiment-name <name>`` the stage runs live in that experiment. A run still
+    RUNNING (another ``dvc exp run -j`` worker training the same bytes), KILLED or FAILED is not one.
+    """
     mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
     experiment = mlflow.get_experiment_by_name(experiment_name(task))
-    if experiment is None:
-        return None
-    runs = MlflowClient().search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.{MODEL_MD5_TAG} = '{file_md5(model_file)}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
+    first = [experiment.experiment_id] if experiment is not None else []
+    others = [found.experiment_id for found in client.search_experiments() if found.experiment_id not in first]
+    for group in (first, others):
+        runs = (
+            client.search_runs(
+                group,
+                filter_string=f"tags.{MODEL_MD5_TAG} = '{file_md5(model_file)}' and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if group
+            else []
+        )
+        if runs:
+            return runs[0].info.run_id
+    return None
 
 
 # The tag that ties a training run, and a registered version, to the bytes of its model file.
@@ -87,3 +100,22 @@ def registry_write(call, *args, attempts: int = 5, **kwargs):
                     f"the MLflow registry refused {call.__name__}{args[:3]} {attempts} times: {one_line(exc.message)}"
                 ) from None
             time.sleep(0.5 * 2**attempt)
+
+
+def latest_version_of(name: str, model_md5: str) -> str | None:
+    """The latest version of registered model ``name`` registered with a model file of this md5, or None."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}' and tags.{MODEL_MD5_TAG} = '{model_md5}'")
+    return max(versions, key=lambda found: int(found.version)).version if versions else None
+
+
+def carry_over(name: str, previous: str, version: str) -> None:
+    """Give ``version`` of ``name`` the tags, description and aliases of ``previous`` (the same model
+    file registered again): an alias such as ``@champion`` moves to the new version."""
+    client = MlflowClient()
+    old = client.get_model_version(name, previous)
+    for key, value in old.tags.items():
+        registry_write(client.set_model_version_tag, name, version, key, value)
+    if old.description:
+        registry_write(client.update_model_version, name, version, description=old.description)
+    for alias in old.aliases:
+        registry_write(client.set_registered_model_alias, name, alias, version)

@@ -36,7 +36,8 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, rule: str, target
         return None
     if rule == "target_sensitivity":
         ranked = np.sort(scores[positive])[::-1]
-        return float(ranked[math.ceil(target * len(ranked)) - 1])
+        # round() first: 0.55 * 100 is 55.000000000000007 in floating point, whose ceiling is 56.
+        return float(ranked[math.ceil(round(target * len(ranked), 9)) - 1])
     false_positive_rate, true_positive_rate, thresholds = roc_curve(positive, scores)
     finite = np.isfinite(thresholds)
     best = np.argmax((true_positive_rate - false_positive_rate)[finite])

@@ -106,7 +106,9 @@ def registered_name(task: str, spec: ModelSpec) -> str:
 
 def register(folder: Path, spec: ModelSpec, task: str, example: Path) -> dict:
     """Log ``folder`` as the servable pyfunc into the run that trained it (found by its
-    ``model_md5`` tag) and register it (:func:`registered_name`).
+    ``model_md5`` tag) and register it (:func:`registered_name`). A re-registration of the same
+    model file (serving code changed) takes over the test tags, description and aliases
+    (``@champion``) of the version it replaces, since ``evaluate`` has nothing new to measure.
 
     Returns ``{"model", "model_md5", "registered_model", "requirements"}``: what the stage writes
     (nothing that changes between two registrations of the same model, no version number);
@@ -118,15 +120,19 @@ def register(folder: Path, spec: ModelSpec, task: str, example: Path) -> dict:
     run_id = registry.find_model_run(task, model_file)
     if run_id is None:
         print(
-            f"warning: no MLflow run is tagged with the md5 of {model_file}, so it is not registered as {name}; "
-            f"rerun its training stage (dvc repro -f -s <stage>) to log and register it here"
+            f"warning: no finished MLflow run on this tracking server is tagged with the md5 of {model_file}, so it "
+            f"is not registered as {name}: it was trained elsewhere (or restored from DVC's cache). Rerun its "
+            "training stage, then this one: dvc repro -f -s <train stage> <register stage>"
         )
     else:
+        client = MlflowClient()
+        previous = registry.latest_version_of(name, md5)
         with mlflow.start_run(run_id=run_id):
             info = log_servable(folder, spec, example, name)
-        registry.registry_write(
-            MlflowClient().set_model_version_tag, name, info.registered_model_version, registry.MODEL_MD5_TAG, md5
-        )
+        version = str(info.registered_model_version)
+        registry.registry_write(client.set_model_version_tag, name, version, registry.MODEL_MD5_TAG, md5)
+        if previous is not None:
+            registry.carry_over(name, previous, version)
     return {
         "model": folder.name,
         "model_md5": tracking.file_md5(model_file),
