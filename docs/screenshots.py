@@ -4,7 +4,7 @@
 
 Starts `mlflow ui` on 127.0.0.1 (a free port) over the checkout's mlflow.db, drives headless
 Chromium (Debian's `chromium`; installed with apt-get when missing and run as root) to the
-experiment's runs, a training run's confusion matrix, the @champion registered version, the
+experiment's runs, a training run's confusion matrix, the @candidate registered version, the
 DVC plots page (`cxr-plots show`, which works offline) and the split's Great Expectations Data
 Docs, and saves one PNG per page, reduced to a palette so they stay small enough to commit.
 Not part of `make test`: it needs a browser and a repro'd pipeline.
@@ -70,7 +70,7 @@ def pages(repo: Path, base: str, task: str) -> dict[str, str]:
     experiment = client.get_experiment_by_name(f"cxr-{task}")
     if experiment is None:
         raise SystemExit(f"error: no experiment cxr-{task} in {repo / 'mlflow.db'}; run `make repro` first")
-    champion = client.get_model_version_by_alias(f"cxr-{task}", "champion")
+    champion = client.get_model_version_by_alias(f"cxr-{task}", "candidate")
     [train] = client.search_runs(
         [experiment.experiment_id],
         "attributes.run_name LIKE 'train@%'",

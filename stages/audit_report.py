@@ -1,7 +1,9 @@
 """DVC stage `audit_report`: every backbone's audit in one report, and the released model's card.
 
 Writes audit.md (the source x class table, the numbers, a generated verdict per backbone) and
-the model card of the fine-tuned model; the card becomes the registered model's description.
+the model card of the @candidate (reports/eval/release.json: the model ranked first on
+validation, released as @champion if it passed the gate); the card becomes the registered model's
+description and that version's.
 """
 
 import json
@@ -29,7 +31,16 @@ def read_json(path: Path) -> dict:
 
 def main() -> None:
     args = arguments(
-        __doc__, "split", "audits", "split-report", "external-report", "model", "evaluation", "audit-md", "card"
+        __doc__,
+        "split",
+        "audits",
+        "split-report",
+        "external-report",
+        "models",
+        "evaluations",
+        "release",
+        "audit-md",
+        "card",
     )
     config = load()
     tracking.require_tracking_store()
@@ -42,16 +53,21 @@ def main() -> None:
         args.audit_md,
         findings.audit_markdown(results, split_report["source_confound"], external, classes, note, positive),
     )
-    model_file = args.model / MODEL_FILE
+    candidate = read_json(args.release)["candidate"]
+    if candidate is None:
+        raise CxrError(f"{args.release}: no model competes, so there is no candidate to describe")
+    model_file = args.models / candidate / MODEL_FILE
     registered = registry.model_name(config.task)
     run_id = registry.find_model_run(config.task, model_file)
+    spec = read_spec(args.models / candidate)
+    audited = spec.finetuned_from or spec.backbone
     card = model_card(
         config,
-        spec=read_spec(args.model),
+        spec=spec,
         model_file=model_file.as_posix(),
-        report=read_json(args.evaluation),
+        report=read_json(args.evaluations / candidate / "report.json"),
         split_report=split_report,
-        audit_metrics=results.get(config.backbone),
+        audit_metrics=results.get(audited),
         external_report=external,
         registered_name=registered,
         model_md5=tracking.file_md5(model_file),
@@ -72,13 +88,13 @@ def main() -> None:
         client = MlflowClient()
         client.log_artifact(run_id, str(args.card))
         client.update_registered_model(registered, description=card)
-        evidence = findings.evidence_text(results.get(config.backbone), len(classes), positive)
+        evidence = findings.evidence_text(results.get(audited), len(classes), positive)
         registry.describe_version(registered, run_id, description=card, tags={"audit.shortcut_evidence": evidence})
     for backbone, metrics in results.items():
-        backbone_run = registry.find_model_run(config.task, args.model.with_name(backbone) / MODEL_FILE)
+        backbone_run = registry.find_model_run(config.task, args.models / backbone / MODEL_FILE)
         if backbone_run is not None:
             registry.describe_version(
-                registry.model_name(config.task, backbone),
+                registered,
                 backbone_run,
                 tags={"audit.shortcut_evidence": findings.evidence_text(metrics, len(classes), positive)},
             )

@@ -6,8 +6,14 @@ ROC figures), reports/eval/confusion/<model>.csv (DVC confusion plots), the comp
 two DVC metrics files: reports/eval/headline.json (accuracy and macro-F1 with intervals, what
 `dvc exp show` leads with) and reports/eval/metrics.json (every statistic). Test metrics and
 reports are added to each model's MLflow training run, and the headline to the pipeline's parent
-run; one `evaluate` run holds the comparison. The evaluated release candidate becomes @champion.
+run; one `evaluate` run holds the comparison. Probabilities are calibrated with the temperature each
+model's `register` stage fitted on the validation split (reports/register/<model>.json), and
+comparison.md reports ECE and Brier before and after, the operating point, and the release: the
+models ranked on validation, @candidate the first, @champion the first that passed the gate
+(reports/eval/release.json).
 """
+
+import json
 
 import mlflow
 import pandas as pd
@@ -23,17 +29,18 @@ from cxr.report import comparison, evaluation
 
 
 def main() -> None:
-    args = arguments(__doc__, "split", "models", "out")
+    args = arguments(__doc__, "split", "models", "register", "out")
     config = load()
     tracking.require_tracking_store()
     split = pd.read_csv(args.split)
-    val, test = (split_part(split, part).reset_index(drop=True) for part in ("val", "test"))
+    test = split_part(split, "test").reset_index(drop=True)
     results, histories = [], {}
     # Every report is written to a staging folder and moved into place together, or none is.
     with output_set(args.out) as staging:
-        for name in [*config.backbones, comparison.RELEASE]:
+        for name in [*config.backbones, comparison.FINETUNED]:
             model, spec = load_model(args.models / name)
-            results.append(comparison.evaluate_model(name, model, spec, val, test, config))
+            assessment = json.loads((args.register / f"{name}.json").read_text())
+            results.append(comparison.evaluate_model(name, model, spec, test, assessment, config))
             comparison.write_model_reports(results[-1], staging)
             histories[name] = pd.read_csv(args.models / name / HISTORY_FILE)
         table = comparison.write_comparison(results, histories, staging, config)

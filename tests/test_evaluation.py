@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.report import evaluation
+from cxr.report import evaluation, mcnemar
 
 CLASSES = ["A", "B", "C"]
 
@@ -86,19 +86,19 @@ def test_bootstrap_resamples_patients_not_images():
 
 
 def test_mcnemar_on_known_tables():
-    exact = evaluation.mcnemar([True] * 10 + [False] * 2 + [True] * 5, [False] * 10 + [True] * 2 + [True] * 5)
+    exact = mcnemar.mcnemar([True] * 10 + [False] * 2 + [True] * 5, [False] * 10 + [True] * 2 + [True] * 5)
     assert (exact.b, exact.c) == (10, 2)
     assert exact.p_value == pytest.approx(2 * (1 + 12 + 66) / 4096)
-    large = evaluation.mcnemar([True] * 30 + [False] * 10, [False] * 30 + [True] * 10)
+    large = mcnemar.mcnemar([True] * 30 + [False] * 10, [False] * 30 + [True] * 10)
     assert large.statistic == pytest.approx(361 / 40)
     assert large.p_value == pytest.approx(0.002663, rel=1e-3)
-    assert evaluation.mcnemar([True, False], [True, False]).p_value == 1.0
+    assert mcnemar.mcnemar([True, False], [True, False]).p_value == 1.0
 
 
 def test_pairwise_mcnemar_uses_shared_images():
     first = frame(["A", "B", "C"], ["A", "B", "A"])
     second = frame(["A", "B", "C"], ["B", "B", "C"])
-    [row] = evaluation.pairwise_mcnemar({"m1": first, "m2": second}).to_dict(orient="records")
+    [row] = mcnemar.pairwise_mcnemar({"m1": first, "m2": second}).to_dict(orient="records")
     assert (row["model_a"], row["model_b"], row["images"], row["only_a_correct"], row["only_b_correct"]) == (
         "m1",
         "m2",
@@ -134,7 +134,7 @@ def test_comparison_markdown_has_one_row_per_model_with_intervals():
     report = evaluation.report(table, CLASSES)
     intervals = evaluation.patient_bootstrap(table, CLASSES, resamples=20, seed=0)
     rows = pd.DataFrame([evaluation.comparison_row(name, report, intervals, CLASSES) for name in ("m1", "m2")])
-    tests = evaluation.pairwise_mcnemar({"m1": table, "m2": table})
+    tests = mcnemar.pairwise_mcnemar({"m1": table, "m2": table})
     text = evaluation.comparison_markdown(rows, CLASSES, tests, "note")
     model_rows = [line for line in text.splitlines() if line.startswith(("| m1 ", "| m2 "))]
     assert len(model_rows) == 3  # two models and one McNemar row

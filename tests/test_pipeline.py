@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -167,7 +168,8 @@ def test_repro_noop_and_experiments(clone):
     # reuse its results instead of rerunning the stages whose metrics DVC does not cache.
     sh(clone, "git", "add", "dvc.lock")
     sh(clone, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "dvc repro")
-    versions = len(mlflow_client(clone).search_model_versions("name = 'cxr-multiclass'"))
+    finetuned = "name = 'cxr-multiclass' and tags.model = 'finetuned'"
+    versions = len(mlflow_client(clone).search_model_versions(finetuned))
     queued = {
         "lr-hurts": ["-S", "backbone=vgg16", "-S", "finetune.learning_rate=10"],
         "lr-small": ["-S", "finetune.learning_rate=0.00003"],
@@ -175,7 +177,7 @@ def test_repro_noop_and_experiments(clone):
     run_queued(clone, queued)
     runs = mlflow_runs(clone)
     check_experiment_runs(clone, mlflow_client(clone), runs, queued)
-    assert len(mlflow_client(clone).search_model_versions("name = 'cxr-multiclass'")) == versions + 2
+    assert len(mlflow_client(clone).search_model_versions(finetuned)) == versions + 2
     hurts = runs[(runs["tags.DVC_EXP_NAME"] == "lr-hurts") & (runs["tags.mlflow.runName"] == "finetune")]
     assert hurts["tags.backbone"].tolist() == ["vgg16"]
     parent = mlflow_client(clone).get_run(hurts["tags.mlflow.parentRunId"].iloc[0])
@@ -237,18 +239,42 @@ def check_experiment_runs(
     assert not list((folder / ".dvc").rglob("mlflow.db"))
 
 
-def test_the_champion_predicts_files_and_is_served(clone):
-    """README's "Use the model": cxr-predict with its default model, then `mlflow models serve`."""
+def test_the_gate_stops_the_demo_model_and_the_candidate_predicts_and_is_served(clone):
+    """README "Reading the results" and "Use the model": on the demo (synthetic.source_shift: true) the
+    audit finds the source shortcut, so the release gate fails, there is no @champion and cxr-predict
+    says so in one line; the @candidate predicts and is served with calibrated probabilities, the
+    decision at the operating point and the gate's result in every row."""
     client = mlflow_client(clone)
-    champion = client.get_model_version_by_alias("cxr-multiclass", "champion")
-    runs = mlflow_runs(clone)
-    assert champion.run_id == runs[runs["tags.mlflow.runName"] == "finetune"].iloc[0]["run_id"]
-    assert champion.tags["test.accuracy"] and champion.tags["audit.shortcut_evidence"]
+    chosen = json.loads((clone / "reports/eval/release.json").read_text())
+    assert chosen["champion"] is None and chosen["candidate"] == chosen["ranking"][0]
+    assert "champion" not in client.get_registered_model("cxr-multiclass").aliases
+    candidate = client.get_model_version_by_alias("cxr-multiclass", "candidate")
+    assert candidate.tags["model"] == chosen["candidate"] and candidate.tags["release_gate"].startswith("failed: ")
+    assert candidate.tags["test.accuracy"] and candidate.tags["test.ece"]
     test = pd.read_csv(clone / "data/processed/split.csv").query("split == 'test'").head(3)
-    printed = sh(clone, "cxr-predict", *test["path"], "--output", "predictions.csv")
+    refused = subprocess.run(
+        ["cxr-predict", *test["path"], "--output", "predictions.csv"],
+        cwd=clone,
+        env=user_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode == 1 and not (clone / "predictions.csv").exists()
+    [line] = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: models:/cxr-multiclass has no @champion: no model passed the release gate.")
+    assert f"The candidate, version {candidate.version} ({candidate.tags['model']}), failed: " in line
+    assert line.endswith("To use it anyway: --model models:/cxr-multiclass@candidate")
+
+    uri = "models:/cxr-multiclass@candidate"
+    printed = sh(clone, "cxr-predict", *test["path"], "--model", uri, "--output", "predictions.csv")
     assert "3 file(s), 3 predicted" in printed and "not diagnostic devices" in printed
     table = pd.read_csv(clone / "predictions.csv", keep_default_na=False)
-    assert set(table["model"]) == {"cxr-multiclass"} and set(table["model_version"]) == {champion.version}
+    assert set(table["model"]) == {"cxr-multiclass"} and set(table["model_version"]) == {candidate.version}
+    assert set(table["release"]) == {f"FAILED the release gate ({candidate.tags['release_gate'][8:]})"}
+    threshold = json.loads((clone / f"reports/register/{chosen['candidate']}.json").read_text())["operating_point"]
+    expected = np.where(table["p_COVID"] >= threshold["threshold"], "COVID", "not COVID")
+    assert table["decision"].tolist() == expected.tolist()
 
     env = {
         **os.environ,
@@ -257,12 +283,13 @@ def test_the_champion_predicts_files_and_is_served(clone):
     }
     image = base64.b64encode((clone / test["path"].iloc[0]).read_bytes()).decode()
     request = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
-    with serve_model("models:/cxr-multiclass@champion", clone, env) as url:
+    with serve_model(uri, clone, env) as url:
         post = urllib.request.Request(f"{url}/invocations", data=request, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(post, timeout=60) as answer:
             [prediction] = json.loads(answer.read())["predictions"]
     assert prediction["error"] == "" and prediction["predicted"] == table["predicted"].iloc[0]
     assert prediction["p_COVID"] == pytest.approx(table["p_COVID"].iloc[0], abs=1e-5)
+    assert prediction["decision"] == table["decision"].iloc[0] and prediction["release"] == table["release"].iloc[0]
 
 
 def test_a_params_error_removes_nothing_and_a_lone_stage_says_how_to_restore(clone):
@@ -328,7 +355,7 @@ def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_fa
         # fine-tune (outputs it does not cache): every run is still recorded, under its experiment.
         check_experiment_runs(clone, client, runs, queued, only_finetune_onwards=False)
         assert runs["artifact_uri"].str.startswith("mlflow-artifacts:/").all()
-        versions = client.search_model_versions("name = 'cxr-multiclass'")
+        versions = client.search_model_versions("name = 'cxr-multiclass' and tags.model = 'finetuned'")
         assert len(versions) == 2 and {version.run_id for version in versions} == set(
             runs.loc[runs["tags.mlflow.runName"] == "finetune", "run_id"]
         )
@@ -343,11 +370,14 @@ def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_fa
         sh(second, "dvc", "pull")
         assert "Data and pipelines are up to date" in sh(second, "dvc", "status")
         test = pd.read_csv(second / "data/processed/split.csv").query("split == 'test'").head(2)
-        printed = sh(second, "cxr-predict", *test["path"], "--output", "predictions.csv", env=team)
+        candidate = "models:/cxr-multiclass@candidate"  # the demo's gate fails: no @champion
+        printed = sh(
+            second, "cxr-predict", *test["path"], "--model", candidate, "--output", "predictions.csv", env=team
+        )
         assert "2 file(s), 2 predicted" in printed
-        champion = client.get_model_version_by_alias("cxr-multiclass", "champion")
+        chosen = client.get_model_version_by_alias("cxr-multiclass", "candidate")
         table = pd.read_csv(second / "predictions.csv", keep_default_na=False)
-        assert set(table["model_version"].astype(str)) == {champion.version}
+        assert set(table["model_version"].astype(str)) == {chosen.version}
 
 
 TINY = [

@@ -50,11 +50,20 @@ def project(tmp_path, data_project):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_project):
-    """train@vgg16, finetune, register@vgg16 and register_finetuned, run once; MLflow at the default
-    place (sqlite in the project)."""
+    """train@vgg16, finetune, external, audit@vgg16 (what the release gate judges), register@vgg16 and
+    register_finetuned, run once; MLflow at the default place (sqlite in the project)."""
     folder = tmp_path_factory.mktemp("trained") / "p"
     shutil.copytree(data_project, folder)
-    for stage, args in (("train", ["vgg16"]), ("finetune", []), ("register", ["vgg16"]), ("register_finetuned", [])):
+    download_source("actualmed", make_config(TINY), folder / "data/external")
+    stages = (
+        ("train", ["vgg16"]),
+        ("finetune", []),
+        ("external", []),
+        ("audit", ["vgg16"]),
+        ("register", ["vgg16"]),
+        ("register_finetuned", []),
+    )
+    for stage, args in stages:
         result = run_stage(folder, stage, *args)
         assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
@@ -129,17 +138,26 @@ def test_mlflow_run_has_params_metrics_tags_and_model(trained):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "one run per DVC stage execution" in experiment.tags["mlflow.note.content"]
 
-    [version] = client.search_model_versions("name = 'cxr-multiclass-vgg16'")
+    [version] = client.search_model_versions("name = 'cxr-multiclass' and tags.model = 'vgg16'")
     assert version.run_id == run.info.run_id
-    # The registered version takes image files' bytes and answers with a class and probabilities.
-    model = mlflow.pyfunc.load_model(f"models:/cxr-multiclass-vgg16/{version.version}")
+    # The registered version takes image files' bytes and answers with a class, calibrated
+    # probabilities, the decision at the operating point and the release gate's result.
+    model = mlflow.pyfunc.load_model(f"models:/cxr-multiclass/{version.version}")
     # base64 text over HTTP, decoded by cxr (so a null cell is a row error), bytes from Python.
     assert model.metadata.signature.inputs.to_dict() == [{"type": "string", "name": "image", "required": True}]
     paths = pd.read_csv(trained / "data/processed/split.csv")["path"].head(2)
     answer = model.predict(pd.DataFrame({"image": [(trained / path).read_bytes() for path in paths]}))
     classes = ["BACTERIA", "COVID", "NORMAL", "VIRAL"]
-    assert list(answer.columns) == ["predicted", *[f"p_{name}" for name in classes], "warning", "error"]
+    columns = ["predicted", *[f"p_{name}" for name in classes], "decision", "release", "warning", "error"]
+    assert list(answer.columns) == columns
     assert set(answer["predicted"]) <= set(classes) and (answer["error"] == "").all()
+    assessed = json.loads((trained / "reports/register/vgg16.json").read_text())
+    assert set(answer["decision"]) <= {"COVID", "not COVID"}
+    gate = assessed["release"]
+    said = "passed the release gate" if gate["passed"] else f"FAILED the release gate ({gate['summary'][8:]})"
+    assert set(answer["release"]) == {said}
+    assert version.tags["release_gate"] == gate["summary"]
+    assert model.metadata.metadata["decision"]["temperature"] == assessed["calibration"]["temperature"] > 0
     assert answer[[f"p_{name}" for name in classes]].sum(axis=1).to_numpy() == pytest.approx([1, 1], abs=1e-5)
 
 
@@ -150,14 +168,25 @@ def test_finetune_is_logged_and_registered_as_the_task_model(trained):
     client = MlflowClient()
     [run] = runs_named(client, "finetune")
     assert run.data.tags["DVC_STAGE"] == "finetune"
-    [version] = client.search_model_versions("name = 'cxr-multiclass'")
+    [version] = client.search_model_versions("name = 'cxr-multiclass' and tags.model = 'finetuned'")
     assert version.run_id == run.info.run_id
-    assert json.loads((trained / "reports/register/finetuned.json").read_text()) == {
+    record = json.loads((trained / "reports/register/finetuned.json").read_text())
+    assert {key: record[key] for key in ("model", "model_md5", "registered_model", "requirements")} == {
         "model": "finetuned",
         "model_md5": hashlib.md5((trained / "models/finetuned/model.keras").read_bytes()).hexdigest(),
         "registered_model": "cxr-multiclass",
         "requirements": register.serving_requirements(),
     }
+    # Assessed on the validation split before it was registered; judged on its base's audit.
+    val_images = int((pd.read_csv(trained / "data/processed/split.csv")["split"] == "val").sum())
+    assert record["calibration"]["validation"]["images"] == record["validation"]["images"] == val_images
+    assert 0.05 <= record["calibration"]["temperature"] <= 20
+    assert record["operating_point"]["rule"] == "target_sensitivity"
+    assert [criterion["name"] for criterion in record["release"]["criteria"]] == [
+        "lungs_hidden",
+        "within_class_probe",
+        "external_drop",
+    ]
     # The model contract travels with the registered model, with the commit that registered it.
     metadata = mlflow.models.get_model_info(f"models:/cxr-multiclass/{version.version}").metadata
     assert metadata["format_version"] == 2 and metadata["finetuned_from"] == "vgg16"
@@ -442,16 +471,37 @@ def test_evaluate_stage_reports_and_logs_to_each_training_run(trained):
     assert parent.info.run_name.startswith("workspace@") and parent.data.params["backbone"] == "vgg16"
     assert parent.data.metrics["test.vgg16.accuracy"] == pytest.approx(metrics["vgg16"]["accuracy"])
     assert parent.data.metrics["test.finetuned.macro_f1_high"] == pytest.approx(metrics["finetuned"]["macro_f1_high"])
-    # The evaluated release candidate is @champion, and each version carries its test numbers.
-    [finetune_run] = runs_named(client, "finetune")
-    champion = client.get_model_version_by_alias("cxr-multiclass", "champion")
-    assert champion.run_id == finetune_run.info.run_id
+    # @candidate is the model first on validation; @champion only if it passed the gate; each version
+    # carries its test numbers.
+    chosen = json.loads((trained / "reports/eval/release.json").read_text())
+    assessed = {name: json.loads((trained / f"reports/register/{name}.json").read_text()) for name in chosen["ranking"]}
+    assert chosen["ranking"] == sorted(chosen["ranking"], key=lambda name: -assessed[name]["validation"]["macro_f1"])
+    candidate = client.get_model_version_by_alias("cxr-multiclass", "candidate")
+    assert candidate.tags["model"] == chosen["candidate"] == chosen["ranking"][0]
+    passed = [name for name in chosen["ranking"] if assessed[name]["release"]["passed"]]
+    assert chosen["champion"] == (passed[0] if passed else None)
+    if passed:
+        assert client.get_model_version_by_alias("cxr-multiclass", "champion").tags["model"] == passed[0]
+    else:
+        with pytest.raises(mlflow.exceptions.MlflowException):
+            client.get_model_version_by_alias("cxr-multiclass", "champion")
+    [finetuned_version] = client.search_model_versions("name = 'cxr-multiclass' and tags.model = 'finetuned'")
     finetuned = metrics["finetuned"]
-    assert champion.tags["test.accuracy"] == (
+    assert finetuned_version.tags["test.accuracy"] == (
         f"{finetuned['accuracy']:.2f} [{finetuned['accuracy_low']:.2f}, {finetuned['accuracy_high']:.2f}]"
     )
-    [vgg16] = client.search_model_versions("name = 'cxr-multiclass-vgg16'")
+    [vgg16] = client.search_model_versions("name = 'cxr-multiclass' and tags.model = 'vgg16'")
     assert vgg16.tags["test.macro_f1"].startswith(f"{metrics['vgg16']['macro_f1']:.2f} [")
+    assert "ece" in metrics["vgg16"] and "brier_softmax_high" in metrics["vgg16"]
+    report = json.loads((trained / "reports/eval/models/vgg16/report.json").read_text())
+    assert report["calibration"]["temperature"] == assessed["vgg16"]["calibration"]["temperature"]
+    assert (trained / "reports/eval/models/vgg16/reliability.png").stat().st_size > 5_000
+    assert list(pd.read_csv(trained / "reports/eval/reliability/vgg16.csv").columns) == [
+        "confidence",
+        "accuracy",
+        "images",
+    ]
+    assert "## Calibration" in markdown and "## Release" in markdown
 
 
 def test_evaluate_names_a_model_that_fails_to_load(project):
@@ -467,10 +517,8 @@ def test_evaluate_names_a_model_that_fails_to_load(project):
 def test_audit_stages_write_metrics_verdict_card_and_mlflow_overlays(trained):
     if not (trained / "reports/eval/models/finetuned/report.json").is_file():
         assert run_stage(trained, "evaluate").returncode == 0
-    download_source("actualmed", make_config(TINY), trained / "data/external")
-    for stage, args in (("external", []), ("audit", ["vgg16"]), ("audit_report", [])):
-        result = run_stage(trained, stage, *args, env=stage_env(TF_CPP_MIN_LOG_LEVEL="3"))
-        assert result.returncode == 0, result.stderr[-3000:]
+    result = run_stage(trained, "audit_report", env=stage_env(TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((trained / "reports/audit/vgg16.json").read_text())
     assert set(metrics) == {"classifier", "source_probe", "lungs_hidden", "saliency", "external"}
     assert metrics["source_probe"]["within_class_chance"] == 0.5
@@ -485,6 +533,8 @@ def test_audit_stages_write_metrics_verdict_card_and_mlflow_overlays(trained):
     assert "| vgg16 | " in audit_md and "**vgg16.**" in audit_md and "not a medical result" in audit_md
     card = (trained / "reports/model_card.md").read_text()
     assert "# Model card: cxr-multiclass" in card and "## Shortcut audit" in card and "recall COVID" in card
+    assert "## Release gate" in card and "Calibration: the probabilities are temperature-scaled" in card
+    assert "`decision`: `COVID` or `not COVID`" in card
 
     client = MlflowClient()
     [audit_run] = runs_named(client, "audit@vgg16")
@@ -497,9 +547,12 @@ def test_audit_stages_write_metrics_verdict_card_and_mlflow_overlays(trained):
     external_md5 = hashlib.md5((trained / "data/processed/external.csv").read_bytes()).hexdigest()
     assert inputs["external"].digest == external_md5 and inputs["external"].name == "external.csv:external"
     assert client.get_registered_model("cxr-multiclass").description == card
-    [release] = client.search_model_versions("name = 'cxr-multiclass'")
+    # The card describes the @candidate (vgg16, or the fine-tune of it): its version, judged on vgg16's audit.
+    candidate = json.loads((trained / "reports/eval/release.json").read_text())["candidate"]
+    [release] = client.search_model_versions(f"name = 'cxr-multiclass' and tags.model = '{candidate}'")
     assert release.description == card
-    [vgg16] = client.search_model_versions("name = 'cxr-multiclass-vgg16'")
+    assert client.get_model_version_by_alias("cxr-multiclass", "candidate").version == release.version
+    [vgg16] = client.search_model_versions("name = 'cxr-multiclass' and tags.model = 'vgg16'")
     assert release.tags["audit.shortcut_evidence"] == vgg16.tags["audit.shortcut_evidence"] != ""
     [report_run] = runs_named(client, "audit_report")
     assert {"audit.md", "model_card.md"} <= {item.path for item in client.list_artifacts(report_run.info.run_id)}

@@ -155,6 +155,18 @@ class Audit:
 
 
 @dataclass(frozen=True)
+class Release:
+    # What a model's shortcut audit must show for it to become @champion (report/release.py).
+    max_lungs_hidden_above_chance: float = bounded(low=0, high=1)
+    max_within_class_probe: float = bounded(low=0, high=1)
+    max_external_drop: float = bounded(low=0, high=1)
+    # A score resting on fewer images is reported but marked not interpretable; the gate skips it.
+    min_images: int = bounded(low=1)
+    # The validation statistic that ranks the models (the champion is chosen, not assumed).
+    select_by: Literal["macro_f1", "balanced_accuracy", "accuracy"]
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int
     task: str
@@ -174,6 +186,7 @@ class Config:
     finetune: Finetune
     evaluate: Evaluate
     audit: Audit
+    release: Release
 
     def task_classes(self) -> dict[str, list[str]]:
         """Class -> labels for the configured task, with ``"*"`` expanded to the unclaimed labels."""

@@ -1,4 +1,4 @@
-"""Matplotlib figures for reports and MLflow: curves, confusion matrices, ROC, comparisons."""
+"""Matplotlib figures for reports and MLflow: curves, confusion matrices, ROC, reliability, comparisons."""
 
 from __future__ import annotations
 
@@ -74,6 +74,25 @@ def roc(predictions: pd.DataFrame, classes: list[str], aucs: dict[str, float | N
     axis.set_ylabel("true positive rate")
     axis.set_title(title)
     axis.legend(loc="lower right")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def reliability(tables: dict[str, pd.DataFrame], title: str) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, one line per
+    table (e.g. ``{"softmax": ..., "calibrated": ...}``, each ``cxr.report.calibration.reliability``'s
+    table), the diagonal being perfect calibration; the bars below count images per bin."""
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for (label, table), offset in zip(tables.items(), (-0.25, 0.25)):
+        filled = table[table["images"] > 0]
+        top.plot(filled["confidence"], filled["accuracy"], marker="o", label=label)
+        width = float(table["bin_high"].iloc[0] - table["bin_low"].iloc[0])
+        bottom.bar(table["bin_low"] + width * (0.5 + offset / 2), table["images"], width=width / 2, label=label)
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    top.legend(loc="upper left")
+    bottom.set(xlabel="confidence (highest probability)", ylabel="images")
     figure.tight_layout()
     plt.close(figure)
     return figure

@@ -1,8 +1,10 @@
 """The MLflow model registry's conventions: registered names, the release alias, finding the run
 of a saved model, and describing a version.
 
-- ``cxr-<task>`` is the release candidate (the fine-tuned model); ``cxr-<task>-<backbone>`` each
-  trained backbone. ``@champion`` points at the ``cxr-<task>`` version ``evaluate`` last evaluated.
+- ``cxr-<task>`` holds a version per trained and fine-tuned model, tagged ``model=<name>``.
+  ``@candidate`` is the version the selection rule ranks first on the validation split,
+  ``@champion`` the first-ranked that passed the release gate (none may: then there is no
+  ``@champion``); ``evaluate`` sets both (:mod:`cxr.report.release`).
 - A saved model's run is the one tagged with its ``model.keras`` md5 (set when it was trained).
 - Every registry write is retried (:func:`registry_write`): MLflow's SQL store races under
   parallel experiments on a shared server.
@@ -21,9 +23,9 @@ from cxr.core.errors import one_line
 from cxr.core.tracking import TrackingError, experiment_name, file_md5, tracking_uri
 
 
-def model_name(task: str, backbone: str | None = None) -> str:
-    """Registered model names: ``cxr-<task>`` (the release candidate), ``cxr-<task>-<backbone>``."""
-    return f"cxr-{task}" if backbone is None else f"cxr-{task}-{backbone}"
+def model_name(task: str) -> str:
+    """The registered model of a task: ``cxr-<task>``."""
+    return f"cxr-{task}"
 
 
 def find_model_run(task: str, model_file: Path) -> str | None:
@@ -56,9 +58,15 @@ def find_model_run(task: str, model_file: Path) -> str | None:
 
 # The tag that ties a training run, and a registered version, to the bytes of its model file.
 MODEL_MD5_TAG = "model_md5"
+# The tag naming the pipeline model (backbone or "finetuned") a version holds.
+MODEL_TAG = "model"
+# The tag holding a version's release gate result: "passed", or "failed: <criteria in words>".
+RELEASE_GATE_TAG = "release_gate"
 
-# The alias of the release candidate: the cxr-<task> version that `evaluate` last evaluated.
+# The version the release gate let through, first by the selection rule: what is used by default.
 CHAMPION = "champion"
+# The version first by the selection rule, whether or not it passed the gate.
+CANDIDATE = "candidate"
 
 
 def describe_version(

@@ -1,10 +1,13 @@
 """The `evaluate` stage's work: every model on the test split, its reports, the comparison, and
-what goes to MLflow (test metrics on each training run, version tags, ``@champion``).
+what goes to MLflow (test metrics on each training run, version tags, ``@candidate`` and
+``@champion``).
 
-Per model (:func:`evaluate_model`): predictions, sklearn's report, patient-bootstrap intervals
-(:mod:`cxr.report.evaluation`). Across models (:func:`write_comparison`): the comparison table,
-McNemar tests, the figures and the two DVC metrics files, written into one staging folder that
-the caller moves into place as a set.
+Per model (:func:`evaluate_model`): calibrated predictions (the temperature its ``register``
+stage fitted on the validation split), sklearn's report, patient-bootstrap intervals
+(:mod:`cxr.report.evaluation`), ECE and Brier score before and after calibration, and the test
+numbers at its operating point. Across models (:func:`write_comparison`): the comparison table,
+McNemar tests, the selection and release gate, the figures and the two DVC metrics files, written
+into one staging folder that the caller moves into place as a set.
 """
 
 from __future__ import annotations
@@ -13,22 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from cxr.core import figures, registry, tracking
 from cxr.core.config import Config
 from cxr.core.outputs import write_csv, write_json, write_text
 from cxr.core.spec import MODEL_FILE, ModelSpec
-from cxr.report import evaluation, operating_point
+from cxr.report import calibration, evaluation, mcnemar, operating_point, release
 
-RELEASE = "finetuned"  # the model folder registered as cxr-<task>, the release candidate
+FINETUNED = "finetuned"  # the fine-tuned model's folder under models/
 
 
 @dataclass
 class ModelResult:
-    """One model's test results: ``table`` one row per test image (actual, predicted, p_<class>);
-    ``report`` :func:`cxr.report.evaluation.report`'s dict; ``intervals`` the bootstrap's;
-    ``metrics`` the comparison row's numbers (NaN as None), what metrics.json holds."""
+    """One model's test results: ``table`` one row per test image (actual, predicted, calibrated
+    p_<class>); ``report`` :func:`cxr.report.evaluation.report`'s dict; ``intervals`` the bootstrap's;
+    ``metrics`` the comparison row's numbers (NaN as None), what metrics.json holds; ``assessment``
+    what its ``register`` stage wrote (calibration, operating point, validation, release gate);
+    ``calibration`` the test ECE and Brier score before and after, with intervals, and the reliability
+    tables; ``operating_point`` the threshold with its test numbers."""
 
     name: str
     spec: ModelSpec
@@ -37,57 +46,171 @@ class ModelResult:
     intervals: dict
     row: dict
     metrics: dict[str, float | None]
+    assessment: dict
+    calibration: dict
     operating_point: dict
 
 
+def calibration_on_test(raw: np.ndarray, calibrated: np.ndarray, table: pd.DataFrame, classes, config: Config) -> dict:
+    """ECE and Brier score of the softmax output (``raw``) and the calibrated one on the test images
+    of ``table``, with patient-bootstrap intervals, and both reliability tables: ``{"intervals":
+    {ece_softmax, ece, brier_softmax, brier: interval dict}, "reliability": {"softmax", "calibrated"}}``."""
+    actual = table["actual"].map(classes.index).to_numpy()
+
+    def statistics(rows: pd.DataFrame) -> dict[str, float]:
+        index = rows.index.to_numpy()
+        before = calibration.scores(raw[index], actual[index])
+        after = calibration.scores(calibrated[index], actual[index])
+        return {
+            "ece_softmax": before["ece"],
+            "ece": after["ece"],
+            "brier_softmax": before["brier"],
+            "brier": after["brier"],
+        }
+
+    return {
+        "intervals": evaluation.bootstrap(
+            table, statistics, resamples=config.evaluate.bootstrap_resamples, seed=config.evaluate.bootstrap_seed
+        ),
+        "reliability": {
+            "softmax": calibration.reliability(raw, actual),
+            "calibrated": calibration.reliability(calibrated, actual),
+        },
+    }
+
+
 def evaluate_model(
-    name: str, model: keras.Model, spec: ModelSpec, val: pd.DataFrame, test: pd.DataFrame, config: Config
+    name: str, model: keras.Model, spec: ModelSpec, test: pd.DataFrame, assessment: dict, config: Config
 ) -> ModelResult:
-    """Predict ``test`` (the split's test rows) with ``model`` and measure it; the operating point
-    for ``positive_class`` is chosen on ``val`` (the validation rows)."""
+    """Predict ``test`` (the split's test rows) with ``model``, calibrate the probabilities with the
+    temperature in ``assessment`` (its ``reports/register/<name>.json``) and measure them, at its
+    operating point too."""
     classes = spec.classes
-    probabilities = evaluation.predict(model, test, classes, spec.image_size, config.train)
-    table = evaluation.predictions_frame(test, classes, probabilities)
-    val_table = evaluation.predictions_frame(
-        val, classes, evaluation.predict(model, val, classes, spec.image_size, config.train)
-    )
-    point = operating_point.operating_point(
-        val_table, table, config.positive_class, config.evaluate.operating_point, config.evaluate.target_sensitivity
-    )
+    raw = np.asarray(evaluation.predict(model, test, classes, spec.image_size, config.train), dtype=np.float64)
+    calibrated = calibration.apply_temperature(raw, assessment["calibration"]["temperature"])
+    table = evaluation.predictions_frame(test, classes, calibrated)
     report = evaluation.report(table, classes)
     intervals = evaluation.patient_bootstrap(
         table, classes, resamples=config.evaluate.bootstrap_resamples, seed=config.evaluate.bootstrap_seed
     )
-    row = evaluation.comparison_row(name, report, intervals, classes)
+    calibrated_scores = calibration_on_test(raw, calibrated, table, classes, config)
+    row = evaluation.comparison_row(name, report, intervals | calibrated_scores["intervals"], classes)
     metrics = {
         key: None if value != value else value for key, value in row.items() if key not in ("model", "never_predicted")
     }
-    return ModelResult(name, spec, table, report, intervals, row, metrics, point)
+    point = operating_point.measure(assessment["operating_point"], table)
+    return ModelResult(name, spec, table, report, intervals, row, metrics, assessment, calibrated_scores, point)
 
 
 def write_model_reports(result: ModelResult, staging: Path) -> None:
-    """``models/<name>/`` (predictions.csv, report.json/.txt, confusion.png, roc.png) and
-    ``confusion/<name>.csv`` (the DVC confusion plot's rows) under ``staging``."""
+    """``models/<name>/`` (predictions.csv, report.json/.txt, confusion.png, roc.png, reliability.png),
+    ``confusion/<name>.csv`` and ``reliability/<name>.csv`` (the DVC plots' rows) under ``staging``."""
     classes, name = result.spec.classes, result.name
     folder = staging / "models" / name
     write_csv(folder / "predictions.csv", result.table)
+    reliability = result.calibration["reliability"]
     write_json(
         folder / "report.json",
-        result.report | {"intervals": result.intervals, "operating_point": result.operating_point},
+        result.report
+        | {
+            "intervals": result.intervals,
+            "calibration": {
+                "method": result.assessment["calibration"]["method"],
+                "temperature": result.assessment["calibration"]["temperature"],
+                "ece_bins": calibration.ECE_BINS,
+                "test": result.calibration["intervals"],
+                "validation": result.assessment["calibration"]["validation"],
+            },
+            "operating_point": result.operating_point,
+            "validation": result.assessment["validation"],
+            "release": result.assessment["release"],
+        },
     )
     write_text(folder / "report.txt", evaluation.report_text(result.table, classes))
     figures.confusion(result.report["confusion_matrix"]["matrix"], classes, name).savefig(folder / "confusion.png")
     figures.roc(result.table, classes, result.report["roc_auc"], name).savefig(folder / "roc.png")
+    figures.reliability(reliability, f"{name}: test split").savefig(folder / "reliability.png")
     write_csv(staging / "confusion" / f"{name}.csv", result.table[["actual", "predicted"]])
+    calibrated = reliability["calibrated"]
+    write_csv(
+        staging / "reliability" / f"{name}.csv",
+        calibrated[calibrated["images"] > 0][["confidence", "accuracy", "images"]],
+    )
+
+
+def selection(results: list[ModelResult], select_by: str) -> dict:
+    """:func:`cxr.report.release.rank` of the evaluated models; a fine-tuned model that fine-tuning
+    left unchanged does not compete (it is its base)."""
+    return release.rank(
+        {
+            result.name: {
+                "validation": result.assessment["validation"],
+                "release": result.assessment["release"],
+                "competes": not (result.name == FINETUNED and result.spec.unchanged_from_base),
+            }
+            for result in results
+        },
+        select_by,
+    )
+
+
+def calibration_markdown(results: list[ModelResult]) -> list[str]:
+    """comparison.md's calibration section: per model the temperature, and the test ECE and Brier
+    score of the softmax output and of the calibrated one, with intervals."""
+    lines = [
+        "## Calibration",
+        "",
+        f"Temperature scaling fitted on the validation split; test ECE (top-label, {calibration.ECE_BINS} equal-width "
+        "bins; 0 is perfect) and Brier score (0 is perfect, 2 the worst) before and after, with 95% patient-bootstrap "
+        "intervals. T > 1 softens an over-confident model.",
+        "",
+        "| model | temperature | ECE softmax | ECE calibrated | Brier softmax | Brier calibrated | n |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        values = evaluation.flat_intervals(result.calibration["intervals"])
+        cells = [evaluation.interval_text(values, key) for key in ("ece_softmax", "ece", "brier_softmax", "brier")]
+        temperature = result.assessment["calibration"]["temperature"]
+        lines.append(f"| {result.name} | {temperature:.2f} | " + " | ".join(cells) + f" | {len(result.table)} |")
+    return lines
+
+
+def selection_markdown(results: list[ModelResult], chosen: dict) -> list[str]:
+    """comparison.md's release section: the ranking on validation, each model's gate, the aliases."""
+    by_name = {result.name: result for result in results}
+    lines = [
+        "## Release",
+        "",
+        f"Models ranked by validation {chosen['select_by']} (`release.select_by`); test numbers are not used to "
+        "choose. @candidate is the first; @champion the first that passes the release gate (`release` in "
+        "params.yaml), which judges the shortcut audit.",
+        "",
+        f"| rank | model | validation {chosen['select_by']} | release gate |",
+        "|---|---|---|---|",
+    ]
+    for rank, name in enumerate(chosen["ranking"], start=1):
+        result = by_name[name]
+        value = result.assessment["validation"][chosen["select_by"]]
+        lines.append(f"| {rank} | {name} | {value:.3f} | {result.assessment['release']['summary']} |")
+    for result in results:
+        if result.name not in chosen["ranking"]:
+            lines.append(f"| - | {result.name} | - | does not compete: fine-tuning left its base unchanged |")
+    champion = chosen["champion"]
+    lines += [
+        "",
+        f"@candidate: {chosen['candidate'] or 'none'}. @champion: "
+        + (champion if champion else "none: no model passed the release gate, so none is released."),
+    ]
+    return lines
 
 
 def write_comparison(
     results: list[ModelResult], histories: dict[str, pd.DataFrame], staging: Path, config: Config
 ) -> pd.DataFrame:
-    """comparison.csv/.md/.png, mcnemar.csv, training_curves.png, headline.json and metrics.json
-    under ``staging``; returns the comparison table (one row per model)."""
+    """comparison.csv/.md/.png, mcnemar.csv, training_curves.png, headline.json, metrics.json and
+    release.json (the selection) under ``staging``; returns the comparison table (one row per model)."""
     comparison = pd.DataFrame([result.row for result in results])
-    tests = evaluation.pairwise_mcnemar({result.name: result.table for result in results})
+    tests = mcnemar.pairwise_mcnemar({result.name: result.table for result in results})
     metrics = {result.name: result.metrics for result in results}
     note = tracking.SYNTHETIC_NOTE if config.sources.origin == "synthetic" else f"Data: {config.sources.origin}."
     write_csv(staging / "comparison.csv", comparison)
@@ -95,7 +218,10 @@ def write_comparison(
     unchanged = {result.name: result.spec.finetuned_from for result in results if result.spec.unchanged_from_base}
     markdown = evaluation.comparison_markdown(comparison, config.class_names(), tests, note, unchanged)
     points = {result.name: result.operating_point for result in results}
-    write_text(staging / "comparison.md", markdown + "\n" + "\n".join(operating_point.markdown(points)) + "\n")
+    chosen = selection(results, config.release.select_by)
+    sections = [operating_point.markdown(points), calibration_markdown(results), selection_markdown(results, chosen)]
+    write_text(staging / "comparison.md", markdown + "".join("\n" + "\n".join(lines) + "\n" for lines in sections))
+    write_json(staging / "release.json", chosen)
     figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(staging / "comparison.png")
     figures.curves_side_by_side(histories).savefig(staging / "training_curves.png")
     write_json(staging / "headline.json", evaluation.lead_metrics(metrics))
@@ -107,14 +233,16 @@ def log_to_training_runs(
     results: list[ModelResult], models: Path, reports: Path, config: Config, split_md5: str
 ) -> None:
     """Each model's test metrics and reports (``reports/models/<name>``) into the run that trained
-    it, its registered version tagged with the lead statistics; the release candidate's version
-    becomes ``@champion``. A model no run holds is named in a warning and skipped."""
+    it, its registered version tagged with the lead statistics, calibration and operating point;
+    then ``@candidate`` and ``@champion`` as :func:`selection` names them (no model passing
+    the gate: ``@champion`` is removed). A model no run holds is named in a warning and skipped."""
+    name = registry.model_name(config.task)
+    versions = {}
     for result in results:
-        name = result.name
-        run_id = registry.find_model_run(config.task, models / name / MODEL_FILE)
+        run_id = registry.find_model_run(config.task, models / result.name / MODEL_FILE)
         if run_id is None:
             print(
-                f"warning: no MLflow run is tagged with the md5 of {models / name / MODEL_FILE}; "
+                f"warning: no MLflow run is tagged with the md5 of {models / result.name / MODEL_FILE}; "
                 "its test metrics are in reports/eval only"
             )
             continue
@@ -123,35 +251,38 @@ def log_to_training_runs(
         tracking.log_evaluation(
             run_id,
             {f"test_{key}": value for key, value in result.metrics.items()},
-            reports / "models" / name,
+            reports / "models" / result.name,
             confusion.reset_index(names="actual"),
         )
-        release = name == RELEASE
-        version = registry.describe_version(
-            registry.model_name(config.task, None if release else name),
+        versions[result.name] = registry.describe_version(
+            name,
             run_id,
             tags={
                 f"test.{statistic}": evaluation.interval_text(result.metrics, statistic)
-                for statistic in evaluation.LEAD_STATISTICS
+                for statistic in (*evaluation.LEAD_STATISTICS, "ece", "brier")
             }
-            | operating_point_tags(result.operating_point)
+            | operating_point.tags(result.operating_point)
             | {"test.split_md5": split_md5},
-            alias=registry.CHAMPION if release else None,
         )
-        if release and version is not None:
-            print(f"{registry.model_name(config.task)} version {version} is @{registry.CHAMPION}")
+    set_aliases(name, versions, selection(results, config.release.select_by))
 
 
-def operating_point_tags(point: dict) -> dict[str, str]:
-    """Registry version tags of the operating point: its threshold and rule, and the test numbers
-    at it as ``value [low, high] (n=...)``."""
-    if point["threshold"] is None:
-        return {"operating_point": f"none: no {point['positive_class']} image in the validation split"}
-    rule = point["rule"] + (f" {point['target_sensitivity']:g}" if point["rule"] == "target_sensitivity" else "")
-    return {
-        "operating_point": f"p({point['positive_class']}) >= {point['threshold']:.4f} ({rule}, chosen on validation)",
-        **{
-            f"test.{key}_at_operating_point": operating_point.interval(point["test"][key])
-            for key in ("sensitivity", "specificity", "ppv", "npv")
-        },
-    }
+def set_aliases(name: str, versions: dict[str, str | None], chosen: dict) -> None:
+    """Point ``@candidate`` and ``@champion`` of registered model ``name`` at the versions of the
+    models ``chosen`` (:func:`selection`'s dict) names; with no champion, remove ``@champion`` so
+    that no earlier version stays released. ``versions``: model name -> its version (None: none)."""
+    client = MlflowClient()
+    for alias in (registry.CANDIDATE, registry.CHAMPION):
+        model = chosen[alias]
+        version = versions.get(model) if model else None
+        if version is not None:
+            registry.registry_write(client.set_registered_model_alias, name, alias, version)
+            print(f"{name} version {version} ({model}) is @{alias}")
+        elif alias == registry.CHAMPION:
+            try:
+                client.get_model_version_by_alias(name, alias)
+            except MlflowException:
+                continue
+            registry.registry_write(client.delete_registered_model_alias, name, alias)
+    if chosen["champion"] is None:
+        print(f"{name}: no @champion, no model passed the release gate (reports/eval/comparison.md, 'Release')")

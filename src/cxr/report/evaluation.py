@@ -8,7 +8,6 @@ compared on the same images with McNemar's test.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,36 +90,46 @@ def headline(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
     return values
 
 
-def patient_bootstrap(predictions: pd.DataFrame, classes: list[str], *, resamples: int, seed: int) -> dict:
-    """95% intervals of :func:`headline`: ``{statistic: {"value", "low", "high", "method"}}``.
-
-    Percentile bootstrap over patients: each resample draws as many patients as the test set has,
-    with replacement, and takes all images of each drawn patient; the interval is the 2.5th and
-    97.5th percentile. A proportion (accuracy, recall of a class) whose every resample gives the
-    same value, as one at 0 or 1 does, would get a zero-width interval that reads as certainty:
-    it gets the exact Clopper-Pearson interval on its images instead (Clopper & Pearson,
-    Biometrika 1934; ``scipy.stats.binomtest(...).proportion_ci(method="exact")``), e.g. 14 of 14
-    -> [0.77, 1.00]. ``method`` says which.
-    """
+def bootstrap(predictions: pd.DataFrame, statistics, *, resamples: int, seed: int) -> dict:
+    """95% percentile-bootstrap intervals over patients of ``statistics(rows) -> {name: value}``:
+    ``{name: {"value", "low", "high", "method"}}``. Each resample draws as many patients as
+    ``predictions`` holds (its ``patient_id`` column), with replacement, and takes all images of
+    each drawn patient (images of one patient are not independent)."""
     groups = [group.index.to_numpy() for _, group in predictions.groupby("patient_id", sort=True)]
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(resamples):
         chosen = rng.integers(0, len(groups), len(groups))
-        rows = predictions.loc[np.concatenate([groups[i] for i in chosen])]
-        samples.append(headline(rows, classes))
-    table = pd.DataFrame(samples)
-    alpha = (1 - CI_LEVEL) / 2
-    point = headline(predictions, classes)
+        samples.append(statistics(predictions.loc[np.concatenate([groups[i] for i in chosen])]))
+    table, alpha = pd.DataFrame(samples), (1 - CI_LEVEL) / 2
+    return {
+        name: {
+            "value": value,
+            "low": float(np.nanquantile(table[name], alpha)),
+            "high": float(np.nanquantile(table[name], 1 - alpha)),
+            "method": "patient bootstrap (percentile)",
+        }
+        for name, value in statistics(predictions).items()
+    }
+
+
+def patient_bootstrap(predictions: pd.DataFrame, classes: list[str], *, resamples: int, seed: int) -> dict:
+    """95% intervals of :func:`headline`: ``{statistic: {"value", "low", "high", "method"}}``.
+
+    :func:`bootstrap` over patients. A proportion (accuracy, recall of a class) whose every
+    resample gives the same value, as one at 0 or 1 does, would get a zero-width interval that
+    reads as certainty: it gets the exact Clopper-Pearson interval on its images instead (Clopper &
+    Pearson, Biometrika 1934; ``scipy.stats.binomtest(...).proportion_ci(method="exact")``), e.g.
+    14 of 14 -> [0.77, 1.00]. ``method`` says which.
+    """
+    intervals = bootstrap(predictions, lambda rows: headline(rows, classes), resamples=resamples, seed=seed)
     counts = proportion_counts(predictions, classes)
-    intervals = {}
-    for name in point:
-        low, high = float(np.nanquantile(table[name], alpha)), float(np.nanquantile(table[name], 1 - alpha))
-        method = "patient bootstrap (percentile)"
-        if low == high and name in counts and counts[name][1] > 0:
+    for name, interval in intervals.items():
+        if interval["low"] == interval["high"] and name in counts and counts[name][1] > 0:
             exact = stats.binomtest(*counts[name]).proportion_ci(confidence_level=CI_LEVEL, method="exact")
-            low, high, method = float(exact.low), float(exact.high), "Clopper-Pearson (bootstrap degenerate)"
-        intervals[name] = {"value": point[name], "low": low, "high": high, "method": method}
+            interval.update(
+                low=float(exact.low), high=float(exact.high), method="Clopper-Pearson (bootstrap degenerate)"
+            )
     return intervals
 
 
@@ -133,54 +142,6 @@ def proportion_counts(predictions: pd.DataFrame, classes: list[str]) -> dict[str
         mask = actual == name
         counts[f"recall_{name}"] = (int((predicted[mask] == name).sum()), int(mask.sum()))
     return counts
-
-
-@dataclass(frozen=True)
-class McNemar:
-    """Paired comparison on the same images: b = only A right, c = only B right."""
-
-    b: int
-    c: int
-    statistic: float
-    p_value: float
-    method: str
-
-
-def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemar:
-    """Exact binomial McNemar test when b + c < 25, else chi-square with continuity correction."""
-    correct_a, correct_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
-    b = int((correct_a & ~correct_b).sum())
-    c = int((~correct_a & correct_b).sum())
-    if b + c == 0:
-        return McNemar(b, c, 0.0, 1.0, "no discordant pairs")
-    if b + c < 25:
-        p_value = float(stats.binomtest(min(b, c), b + c, 0.5).pvalue)
-        return McNemar(b, c, float(min(b, c)), min(p_value, 1.0), "exact binomial")
-    statistic = (abs(b - c) - 1) ** 2 / (b + c)
-    return McNemar(b, c, float(statistic), float(stats.chi2.sf(statistic, 1)), "chi-square, continuity corrected")
-
-
-def pairwise_mcnemar(predictions: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """McNemar between every two models, on the images both were tested on."""
-    names = list(predictions)
-    rows = []
-    for i, first in enumerate(names):
-        for second in names[i + 1 :]:
-            joined = predictions[first].merge(predictions[second], on="image_id", suffixes=("_a", "_b"))
-            result = mcnemar(joined["actual_a"] == joined["predicted_a"], joined["actual_b"] == joined["predicted_b"])
-            rows.append(
-                {
-                    "model_a": first,
-                    "model_b": second,
-                    "images": len(joined),
-                    "only_a_correct": result.b,
-                    "only_b_correct": result.c,
-                    "statistic": result.statistic,
-                    "p_value": result.p_value,
-                    "method": result.method,
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 def predict(

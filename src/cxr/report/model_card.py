@@ -1,5 +1,6 @@
-"""The model card of the registered model ``cxr-<task>``: what it was trained on, how well it
-does with uncertainty, and what the shortcut audit says about what it learned."""
+"""The model card of the registered model ``cxr-<task>``'s ``@candidate``: what it was trained on,
+how well it does with uncertainty, calibration and operating point, whether the release gate let
+it through, and what the shortcut audit says about what it learned."""
 
 from __future__ import annotations
 
@@ -23,14 +24,16 @@ def model_card(
     model_md5: str,
     note: str,
 ) -> str:
-    """``reports/model_card.md`` for the fine-tuned model, from the pipeline's own reports.
+    """``reports/model_card.md`` for the released model (``@candidate``: a trained backbone or the
+    fine-tuned model), from the pipeline's own reports.
 
-    ``report`` is the model's evaluation report (with ``intervals``); ``audit_metrics`` the
-    audit of the backbone it was fine-tuned from; ``spec`` what the model is (its base, starting
-    weights, unfrozen layers, input and classes). The card names the model by its file's md5,
-    never by an MLflow run id, so the same model gives the same card on every run.
+    ``report`` is the model's evaluation report (with ``intervals``, ``calibration``,
+    ``operating_point`` and ``release``); ``audit_metrics`` the audit of its backbone (the one it
+    was fine-tuned from); ``spec`` what the model is (its base, starting weights, unfrozen layers,
+    input and classes). The card names the model by its file's md5, never by an MLflow run id, so
+    the same model gives the same card on every run.
     """
-    classes, base, positive = spec.classes, spec.finetuned_from, config.positive_class
+    classes, base, positive = spec.classes, spec.finetuned_from or spec.backbone, config.positive_class
     intervals = flat_intervals(report["intervals"])
     confound = split_report["source_confound"]
     weights = f"weights: {spec.weights}" if spec.weights else "random initial weights"
@@ -41,8 +44,12 @@ def model_card(
         "",
         "## Model",
         "",
-        f"- {base} base ({weights}), frozen and trained with a small head, then its last "
-        f"{len(spec.unfrozen_layers)} weighted layers fine-tuned (`finetune`)."
+        f"- {base} base ({weights}), frozen and trained with a small head (`train@{base}`)"
+        + (
+            f", then its last {len(spec.unfrozen_layers)} weighted layers fine-tuned (`finetune`)."
+            if spec.finetuned_from
+            else "."
+        )
         + (
             f" No fine-tuning epoch improved on the validation loss (best epoch 0): this model keeps the "
             f"{base} model's weights, and fine-tuning changed nothing."
@@ -109,12 +116,14 @@ def model_card(
             f"{operating_point.interval(test['npv'])} (exact 95% intervals; n is the images each rests on; PPV and "
             "NPV hold at this test set's prevalence only).",
         ]
+    lines += _calibration_and_release(report, positive)
     if external_report and audit_metrics and "external" in audit_metrics:
         external = audit_metrics["external"]
         lines += [
             "",
             f"External source never trained on ({', '.join(config.sources.external)}, "
-            f"{external['images']} images), the {base} model before fine-tuning: accuracy "
+            f"{external['images']} images), the {base} model{' before fine-tuning' if spec.finetuned_from else ''}: "
+            f"accuracy "
             f"{external['accuracy']:.2f}, {positive} recall "
             f"{'-' if external.get(f'recall_{positive}') is None else format(external[f'recall_{positive}'], '.2f')}.",
         ]
@@ -134,9 +143,47 @@ def model_card(
         + ".",
         "- The test set is small: differences between models within the intervals above are noise.",
         "- Views are filtered to those listed; the paediatric pneumonia images record no view.",
-        "- Thresholds, calibration and performance on other hospitals, devices and populations are unknown.",
+        "- The temperature and the threshold were fitted on this data's validation split; calibration, the "
+        "operating point and performance on other hospitals, devices and populations are unknown.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _calibration_and_release(report: dict, positive: str) -> list[str]:
+    """The card's calibration sentence, release gate and how to read a prediction's fields."""
+    lines = []
+    calibrated = report.get("calibration")
+    if calibrated:
+        test = flat_intervals(calibrated["test"])
+        lines += [
+            "",
+            f"Calibration: the probabilities are temperature-scaled (T = {calibrated['temperature']:.2f}, fitted on "
+            f"the validation split). Test ECE ({calibrated['ece_bins']} bins) {interval_text(test, 'ece_softmax')} "
+            f"before, {interval_text(test, 'ece')} after; Brier score {interval_text(test, 'brier_softmax')} before, "
+            f"{interval_text(test, 'brier')} after (0 is perfect for both).",
+        ]
+    gate = report.get("release")
+    if gate:
+        lines += ["", "## Release gate", "", f"Result: **{gate['summary'].split(':')[0]}**.", ""]
+        for criterion in gate["criteria"]:
+            state = {True: "passed", False: "FAILED", None: "not scored"}[criterion["passed"]]
+            lines.append(f"- {criterion['name']} ({state}): {criterion['text']} (n={criterion['n']}).")
+    lines += [
+        "",
+        "## Reading a prediction",
+        "",
+        "Each row of `cxr-predict`'s CSV, and of the served model's answer, holds:",
+        "",
+        "- `predicted`: the class with the highest probability.",
+        "- `p_<class>`: calibrated probabilities: among images given p = 0.8, about 8 in 10 should be that class "
+        "(on data like the validation split; not on other hospitals' images).",
+        f"- `decision`: `{positive}` or `not {positive}` at the operating point above, the yes/no a reader acts "
+        "on; its test sensitivity and specificity are above.",
+        "- `release`: whether this model passed the release gate. A model that FAILED it was not released: the "
+        "shortcut audit found it can tell the sources apart, so its answers may reflect where an image comes from.",
+        "- `warning` and `error`: what was unusual about the file, or why it got no answer.",
+    ]
+    return lines
 
 
 def _modality_caveat(modalities: list[str]) -> list[str]:

@@ -68,23 +68,26 @@ def at_threshold(scores: np.ndarray, positive: np.ndarray, threshold: float) -> 
     }
 
 
-def operating_point(val: pd.DataFrame, test: pd.DataFrame, positive_class: str, rule: str, target: float) -> dict:
-    """The threshold for ``positive_class`` chosen on ``val`` and its test numbers.
-
-    ``val``, ``test``: prediction tables (``actual`` and ``p_<class>`` columns). Returns
-    ``{"positive_class", "rule", "target_sensitivity", "threshold", "validation", "test"}``, the last
-    two :func:`at_threshold`'s dicts; ``threshold`` None (and no numbers) when the validation split
-    holds no image of the class.
-    """
-    column = f"p_{positive_class}"
-    threshold = choose_threshold(val[column].to_numpy(), (val["actual"] == positive_class).to_numpy(), rule, target)
+def choose(val: pd.DataFrame, positive_class: str, rule: str, target: float) -> dict:
+    """The threshold for ``positive_class`` chosen on ``val`` (a prediction table: ``actual`` and
+    ``p_<class>`` columns). Returns ``{"positive_class", "rule", "target_sensitivity", "threshold",
+    "validation"}``, the last :func:`at_threshold`'s dict; ``threshold`` and ``validation`` None when
+    the validation split holds no image of the class."""
+    column, positive = f"p_{positive_class}", (val["actual"] == positive_class).to_numpy()
+    threshold = choose_threshold(val[column].to_numpy(), positive, rule, target)
     result = {"positive_class": positive_class, "rule": rule, "target_sensitivity": target, "threshold": threshold}
-    if threshold is None:
-        return result | {"validation": None, "test": None}
-    return result | {
-        "validation": at_threshold(val[column].to_numpy(), (val["actual"] == positive_class).to_numpy(), threshold),
-        "test": at_threshold(test[column].to_numpy(), (test["actual"] == positive_class).to_numpy(), threshold),
-    }
+    validation = None if threshold is None else at_threshold(val[column].to_numpy(), positive, threshold)
+    return result | {"validation": validation}
+
+
+def measure(point: dict, test: pd.DataFrame) -> dict:
+    """``point`` (:func:`choose`'s dict) with ``"test"``: :func:`at_threshold` on ``test``, None
+    without a threshold."""
+    if point["threshold"] is None:
+        return point | {"test": None}
+    column = f"p_{point['positive_class']}"
+    positive = (test["actual"] == point["positive_class"]).to_numpy()
+    return point | {"test": at_threshold(test[column].to_numpy(), positive, point["threshold"])}
 
 
 def interval(entry: dict) -> str:
@@ -120,3 +123,18 @@ def markdown(points: dict[str, dict]) -> list[str]:
         cells = [interval(test[key]) for key in ("sensitivity", "specificity", "ppv", "npv")]
         lines.append(f"| {name} | {point['threshold']:.3f} | " + " | ".join(cells) + " |")
     return lines
+
+
+def tags(point: dict) -> dict[str, str]:
+    """Registry version tags of the operating point: its threshold and rule, and the test numbers
+    at it as ``value [low, high] (n=...)``."""
+    if point["threshold"] is None:
+        return {"operating_point": f"none: no {point['positive_class']} image in the validation split"}
+    rule = point["rule"] + (f" {point['target_sensitivity']:g}" if point["rule"] == "target_sensitivity" else "")
+    return {
+        "operating_point": f"p({point['positive_class']}) >= {point['threshold']:.4f} ({rule}, chosen on validation)",
+        **{
+            f"test.{key}_at_operating_point": interval(point["test"][key])
+            for key in ("sensitivity", "specificity", "ppv", "npv")
+        },
+    }

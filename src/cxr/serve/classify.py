@@ -33,6 +33,7 @@ from cxr.data import image_files
 from cxr.data.dicom import DicomImage
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn import images
+from cxr.report.calibration import apply_temperature
 
 LOG = logging.getLogger(__name__)
 # Shorter sides below this are refused: upscaled to the model's size they carry no detail.
@@ -58,6 +59,30 @@ Source = Path | tuple[str, bytes] | Unreadable
 # returns what it wrote for each image (a path, or "" for nothing), in order.
 # (model, names, pixels, predicted class indices) -> per image: (overlay path or "", a note or "").
 Explain = Callable[[object, list[str], np.ndarray, np.ndarray], list[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a registered model adds to its probabilities: the ``temperature`` fitted on the
+    validation split (1: none), the ``threshold`` on the calibrated p(``positive_class``) chosen on
+    it (None: none), and ``release``, the release gate's one-line result for this model. A model
+    folder, which no gate has judged, gets the defaults."""
+
+    temperature: float = 1.0
+    positive_class: str | None = None
+    threshold: float | None = None
+    release: str = "not judged (a model folder: only registered versions pass the release gate)"
+
+    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
+        """(n, classes) softmax output -> the same after temperature scaling."""
+        return probabilities if self.temperature == 1.0 else apply_temperature(probabilities, self.temperature)
+
+    def label(self, probabilities: np.ndarray, classes: list[str]) -> str:
+        """``<positive_class>`` or ``not <positive_class>`` at the threshold; "" without one."""
+        if self.threshold is None or self.positive_class not in classes:
+            return ""
+        score = probabilities[classes.index(self.positive_class)]
+        return self.positive_class if score >= self.threshold else f"not {self.positive_class}"
 
 
 @dataclass(frozen=True)
@@ -144,13 +169,16 @@ def predict_sources(
     explain: Explain | None = None,
     limits: Limits = DEFAULT_LIMITS,
     decode_slots: threading.Semaphore | None = None,
+    decision: Decision = Decision(),
 ) -> pd.DataFrame:
     """One row per source, in order: path (its name), predicted class, ``p_<class>`` per class of
-    ``spec`` (None where the row failed), warning, error, and overlay (what ``explain`` wrote for it,
-    when given). A source that cannot be read gets its one-line error in its row; the others go on.
-    ``decode_slots`` bounds how many files are decoded at once across threads (a server's memory)."""
+    ``spec`` (calibrated by ``decision``; None where the row failed), ``decision`` (at the operating
+    point), ``release`` (the model's release gate result), warning, error, and overlay (what
+    ``explain`` wrote for it, when given). A source that cannot be read gets its one-line error in
+    its row; the others go on. ``decode_slots`` bounds how many files are decoded at once across
+    threads (a server's memory)."""
     classes, rows = spec.classes, []
-    columns = ["path", "predicted", *[f"p_{name}" for name in classes], "warning", "error"]
+    columns = ["path", "predicted", *[f"p_{name}" for name in classes], "decision", "release", "warning", "error"]
     columns += ["overlay"] if explain is not None else []
     bar = tqdm(total=len(sources), unit="image", disable=not progress, file=sys.stderr)
     for start in range(0, len(sources), CHUNK):
@@ -168,7 +196,7 @@ def predict_sources(
             pixels = np.stack([decoded[index].pixels for index in good])
             batches = tf.data.Dataset.from_tensor_slices(pixels).batch(batch_size)
             try:
-                probabilities = dict(zip(good, model.predict(batches, verbose=0)))
+                probabilities = dict(zip(good, decision.calibrated(model.predict(batches, verbose=0))))
             except Exception as exc:  # noqa: BLE001 - memory, a broken model: the batch's rows say so
                 LOG.error("the model failed on a batch of %d images", len(good), exc_info=exc)
                 for index in good:
@@ -194,12 +222,15 @@ def predict_sources(
                 "path": source_name(source),
                 "predicted": None,
                 **{f"p_{name}": None for name in classes},
+                "decision": "",
+                "release": decision.release,
                 "warning": "",
                 "error": "",
             } | ({"overlay": ""} if explain is not None else {})
             if index in probabilities:
                 row["predicted"] = classes[int(np.argmax(probabilities[index]))]
                 row.update({f"p_{name}": float(value) for name, value in zip(classes, probabilities[index])})
+                row["decision"] = decision.label(probabilities[index], classes)
                 overlay, note = overlays.get(index, ("", ""))
                 row["warning"] = "; ".join(part for part in (decoded[index].warning, overlay_failure, note) if part)
                 if explain is not None:

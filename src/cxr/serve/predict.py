@@ -2,9 +2,10 @@
 
     cxr-predict scans/ new.png study.dcm --model models:/cxr-multiclass@champion --explain gradcam/
 
-The model is a registry URI (default ``models:/cxr-<task>@champion``, the release candidate that
-``evaluate`` last evaluated), a run URI (``runs:/<run id>/model``) or a pipeline folder
-(``models/<name>``). Every image is read as training read it (:mod:`cxr.serve.classify`). A file
+The model is a registry URI (default ``models:/cxr-<task>@champion``, the model the release gate
+let through; without one, the run stops with one line naming ``@candidate`` and why it failed),
+a run URI (``runs:/<run id>/model``) or a pipeline folder (``models/<name>``: uncalibrated, no
+operating point, not judged by the gate). Every image is read as training read it (:mod:`cxr.serve.classify`). A file
 that cannot be read gets its error in its own row and the others go on; the exit status is 1 when
 any row failed. Models are research artefacts, not diagnostic devices, and every run says so.
 """
@@ -32,7 +33,7 @@ from cxr.data.dicom import SUFFIXES as DICOM_SUFFIXES
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn.model_files import load_model
 from cxr.report.audit.gradcam import gradcam
-from cxr.serve.classify import Source, Unreadable, predict_sources, source_name
+from cxr.serve.classify import Decision, Source, Unreadable, predict_sources, source_name
 
 DISCLAIMER = (
     "cxr models are research artefacts, not diagnostic devices: never use a prediction for a decision about a patient."
@@ -110,6 +111,7 @@ class LoadedModel:
     spec: ModelSpec
     name: str  # registered name, or the folder's name
     version: str  # registry version, run id, or the md5 of a folder's model.keras
+    decision: Decision  # temperature, operating point and release gate result (a folder: none)
 
 
 def load_reference(reference: str) -> LoadedModel:
@@ -118,13 +120,15 @@ def load_reference(reference: str) -> LoadedModel:
     if not reference.startswith(("models:/", "runs:/")):
         model, spec = load_model(Path(reference))
         digest = tracking.file_md5(Path(reference) / MODEL_FILE)
-        return LoadedModel(model, spec, Path(reference).name, f"md5:{digest[:12]}")
+        return LoadedModel(model, spec, Path(reference).name, f"md5:{digest[:12]}", Decision())
     import mlflow
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
     try:
         loaded = mlflow.pyfunc.load_model(reference)
     except mlflow.exceptions.MlflowException as exc:
+        if reference.endswith(f"@{registry.CHAMPION}"):
+            unreleased(reference.removeprefix("models:/").partition("@")[0])
         raise CxrError(
             f"{reference}: cannot be loaded from {tracking.tracking_uri()} ({exc.message.splitlines()[0]}); "
             "run `dvc repro` first, or pass --model models/<name>"
@@ -135,7 +139,28 @@ def load_reference(reference: str) -> LoadedModel:
         name, _, label = reference.removeprefix("models:/").replace("@", "/").partition("/")
         client = mlflow.MlflowClient()
         version = client.get_model_version_by_alias(name, label).version if "@" in reference else label
-    return LoadedModel(classifier.model, classifier.spec, name, str(version))
+    # A version registered before models carried a decision gets none.
+    decision = getattr(classifier, "decision", Decision())
+    return LoadedModel(classifier.model, classifier.spec, name, str(version), decision)
+
+
+def unreleased(name: str) -> None:
+    """Raise the one-line :class:`CxrError` for a registered model ``name`` with no ``@champion``
+    (no model passed the release gate) that has a ``@candidate``: which version, why it failed,
+    how to use it anyway. Returns (raises nothing) when there is no candidate either."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        candidate = client.get_model_version_by_alias(name, registry.CANDIDATE)
+    except mlflow.exceptions.MlflowException:
+        return
+    raise CxrError(
+        f"models:/{name} has no @{registry.CHAMPION}: no model passed the release gate. The candidate, version "
+        f"{candidate.version} ({candidate.tags.get(registry.MODEL_TAG, '?')}), "
+        f"{candidate.tags.get(registry.RELEASE_GATE_TAG, 'was not judged')}. To use it anyway: "
+        f"--model models:/{name}@{registry.CANDIDATE}"
+    )
 
 
 class Explainer:
@@ -258,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         progress=len(paths) > 1,
         explain=explain,
         limits=limits,
+        decision=loaded.decision,
     )
     table.insert(2, "model", loaded.name)
     table.insert(3, "model_version", loaded.version)

@@ -1,9 +1,10 @@
 """The registered model as MLflow serves it: image file bytes in, class and probabilities out.
 
-Each registered version (``cxr-<task>``, ``cxr-<task>-<backbone>``) is this pyfunc around the
+Each registered version of ``cxr-<task>`` (one per trained or fine-tuned model) is this pyfunc around the
 pipeline's model folder (``model.keras`` + ``meta.json``). It takes a DataFrame with an ``image``
 column of raw PNG, JPEG or DICOM bytes (in Python) or their base64 text (over HTTP) and returns, per
-row, the predicted class, one ``p_<class>`` column per class, a ``warning`` and an ``error``. Over
+row, the predicted class, one ``p_<class>`` column per class (temperature-scaled), the ``decision``
+at the operating point, the model's ``release`` gate result, a ``warning`` and an ``error``. Over
 HTTP the bytes travel as base64 in any of MLflow's JSON formats (``dataframe_split``,
 ``dataframe_records``, ``instances``, ``inputs``), with or without line breaks. Every row gets its
 own answer: a file that cannot be read, a ``null`` cell or a row over :data:`SERVING_LIMITS`
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from mlflow.types import ColSpec, Schema
 
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn.model_files import load_model
-from cxr.serve.classify import Source, Unreadable, predict_sources
+from cxr.serve.classify import Decision, Source, Unreadable, predict_sources
 
 COLUMN = "image"
 # What a served model accepts, unless its model config says otherwise.
@@ -46,14 +48,22 @@ SERVING_LIMITS = {
 }
 
 
+# What registration adds to the model config: the temperature, the operating point and the release
+# gate's result (:class:`cxr.serve.classify.Decision`'s fields), chosen on the validation split.
+DECISION_KEYS = tuple(field.name for field in dataclasses.fields(Decision))
+
+
 def serving_limits(model_config: dict | None) -> dict[str, int]:
-    """:data:`SERVING_LIMITS` updated by a model config; an unknown key or a value that is not a
-    positive integer raises :class:`MlflowException` naming it."""
+    """:data:`SERVING_LIMITS` updated by a model config (its :data:`DECISION_KEYS` aside); an
+    unknown key or a limit that is not a positive integer raises :class:`MlflowException` naming it."""
     limits = dict(SERVING_LIMITS)
     for key, value in (model_config or {}).items():
+        if key in DECISION_KEYS:
+            continue
         if key not in limits:
             raise MlflowException(
-                f"model config: unknown key {key!r} (known: {', '.join(SERVING_LIMITS)})", INVALID_PARAMETER_VALUE
+                f"model config: unknown key {key!r} (known: {', '.join([*SERVING_LIMITS, *DECISION_KEYS])})",
+                INVALID_PARAMETER_VALUE,
             )
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise MlflowException(
@@ -99,11 +109,14 @@ def cell_source(value: object, index: int, max_bytes: int = DEFAULT_LIMITS.max_f
 
 
 class XrayClassifier(mlflow.pyfunc.PythonModel):
-    """``predict(DataFrame[image: bytes]) -> DataFrame[predicted, p_<class>..., warning, error]``."""
+    """``predict(DataFrame[image: bytes]) -> DataFrame[predicted, p_<class>..., decision, release, warning,
+    error]``."""
 
     def load_context(self, context) -> None:
         self.model, self.spec = load_model(Path(context.artifacts["model"]))
-        self.limits = serving_limits(getattr(context, "model_config", None))
+        model_config = getattr(context, "model_config", None) or {}
+        self.limits = serving_limits(model_config)
+        self.decision = Decision(**{key: model_config[key] for key in DECISION_KEYS if key in model_config})
         self.decode_slots = threading.BoundedSemaphore(self.limits["max_concurrent_decodes"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
@@ -125,6 +138,7 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
             batch_size=32,
             limits=Limits(self.limits["max_file_bytes"], self.limits["max_pixels"]),
             decode_slots=self.decode_slots,
+            decision=self.decision,
         )
         # Failed rows answer null, never NaN (not JSON: most parsers refuse it).
         table = table.drop(columns="path").astype(object)
@@ -134,10 +148,14 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
 def signature(classes: list[str]) -> ModelSignature:
     """The contract MLflow records: ``image`` (the file's bytes from Python; base64 text over HTTP,
     decoded by :func:`cell_source` rather than by MLflow, so that a null cell is a row's error and
-    not a failed request) -> ``predicted``, ``p_<class>`` per class, ``warning``, ``error``."""
+    not a failed request) -> ``predicted``, ``p_<class>`` per class (calibrated), ``decision`` (at
+    the operating point for the positive class), ``release`` (the release gate's result), ``warning``,
+    ``error``."""
     outputs = [
         ColSpec("string", "predicted", required=False),
         *[ColSpec("double", f"p_{name}", required=False) for name in classes],
+        ColSpec("string", "decision"),
+        ColSpec("string", "release"),
         ColSpec("string", "warning"),
         ColSpec("string", "error"),
     ]

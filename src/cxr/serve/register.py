@@ -1,9 +1,15 @@
 """Registering a saved model in MLflow as the servable pyfunc: the ``register@<model>`` stages.
 
+Before it is registered, a model is assessed on the validation split (:func:`assess`): its
+temperature is fitted, the operating point for ``positive_class`` chosen on the calibrated
+probabilities, its validation statistics (what ranks the models) measured, and its shortcut audit
+judged by the release gate. All of it travels in the registered model's config, so what is served
+is the calibrated model with its decision and its gate result.
+
 Kept apart from training, so that a change to how a model is served (the pyfunc, DICOM reading,
 limits) reruns registration alone, never a training stage. The pyfunc is logged into the run that
 trained the model (found by the ``model_md5`` tag training set), so a run keeps its metrics,
-curves and model together.
+curves and model together. Every model is a version of ``cxr-<task>``, tagged ``model=<name>``.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from mlflow.tracking import MlflowClient
 
 import cxr
 from cxr.core import registry, tracking
+from cxr.core.config import Config
 from cxr.core.errors import CxrError
 from cxr.core.schema import split_part
 from cxr.core.spec import MODEL_FILE, ModelSpec
+from cxr.report import calibration, evaluation, operating_point, release
 from cxr.serve import pyfunc
 
 # What the registered pyfunc needs where it is served, besides TensorFlow (see
@@ -74,24 +82,82 @@ def serving_requirements(version: Callable[[str], str | None] = installed_versio
     ]
 
 
-def log_servable(folder: Path, spec: ModelSpec, example: Path, registered_name: str) -> ModelInfo:
+def log_servable(folder: Path, spec: ModelSpec, example: Path, registered_name: str, decision: dict) -> ModelInfo:
     """Log the saved model ``folder`` to the active run as the image-taking pyfunc
     (:mod:`cxr.serve.pyfunc`, logged from code), with its signature, an example image, the model
-    contract as metadata and cxr's code, and register it as ``registered_name``; returns MLflow's
-    ``ModelInfo`` (``model_uri``, ``registered_model_version``)."""
+    contract and ``decision`` (:func:`decision_config`) as metadata, the serving limits and
+    ``decision`` as its model config, and cxr's code, and register it as ``registered_name``;
+    returns MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``)."""
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(pyfunc.__file__).with_name("model_code.py")),
         artifacts={"model": str(folder)},
         code_paths=[str(Path(cxr.__file__).parent)],
         signature=pyfunc.signature(spec.classes),
-        model_config=pyfunc.SERVING_LIMITS,
+        model_config=pyfunc.SERVING_LIMITS | decision,
         input_example=pd.DataFrame({pyfunc.COLUMN: [example.read_bytes()]}),
         registered_model_name=registered_name,
         pip_requirements=serving_requirements(),
-        metadata=spec.to_json() | {"git_commit": tracking.git_commit()},
+        metadata=spec.to_json() | {"decision": decision, "git_commit": tracking.git_commit()},
     )
     return info
+
+
+def assess(model, spec: ModelSpec, split: pd.DataFrame, external: pd.DataFrame, audit: dict, config: Config) -> dict:
+    """A model on the validation split of ``split``, and its audit (``reports/audit/<backbone>.json``,
+    the base's for a fine-tuned model) against the release gate.
+
+    Returns ``{"calibration": {"method", "temperature", "ece_bins", "validation": {"before",
+    "after", "images"}}, "operating_point": operating_point.choose's dict (on the calibrated
+    probabilities), "validation": {"accuracy", "macro_f1", "balanced_accuracy", "images"},
+    "release": release.gate's dict}``; ``before``/``after`` are calibration.scores' dicts.
+    """
+    classes, positive = spec.classes, config.positive_class
+    val = split_part(split, "val").reset_index(drop=True)
+    raw = evaluation.predict(model, val, classes, spec.image_size, config.train)
+    actual = val["class"].map(classes.index).to_numpy()
+    temperature = calibration.fit_temperature(raw, actual)
+    calibrated = calibration.apply_temperature(raw, temperature)
+    table = evaluation.predictions_frame(val, classes, calibrated)
+    headline = evaluation.headline(table, classes)
+    return {
+        "calibration": {
+            "method": calibration.METHOD,
+            "temperature": temperature,
+            "ece_bins": calibration.ECE_BINS,
+            "validation": {
+                "before": calibration.scores(raw, actual),
+                "after": calibration.scores(calibrated, actual),
+                "images": len(val),
+            },
+        },
+        "operating_point": operating_point.choose(
+            table, positive, config.evaluate.operating_point, config.evaluate.target_sensitivity
+        ),
+        "validation": {key: headline[key] for key in ("accuracy", "macro_f1", "balanced_accuracy")}
+        | {"images": len(val)},
+        "release": release.gate(
+            audit,
+            config.release,
+            len(classes),
+            positive,
+            test_images=len(split_part(split, "test")),
+            external_positives=int((external["class"] == positive).sum()) if len(external) else 0,
+        ),
+    }
+
+
+def decision_config(assessment: dict) -> dict:
+    """The model config keys of :class:`cxr.serve.classify.Decision` from :func:`assess`'s dict."""
+    point = assessment["operating_point"]
+    return {
+        "temperature": assessment["calibration"]["temperature"],
+        "positive_class": point["positive_class"],
+        "threshold": point["threshold"],
+        "release": "passed the release gate"
+        if assessment["release"]["passed"]
+        else f"FAILED the release gate ({assessment['release']['summary'].removeprefix('failed: ')})",
+    }
 
 
 def example_image(split: pd.DataFrame) -> Path:
@@ -99,24 +165,20 @@ def example_image(split: pd.DataFrame) -> Path:
     return Path(split_part(split, "val").iloc[0]["path"])
 
 
-def registered_name(task: str, spec: ModelSpec) -> str:
-    """``cxr-<task>`` for the fine-tuned model (the release), ``cxr-<task>-<backbone>`` otherwise."""
-    return registry.model_name(task, None if spec.finetuned_from else spec.backbone)
+def register(folder: Path, spec: ModelSpec, task: str, example: Path, assessment: dict) -> dict:
+    """Log ``folder`` as the servable pyfunc, with :func:`assess`'s ``assessment``, into the run that
+    trained it (found by its ``model_md5`` tag) and register it as a version of ``cxr-<task>``,
+    tagged with the model's name, its md5 and its release gate result. A re-registration of the
+    same model file (serving code changed) takes over the tags, description and aliases of the
+    version it replaces, since ``evaluate`` has nothing new to measure.
 
-
-def register(folder: Path, spec: ModelSpec, task: str, example: Path) -> dict:
-    """Log ``folder`` as the servable pyfunc into the run that trained it (found by its
-    ``model_md5`` tag) and register it (:func:`registered_name`). A re-registration of the same
-    model file (serving code changed) takes over the test tags, description and aliases
-    (``@champion``) of the version it replaces, since ``evaluate`` has nothing new to measure.
-
-    Returns ``{"model", "model_md5", "registered_model", "requirements"}``: what the stage writes
-    (nothing that changes between two registrations of the same model, no version number);
-    ``registered_model`` is None when no run on this tracking server trained the file (its
-    training was restored from DVC's cache on another server), and a warning says so.
+    Returns ``{"model", "model_md5", "registered_model", "requirements"} | assessment``: what the
+    stage writes (nothing that changes between two registrations of the same model, no version
+    number); ``registered_model`` is None when no run on this tracking server trained the file
+    (its training was restored from DVC's cache on another server), and a warning says so.
     """
     model_file = folder / MODEL_FILE
-    name, md5 = registered_name(task, spec), tracking.file_md5(model_file)
+    name, md5 = registry.model_name(task), tracking.file_md5(model_file)
     run_id = registry.find_model_run(task, model_file)
     if run_id is None:
         print(
@@ -128,14 +190,21 @@ def register(folder: Path, spec: ModelSpec, task: str, example: Path) -> dict:
         client = MlflowClient()
         previous = registry.latest_version_of(name, md5)
         with mlflow.start_run(run_id=run_id):
-            info = log_servable(folder, spec, example, name)
+            info = log_servable(folder, spec, example, name, decision_config(assessment))
         version = str(info.registered_model_version)
-        registry.registry_write(client.set_model_version_tag, name, version, registry.MODEL_MD5_TAG, md5)
         if previous is not None:
             registry.carry_over(name, previous, version)
+        tags = {
+            registry.MODEL_MD5_TAG: md5,
+            registry.MODEL_TAG: folder.name,
+            registry.RELEASE_GATE_TAG: assessment["release"]["summary"],
+            "temperature": f"{assessment['calibration']['temperature']:.4f}",
+        }
+        for key, value in tags.items():
+            registry.registry_write(client.set_model_version_tag, name, version, key, value)
     return {
         "model": folder.name,
         "model_md5": tracking.file_md5(model_file),
         "registered_model": None if run_id is None else name,
         "requirements": serving_requirements(),
-    }
+    } | assessment
