@@ -34,7 +34,7 @@ from cxr.data.image_files import ImageFileError, Limits, decode, describe_image
 from cxr.data.sources.synthetic import encode
 from cxr.learn.model_files import load_model
 from cxr.serve import predict
-from cxr.serve.classify import predict_sources
+from cxr.serve.classify import Decision, predict_sources
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -261,6 +261,8 @@ def hostile_folder(tmp_path, chest) -> Path:
     write_dicom(scans / "w0.dcm", values, window=(2000, 0))
     write_dicom(scans / "slope.dcm", values, RescaleSlope="")
     write_dicom(scans / "hand.dcm", values, BodyPartExamined="HAND")
+    write_dicom(scans / "lateral.dcm", values, view="LL")
+    write_dicom(scans / "mr.dcm", values, modality="MR", RescaleIntercept=" 0 ")
     (scans / "bomb.png").write_bytes(bomb_header_png())
     (scans / "webp.png").write_bytes(pil_bytes(chest, "WEBP"))
     (scans / "scan.tiff.jpg").write_bytes(pil_bytes(chest, "TIFF"))
@@ -298,6 +300,8 @@ def test_predict_answers_every_file_of_a_hostile_folder_in_its_own_row(tmp_path,
         "w0.dcm",
         "slope.dcm",
         "hand.dcm",
+        "lateral.dcm",
+        "mr.dcm",
     ]
     bad = {
         "bomb.png": "over the limit of 67,108,864 pixels per image (max_pixels)",
@@ -319,6 +323,11 @@ def test_predict_answers_every_file_of_a_hostile_folder_in_its_own_row(tmp_path,
         "WindowWidth 0) is not valid" in rows["w0.dcm"]["warning"] and "RescaleSlope ''" in rows["slope.dcm"]["warning"]
     )
     assert rows["hand.dcm"]["warning"] == "BodyPartExamined HAND is not CHEST"
+    assert "ViewPosition LL is not a frontal view (PA or AP)" in rows["lateral.dcm"]["warning"]
+    assert "Modality MR" in rows["mr.dcm"]["warning"] and "RescaleIntercept" not in rows["mr.dcm"]["warning"]
+    # A folder model was not judged by the release gate and has no operating point: its rows say so.
+    assert {rows[name]["release"] for name in good} == {Decision().release}
+    assert {rows[name]["decision"] for name in good} == {""}
     # Two equal base names, two overlays, each named in its row.
     overlays = {rows[name]["overlay"] for name in good}
     assert len(overlays) == len(good) and all(Path(overlay).is_file() for overlay in overlays)
