@@ -257,7 +257,7 @@ def test_source_probe_detects_the_source_shift_and_falls_to_chance_without_it(tm
 
 def test_verdict_follows_the_numbers():
     metrics = {
-        "classifier": {"accuracy": 0.97, "recall_COVID": 1.0},
+        "classifier": {"accuracy": 0.97, "sensitivity_COVID": 1.0},
         "source_probe": {
             "within_class_accuracy": 1.0,
             "within_class_chance": 0.5,
@@ -274,10 +274,10 @@ def test_verdict_follows_the_numbers():
             "balanced_accuracy": 0.45,
             "balanced_accuracy_low": 0.35,
             "balanced_accuracy_high": 0.55,
-            "recall_COVID": 0.8,
+            "sensitivity_COVID": 0.8,
         },
         "saliency": {"lung_box_share": 0.2, "uniform_share": 0.36, "map_side": 7},
-        "external": {"recall_COVID": 0.5},
+        "external": {"sensitivity_COVID": 0.5},
     }
     assert findings.evidence(metrics, 4, "COVID") == {
         "probe": True,
@@ -294,7 +294,7 @@ def test_verdict_follows_the_numbers():
         "source_probe": {"within_class_accuracy": 0.55, "within_class_chance": 0.5},
         "lungs_hidden": {**metrics["lungs_hidden"], "balanced_accuracy_low": 0.2},
         "saliency": {"lung_box_share": 0.35, "uniform_share": 0.36},
-        "external": {"recall_COVID": 0.95},
+        "external": {"sensitivity_COVID": 0.95},
     }
     assert not any(findings.evidence(clean, 4, "COVID").values())
     assert "find no sign" in findings.verdict("vgg16", clean, 4, "COVID")
@@ -302,26 +302,26 @@ def test_verdict_follows_the_numbers():
 
 def test_the_verdict_names_the_positive_class_it_is_given():
     metrics = {
-        "classifier": {"recall_PNEUMONIA": 1.0},
+        "classifier": {"sensitivity_PNEUMONIA": 1.0},
         "source_probe": {"within_class_accuracy": 0.5, "within_class_chance": 0.5, "within_class": {}},
         "lungs_hidden": {
             "balanced_accuracy": 0.5,
             "balanced_accuracy_low": 0.4,
             "balanced_accuracy_high": 0.6,
-            "recall_PNEUMONIA": 0.2,
+            "sensitivity_PNEUMONIA": 0.2,
         },
         "saliency": {"lung_box_share": 0.4, "uniform_share": 0.36, "map_side": 3},
-        "external": {"recall_PNEUMONIA": 0.1},
+        "external": {"sensitivity_PNEUMONIA": 0.1},
     }
     assert findings.evidence(metrics, 2, "PNEUMONIA")["external"]
     text = findings.verdict("vgg16", metrics, 2, "PNEUMONIA")
-    assert "a PNEUMONIA recall of 0.20" in text and "PNEUMONIA recall is 0.10 against 1.00" in text
+    assert "a PNEUMONIA sensitivity of 0.20" in text and "PNEUMONIA sensitivity is 0.10 against 1.00" in text
     assert "COVID" not in text
 
 
 def test_verdict_when_no_class_has_two_sources_in_the_test_split():
     metrics = {
-        "classifier": {"recall_COVID": 1.0},
+        "classifier": {"sensitivity_COVID": 1.0},
         "source_probe": {
             "within_class_accuracy": None,
             "within_class_chance": 0.5,

@@ -2,6 +2,7 @@
 directly or through other modules, so changing any of them makes DVC rerun the stage."""
 
 import ast
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -77,3 +78,47 @@ def test_no_stage_depends_on_a_module_it_does_not_import():
         if unused:
             extra[name] = unused
     assert not extra, f"dvc.yaml deps list modules their stage never imports: {extra}"
+
+
+def declared_paths(entries: list) -> list[str]:
+    """The paths of a stage's ``outs``, ``metrics`` or ``plots`` list (an entry may carry options)."""
+    return [next(iter(entry)) if isinstance(entry, dict) else entry for entry in entries]
+
+
+def resolved(text: str, params: dict, item: str | None) -> str:
+    """``text`` with ``${item}`` and ``${<top-level param>}`` replaced, as DVC interpolates dvc.yaml."""
+    text = text.replace("${item}", str(item))
+    for key, value in params.items():
+        text = text.replace("${" + key + "}", str(value))
+    return text
+
+
+def test_every_file_a_stage_is_given_to_read_is_a_dep():
+    """Paths a stage's command names (``--split data/processed/split.csv``, ``--audit reports/...``) are
+    files it opens: each is either one of its outputs or covered by a dep, so DVC reruns the stage when
+    it changes. ``${...}`` is resolved with params.yaml as DVC resolves it."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    missing = {}
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        items = [None]
+        if "foreach" in stage:
+            items = params
+            for part in stage["foreach"].strip("${}").split("."):
+                items = items[part]
+        for item in items:
+            resolve = partial(resolved, params=params, item=item)
+            words = resolve(body["cmd"]).split()
+            given = [words[i + 1] for i, word in enumerate(words[:-1]) if word.startswith("--")]
+            outputs = {
+                resolve(path) for kind in ("outs", "metrics", "plots") for path in declared_paths(body.get(kind, []))
+            }
+            deps = [resolve(dep) for dep in body["deps"]]
+            for path in given:
+                writes = any(path == out or out.startswith(path.rstrip("/") + "/") for out in outputs)
+                if writes or not ("/" in path or "." in path):  # an output, its folder, or no path
+                    continue
+                if not any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps):
+                    missing.setdefault(f"{name}@{item}" if item else name, []).append(path)
+    assert not missing, f"dvc.yaml: stages read paths their deps do not declare: {missing}"

@@ -61,7 +61,8 @@ def test_a_model_predicting_one_class_is_evaluated():
     assert report["macro_f1"] == pytest.approx((2 * 0.25 / 1.25) / 3)
     intervals = evaluation.patient_bootstrap(table, CLASSES, resamples=50, seed=0)
     # 0 of 2: not the point [0, 0] the bootstrap gives, but the exact interval [0, 1 - 0.025^(1/2)].
-    assert intervals["recall_C"]["low"] == 0.0 and intervals["recall_C"]["high"] == pytest.approx(1 - 0.025**0.5)
+    sensitivity = intervals["sensitivity_C"]
+    assert sensitivity["low"] == 0.0 and sensitivity["high"] == pytest.approx(1 - 0.025**0.5)
 
 
 def test_bootstrap_resamples_patients_not_images():
@@ -156,16 +157,16 @@ def test_a_proportion_at_one_gets_an_exact_interval_not_a_point():
         }
     )
     intervals = evaluation.patient_bootstrap(table, ["COVID", "NORMAL"], resamples=200, seed=0)
-    covid = intervals["recall_COVID"]
+    covid = intervals["sensitivity_COVID"]
     assert covid["value"] == 1.0 and covid["high"] == 1.0
     assert covid["low"] == pytest.approx(0.025 ** (1 / 14), abs=1e-6) and covid["low"] < 0.8
     assert covid["method"].startswith("Clopper-Pearson")
-    normal = intervals["recall_NORMAL"]
+    normal = intervals["sensitivity_NORMAL"]
     assert normal["method"] == "patient bootstrap (percentile)" and normal["low"] < 0.625 < normal["high"]
     assert evaluation.proportion_counts(table, ["COVID", "NORMAL"]) == {
         "accuracy": (24, 30),
-        "recall_COVID": (14, 14),
-        "recall_NORMAL": (10, 16),
+        "sensitivity_COVID": (14, 14),
+        "sensitivity_NORMAL": (10, 16),
     }
 
 

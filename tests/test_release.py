@@ -90,10 +90,10 @@ def test_ece_and_reliability_by_hand():
 
 def audit(hidden=0.3, probe=0.55, probe_images=10, internal=0.9, external=0.85):
     return {
-        "classifier": {"recall_COVID": internal},
+        "classifier": {"sensitivity_COVID": internal},
         "lungs_hidden": {"balanced_accuracy": hidden},
         "source_probe": {"within_class_accuracy": probe, "within_class_evidence": probe_images},
-        "external": {"recall_COVID": external},
+        "external": {"sensitivity_COVID": external},
     }
 
 
@@ -110,7 +110,7 @@ def test_the_gate_fails_on_each_criterion_and_says_which_in_words():
     assert result["summary"].startswith("failed: with the lungs hidden the model still scores balanced accuracy 0.47")
     assert "tells the sources apart within a class with balanced accuracy 0.90 (limit 0.70)" in result["summary"]
     dropped = release.gate(audit(external=0.5), PARAMS, 4, "COVID", test_images=80, external_positives=12)
-    assert not dropped["passed"] and "COVID recall is 0.50 on the external source" in dropped["summary"]
+    assert not dropped["passed"] and "COVID sensitivity is 0.50 on the external source" in dropped["summary"]
 
 
 def test_a_score_on_too_few_images_is_marked_and_not_used():

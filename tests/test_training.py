@@ -532,7 +532,7 @@ def test_audit_stages_write_metrics_verdict_card_and_mlflow_overlays(trained):
     audit_md = (trained / "reports/eval/audit.md").read_text()
     assert "| vgg16 | " in audit_md and "**vgg16.**" in audit_md and "not a medical result" in audit_md
     card = (trained / "reports/model_card.md").read_text()
-    assert "# Model card: cxr-multiclass" in card and "## Shortcut audit" in card and "recall COVID" in card
+    assert "# Model card: cxr-multiclass" in card and "## Shortcut audit" in card and "sensitivity COVID" in card
     assert "## Release gate" in card and "Calibration: the probabilities are temperature-scaled" in card
     assert "`decision`: `COVID` or `not COVID`" in card
 

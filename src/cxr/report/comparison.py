@@ -26,6 +26,7 @@ from cxr.core.config import Config
 from cxr.core.outputs import write_csv, write_json, write_text
 from cxr.core.spec import MODEL_FILE, ModelSpec
 from cxr.report import calibration, evaluation, mcnemar, operating_point, release
+from cxr.report.metrics import shown
 
 FINETUNED = "finetuned"  # the fine-tuned model's folder under models/
 
@@ -259,7 +260,7 @@ def log_to_training_runs(
             run_id,
             tags={
                 f"test.{statistic}": evaluation.interval_text(result.metrics, statistic)
-                for statistic in (*evaluation.LEAD_STATISTICS, "ece", "brier")
+                for statistic, _ in shown("tag", result.spec.classes)
             }
             | operating_point.tags(result.operating_point)
             | {"test.split_md5": split_md5},

@@ -16,6 +16,7 @@ from scipy import stats
 from sklearn.metrics import classification_report, confusion_matrix, f1_score, roc_auc_score
 
 from cxr.core.config import Train
+from cxr.report.metrics import shown
 
 CI_LEVEL = 0.95
 
@@ -75,8 +76,8 @@ def roc_auc(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float | 
 
 
 def headline(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
-    """The statistics that get confidence intervals: accuracy, macro F1, recall per class, and
-    balanced accuracy (mean recall over the classes present; chance is 1/classes)."""
+    """The statistics that get confidence intervals: accuracy, macro F1, sensitivity per class, and
+    balanced accuracy (mean sensitivity over the classes present; chance is 1/classes)."""
     actual, predicted = predictions["actual"].to_numpy(), predictions["predicted"].to_numpy()
     values = {
         "accuracy": float((actual == predicted).mean()),
@@ -84,9 +85,9 @@ def headline(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
     }
     for name in classes:
         mask = actual == name
-        values[f"recall_{name}"] = float((predicted[mask] == name).mean()) if mask.any() else math.nan
-    recalls = [values[f"recall_{name}"] for name in classes if not math.isnan(values[f"recall_{name}"])]
-    values["balanced_accuracy"] = float(np.mean(recalls)) if recalls else math.nan
+        values[f"sensitivity_{name}"] = float((predicted[mask] == name).mean()) if mask.any() else math.nan
+    sensitivities = [values[f"sensitivity_{name}"] for name in classes if not math.isnan(values[f"sensitivity_{name}"])]
+    values["balanced_accuracy"] = float(np.mean(sensitivities)) if sensitivities else math.nan
     return values
 
 
@@ -116,7 +117,7 @@ def bootstrap(predictions: pd.DataFrame, statistics, *, resamples: int, seed: in
 def patient_bootstrap(predictions: pd.DataFrame, classes: list[str], *, resamples: int, seed: int) -> dict:
     """95% intervals of :func:`headline`: ``{statistic: {"value", "low", "high", "method"}}``.
 
-    :func:`bootstrap` over patients. A proportion (accuracy, recall of a class) whose every
+    :func:`bootstrap` over patients. A proportion (accuracy, sensitivity of a class) whose every
     resample gives the same value, as one at 0 or 1 does, would get a zero-width interval that
     reads as certainty: it gets the exact Clopper-Pearson interval on its images instead (Clopper &
     Pearson, Biometrika 1934; ``scipy.stats.binomtest(...).proportion_ci(method="exact")``), e.g.
@@ -135,12 +136,12 @@ def patient_bootstrap(predictions: pd.DataFrame, classes: list[str], *, resample
 
 def proportion_counts(predictions: pd.DataFrame, classes: list[str]) -> dict[str, tuple[int, int]]:
     """(successes, trials) of the :func:`headline` statistics that are proportions of images:
-    ``accuracy`` and ``recall_<class>``."""
+    ``accuracy`` and ``sensitivity_<class>``."""
     actual, predicted = predictions["actual"].to_numpy(), predictions["predicted"].to_numpy()
     counts = {"accuracy": (int((actual == predicted).sum()), len(actual))}
     for name in classes:
         mask = actual == name
-        counts[f"recall_{name}"] = (int((predicted[mask] == name).sum()), int(mask.sum()))
+        counts[f"sensitivity_{name}"] = (int((predicted[mask] == name).sum()), int(mask.sum()))
     return counts
 
 
@@ -176,15 +177,13 @@ def interval_text(values, statistic: str) -> str:
 
 
 # What the comparison of experiments leads with: per model, these with their 95% intervals.
-LEAD_STATISTICS = ("accuracy", "macro_f1")
-
-
 def lead_metrics(metrics: dict[str, dict]) -> dict[str, dict]:
-    """``{model: {accuracy, accuracy_low, accuracy_high, macro_f1, ...}}`` from every model's metrics."""
+    """``{model: {accuracy, accuracy_low, accuracy_high, macro_f1, ...}}``: the registry's ``lead``
+    metrics (:mod:`cxr.report.metrics`) from every model's metrics."""
     return {
         model: {
             f"{statistic}{end}": values.get(f"{statistic}{end}")
-            for statistic in LEAD_STATISTICS
+            for statistic, _ in shown("lead", [])
             for end in ("", "_low", "_high")
         }
         for model, values in metrics.items()
@@ -215,8 +214,9 @@ def comparison_markdown(
     epoch was 0): its row is marked, so an identical model is not read as a second result.
     """
     unchanged_from = unchanged_from or {}
-    statistics = ["accuracy", "macro_f1"] + [f"recall_{name}" for name in classes]
-    header = ["model", *statistics, "ROC AUC (macro)"]
+    columns = shown("table", classes)
+    statistics = [key for key, _ in columns]
+    header = ["model", *[label for _, label in columns], "ROC AUC (macro)"]
     lines = [
         "# Test-set comparison",
         "",

@@ -9,6 +9,7 @@ from cxr.core.spec import ModelSpec
 from cxr.report import operating_point
 from cxr.report.audit.findings import verdict
 from cxr.report.evaluation import flat_intervals, interval_text
+from cxr.report.metrics import shown
 
 
 def model_card(
@@ -96,11 +97,8 @@ def model_card(
         "",
         "| statistic | value [95% CI] |",
         "|---|---|",
-        f"| accuracy | {interval_text(intervals, 'accuracy')} |",
-        f"| macro F1 | {interval_text(intervals, 'macro_f1')} |",
-        f"| balanced accuracy | {interval_text(intervals, 'balanced_accuracy')} |",
     ]
-    lines += [f"| recall {name} | {interval_text(intervals, f'recall_{name}')} |" for name in classes]
+    lines += [f"| {label} | {interval_text(intervals, key)} |" for key, label in shown("card", classes)]
     aucs = {name: value for name, value in report["roc_auc"].items() if value is not None}
     lines += ["", "ROC AUC (one vs rest): " + ", ".join(f"{name} {value:.2f}" for name, value in aucs.items()) + "."]
     point = report.get("operating_point")
@@ -123,9 +121,8 @@ def model_card(
             "",
             f"External source never trained on ({', '.join(config.sources.external)}, "
             f"{external['images']} images), the {base} model{' before fine-tuning' if spec.finetuned_from else ''}: "
-            f"accuracy "
-            f"{external['accuracy']:.2f}, {positive} recall "
-            f"{'-' if external.get(f'recall_{positive}') is None else format(external[f'recall_{positive}'], '.2f')}.",
+            f"accuracy {external['accuracy']:.2f}, {positive} sensitivity "
+            f"{_value(external.get(f'sensitivity_{positive}'))}.",
         ]
     lines += ["", "## Shortcut audit", ""]
     if audit_metrics:
@@ -147,6 +144,10 @@ def model_card(
         "operating point and performance on other hospitals, devices and populations are unknown.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _calibration_and_release(report: dict, positive: str) -> list[str]:

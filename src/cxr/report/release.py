@@ -39,7 +39,7 @@ def gate(
     ``lungs_hidden`` (balanced accuracy with the lung box blanked, minus chance 1/``n_classes``, at
     most ``max_lungs_hidden_above_chance``; on the ``test_images``), ``within_class_probe`` (the source probe's balanced
     accuracy among images of one class, at most ``max_within_class_probe``), ``external_drop``
-    (``positive`` recall on the test split minus on the external source, which holds
+    (``positive`` sensitivity on the test split minus on the external source, which holds
     ``external_positives`` images of it, at most ``max_external_drop``).
 
     Returns ``{"passed", "criteria": [criterion dicts], "summary"}``: passed when no scored
@@ -47,8 +47,8 @@ def gate(
     """
     chance = 1 / n_classes
     hidden, probe = audit["lungs_hidden"], audit["source_probe"]
-    recall = f"recall_{positive}"
-    internal, external = audit["classifier"].get(recall), audit.get("external", {}).get(recall)
+    key = f"sensitivity_{positive}"
+    internal, external = audit["classifier"].get(key), audit.get("external", {}).get(key)
     above = hidden["balanced_accuracy"] - chance
     criteria = [
         _criterion(
@@ -77,7 +77,7 @@ def gate(
             params.max_external_drop,
             external_positives,
             params.min_images,
-            f"{positive} recall is {external or 0:.2f} on the external source against {internal or 0:.2f} on the "
+            f"{positive} sensitivity is {external or 0:.2f} on the external source against {internal or 0:.2f} on the "
             f"test split (limit: at most {params.max_external_drop:.2f} lower)",
             f"external test not scorable: no external {positive} image, or none on the test split",
         ),

@@ -1,6 +1,6 @@
 """What the audit's numbers say: which tests point at a source shortcut, the verdict paragraph
 generated from the numbers, and ``audit.md``. ``positive`` is the class the study asks about
-(``positive_class`` in params.yaml): its recall is what the external test compares."""
+(``positive_class`` in params.yaml): its sensitivity is what the external test compares."""
 
 from __future__ import annotations
 
@@ -9,22 +9,22 @@ from cxr.report import evaluation
 # Thresholds the verdict uses; audit.md states them next to the numbers.
 PROBE_MARGIN = 0.2  # within-class probe accuracy this far above chance: the sources look different
 SALIENCY_MARGIN = 0.05  # lung-box share of saliency this far below an even spread: it looks elsewhere
-EXTERNAL_DROP = 0.2  # positive-class recall this much lower on the external source than on the test split
+EXTERNAL_DROP = 0.2  # positive-class sensitivity this much lower on the external source than on the test split
 
 
 def evidence(metrics: dict, n_classes: int, positive: str) -> dict[str, bool]:
     """Which of the four tests point at a source shortcut, for one backbone's audit metrics."""
     probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
     external, internal = metrics.get("external", {}), metrics["classifier"]
-    recall = f"recall_{positive}"
+    key = f"sensitivity_{positive}"
     return {
         "probe": (probe["within_class_accuracy"] or 0) >= probe["within_class_chance"] + PROBE_MARGIN,
         "lungs_hidden": (hidden["balanced_accuracy_low"] or 0) > 1 / n_classes,
         "saliency": saliency["lung_box_share"] is not None
         and saliency["lung_box_share"] <= saliency["uniform_share"] - SALIENCY_MARGIN,
-        "external": external.get(recall) is not None
-        and internal.get(recall) is not None
-        and external[recall] <= internal[recall] - EXTERNAL_DROP,
+        "external": external.get(key) is not None
+        and internal.get(key) is not None
+        and external[key] <= internal[key] - EXTERNAL_DROP,
     }
 
 
@@ -39,7 +39,7 @@ def evidence_text(metrics: dict | None, n_classes: int, positive: str) -> str:
 def verdict(backbone: str, metrics: dict, n_classes: int, positive: str) -> str:
     """One paragraph, generated from the numbers, on whether the ``positive`` result is detection of it."""
     found = evidence(metrics, n_classes, positive)
-    recall = f"recall_{positive}"
+    key = f"sensitivity_{positive}"
     probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
     internal = metrics["classifier"]
     if probe["within_class_accuracy"] is None:
@@ -63,15 +63,15 @@ def verdict(backbone: str, metrics: dict, n_classes: int, positive: str) -> str:
         probe_sentence,
         f"With the lungs hidden, the classifier still reaches a balanced accuracy of "
         f"{evaluation.interval_text(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) "
-        f"and a {positive} recall of "
-        f"{_number(hidden.get(recall))}.",
+        f"and a {positive} sensitivity of "
+        f"{_number(hidden.get(key))}.",
         f"Grad-CAM puts {_number(saliency['lung_box_share'])} of its mass inside the lung box "
         f"({saliency['uniform_share']:.2f} if it were spread evenly; {_map(saliency)}).",
     ]
     if "external" in metrics:
         sentences.append(
-            f"On the external source, {positive} recall is {_number(metrics['external'].get(recall))}"
-            f" against {_number(internal.get(recall))} on the test split."
+            f"On the external source, {positive} sensitivity is {_number(metrics['external'].get(key))}"
+            f" against {_number(internal.get(key))} on the test split."
         )
     others = [name for name in ("lungs_hidden", "saliency", "external") if found[name]]
     if found["probe"] and others:
@@ -134,7 +134,7 @@ def audit_markdown(
     """``reports/eval/audit.md``: the source x class table, one row of numbers per backbone,
     the generated verdicts, and what each number means."""
     class_header = " | ".join(classes)
-    recall = f"recall_{positive}"
+    key = f"sensitivity_{positive}"
     lines = [
         f"# Shortcut audit: {positive}, or the source of the image?",
         "",
@@ -167,8 +167,8 @@ def audit_markdown(
         "## Results",
         "",
         "| backbone | test accuracy | source probe within class (chance) | source probe accuracy "
-        f"(class-only guess) | lungs hidden: balanced accuracy | lungs hidden: {positive} recall | "
-        f"Grad-CAM mass in lung box (even spread; map) | external: accuracy | external: {positive} recall |",
+        f"(class-only guess) | lungs hidden: balanced accuracy | lungs hidden: {positive} sensitivity | "
+        f"Grad-CAM mass in lung box (even spread; map) | external: accuracy | external: {positive} sensitivity |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for backbone, metrics in results.items():
@@ -182,11 +182,11 @@ def audit_markdown(
                     f"{_number(probe['within_class_accuracy'])} ({probe['within_class_chance']:.2f})",
                     f"{_number(probe['accuracy'])} ({probe['class_only_accuracy']:.2f})",
                     evaluation.interval_text(hidden, "balanced_accuracy"),
-                    _number(hidden.get(recall)),
+                    _number(hidden.get(key)),
                     f"{_number(saliency['lung_box_share'])} ({saliency['uniform_share']:.2f}; "
                     f"{saliency.get('map_side')}x{saliency.get('map_side')} map)",
                     evaluation.interval_text(external_metrics, "accuracy"),
-                    _number(external_metrics.get(recall)),
+                    _number(external_metrics.get(key)),
                 ]
             )
             + " |"
@@ -215,7 +215,7 @@ def audit_markdown(
         "## What the numbers are",
         "",
         "- **Source probe**: the same backbone and head, trained like `train@<backbone>` but to predict "
-        "each image's source. *Within class* is its recall averaged over sources, among test images of one "
+        "each image's source. *Within class* is its sensitivity averaged over sources, among test images of one "
         "class, averaged over the classes that more than one source provides: a guess from the class alone "
         "scores exactly the chance level, so anything above it is the look of the source. A margin of "
         f"{PROBE_MARGIN} above chance counts as a difference.",
@@ -229,7 +229,7 @@ def audit_markdown(
         "cannot localise anything. Overlays: "
         + ", ".join(f"[{backbone}](../audit/{backbone}/gradcam.png)" for backbone in results)
         + ".",
-        f"- **External**: the trained classifier on the external source's images; a {positive} recall "
+        f"- **External**: the trained classifier on the external source's images; a {positive} sensitivity "
         f"{EXTERNAL_DROP} or more below the test split's counts as a drop.",
         "- Intervals are 95% percentile intervals of a bootstrap over patients; a proportion at 0 or 1 in every "
         "resample has the exact Clopper-Pearson interval on its images instead.",

@@ -25,7 +25,7 @@ def within_class_source_accuracy(table: pd.DataFrame, *, resamples: int, seed: i
 
     ``table`` holds the probe's test predictions: ``actual`` and ``predicted`` are sources,
     ``class`` is the image's task class. For every class with test images from two or more
-    sources: the mean over those sources of the probe's recall, with a patient-bootstrap 95%
+    sources: the mean over those sources of the probe's sensitivity, with a patient-bootstrap 95%
     interval and the images of each source it rests on. These are averaged over classes, each
     weighted by its smallest source's image count (the evidence the class holds), so a class
     with one image of a source does not count as much as one with twenty. A rule that sees only
@@ -65,7 +65,7 @@ def class_only_source_accuracy(split: pd.DataFrame) -> float:
 
 
 def scored(table: pd.DataFrame, classes: list[str], resamples: int, seed: int) -> dict:
-    """Accuracy, macro F1 and recall per class of a predictions table, with patient-bootstrap 95%
+    """Accuracy, macro F1 and sensitivity per class of a predictions table, with patient-bootstrap 95%
     intervals, flattened (``accuracy``, ``accuracy_low``, ...); NaN (a class absent) -> None."""
     return without_nan(
         evaluation.flat_intervals(evaluation.patient_bootstrap(table, classes, resamples=resamples, seed=seed))
