@@ -1,6 +1,6 @@
 """Memory and latency at the input limits: what the largest accepted file and hostile ones cost.
 
-    python bench/inputs.py [--backbone xception] [--size 96] [--requests 60]
+    python bench/inputs.py [--backbone xception] [--size 96] [--requests 120]
 
 1. Peak memory (max RSS) of ``cxr-predict`` on one ordinary X-ray (1500 px), on the largest file the
    limits accept (an 8192 x 8192 PNG and an 8192 x 8192 16-bit DICOM), and on refused ones (a PNG
