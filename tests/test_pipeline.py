@@ -95,7 +95,11 @@ def output_bytes(folder: Path, lock: dict, stages: tuple[str, ...]) -> dict[str,
     return digests
 
 
-def test_repro_noop_and_experiments(clone):
+# The tests below share one repro'd workspace (`clone`) and run in file order: each checks one
+# behaviour on what the ones before it left.
+
+
+def test_repro_runs_every_stage_and_records_one_parent_run(clone):
     sh(clone, "dvc", "repro")
     split = pd.read_csv(clone / "data/processed/split.csv")
     assert set(split["split"]) == {"train", "val", "test"}
@@ -113,10 +117,14 @@ def test_repro_noop_and_experiments(clone):
     comparison = (clone / "reports/eval/comparison.md").read_text()
     for model in ("nasnetlarge", "vgg16", "xception", "inceptionresnetv2"):
         assert f"| {model} | " in comparison
-    # A fine-tune whose best epoch is 0 kept the base's weights: every report says so, or none does.
+    # A fine-tune whose best epoch is 0 kept the base's weights: every report says so, or none does,
+    # and it does not compete for the release (it is its base).
     unchanged = json.loads((clone / "reports/finetune.json").read_text())["unchanged_from_base"]
     card = (clone / "reports/model_card.md").read_text()
-    assert ("| finetuned (= xception) | " in comparison) == unchanged == ("fine-tuning changed nothing" in card)
+    chosen = json.loads((clone / "reports/eval/release.json").read_text())
+    assert ("| finetuned (= xception) | " in comparison) == unchanged == ("finetuned" not in chosen["ranking"])
+    assert chosen["candidate"] != "finetuned" or ("fine-tuning changed nothing" in card) == unchanged
+    assert f"@candidate: {chosen['candidate']}." in comparison
     assert unchanged or "| finetuned | " in comparison
     metrics = sh(clone, "dvc", "metrics", "show")
     assert "reports/eval/metrics.json" in metrics and "accuracy_low" in metrics
@@ -147,6 +155,9 @@ def test_repro_noop_and_experiments(clone):
     raw = {dep["path"]: dep for dep in lock["stages"]["merge"]["deps"]}
     assert raw["data/raw"]["md5"].endswith(".dir")
 
+
+def test_a_second_repro_does_nothing_and_a_forced_rerun_writes_the_same_bytes(clone):
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
     again = sh(clone, "dvc", "repro")
     assert "Data and pipelines are up to date" in again
     assert "Running stage" not in again
@@ -160,6 +171,8 @@ def test_repro_noop_and_experiments(clone):
     assert output_bytes(clone, lock, stages) == before
     assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
 
+
+def test_two_queued_experiments_run_two_at_a_time_and_record_their_runs(clone):
     # Two experiments queued and run two at a time (the README's `-j 2`), logging to the one SQLite
     # mlflow.db: every stage run and parent is recorded and each fine-tune registers a version. One of
     # them has a fine-tuning rate that can only hurt: no epoch beats the base, so the reports must say
@@ -185,13 +198,15 @@ def test_repro_noop_and_experiments(clone):
     assert "test.finetuned.accuracy" in parent.data.metrics
     sh(clone, "dvc", "exp", "apply", "lr-hurts")
     assert json.loads((clone / "reports/finetune.json").read_text())["unchanged_from_base"] is True
-    assert "| finetuned (= vgg16) | " in (clone / "reports/eval/comparison.md").read_text()
-    assert (
-        "this model keeps the vgg16 model's weights, and fine-tuning changed nothing"
-        in (clone / "reports/model_card.md").read_text()
-    )
+    comparison = (clone / "reports/eval/comparison.md").read_text()
+    assert "| finetuned (= vgg16) | " in comparison
+    assert "| - | finetuned | - | does not compete: fine-tuning left its base unchanged |" in comparison
+    assert "finetuned" not in json.loads((clone / "reports/eval/release.json").read_text())["ranking"]
     assert not list((clone / ".dvc").rglob("mlflow.db"))
 
+
+def test_an_experiment_on_another_split_shows_in_exp_show_and_plots(clone):
+    split = pd.read_csv(clone / "data/processed/split.csv")
     sh(clone, "dvc", "exp", "run", "-S", "split.seed=7", "-S", "backbones=[vgg16]")
     seven = pd.read_csv(clone / "data/processed/split.csv")
     assert yaml.safe_load((clone / "params.yaml").read_text())["split"]["seed"] == 7
@@ -239,12 +254,24 @@ def check_experiment_runs(
     assert not list((folder / ".dvc").rglob("mlflow.db"))
 
 
-def test_the_gate_stops_the_demo_model_and_the_candidate_predicts_and_is_served(clone):
-    """README "Reading the results" and "Use the model": on the demo (synthetic.source_shift: true) the
-    audit finds the source shortcut, so the release gate fails, there is no @champion and cxr-predict
-    says so in one line; the @candidate predicts and is served with calibrated probabilities, the
-    decision at the operating point and the gate's result in every row."""
+def test_the_release_gate_decides_what_cxr_predict_and_the_server_use(clone):
+    """README "Reading the results" and "Use the model". As this workspace's models scored, @candidate
+    is the first on validation and @champion the first-ranked that passed the gate. Then limits that
+    no model meets, as no model of the shipped demo meets the defaults: @champion is removed,
+    cxr-predict says so in one line, and the @candidate predicts and is served with calibrated
+    probabilities, the decision at the operating point and the gate's result in every row."""
     client = mlflow_client(clone)
+    chosen = json.loads((clone / "reports/eval/release.json").read_text())
+    assessed = {name: json.loads((clone / f"reports/register/{name}.json").read_text()) for name in chosen["ranking"]}
+    ranked = sorted(chosen["ranking"], key=lambda name: -assessed[name]["validation"]["macro_f1"])
+    passed = [name for name in ranked if assessed[name]["release"]["passed"]]
+    assert chosen["ranking"] == ranked and chosen["candidate"] == ranked[0]
+    assert chosen["champion"] == (passed[0] if passed else None)
+    if passed:
+        assert client.get_model_version_by_alias("cxr-multiclass", "champion").tags["model"] == passed[0]
+
+    strict = ["max_lungs_hidden_above_chance=0", "max_within_class_probe=0", "max_external_drop=0", "min_images=1"]
+    sh(clone, "dvc", "exp", "run", *[word for limit in strict for word in ("-S", f"release.{limit}")])
     chosen = json.loads((clone / "reports/eval/release.json").read_text())
     assert chosen["champion"] is None and chosen["candidate"] == chosen["ranking"][0]
     assert "champion" not in client.get_registered_model("cxr-multiclass").aliases
