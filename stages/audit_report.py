@@ -51,7 +51,9 @@ def main() -> None:
     classes, positive = config.class_names(), config.positive_class
     write_text(
         args.audit_md,
-        findings.audit_markdown(results, split_report["source_confound"], external, classes, note, positive),
+        findings.audit_markdown(
+            results, split_report["source_confound"], external, classes, note, positive, config.release.min_images
+        ),
     )
     candidate = read_json(args.release)["candidate"]
     if candidate is None:

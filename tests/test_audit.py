@@ -62,6 +62,12 @@ def test_within_class_scores_say_what_they_rest_on():
     assert bacteria["balanced_accuracy_low"] < bacteria["balanced_accuracy"] <= bacteria["balanced_accuracy_high"]
     text = findings.within_class_text(result["per_class"])
     assert text.startswith("BACTERIA 0.98 [") and text.endswith("on 3 covid_chestxray + 42 kermany images")
+    # A score whose smallest source has fewer images than release.min_images is marked, not hidden.
+    marked = findings.within_class_text(result["per_class"], min_images=5)
+    assert marked.endswith(
+        "on 3 covid_chestxray + 42 kermany images (not interpretable: 3 covid_chestxray images, fewer than 5)"
+    )
+    assert findings.within_class_text(result["per_class"], min_images=3) == text
 
 
 def test_source_confound_rule_and_baselines():

@@ -126,7 +126,11 @@ def model_card(
         ]
     lines += ["", "## Shortcut audit", ""]
     if audit_metrics:
-        lines += [verdict(base, audit_metrics, len(classes), positive), "", "Details: `reports/eval/audit.md`."]
+        lines += [
+            verdict(base, audit_metrics, len(classes), positive, config.release.min_images),
+            "",
+            "Details: `reports/eval/audit.md`.",
+        ]
     else:
         lines += ["No audit of this backbone was run."]
     lines += [

@@ -36,8 +36,9 @@ def evidence_text(metrics: dict | None, n_classes: int, positive: str) -> str:
     return ", ".join(found) if found else "none of the four tests"
 
 
-def verdict(backbone: str, metrics: dict, n_classes: int, positive: str) -> str:
-    """One paragraph, generated from the numbers, on whether the ``positive`` result is detection of it."""
+def verdict(backbone: str, metrics: dict, n_classes: int, positive: str, min_images: int | None = None) -> str:
+    """One paragraph, generated from the numbers, on whether the ``positive`` result is detection of it;
+    a within-class probe score on fewer than ``min_images`` images of a source is marked not interpretable."""
     found = evidence(metrics, n_classes, positive)
     key = f"sensitivity_{positive}"
     probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
@@ -52,7 +53,7 @@ def verdict(backbone: str, metrics: dict, n_classes: int, positive: str) -> str:
         probe_sentence = (
             f"The source probe tells the sources apart among images of the same class with balanced "
             f"accuracy {probe['within_class_accuracy']:.2f} (chance {probe['within_class_chance']:.2f}; "
-            f"{within_class_text(probe.get('within_class', {}))})"
+            f"{within_class_text(probe.get('within_class', {}), min_images)})"
             + (
                 ": the sources look different whatever the diagnosis."
                 if found["probe"]
@@ -94,13 +95,26 @@ def verdict(backbone: str, metrics: dict, n_classes: int, positive: str) -> str:
     return f"**{backbone}.** " + " ".join(sentences) + " " + conclusion
 
 
-def within_class_text(per_class: dict) -> str:
-    """``BACTERIA 0.92 [0.75, 1.00] on 3 covid_chestxray + 41 kermany images; ...`` (what each score rests on)."""
+def too_few(result: dict, min_images: int | None) -> str:
+    """`` (not interpretable: 1 covid_chestxray image, fewer than 5)`` when the smallest source of a
+    within-class probe score has fewer than ``min_images`` images (``release.min_images``), else ""."""
+    if min_images is None or not result["images"]:
+        return ""
+    source, count = min(result["images"].items(), key=lambda item: item[1])
+    if count >= min_images:
+        return ""
+    return f" (not interpretable: {count} {source} image{'s' if count != 1 else ''}, fewer than {min_images})"
+
+
+def within_class_text(per_class: dict, min_images: int | None = None) -> str:
+    """``BACTERIA 0.92 [0.75, 1.00] on 3 covid_chestxray + 41 kermany images; ...`` (what each score rests
+    on), each score whose smallest source has fewer than ``min_images`` images marked not interpretable."""
     return (
         "; ".join(
             f"{name} {evaluation.interval_text(result, 'balanced_accuracy')} on "
             + " + ".join(f"{count} {source}" for source, count in result["images"].items())
             + " images"
+            + too_few(result, min_images)
             for name, result in per_class.items()
         )
         or "no class has two sources"
@@ -129,10 +143,17 @@ def _number(value) -> str:
 
 
 def audit_markdown(
-    results: dict[str, dict], confound: dict, external: dict | None, classes: list[str], note: str, positive: str
+    results: dict[str, dict],
+    confound: dict,
+    external: dict | None,
+    classes: list[str],
+    note: str,
+    positive: str,
+    min_images: int | None = None,
 ) -> str:
     """``reports/eval/audit.md``: the source x class table, one row of numbers per backbone,
-    the generated verdicts, and what each number means."""
+    the generated verdicts, and what each number means; a within-class probe score whose smallest
+    source has fewer than ``min_images`` images (``release.min_images``) is marked not interpretable."""
     class_header = " | ".join(classes)
     key = f"sensitivity_{positive}"
     lines = [
@@ -206,11 +227,11 @@ def audit_markdown(
             images = ", ".join(f"{source} {count}" for source, count in result["images"].items())
             lines.append(
                 f"| {backbone} | {name} | {images} | {evaluation.interval_text(result, 'balanced_accuracy')} "
-                f"({probe['within_class_chance']:.2f}) |"
+                f"({probe['within_class_chance']:.2f}){too_few(result, min_images)} |"
             )
     lines += ["", "## Verdict", ""]
     for backbone, metrics in results.items():
-        lines += [verdict(backbone, metrics, len(classes), positive), ""]
+        lines += [verdict(backbone, metrics, len(classes), positive, min_images), ""]
     lines += [
         "## What the numbers are",
         "",
