@@ -270,8 +270,10 @@ def log_to_training_runs(
 
 def set_aliases(name: str, versions: dict[str, str | None], chosen: dict) -> None:
     """Point ``@candidate`` and ``@champion`` of registered model ``name`` at the versions of the
-    models ``chosen`` (:func:`selection`'s dict) names; with no champion, remove ``@champion`` so
-    that no earlier version stays released. ``versions``: model name -> its version (None: none)."""
+    models ``chosen`` (:func:`selection`'s dict) names. An alias whose model is None (no champion) or
+    has no version on this tracking server (trained elsewhere, restored from DVC's cache: a warning
+    says so) is removed, so that no earlier version stays released. ``versions``: model name -> its
+    version (None: none)."""
     client = MlflowClient()
     for alias in (registry.CANDIDATE, registry.CHAMPION):
         model = chosen[alias]
@@ -279,11 +281,16 @@ def set_aliases(name: str, versions: dict[str, str | None], chosen: dict) -> Non
         if version is not None:
             registry.registry_write(client.set_registered_model_alias, name, alias, version)
             print(f"{name} version {version} ({model}) is @{alias}")
-        elif alias == registry.CHAMPION:
-            try:
-                client.get_model_version_by_alias(name, alias)
-            except MlflowException:
-                continue
-            registry.registry_write(client.delete_registered_model_alias, name, alias)
+            continue
+        if model is not None:
+            print(
+                f"warning: {model} is @{alias} by the selection rule but has no version of {name} on this tracking "
+                "server (trained elsewhere); rerun its training and register stages to register it here"
+            )
+        try:
+            client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            continue
+        registry.registry_write(client.delete_registered_model_alias, name, alias)
     if chosen["champion"] is None:
         print(f"{name}: no @champion, no model passed the release gate (reports/eval/comparison.md, 'Release')")
