@@ -207,7 +207,7 @@ def test_external_set_keeps_task_classes_and_drops_copies_of_training_images(ext
     assert set(kept["view"]) == {"PA"}
     training_rows = kept.head(2)
     external, report = external_test_set(kept, config, training_rows, origin="data/external")
-    assert report["identical_to_training_images"] == 2 and len(external) == len(kept) - 2
+    assert len(report["duplicates_of_split_images"]) == 2 and len(external) == len(kept) - 2
     assert set(external["class"]) == {"COVID", "NORMAL"} and set(external["split"]) == {"external"}
     binary, _ = external_test_set(kept, make_config({"task": "binary"}), training_rows.head(0), "x")
     assert set(binary["class"]) == {"COVID", "OTHER"}

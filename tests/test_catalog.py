@@ -62,11 +62,15 @@ def test_exact_duplicates_are_reported(tmp_path, raw_root):
     shutil.copytree(raw_root, root)
     normal = sorted((root / "kermany" / "chest_xray").glob("*/NORMAL/*.jpeg"))
     shutil.copy(normal[0], normal[0].with_name("IM-9999-0001.jpeg"))
-    _, report = catalog.build(make_config(), root)
-    [group] = [group for group in report["duplicate_images"] if any("IM-9999-0001" in image for image in group)]
-    assert len(group) == 2
+    table, report = catalog.build(make_config(), root)
+    [group] = [
+        group for group in report["duplicate_groups"] if any("IM-9999-0001" in image for image in group["images"])
+    ]
+    assert len(group["images"]) == 2 and group["pairs"][0]["phash_256"] == 0
+    copy = table.set_index("image_id").loc[[image for image in group["images"] if "IM-9999" in image][0]]
+    assert copy["duplicate_group"] == group["group"] == min(group["images"])
     # The generated archive carries byte-identical files of its own, as the real set does.
-    assert len(report["duplicate_images"]) > 1
+    assert len(report["duplicate_groups"]) > 1 and report["duplicates"]["groups"] == len(report["duplicate_groups"])
 
 
 def test_catalog_expectations_catch_bad_rows(tmp_path, merged):

@@ -34,9 +34,9 @@ def test_ct_scans_takes_the_ct_slices_of_the_covid_collection_alone(capsys, monk
     study = set_values(dry_run(capsys, "ct_scans"))
     assert study["filter.modalities"] == '["CT"]' and study["sources.use"] == '["covid_chestxray"]'
     assert study["task"] == "binary" and study["filter.views"] == "[]" and study["split.max_per_class"] == "null"
-    assert study["sources.origin"] == "upstream" and study["synthetic.ct_share"] == "0.08"
+    assert study["sources.origin"] == "upstream" and study["sources.covid_chestxray.synthetic.ct_share"] == "0.08"
     demo = set_values(dry_run(capsys, "ct_scans", "--settings", "demo"))
-    assert demo["synthetic.ct_share"] == "0.7" and demo["sources.origin"] == "synthetic"
+    assert demo["sources.covid_chestxray.synthetic.ct_share"] == "0.7" and demo["sources.origin"] == "synthetic"
 
 
 def test_a_recipe_resets_what_other_recipes_change(capsys, monkeypatch):
@@ -45,7 +45,7 @@ def test_a_recipe_resets_what_other_recipes_change(capsys, monkeypatch):
     line = dry_run(capsys, "first_try", "--settings", "demo")
     assert line[:3] == ["dvc", "exp", "run"]
     values = set_values(line)
-    assert values["filter.modalities"] == "[]" and values["synthetic.ct_share"] == "0.08"
+    assert values["filter.modalities"] == "[]" and values["sources.covid_chestxray.synthetic.ct_share"] == "0.08"
 
 
 def test_an_unknown_recipe_or_a_bad_override_is_refused(capsys, monkeypatch):
@@ -66,7 +66,7 @@ def test_larger_dataset_lifts_the_cap_and_pins_a_later_commit(capsys, monkeypatc
     assert study["synthetic.patients.covid_chestxray"] == "90"  # the demo block applies to --settings demo only
     demo = set_values(dry_run(capsys, "larger_dataset", "--settings", "demo"))
     assert demo["synthetic.patients.covid_chestxray"] == "180" and demo["synthetic.patients.kermany"] == "120"
-    assert demo["synthetic.covid_chestxray_findings"] == "hierarchical"
+    assert demo["sources.covid_chestxray.synthetic.findings"] == "hierarchical"
 
 
 def test_set_values_reach_dvc_as_one_literal_each(tmp_path, capsys, monkeypatch):

@@ -169,7 +169,7 @@ def test_generated_archives_carry_the_upstream_quirks(raw_root, config):
     assert set(catalog["mode"]) >= {"L", "RGB", "RGBA", "P", "I;16"}
     assert 6 in set(catalog["orientation"])
     assert catalog["width"].max() >= 2000
-    assert report["duplicate_images"]
+    assert report["duplicate_groups"]
     names = catalog.loc[catalog["source"] == "covid_chestxray", "path"].map(lambda path: Path(path).name)
     assert (
         names.str.contains(r"\..*\.").any() and names.str.endswith(".png").any() and names.str.endswith(".jpeg").any()
@@ -283,8 +283,8 @@ def test_later_commits_findings_are_paths_mapped_by_their_last_part(tmp_path):
     (trailing space), `todo`; the label map covers them, and findings mapped to null are left out."""
     config = make_config(
         {
-            "synthetic": {"covid_chestxray_findings": "hierarchical", "patients": {"covid_chestxray": 160}},
-            "sources": {"use": ["covid_chestxray"]},
+            "synthetic": {"patients": {"covid_chestxray": 160}},
+            "sources": {"use": ["covid_chestxray"], "covid_chestxray": {"synthetic": {"findings": "hierarchical"}}},
         }
     )
     download_source("covid_chestxray", config, tmp_path)
@@ -304,7 +304,7 @@ def test_later_commits_findings_are_paths_mapped_by_their_last_part(tmp_path):
 
 
 def test_ct_series_are_ct_slices_of_one_patient_each(tmp_path):
-    config = make_config({"synthetic": {"ct_share": 1.0}, "sources": {"use": ["covid_chestxray"]}})
+    config = make_config({"sources": {"use": ["covid_chestxray"], "covid_chestxray": {"synthetic": {"ct_share": 1.0}}}})
     download_source("covid_chestxray", config, tmp_path)
     images = read_source("covid_chestxray", tmp_path / "covid_chestxray", config).images
     ct = images[images["modality"] == "CT"]

@@ -47,10 +47,10 @@ def test_deterministic_for_a_seed_and_different_for_another(filtered):
     assert (first.set_index("image_id")["split"] != other.set_index("image_id")["split"]).any()
 
 
-def test_identical_images_of_different_patients_are_grouped():
-    frame = pd.DataFrame({"patient_id": ["a", "b", "c", "d"], "sha256": ["1", "2", "1", "3"]})
+def test_images_of_one_duplicate_group_or_patient_are_grouped():
+    frame = pd.DataFrame({"patient_id": ["a", "b", "c", "d", "d"], "duplicate_group": ["1", "2", "1", "3", "4"]})
     groups = group_ids(frame)
-    assert groups[0] == groups[2] and len(set(groups)) == 3
+    assert groups[0] == groups[2] and groups[3] == groups[4] and len(set(groups)) == 3
 
 
 def test_per_class_caps(filtered):
@@ -127,6 +127,7 @@ def study_shaped_catalog() -> pd.DataFrame:
                         "source": source,
                         "patient_id": patient,
                         "sha256": f"{source}{label}{index}",
+                        "duplicate_group": f"{source}/{label}/{index}",
                         "label": label,
                         "path": "x",
                     }

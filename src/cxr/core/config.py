@@ -40,9 +40,6 @@ class Synthetic:
     seed: int
     # Patients per source (Kermany: per class), by source name.
     patients: dict[str, int] = bounded(low=1)
-    # Share of the COVID collection's patients who also have a CT series (axial or coronal slices).
-    ct_share: float = bounded(low=0, high=1)
-    covid_chestxray_findings: Literal["flat", "hierarchical"]
     source_shift: bool
     missing_files: int = bounded(low=0)
     min_size: int = bounded(low=16)
@@ -50,6 +47,9 @@ class Synthetic:
         low=16, high=4096, reason="real radiographs are at most about 4300 px; larger generated ones only slow the demo"
     )
     large_images: int = bounded(low=0)
+    # Radiographs published twice (the COVID collection under two patient ids, and in the Actualmed
+    # collection), the second copy re-encoded, resized, cropped, grey-converted or with changed contrast.
+    near_duplicates: int = bounded(low=0)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,17 @@ class Download:
     max_archive_bytes: int = bounded(low=1)
     max_member_bytes: int = bounded(low=1)
     max_total_bytes: int = bounded(low=1)
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    # Candidate pairs: 64-bit pHashes at most this many bits apart (of 64).
+    candidate_bits: int = bounded(low=0, high=64)
+    # Confirmed duplicates: the 256-bit pHash and dHash each at most this many bits apart (of 256).
+    confirm_bits: int = bounded(low=0, high=256)
+    # A duplicate group whose images carry different labels: report (kept, listed) | drop (all its
+    # images) | error (the stage stops, naming the groups).
+    conflicting_labels: Literal["report", "drop", "error"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +188,7 @@ class Config:
     download: Download
     # A finding mapped to null is left out of every task (an unlabelled `todo`, a pneumonia of no stated type).
     labels: dict[str, str | None]
+    duplicates: Duplicates
     classes: dict[str, dict[str, list[str] | Literal["*"]]]
     filter: Filter
     split: Split

@@ -14,15 +14,19 @@ from cxr.core.errors import CxrError
 
 # What every source reader returns for each image (plus extras of its own, e.g. sex and age).
 SOURCE_COLUMNS = ("image_id", "source", "path", "patient_id", "finding", "view", "modality")
+# The perceptual fingerprint of an image (cxr.data.duplicates): hex digits of three hashes.
+FINGERPRINT_COLUMNS = ("phash_64", "phash_256", "dhash_256")
 # What reading the image file adds (cxr.data.image_files).
 IMAGE_COLUMNS = ("sha256", "width", "height", "mode", "orientation")
-# The catalog: the source's columns, the finding's label and the file's description, in this order.
+# The catalog: the source's columns, the image's duplicate group (the smallest image id of the images
+# that are the same radiograph), the finding's label and the file's description, in this order.
 CATALOG_COLUMNS = (
     "image_id",
     "source",
     "path",
     "sha256",
     "patient_id",
+    "duplicate_group",
     "finding",
     "label",
     "view",
@@ -31,9 +35,20 @@ CATALOG_COLUMNS = (
     "height",
     "mode",
     "orientation",
+    *FINGERPRINT_COLUMNS,
 )
 # Catalog columns that are never empty (view and modality may be: not every source records them).
-CATALOG_REQUIRED = ("image_id", "source", "path", "sha256", "patient_id", "finding", "label")
+CATALOG_REQUIRED = (
+    "image_id",
+    "source",
+    "path",
+    "sha256",
+    "patient_id",
+    "duplicate_group",
+    "finding",
+    "label",
+    *FINGERPRINT_COLUMNS,
+)
 CATALOG_INTEGERS = ("width", "height", "orientation")
 # The split and the external test set lead with these, then the catalog's columns.
 SPLIT_LEADING = ("image_id", "patient_id", "class", "split")

@@ -1,8 +1,9 @@
 """The unified image catalog: one row per image, one schema for every source.
 
 ``build`` merges the configured sources, maps each upstream finding to a label (an unknown
-finding is an error, never a guess), opens every image once to record its size, mode and
-sha256, and reports exact duplicates. ``filter_views`` keeps the views the study used.
+finding is an error, never a guess), opens every image once to record its size, mode, sha256
+and perceptual fingerprint, and groups the images that are the same radiograph
+(:mod:`cxr.data.duplicates`). ``filter_views`` keeps the views the study used.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 from cxr.core.config import Config, Filter
 from cxr.core import schema
 from cxr.core.errors import CxrError
+from cxr.data import duplicates
 from cxr.data.image_files import describe_images
 from cxr.data.sources import read_source
 from cxr.data.sources.layout import SourceTable
@@ -24,7 +26,16 @@ class CatalogError(CxrError):
 
 
 def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
-    """Merge sources ``names`` (default: ``sources.use``) into a catalog; return it with its data report."""
+    """Merge sources ``names`` (default: ``sources.use``) into a catalog; return it with its data report.
+
+    The report (``reports/data/catalog.json``) holds counts per source, label, view and modality,
+    metadata nulls, dropped rows, ``duplicates`` (how many duplicate groups, conflicting labels and
+    what ``duplicates.conflicting_labels`` did) and ``duplicate_groups`` (every group of two or more
+    images: ids, sources, patient ids, labels, the hash distances of its pairs). Raises
+    :class:`CatalogError` for an unmapped finding, :class:`cxr.data.image_files.ImageFileError` for
+    a file training could not read, :class:`cxr.data.duplicates.DuplicateError` for conflicting
+    labels when the params say so.
+    """
     names = config.sources.use if names is None else names
     tables = {name: read_source(name, raw_root / name, config) for name in names}
     for name, table in tables.items():
@@ -34,10 +45,16 @@ def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tup
     left_out = images["label"].isna()
     left_out_counts = images.loc[left_out, "finding"].value_counts().sort_index()
     images = images[~left_out].reset_index(drop=True)
-    described = describe_images(images["path"].tolist())
-    catalog = schema.catalog_order(pd.concat([images, described], axis=1))
+    described = describe_images(images["path"].tolist(), measure=duplicates.fingerprint,
+                                measured=schema.FINGERPRINT_COLUMNS)
+    catalog = pd.concat([images, described], axis=1)
+    catalog["duplicate_group"], groups = duplicates.group(catalog, config.duplicates)
+    catalog, settled = duplicates.settle_conflicts(catalog, groups, config.duplicates, where=f"sources {names}")
+    catalog = schema.catalog_order(catalog)
     report = data_report(catalog, tables)
     report["left_out_by_labels"] = {finding: int(count) for finding, count in left_out_counts.items()}
+    report["duplicates"] = settled
+    report["duplicate_groups"] = groups
     return catalog, report
 
 
@@ -68,12 +85,6 @@ def map_findings(images: pd.DataFrame, labels: dict[str, str | None]) -> pd.Seri
     return findings.map(labels)
 
 
-def duplicate_groups(catalog: pd.DataFrame) -> list[list[str]]:
-    """Image ids that share one sha256 (byte-identical files), one list per file content."""
-    repeated = catalog[catalog.duplicated("sha256", keep=False)]
-    return [sorted(group["image_id"]) for _, group in repeated.groupby("sha256")]
-
-
 def data_report(catalog: pd.DataFrame, tables: dict[str, SourceTable]) -> dict:
     """What the study printed about its data, and what it should have: counts and gaps."""
     def crosstab(column: str) -> dict:
@@ -91,7 +102,6 @@ def data_report(catalog: pd.DataFrame, tables: dict[str, SourceTable]) -> dict:
             for name, table in tables.items() if table.metadata is not None
         },
         "dropped_rows": [row for table in tables.values() for row in table.dropped],
-        "duplicate_images": duplicate_groups(catalog),
     }
 
 

@@ -1,7 +1,8 @@
 """Patient-grouped, class-stratified train/val/test split.
 
-Images of one patient, and byte-identical images, always land in the same split, so no
-patient (and no duplicated file) is seen in training and again in testing. Groups are placed
+Images of one patient, and images that are the same radiograph (one ``duplicate_group``:
+byte-identical or near-duplicate files, :mod:`cxr.data.duplicates`), always land in the same
+split, so no patient and no copy of a radiograph is seen in training and again in testing. Groups are placed
 greedily, largest first, into the split whose class counts they bring closest to the target
 fractions; the order of equal-sized groups is shuffled by ``split.seed``.
 """
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from cxr.core.config import Config
 from cxr.core.errors import CxrError
 from cxr.core.schema import SPLIT_NAMES, split_order
 from cxr.core.schema import split_part
+from cxr.data import duplicates
 
 
 class SplitError(CxrError):
@@ -86,18 +90,15 @@ def cap_per_class(frame: pd.DataFrame, cap: int | dict[str, int] | None, seed: i
 
 
 def group_ids(frame: pd.DataFrame) -> pd.Series:
-    """One id per connected set of images sharing a patient or a sha256 (union-find)."""
-    parent: dict[str, str] = {}
-
-    def find(node: str) -> str:
-        while parent.setdefault(node, node) != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    for patient, digest in zip(frame["patient_id"], frame["sha256"]):
-        parent[find("p:" + patient)] = find("h:" + digest)
-    return frame["patient_id"].map(lambda patient: find("p:" + patient))
+    """One id per connected set of images linked by a shared patient or duplicate group: the
+    union of patient and duplicate links (SciPy's ``connected_components`` on a graph whose
+    nodes are the patients and the duplicate groups, one edge per image)."""
+    patients, patient_codes = np.unique(frame["patient_id"].to_numpy(), return_inverse=True)
+    _, group_codes = np.unique(frame["duplicate_group"].to_numpy(), return_inverse=True)
+    nodes = len(patients) + group_codes.max(initial=-1) + 1
+    graph = coo_matrix((np.ones(len(frame)), (patient_codes, len(patients) + group_codes)), shape=(nodes, nodes))
+    _, component = connected_components(graph, directed=False)
+    return pd.Series(component[patient_codes], index=frame.index).map(lambda node: f"g{node}")
 
 
 def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
@@ -148,10 +149,13 @@ def source_confound(frame: pd.DataFrame) -> dict:
 
 def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFrame,
                       origin: str) -> tuple[pd.DataFrame, dict]:
-    """Images of the external sources in the task's classes, minus any file also in ``training``.
+    """Images of the external sources in the task's classes, minus any that is the same radiograph
+    as an image of ``training`` (the split).
 
-    Classes the external sources lack are simply absent; a byte-identical copy of a training
-    image is dropped (and counted), so the external test never scores a memorised file. When the
+    Classes the external sources lack are simply absent; a byte-identical or near-duplicate copy of
+    a split image (:func:`cxr.data.duplicates.spanning`) is dropped, counted and listed (report key
+    ``duplicates_of_split_images``: ``[{"image_id", "duplicate_of"}]``), so the external test never
+    scores a radiograph the model was trained, tuned or tested on. When the
     filter keeps no external image at all (a CT experiment, X-ray-only external sources), the
     set is empty and the report says why: there is then no external test, rather than a false one.
     """
@@ -161,7 +165,8 @@ def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFr
         empty = catalog.assign(**{"class": pd.Series(dtype=str), "split": pd.Series(dtype=str)})
         return split_order(empty), {"task": config.task, "images": 0, "note": note}
     frame, report = assign_classes(catalog, config, origin, every_class=False)
-    seen = frame["sha256"].isin(set(training["sha256"]))
+    copies = duplicates.spanning(training, frame, config.duplicates)
+    seen = frame["image_id"].isin(copies["image_id"])
     frame = frame[~seen].reset_index(drop=True)
     if frame.empty:
         raise SplitError(f"{origin}: no external image is left in the classes of task {config.task!r}")
@@ -169,7 +174,7 @@ def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFr
     frame = split_order(frame)
     report.update({
         "task": config.task,
-        "identical_to_training_images": int(seen.sum()),
+        "duplicates_of_split_images": copies[["image_id", "duplicate_of"]].to_dict(orient="records"),
         "images_per_source_class": pd.crosstab(frame["source"], frame["class"]).to_dict(orient="index"),
         "patients": int(frame["patient_id"].nunique()),
     })

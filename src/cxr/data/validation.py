@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr.core.config import Duplicates
 from cxr.core.errors import CxrError
 from cxr.core.schema import CATALOG_COLUMNS, CATALOG_REQUIRED, SPLIT_NAMES
 from cxr.core.outputs import staged_directory, write_json
+from cxr.data import duplicates
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -203,9 +205,11 @@ def filter_expectations(views: list[str], modalities: list[str], missing_view: s
 
 
 def split_tables(split: pd.DataFrame, classes: list[str], fractions: dict[str, float], tolerance: float) -> list[Table]:
-    """After split: no patient or identical image in two splits, every class everywhere, shares."""
+    """After split: no patient, identical image or duplicate group in two splits, every class
+    everywhere, shares."""
     patients = split[["patient_id", "split"]].drop_duplicates()
     images = split[["sha256", "split"]].drop_duplicates()
+    groups = split[["duplicate_group", "split"]].drop_duplicates()
     counts = (
         pd.crosstab(split["split"], split["class"])
         .reindex(index=list(SPLIT_NAMES), columns=classes, fill_value=0)
@@ -228,6 +232,9 @@ def split_tables(split: pd.DataFrame, classes: list[str], fractions: dict[str, f
         Table("identical_images", images, [
             gxe.ExpectColumnValuesToBeUnique(column="sha256", description="no identical image in two splits"),
         ]),
+        Table("duplicate_groups", groups, [
+            gxe.ExpectColumnValuesToBeUnique(column="duplicate_group", description="no duplicate group in two splits"),
+        ]),
         Table("class_counts", counts, [
             gxe.ExpectColumnValuesToBeBetween(column="images", min_value=1,
                                               description="every class in every split"),
@@ -235,3 +242,19 @@ def split_tables(split: pd.DataFrame, classes: list[str], fractions: dict[str, f
                                               description="class share per split within split.tolerance"),
         ]),
     ]
+
+
+def firewall_table(split: pd.DataFrame, external: pd.DataFrame, rules: Duplicates) -> Table:
+    """After external: no radiograph is both in the split and in the external test set.
+
+    The split's and the external set's images are grouped afresh, together
+    (:func:`cxr.data.duplicates.group`), independently of how the external stage dropped copies;
+    each joint group must lie on one side only.
+    """
+    both = pd.concat([split.assign(side="split"), external.assign(side="external")], ignore_index=True)
+    joint, _ = duplicates.group(both, rules)
+    sides = both.assign(joint_group=joint)[["joint_group", "side"]].drop_duplicates()
+    return Table("split_and_external", sides, [
+        gxe.ExpectColumnValuesToBeUnique(column="joint_group",
+                                         description="no duplicate group spans the split and the external set"),
+    ])

@@ -19,7 +19,8 @@ from cxr.core.config import Synthetic
 from cxr.data.sources.layout import (METADATA, GitHubParams, SourceLayoutError, SourceTable, absent_row,
                                      check_metadata_file, fetch_github_archive, read_metadata,
                                      select_metadata_and_images, settle_absent_files)
-from cxr.data.sources.synthetic import NEUTRAL, OTHER_SITE, csv_text, draw_chest, encode, image_size, pick, writestr
+from cxr.data.sources.synthetic import (ADULT, COPY_CHANGES, NEUTRAL, OTHER_SITE, csv_text, draw_chest, encode,
+                                        image_size, pick, republished, shared_radiographs, writestr)
 
 NAME = "actualmed"
 REQUIRED_COLUMNS = ["patientid", "finding", "view", "imagename"]
@@ -78,7 +79,8 @@ def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> 
     """A GitHub-style archive at ``source.commit``: ``metadata.csv`` with ``imagename``, ``images/``.
 
     With the repository's other files (``metadata.xlsx``, ``images/SAMPLE.png``), ``ANON``
-    patient ids, DICOM-UID file names with many dots, 8- and 16-bit PNGs.
+    patient ids, DICOM-UID file names with many dots, 8- and 16-bit PNGs; copies of the
+    radiographs the COVID collection's stand-in also publishes (:func:`shared_radiographs`).
     """
     path = folder / f"Actualmed-COVID-chestxray-dataset-{source.commit}.zip"
     rng = np.random.default_rng([params.seed, 3])
@@ -102,6 +104,15 @@ def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> 
                        modality="X-ray", imagename=imagename,
                        notes=f"{'Inconclusive' if not finding else ''}, date taken (YYYYMMDD): {taken}")
             rows.append(row)
+    # Copies of radiographs the COVID collection also published (changed otherwise than its own copy).
+    for index, image in enumerate(shared_radiographs(params, ADULT if params.source_shift else NEUTRAL)):
+        imagename = f"DX.1.2.840.113564.{rng.integers(10**10):010d}.20200401{index:012d}.{rng.integers(10**13):013d}.png"
+        images[imagename] = republished(image, COPY_CHANGES[(index + 2) % len(COPY_CHANGES)], "png")
+        row = dict.fromkeys(METADATA_HEADER, "")
+        row.update(patientid=f"ANON{params.patients[NAME] + 1 + index}", offset="0", sex=rng.choice(["M", "F"]),
+                   age=str(int(rng.integers(25, 90))), finding="COVID-19", view="PA", modality="X-ray",
+                   imagename=imagename, notes=", date taken (YYYYMMDD): 20200401")
+        rows.append(row)
     table = csv_text(rows, METADATA_HEADER)
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:

@@ -8,29 +8,50 @@ not images, and are left out. The archive is GitHub's commit zip, whose top fold
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+from cxr.core.checks import bounded
 from cxr.core.config import Synthetic
 from cxr.data.sources.layout import (METADATA, GitHubParams, SourceLayoutError, SourceTable, absent_row,
                                      check_metadata_file, fetch_github_archive, read_metadata,
                                      select_metadata_and_images, settle_absent_files)
-from cxr.data.sources.synthetic import (ADULT, NEUTRAL, PATTERN_OF_FINDING, csv_text, draw_chest, draw_ct_slice,
-                                        encode, image_size, pick, writestr)
+from cxr.data.sources.synthetic import (ADULT, COPY_CHANGES, NEUTRAL, PATTERN_OF_FINDING, csv_text, draw_chest,
+                                        draw_ct_slice, encode, image_size, original_bytes, pick, republished,
+                                        shared_radiographs, writestr)
 
 NAME = "covid_chestxray"
 REQUIRED_COLUMNS = ["patientid", "finding", "view", "modality", "folder", "filename"]
 EXTRA_COLUMNS = {"sex": "sex", "age": "age"}
 
-Params = GitHubParams
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """``sources.covid_chestxray.synthetic``: how the offline stand-in draws the collection."""
+
+    # Share of the patients who also have a CT series (1-4 axial or coronal slices).
+    ct_share: float = bounded(low=0, high=1)
+    # flat, as the pinned April-2020 commit writes findings; hierarchical, as later commits do.
+    findings: Literal["flat", "hierarchical"]
+
+
+@dataclass(frozen=True)
+class Params(GitHubParams):
+    """``sources.covid_chestxray``: the pinned commit (:class:`GitHubParams`) and its stand-in's knobs."""
+
+    synthetic: StandIn
+
 select_member = select_metadata_and_images
 check_layout = check_metadata_file
 upstream_archive = fetch_github_archive
 
 
-def read(root: Path, params: GitHubParams) -> SourceTable:
+def read(root: Path, params: Params) -> SourceTable:
     """Rows for the images ``metadata.csv`` lists; rows without a file per ``missing_files``."""
     metadata_path = root / METADATA
     metadata = read_metadata(metadata_path, REQUIRED_COLUMNS)
@@ -115,15 +136,17 @@ COVID_ENCODINGS = {
 }
 
 
-def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> Path:
+def synthetic_archive(folder: Path, params: Synthetic, source: Params) -> Path:
     """A GitHub-style archive of the collection at ``source.commit``, named as GitHub names it.
 
     ``<repo>-<commit>/metadata.csv`` and ``images/``, with the April-2020 table's quirks: spaces in
     header names, a trailing empty column, one ragged row, a ``filename`` with a trailing space, a
     non-UTF-8 byte, mixed date formats; multi-dot and upper-case UUID file names in every
     encoding (grey, RGB, RGBA, palette, 16-bit, EXIF-rotated); CT series (axial or coronal
-    slices in ``images``) for ``params.ct_share`` of the patients and CT volumes listed in
-    ``volumes/`` but not in the repository; optionally rows whose file is missing.
+    slices in ``images``) for ``source.synthetic.ct_share`` of the patients and CT volumes listed in
+    ``volumes/`` but not in the repository; optionally rows whose file is missing; the
+    ``params.near_duplicates`` shared radiographs, each under two patient ids (the second copy
+    re-encoded, resized, cropped, grey-converted or with changed contrast).
     """
     path = folder / f"covid-chestxray-dataset-{source.commit}.zip"
     rng = np.random.default_rng([params.seed, 1])
@@ -131,7 +154,7 @@ def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> 
     style = ADULT if params.source_shift else NEUTRAL
     rows: list[dict[str, str]] = []
     images: dict[str, bytes] = {}
-    later = params.covid_chestxray_findings == "hierarchical"
+    later = source.synthetic.findings == "hierarchical"
     header = LATER_METADATA_HEADER if later else METADATA_HEADER
     for patient in range(1, params.patients[NAME] + 1):
         finding = pick(rng, LATER_FINDINGS if later else COVID_FINDINGS)
@@ -144,7 +167,7 @@ def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> 
             width, height = image_size(rng, params)
             images[filename] = encode(draw_chest(rng, width, height, pattern, style), encoding)
             rows.append(_row(rng, patient, sex, age, finding, view, "X-ray", "images", filename, shot))
-        if rng.random() < params.ct_share:
+        if rng.random() < source.synthetic.ct_share:
             view = CT_VIEWS[int(rng.integers(len(CT_VIEWS)))]
             for index in range(int(rng.integers(CT_SLICES[0], CT_SLICES[1] + 1))):
                 filename = f"{patient}-ct-{view.lower()}-{index + 1}.jpg"
@@ -153,6 +176,17 @@ def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> 
                 rows.append(_row(rng, patient, sex, age, finding, view, "CT", "images", filename, 10 + index))
         if rng.random() < 0.05:
             rows.append(_row(rng, patient, sex, age, finding, "Axial", "CT", "volumes", f"{patient}-ct.nii.gz", 9))
+    # The same case published twice, under two patient ids: the original, then a changed copy.
+    finding = next(name for name in (LATER_FINDINGS if later else COVID_FINDINGS) if name.endswith("COVID-19"))
+    patient = params.patients[NAME]
+    for index, image in enumerate(shared_radiographs(params, style)):
+        change = COPY_CHANGES[index % len(COPY_CHANGES)]
+        for data in (original_bytes(image, change), republished(image, change, "jpeg")):
+            patient += 1
+            filename = _filename(rng, finding, patient, 0, "PA", "jpeg")
+            images[filename] = data
+            rows.append(_row(rng, patient, rng.choice(["M", "F"]), str(int(rng.integers(25, 85))), finding, "PA",
+                             "X-ray", "images", filename, 0))
     image_rows = [row for row in rows if row["folder"] == "images"]
     missing = {row["filename"] for row in image_rows[: params.missing_files]}
     # Upstream quirk: one filename cell carries a trailing space the file name does not.

@@ -50,14 +50,22 @@ OTHER_SITE = Style(thorax_scale=0.95, brightness=-0.06, contrast=0.95, marker=Fa
 
 
 def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, style: Style) -> np.ndarray:
-    """A grayscale chest radiograph-like image (uint8, height x width) showing ``pattern``."""
+    """A grayscale chest radiograph-like image (uint8, height x width) showing ``pattern``.
+
+    No two drawings are the same radiograph, as no two exposures are: body, lung and heart sizes,
+    positioning (shift, rotation, inspiration) and the soft-tissue texture vary from image to image,
+    so a perceptual hash tells two drawings apart as it tells two real radiographs apart, while a
+    re-encoded or resized copy of one drawing stays its near-duplicate.
+    """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     yy /= height
     xx /= width
-    scale = style.thorax_scale * rng.uniform(0.95, 1.05)
-    cx, cy = 0.5 + rng.normal(0, 0.015), 0.55 + rng.normal(0, 0.015)
-    u = (xx - cx) / scale
-    v = (yy - cy) / scale
+    scale = style.thorax_scale * rng.uniform(0.9, 1.1)
+    cx, cy = 0.5 + rng.normal(0, 0.03), 0.55 + rng.normal(0, 0.03)
+    angle = np.deg2rad(rng.uniform(-4, 4))
+    x0, y0 = (xx - cx) / scale, (yy - cy) / scale
+    u = x0 * np.cos(angle) - y0 * np.sin(angle)
+    v = x0 * np.sin(angle) + y0 * np.cos(angle)
 
     def ellipse(x0: float, y0: float, rx: float, ry: float) -> np.ndarray:
         return ((u - x0) / rx) ** 2 + ((v - y0) / ry) ** 2 <= 1.0
@@ -65,18 +73,24 @@ def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, 
     def blob(x0: float, y0: float, sigma: float) -> np.ndarray:
         return np.exp(-(((u - x0) ** 2 + (v - y0) ** 2) / (2 * sigma**2)))
 
+    def size() -> float:
+        return rng.uniform(0.9, 1.1)
+
     image = np.full((height, width), 0.08, np.float32)
-    image[ellipse(0.0, 0.0, 0.44, 0.5)] = 0.5
-    lung_right = ellipse(-0.19, -0.04, 0.15, 0.3)
-    lung_left = ellipse(0.19, -0.04, 0.14, 0.29)
+    body = ellipse(0.0, 0.0, 0.44 * size(), 0.5)
+    image[body] = 0.5
+    lung_width, lung_height = size(), size()
+    lung_right = ellipse(-0.19, -0.04, 0.15 * lung_width, 0.3 * lung_height)
+    lung_left = ellipse(0.19, -0.04, 0.14 * lung_width, 0.29 * lung_height)
     lungs = lung_right | lung_left
     image[lungs] = 0.2
-    ribs = (np.sin(2 * np.pi * (v * 7.0 + 1.5 * u**2)) > 0.75) & lungs
+    ribs = (np.sin(2 * np.pi * (v * 7.0 * size() + 1.5 * u**2) + rng.uniform(0, 2 * np.pi)) > 0.75) & lungs
     image[ribs] += 0.07
     image[np.abs(u) < 0.035] = 0.72
-    heart = ellipse(0.06, 0.14, 0.13, 0.11)
+    heart_size = size()
+    heart = ellipse(0.06, 0.14, 0.13 * heart_size, 0.11 * heart_size)
     image[heart] = np.maximum(image[heart], 0.6)
-    diaphragm = (v > 0.24 + 0.06 * np.cos(u * 6)) & ellipse(0.0, 0.0, 0.44, 0.5)
+    diaphragm = (v > 0.24 + rng.normal(0, 0.02) + 0.06 * np.cos(u * 6)) & body
     image[diaphragm] = np.maximum(image[diaphragm], 0.62)
 
     severity = rng.uniform(0.7, 1.2)
@@ -102,6 +116,9 @@ def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, 
     elif pattern != "normal":
         raise ValueError(f"unknown synthetic pattern {pattern!r}")
 
+    # Soft-tissue and vessel texture: smooth noise, stronger over the lungs.
+    texture = Image.fromarray(rng.normal(0, 1, (18, 18)).astype(np.float32), mode="F")
+    image += 0.06 * np.asarray(texture.resize((width, height), Image.Resampling.BICUBIC)) * (0.3 + lungs_f)
     image = (image - 0.4) * style.contrast + 0.4 + style.brightness
     if style.border:
         edge = (xx < style.border) | (xx > 1 - style.border) | (yy < style.border) | (yy > 1 - style.border)
@@ -118,10 +135,14 @@ def draw_ct_slice(rng: np.random.Generator, width: int, height: int, pattern: st
     Axial: the body's cross-section with two dark lung fields, the spine behind them and the
     scanner table below; coronal: the lungs seen from the front. COVID-19 shows as the subpleural
     ground-glass opacities of the CT literature, bacterial pneumonia as dense consolidation.
+    Size, position, rotation and texture vary from slice to slice, as in :func:`draw_chest`.
     """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    u = xx / width - 0.5 + rng.normal(0, 0.01)
-    v = yy / height - 0.5 + rng.normal(0, 0.01)
+    scale, angle = rng.uniform(0.9, 1.1), np.deg2rad(rng.uniform(-5, 5))
+    x0 = (xx / width - 0.5 + rng.normal(0, 0.03)) / scale
+    y0 = (yy / height - 0.5 + rng.normal(0, 0.03)) / scale
+    u = x0 * np.cos(angle) - y0 * np.sin(angle)
+    v = x0 * np.sin(angle) + y0 * np.cos(angle)
 
     def ellipse(x0: float, y0: float, rx: float, ry: float) -> np.ndarray:
         return ((u - x0) / rx) ** 2 + ((v - y0) / ry) ** 2 <= 1.0
@@ -165,6 +186,8 @@ def draw_ct_slice(rng: np.random.Generator, width: int, height: int, pattern: st
         image += 0.35 * severity * lungs_f
     elif pattern != "normal":
         raise ValueError(f"unknown synthetic pattern {pattern!r}")
+    texture = Image.fromarray(rng.normal(0, 1, (18, 18)).astype(np.float32), mode="F")
+    image += 0.06 * np.asarray(texture.resize((width, height), Image.Resampling.BICUBIC)) * (0.3 + lungs_f)
     image += rng.normal(0, 0.02, image.shape).astype(np.float32)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
@@ -195,6 +218,59 @@ def encode(image: np.ndarray, encoding: str) -> bytes:
         raise ValueError(f"unknown synthetic encoding {encoding!r}")
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG" if fmt == "jpeg" else "PNG", **options)
+    return buffer.getvalue()
+
+
+# How a republished copy differs from its original, in turn: the ways public COVID-19 collections
+# repackaged one another's images (Roberts et al. 2021, "Frankenstein datasets").
+COPY_CHANGES = ("reencoded", "resized", "cropped", "grey", "contrast")
+
+
+def shared_radiographs(params: Synthetic, style: Style) -> list[np.ndarray]:
+    """The ``params.near_duplicates`` radiographs (COVID-19, adult) that two stand-ins both publish.
+
+    Drawn 512-1024 px wide (three times ``params.max_size``, within those bounds), larger than the
+    rest, so that a copy cropped by a few pixels loses about half a percent of each side, as it
+    does on a real 1000-3000 px radiograph. The COVID collection's stand-in holds each one and a copy
+    under a second patient id; the Actualmed stand-in holds a further copy.
+    """
+    rng = np.random.default_rng([params.seed, 9])
+    side = int(np.clip(3 * params.max_size, 512, 1024))
+    return [draw_chest(rng, side, int(side * rng.uniform(1.0, 1.15)), "covid", style)
+            for _ in range(params.near_duplicates)]
+
+
+def original_bytes(image: np.ndarray, change: str) -> bytes:
+    """How the first publication stores a shared radiograph: a JPEG; an RGB JPEG with a slight
+    warm tint (a figure scanned from print) when its copy is the ``grey`` one."""
+    if change != "grey":
+        return encode(image, "jpeg")
+    tinted = np.stack([image, (image * 0.97).astype(np.uint8), (image * 0.9).astype(np.uint8)], axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(tinted, mode="RGB").save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def republished(image: np.ndarray, change: str, fmt: str) -> bytes:
+    """A second publication of ``image`` (uint8 grey) as ``fmt`` (``jpeg`` or ``png``) bytes, changed
+    as ``change`` (one of :data:`COPY_CHANGES`) says: re-encoded at JPEG quality 60; resized to 70%;
+    cropped by 1-3 pixels per side; converted to grey (its original is a tinted RGB); contrast
+    stretched by a quarter and brightened."""
+    picture = Image.fromarray(image, mode="L")
+    quality = 92
+    if change == "reencoded":
+        quality = 60
+    elif change == "resized":
+        picture = picture.resize((round(picture.width * 0.7), round(picture.height * 0.7)), Image.Resampling.LANCZOS)
+    elif change == "cropped":
+        picture = picture.crop((2, 1, picture.width - 3, picture.height - 2))
+    elif change == "contrast":
+        stretched = (image.astype(np.float32) - image.mean()) * 1.25 + image.mean() + 8
+        picture = Image.fromarray(np.clip(stretched, 0, 255).astype(np.uint8), mode="L")
+    elif change != "grey":
+        raise ValueError(f"unknown copy change {change!r}")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG" if fmt == "jpeg" else "PNG", **({"quality": quality} if fmt == "jpeg" else {}))
     return buffer.getvalue()
 
 
