@@ -67,8 +67,9 @@ def fingerprints(task: tuple[int, int, int]) -> list[dict]:
         if index % every == every - 1:
             change = COPY_CHANGES[(index // every) % len(COPY_CHANGES)]
             copy = np.asarray(Image.open(io.BytesIO(republished(image, change, "jpeg"))).convert("L"))
-            rows.append({"image_id": f"img{index:06d}-copy", "planted": f"img{index:06d}",
-                         **duplicates.fingerprint(copy)})
+            rows.append(
+                {"image_id": f"img{index:06d}-copy", "planted": f"img{index:06d}", **duplicates.fingerprint(copy)}
+            )
     return rows
 
 
@@ -113,13 +114,19 @@ def bench_group(size: int, side: int, workers: int, rules) -> dict:
     with Timer() as scan:
         coarse = duplicates.hash_words(frame["phash_64"])[:, 0]
         candidates = sum(
-            int((np.bitwise_count(coarse[start:start + 128, None] ^ coarse[None, :]) <= rules.candidate_bits).sum())
+            int((np.bitwise_count(coarse[start : start + 128, None] ^ coarse[None, :]) <= rules.candidate_bits).sum())
             for start in range(0, len(coarse), 128)
         )
     candidates = (candidates - len(coarse)) // 2  # each pair once, no image with itself
     planted = frame[frame["planted"] != ""]
-    found = int((group[planted.index].to_numpy() == group[frame.index[frame["image_id"].isin(planted["planted"])]]
-                 .reindex(frame.index[frame["image_id"].isin(planted["planted"])]).to_numpy()).sum())
+    found = int(
+        (
+            group[planted.index].to_numpy()
+            == group[frame.index[frame["image_id"].isin(planted["planted"])]]
+            .reindex(frame.index[frame["image_id"].isin(planted["planted"])])
+            .to_numpy()
+        ).sum()
+    )
     with_planted = {entry["group"] for entry in groups if any(image.endswith("-copy") for image in entry["images"])}
     return {
         "images": len(frame),
@@ -145,16 +152,20 @@ def main() -> None:
     results = {"thresholds": {"candidate_bits": rules.candidate_bits, "confirm_bits": rules.confirm_bits}}
     results["fingerprint"] = bench_fingerprint(args.files)
     row = results["fingerprint"]
-    print(f"merge's read of {row['files']} files: {row['describe_images_per_s']:.0f} images/s without the fingerprint, "
-          f"{row['with_fingerprint_per_s']:.0f} with it ({row['fingerprint_share_of_merge_read']:.0%} of the time)")
+    print(
+        f"merge's read of {row['files']} files: {row['describe_images_per_s']:.0f} images/s without the fingerprint, "
+        f"{row['with_fingerprint_per_s']:.0f} with it ({row['fingerprint_share_of_merge_read']:.0%} of the time)"
+    )
     results["group"] = []
     for size in args.sizes:
         row = bench_group(size, args.side, args.workers, rules)
         results["group"].append(row)
-        print(f"N={row['images']}: group {row['group_s']:.2f} s ({row['images'] / row['group_s']:.0f} images/s), "
-              f"peak {row['peak_mib']:.0f} MiB; {row['candidate_pairs']} candidate pairs "
-              f"(scan {row['candidate_scan_s']:.2f} s); planted copies found {row['planted_found']}/"
-              f"{row['planted_copies']}; {row['groups']} groups, {row['false_groups']} without a planted copy")
+        print(
+            f"N={row['images']}: group {row['group_s']:.2f} s ({row['images'] / row['group_s']:.0f} images/s), "
+            f"peak {row['peak_mib']:.0f} MiB; {row['candidate_pairs']} candidate pairs "
+            f"(scan {row['candidate_scan_s']:.2f} s); planted copies found {row['planted_found']}/"
+            f"{row['planted_copies']}; {row['groups']} groups, {row['false_groups']} without a planted copy"
+        )
     rows = results["group"]
     for before, after in zip(rows, rows[1:]):
         exponent = math.log(after["group_s"] / before["group_s"]) / math.log(after["images"] / before["images"])
