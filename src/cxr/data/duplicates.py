@@ -104,22 +104,24 @@ def near_pairs(first: pd.DataFrame, second: pd.DataFrame | None, rules: Duplicat
     """
     within = second is None
     second = first if second is None else second
-    coarse_a, coarse_b = hash_words(first["phash_64"])[:, 0], hash_words(second["phash_64"])[:, 0]
-    lefts, rights = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    words = {column: (hash_words(first[column]), hash_words(second[column])) for column in FINGERPRINT_COLUMNS}
+    coarse_a, coarse_b = words["phash_64"][0][:, 0], words["phash_64"][1][:, 0]
+    found: dict[str, list[np.ndarray]] = {
+        name: [np.zeros(0, np.int64)] for name in ("left", "right", *FINGERPRINT_COLUMNS)
+    }
     for start in range(0, len(coarse_a), SCAN_BLOCK):
-        block = coarse_a[start:start + SCAN_BLOCK]
         offset = start + 1 if within else 0  # within one table: only the pairs left < right
-        left, right = np.nonzero(np.bitwise_count(block[:, None] ^ coarse_b[None, offset:]) <= rules.candidate_bits)
+        block = coarse_a[start : start + SCAN_BLOCK, None] ^ coarse_b[None, offset:]
+        left, right = np.nonzero(np.bitwise_count(block) <= rules.candidate_bits)
         left, right = left + start, right + offset
-        keep = left < right if within else slice(None)
-        lefts.append(left[keep])
-        rights.append(right[keep])
-    left, right = np.concatenate(lefts), np.concatenate(rights)
-    found = {"phash_64": distances(hash_words(first["phash_64"])[left], hash_words(second["phash_64"])[right])}
-    for column in ("phash_256", "dhash_256"):
-        found[column] = distances(hash_words(first[column])[left], hash_words(second[column])[right])
-    confirmed = (found["phash_256"] <= rules.confirm_bits) & (found["dhash_256"] <= rules.confirm_bits)
-    return Pairs(left[confirmed], right[confirmed], *(found[column][confirmed] for column in FINGERPRINT_COLUMNS))
+        if within:
+            left, right = left[left < right], right[left < right]
+        # Confirm the block's candidates at once, so memory stays block x images however many there are.
+        bits = {column: distances(words[column][0][left], words[column][1][right]) for column in FINGERPRINT_COLUMNS}
+        confirmed = (bits["phash_256"] <= rules.confirm_bits) & (bits["dhash_256"] <= rules.confirm_bits)
+        for name, values in (("left", left), ("right", right), *bits.items()):
+            found[name].append(values[confirmed])
+    return Pairs(*(np.concatenate(found[name]) for name in ("left", "right", *FINGERPRINT_COLUMNS)))
 
 
 def identical_pairs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -151,27 +153,31 @@ def group(frame: pd.DataFrame, rules: Duplicates) -> tuple[pd.Series, list[dict]
     links: dict[str, list[dict]] = {}
     for index in range(len(pairs)):
         a, b = sorted((ids[pairs.left[index]], ids[pairs.right[index]]))
-        links.setdefault(names[pairs.left[index]], []).append({
-            "images": [a, b], **{column: int(getattr(pairs, column)[index]) for column in FINGERPRINT_COLUMNS}})
+        links.setdefault(names[pairs.left[index]], []).append(
+            {"images": [a, b], **{column: int(getattr(pairs, column)[index]) for column in FINGERPRINT_COLUMNS}}
+        )
     listed = []
     for name, rows in frame.groupby(names.to_numpy(), sort=True):
         if len(rows) < 2:
             continue
         labels = sorted(rows["label"].dropna().unique().tolist())
-        listed.append({
-            "group": name,
-            "images": sorted(rows["image_id"]),
-            "sources": sorted(rows["source"].unique()),
-            "patient_ids": sorted(rows["patient_id"].unique()),
-            "labels": labels,
-            "conflicting_labels": len(labels) > 1,
-            "pairs": sorted(links.get(name, []), key=lambda link: link["images"]),
-        })
+        listed.append(
+            {
+                "group": name,
+                "images": sorted(rows["image_id"]),
+                "sources": sorted(rows["source"].unique()),
+                "patient_ids": sorted(rows["patient_id"].unique()),
+                "labels": labels,
+                "conflicting_labels": len(labels) > 1,
+                "pairs": sorted(links.get(name, []), key=lambda link: link["images"]),
+            }
+        )
     return pd.Series(names.to_numpy(), index=frame.index, name="duplicate_group"), listed
 
 
-def settle_conflicts(catalog: pd.DataFrame, groups: list[dict], rules: Duplicates, where: str
-                     ) -> tuple[pd.DataFrame, dict]:
+def settle_conflicts(
+    catalog: pd.DataFrame, groups: list[dict], rules: Duplicates, where: str
+) -> tuple[pd.DataFrame, dict]:
     """Apply ``rules.conflicting_labels`` to the groups whose images carry different labels.
 
     ``report``: keep them (listed); ``drop``: remove every image of such a group; ``error``: raise
@@ -187,10 +193,13 @@ def settle_conflicts(catalog: pd.DataFrame, groups: list[dict], rules: Duplicate
         "dropped_images": 0,
     }
     if conflicting and rules.conflicting_labels == "error":
-        listed = "; ".join(f"{entry['group']} ({', '.join(entry['images'])}: labels {entry['labels']})"
-                           for entry in conflicting[:5])
-        raise DuplicateError(f"{where}: {len(conflicting)} duplicate group(s) whose images carry different labels: "
-                             f"{listed}. Fix the labels upstream, or set duplicates.conflicting_labels to drop or report")
+        listed = "; ".join(
+            f"{entry['group']} ({', '.join(entry['images'])}: labels {entry['labels']})" for entry in conflicting[:5]
+        )
+        raise DuplicateError(
+            f"{where}: {len(conflicting)} duplicate group(s) whose images carry different labels: "
+            f"{listed}. Fix the labels upstream, or set duplicates.conflicting_labels to drop or report"
+        )
     if conflicting and rules.conflicting_labels == "drop":
         dropped = catalog["duplicate_group"].isin(summary["conflicting_groups"])
         summary["dropped_images"] = int(dropped.sum())
@@ -204,8 +213,14 @@ def spanning(first: pd.DataFrame, second: pd.DataFrame, rules: Duplicates) -> pd
     first, second = first.reset_index(drop=True), second.reset_index(drop=True)
     pairs = near_pairs(first, second, rules)
     near = pd.DataFrame({"row": pairs.right, "duplicate_of": first["image_id"].to_numpy()[pairs.left]})
-    identical = (second[["sha256"]].reset_index(names="row")
-                 .merge(first[["sha256", "image_id"]].rename(columns={"image_id": "duplicate_of"}), on="sha256"))
-    matches = (pd.concat([near, identical[["row", "duplicate_of"]]])
-               .sort_values(["row", "duplicate_of"]).drop_duplicates("row"))
+    identical = (
+        second[["sha256"]]
+        .reset_index(names="row")
+        .merge(first[["sha256", "image_id"]].rename(columns={"image_id": "duplicate_of"}), on="sha256")
+    )
+    matches = (
+        pd.concat([near, identical[["row", "duplicate_of"]]])
+        .sort_values(["row", "duplicate_of"])
+        .drop_duplicates("row")
+    )
     return second.loc[matches["row"]].assign(duplicate_of=matches["duplicate_of"].to_numpy())
