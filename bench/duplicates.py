@@ -6,12 +6,13 @@
    generated radiographs (JPEGs of 160-320 px, as the demo's), with and without the fingerprint
    (:func:`cxr.data.duplicates.fingerprint`): images per second, and the fingerprint's share.
 2. Grouping, for each size N: N distinct generated radiographs (``--side`` px, drawn and fingerprinted
-   in memory by ``--workers`` processes), 1% of them published a second time (re-encoded, resized,
-   cropped, grey-converted or contrast-changed, in turn) -> :func:`cxr.data.duplicates.group` with the
-   params' thresholds: seconds, candidate pairs (64-bit pHash within ``candidate_bits``), groups,
-   planted copies found (recall), groups with no planted copy (false groups), and the peak memory the
-   grouping allocates (tracemalloc; NumPy reports its buffers to it). The growth between sizes is
-   printed as the exponent k of time ~ N^k.
+   in memory by ``--workers`` processes), 1% of them drawn at 4 x ``--side`` and published a second
+   time (re-encoded, resized, cropped, grey-converted or contrast-changed, in turn) ->
+   :func:`cxr.data.duplicates.group` with the params' thresholds: seconds, candidate pairs (64-bit
+   pHash within ``candidate_bits``), groups, planted copies found (recall, per change), groups with
+   no planted copy (false groups), images grouped with one that is not their original or copy, and
+   the peak memory the grouping allocates (tracemalloc; NumPy reports its buffers to it). The
+   growth between sizes is printed as the exponent k of time ~ N^k.
 
 Generated radiographs look more alike than real ones (one drawing model), so the candidate counts
 are an upper bound of what real collections of the same size give.
@@ -62,13 +63,20 @@ def fingerprints(task: tuple[int, int, int]) -> list[dict]:
     rows = []
     every = round(1 / PLANTED_SHARE)
     for index in range(start, stop):
-        image = drawn(index, side)
-        rows.append({"image_id": f"img{index:06d}", "planted": "", **duplicates.fingerprint(image)})
-        if index % every == every - 1:
+        twice = index % every == every - 1
+        # A radiograph published twice is drawn at 4 x side: the pipeline's are larger than the rest.
+        image = drawn(index, 4 * side if twice else side)
+        rows.append({"image_id": f"img{index:06d}", "planted": "", "change": "", **duplicates.fingerprint(image)})
+        if twice:
             change = COPY_CHANGES[(index // every) % len(COPY_CHANGES)]
             copy = np.asarray(Image.open(io.BytesIO(republished(image, change, "jpeg"))).convert("L"))
             rows.append(
-                {"image_id": f"img{index:06d}-copy", "planted": f"img{index:06d}", **duplicates.fingerprint(copy)}
+                {
+                    "image_id": f"img{index:06d}-copy",
+                    "planted": f"img{index:06d}",
+                    "change": change,
+                    **duplicates.fingerprint(copy),
+                }
             )
     return rows
 
@@ -118,22 +126,24 @@ def bench_group(size: int, side: int, workers: int, rules) -> dict:
             for start in range(0, len(coarse), 128)
         )
     candidates = (candidates - len(coarse)) // 2  # each pair once, no image with itself
-    planted = frame[frame["planted"] != ""]
-    found = int(
-        (
-            group[planted.index].to_numpy()
-            == group[frame.index[frame["image_id"].isin(planted["planted"])]]
-            .reindex(frame.index[frame["image_id"].isin(planted["planted"])])
-            .to_numpy()
-        ).sum()
+    copies = frame[frame["planted"] != ""]
+    group_of = dict(zip(frame["image_id"], group))
+    hits = copies.assign(
+        found=[group_of[copy] == group_of[original] for copy, original in zip(copies["image_id"], copies["planted"])]
     )
     with_planted = {entry["group"] for entry in groups if any(image.endswith("-copy") for image in entry["images"])}
+    # Images grouped with an image that is not their planted original or copy.
+    extra = sum(len(entry["images"]) - (2 if entry["group"] in with_planted else 0) for entry in groups)
     return {
         "images": len(frame),
-        "planted_copies": len(planted),
-        "planted_found": found,
+        "planted_copies": len(copies),
+        "planted_found": int(hits["found"].sum()),
+        "planted_found_by_change": {
+            change: f"{int(rows['found'].sum())}/{len(rows)}" for change, rows in hits.groupby("change", sort=False)
+        },
         "groups": len(groups),
         "false_groups": len(groups) - len(with_planted),
+        "images_grouped_wrongly": extra,
         "candidate_pairs": candidates,
         "group_s": timer.seconds,
         "candidate_scan_s": scan.seconds,
@@ -164,7 +174,9 @@ def main() -> None:
             f"N={row['images']}: group {row['group_s']:.2f} s ({row['images'] / row['group_s']:.0f} images/s), "
             f"peak {row['peak_mib']:.0f} MiB; {row['candidate_pairs']} candidate pairs "
             f"(scan {row['candidate_scan_s']:.2f} s); planted copies found {row['planted_found']}/"
-            f"{row['planted_copies']}; {row['groups']} groups, {row['false_groups']} without a planted copy"
+            f"{row['planted_copies']} {row['planted_found_by_change']}; {row['groups']} groups, "
+            f"{row['false_groups']} without a planted copy, "
+            f"{row['images_grouped_wrongly']} images grouped with one that is not their copy"
         )
     rows = results["group"]
     for before, after in zip(rows, rows[1:]):
