@@ -77,6 +77,23 @@ BACKBONES = {
 
 
 def get(name: str) -> Backbone:
+    """The registered backbone called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`BACKBONES` (e.g. ``resnet50``).
+
+    Returns
+    -------
+    Backbone
+        Its registry entry.
+
+    Raises
+    ------
+    BackboneError
+        When ``name`` is not a known backbone; the message lists the known ones.
+    """
     try:
         return BACKBONES[name]
     except KeyError:

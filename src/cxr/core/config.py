@@ -221,6 +221,22 @@ def load(path: str | Path = PARAMS_FILE) -> Config:
     Under DVC (``DVC_STAGE`` set, dvc.yaml next to params.yaml) the stage gets a view that
     refuses, naming it, any parameter its dvc.yaml entry does not declare: a stage never
     depends on a parameter DVC does not know it depends on.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The parameter file (default: ``params.yaml``).
+
+    Returns
+    -------
+    Config or DeclaredParams
+        The configuration, or under DVC its view restricted to the stage's declared parameters.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, is not valid YAML, or a parameter is unknown, missing, of the wrong
+        type or inconsistent (:func:`from_dict`).
     """
     path = Path(path)
     try:
@@ -237,12 +253,35 @@ def load(path: str | Path = PARAMS_FILE) -> Config:
 
 
 def unrestricted(config: Config | DeclaredParams) -> Config:
-    """Every parameter, for records that log the whole configuration (MLflow params and tags)."""
+    """Every parameter, for records that log the whole configuration (MLflow params and tags).
+
+    Parameters
+    ----------
+    config : Config or DeclaredParams
+        A configuration or a stage's restricted view of it.
+
+    Returns
+    -------
+    Config
+        The full configuration behind the view (``config`` itself when it is not a view).
+    """
     return config._value if isinstance(config, DeclaredParams) else config
 
 
 def as_dict(config: Config | DeclaredParams) -> dict[str, Any]:
-    """Every parameter as plain data, keyed as params.yaml is (e.g. for a checkpoint's fingerprint)."""
+    """Every parameter as plain data, keyed as params.yaml is (e.g. for a checkpoint's fingerprint).
+
+    Parameters
+    ----------
+    config : Config or DeclaredParams
+        The configuration; a stage's restricted view is unwrapped first (:func:`unrestricted`).
+
+    Returns
+    -------
+    dict of str to Any
+        Nested dicts and lists of every parameter; the source sections sit directly under ``sources``,
+        as in params.yaml.
+    """
     raw = dataclasses.asdict(unrestricted(config))
     raw["sources"] |= raw["sources"].pop("sections")
     return raw
@@ -261,6 +300,29 @@ def source_params(config: Config | DeclaredParams, name: str, kind: type) -> Any
 
 
 def from_dict(raw: dict[str, Any], source: str = PARAMS_FILE) -> Config:
+    """Build and check a configuration from parsed params.yaml data.
+
+    Every key is checked against the configuration's types, then the parameters are checked against
+    each other (task, classes, split fractions, sources, backbones...).
+
+    Parameters
+    ----------
+    raw : dict of str to Any
+        The parsed params.yaml.
+    source : str, optional
+        What the messages name as the origin of the parameters (default: ``params.yaml``).
+
+    Returns
+    -------
+    Config
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        When a key is unknown, missing or of the wrong type, or parameters contradict each other; the
+        message names the key.
+    """
     config = build(Config, raw, key="", source=source)
     check_semantics(config, source)
     return config

@@ -24,9 +24,22 @@ class StageInterrupted(BaseException):
 
 
 def one_line(error: BaseException | str) -> str:
-    """An error's message as one line: whitespace (newlines included) collapsed, object reprs
-    with memory addresses reduced to their type (``<_io.BytesIO object at 0x7f..>`` -> ``BytesIO``),
-    and the exception's type when it has no message."""
+    """An error's message as one line.
+
+    Whitespace (newlines included) is collapsed, object reprs with memory addresses are reduced to
+    their type (``<_io.BytesIO object at 0x7f..>`` -> ``BytesIO``), and the exception's type is given
+    when it has no message.
+
+    Parameters
+    ----------
+    error : BaseException or str
+        The exception, or a message.
+
+    Returns
+    -------
+    str
+        The message on one line.
+    """
     text = " ".join(str(error).split())
     if not text and isinstance(error, BaseException):
         text = type(error).__name__

@@ -117,7 +117,22 @@ def comparison_bars(table: pd.DataFrame, metrics: list[str]) -> Figure:
 
 
 def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """An RGB uint8 image: the X-ray in gray with its saliency map in the jet colour map on top."""
+    """An RGB uint8 image: the X-ray in gray with its saliency map in the jet colour map on top.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        The image, shape (height, width, channels), raw 0-255; its channels are averaged to gray.
+    saliency : numpy.ndarray
+        The saliency map, shape (height, width), values in [0, 1].
+    alpha : float, optional
+        Weight of the colour map where the saliency is 1 (default 0.45).
+
+    Returns
+    -------
+    numpy.ndarray
+        The overlay, shape (height, width, 3), dtype uint8.
+    """
     gray = image.mean(axis=-1, keepdims=True) / 255.0
     heat = matplotlib.colormaps["jet"](saliency)[..., :3]
     return (np.clip((1 - alpha * saliency[..., None]) * gray + alpha * saliency[..., None] * heat, 0, 1) * 255).astype(
@@ -126,7 +141,27 @@ def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.4
 
 
 def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box: slice, title: str) -> Figure:
-    """Overlays in one row per class, each titled actual -> predicted and its lung-box share."""
+    """Overlays in one row per class, each titled actual -> predicted and its lung-box share.
+
+    Parameters
+    ----------
+    batch : numpy.ndarray
+        The images, shape (n, height, width, 3), raw 0-255 RGB.
+    maps : numpy.ndarray
+        Their saliency maps, shape (n, height, width), values in [0, 1].
+    table : pandas.DataFrame
+        One row per image, index matching ``batch``: ``class``, ``predicted`` and ``lung_box_share``
+        (NaN shown as ``-``).
+    box : slice
+        Rows (and columns) of the lung box, drawn as a dashed white square, in pixels.
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The closed figure, ready to save.
+    """
     classes = list(dict.fromkeys(table["class"]))
     columns = int(table.groupby("class").size().max())
     figure, axes = plt.subplots(len(classes), columns, figsize=(2.4 * columns, 2.6 * len(classes)), squeeze=False)

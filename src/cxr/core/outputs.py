@@ -23,8 +23,28 @@ import pandas as pd
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically; an operating-system error (a full disk) is raised as an
-    OSError naming ``path``, with nothing left behind."""
+    """Write ``text`` to ``path`` atomically.
+
+    An operating-system error (a full disk) is raised as an OSError naming ``path``, with nothing
+    left behind.
+
+    Parameters
+    ----------
+    path : Path
+        The file to write.
+    text : str
+        Its content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written; ``path`` is left as it was.
+    """
     with replacing(path, "w") as stream:
         stream.write(text)
     return Path(path)
@@ -51,10 +71,50 @@ def replacing(path: Path, mode: str = "wb") -> Iterator[IO]:
 
 
 def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` to ``path`` as indented JSON atomically, keys in their order.
+
+    NumPy scalars are written as their values, other values JSON does not know (paths) as text.
+
+    Parameters
+    ----------
+    path : Path
+        The file to write.
+    data : Any
+        The JSON-able data.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        An operating-system error (a full disk), naming ``path`` (:func:`write_text`).
+    """
     return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_plain) + "\n")
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    """Write ``frame`` to ``path`` as CSV atomically, without its index, with LF line ends.
+
+    Parameters
+    ----------
+    path : Path
+        The file to write.
+    frame : pandas.DataFrame
+        The table.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        An operating-system error (a full disk), naming ``path`` (:func:`write_text`).
+    """
     return write_text(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
@@ -76,6 +136,16 @@ def staged_directory(final: Path) -> Iterator[Path]:
 
     A failure removes the staging directory and leaves any earlier ``final`` untouched, so a
     failed stage never leaves a half-extracted tree that looks like data.
+
+    Parameters
+    ----------
+    final : Path
+        The directory to create or replace.
+
+    Yields
+    ------
+    Path
+        The staging directory, next to ``final``.
     """
     with _staging(final.parent, final.name) as staging:
         yield staging
@@ -86,11 +156,23 @@ def staged_directory(final: Path) -> Iterator[Path]:
 
 @contextmanager
 def output_set(folder: Path) -> Iterator[Path]:
-    """Yield an empty staging folder for outputs that belong together (a stage's reports): write each
-    under its name relative to ``folder``. Only if the block succeeds does every top-level entry
-    replace its namesake in ``folder`` (renames only, so nothing can fail half-way for lack of space);
-    on any failure (an error, a full disk, a signal) ``folder`` is as it was. Entries of ``folder``
-    the block does not write (another stage's outputs) are left alone."""
+    """Yield an empty staging folder for outputs that belong together (a stage's reports).
+
+    Write each output under its name relative to ``folder``. Only if the block succeeds does every
+    top-level entry replace its namesake in ``folder`` (renames only, so nothing can fail half-way for
+    lack of space); on any failure (an error, a full disk, a signal) ``folder`` is as it was. Entries
+    of ``folder`` the block does not write (another stage's outputs) are left alone.
+
+    Parameters
+    ----------
+    folder : Path
+        The folder the outputs belong in.
+
+    Yields
+    ------
+    Path
+        The staging folder.
+    """
     with _staging(folder, folder.name) as staging:
         yield staging
         for entry in sorted(staging.iterdir()):

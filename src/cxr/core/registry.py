@@ -24,7 +24,18 @@ from cxr.core.tracking import TrackingError, experiment_name, file_md5, tracking
 
 
 def model_name(task: str) -> str:
-    """The registered model of a task: ``cxr-<task>``."""
+    """The registered model of a task: ``cxr-<task>``.
+
+    Parameters
+    ----------
+    task : str
+        The task (``config.task``).
+
+    Returns
+    -------
+    str
+        ``cxr-<task>``.
+    """
     return f"cxr-{task}"
 
 
@@ -34,6 +45,18 @@ def find_model_run(task: str, model_file: Path) -> str | None:
     The task's experiment (``cxr-<task>``) is searched first, then every other one: under
     ``mlflow run --experiment-name <name>`` the stage runs live in that experiment. A run still
     RUNNING (another ``dvc exp run -j`` worker training the same bytes), KILLED or FAILED is not one.
+
+    Parameters
+    ----------
+    task : str
+        The task (``config.task``).
+    model_file : Path
+        The model file whose md5 the run is tagged with.
+
+    Returns
+    -------
+    str or None
+        The run id, or None when no finished run is tagged with that md5.
     """
     mlflow.set_tracking_uri(tracking_uri())
     client = MlflowClient()
@@ -72,9 +95,35 @@ CANDIDATE = "candidate"
 def describe_version(
     name: str, run_id: str, *, tags: dict[str, str], description: str | None = None, alias: str | None = None
 ) -> str | None:
-    """Tag the version of registered model ``name`` that run ``run_id`` logged (its latest, if it
-    logged several; else the latest registered with the md5 of the run's model file), optionally
-    describe it and point ``alias`` at it; return its version number, or None when there is none."""
+    """Tag, describe and alias the registered model version a run logged.
+
+    The version of registered model ``name`` that run ``run_id`` logged (its latest, if it logged
+    several; else the latest registered with the md5 of the run's model file) gets ``tags``,
+    optionally ``description``, and ``alias`` pointed at it.
+
+    Parameters
+    ----------
+    name : str
+        The registered model (``cxr-<task>``).
+    run_id : str
+        The MLflow run that trained the model.
+    tags : dict of str to str
+        Tags to set on the version.
+    description : str or None, optional
+        The version's description; None leaves it as it is.
+    alias : str or None, optional
+        An alias to point at the version; None sets none.
+
+    Returns
+    -------
+    str or None
+        The version number, or None when there is no such version.
+
+    Raises
+    ------
+    TrackingError
+        When the model registry refuses a write (:func:`registry_write`).
+    """
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if not versions:

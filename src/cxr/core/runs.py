@@ -91,8 +91,17 @@ def parent_run_id() -> str | None:
 
 
 def log_headline_metrics(headline: dict[str, dict]) -> None:
-    """``test.<model>.<statistic>`` for every model's headline statistics, on the parent run of the
-    active stage run, so the runs table compares pipeline executions at a glance."""
+    """Log every model's headline test statistics on the pipeline's parent run.
+
+    The metrics are named ``test.<model>.<statistic>``, on the parent run of the active stage run, so
+    the runs table compares pipeline executions at a glance. None values are left out; without a
+    parent run nothing is logged.
+
+    Parameters
+    ----------
+    headline : dict of str to dict
+        ``{model: {statistic: value}}`` (e.g. :func:`cxr.report.evaluation.lead_metrics`).
+    """
     parent = parent_run_id()
     if parent is None:
         return
@@ -110,11 +119,34 @@ def log_headline_metrics(headline: dict[str, dict]) -> None:
 
 @contextmanager
 def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage execution, with params, tags and dataset inputs, a child of the
-    pipeline's parent run; FAILED if the stage raises, KILLED if a signal stops it
-    (:class:`StageInterrupted`). The run records every parameter, not only those the stage declares,
-    and which process runs it; runs of the same stage left RUNNING by a process that is gone
-    (SIGKILL) are ended as KILLED first."""
+    """An MLflow run for one stage execution, a child of the pipeline's parent run.
+
+    The run has params, tags and dataset inputs; it ends FAILED if the stage raises, KILLED if a
+    signal stops it (:class:`StageInterrupted`). The run records every parameter, not only those the
+    stage declares, and which process runs it; runs of the same stage left RUNNING by a process that
+    is gone (SIGKILL) are ended as KILLED first.
+
+    Parameters
+    ----------
+    config : Config
+        The configuration (a stage's restricted view is unwrapped).
+    stage : str
+        The stage's name, the run's name (e.g. ``train@resnet50``).
+    split_file : Path
+        The split table, logged as the run's dataset inputs.
+    backbone : str
+        The backbone the stage trains or uses, as a tag.
+
+    Yields
+    ------
+    mlflow.ActiveRun
+        The active run.
+
+    Raises
+    ------
+    TrackingError
+        When the tracking store cannot take runs (:func:`cxr.core.tracking.require_tracking_store`).
+    """
     config = unrestricted(config)
     require_tracking_store()
     mlflow.set_tracking_uri(tracking_uri())

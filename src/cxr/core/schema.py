@@ -73,7 +73,24 @@ def catalog_order(frame: pd.DataFrame) -> pd.DataFrame:
 
 def split_part(frame: pd.DataFrame, part: str) -> pd.DataFrame:
     """The rows of a split table in ``part`` (one of :data:`SPLIT_NAMES`), in order, index kept.
-    Raises ValueError for another name."""
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A split table, with a ``split`` column.
+    part : str
+        ``train``, ``val`` or ``test``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of that part.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not a split part.
+    """
     if part not in SPLIT_NAMES:
         raise ValueError(f"no split part {part!r}; the parts are {SPLIT_NAMES}")
     return frame[frame["split"] == part]

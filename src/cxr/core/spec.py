@@ -38,6 +38,32 @@ class SpecError(CxrError):
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What a trained model is: written beside it as ``meta.json``, read back by every user of it.
+
+    Parameters
+    ----------
+    backbone : str
+        The backbone's name in the registry.
+    image_size : int
+        Square input side in pixels; the model takes raw 0-255 RGB.
+    classes : list of str
+        Output order of the probabilities.
+    task : str
+        The task the model was trained for.
+    weights : str or None
+        The base's starting weights: ``imagenet``, None (random init) or a file.
+    views : list of str
+        Views kept for training (``[]``: every view); prediction warns on others.
+    ages : dict or None
+        ``{min, max, recorded, images}`` of the training images that record an age, or None.
+    finetuned_from : str or None, optional
+        The trained backbone whose model was fine-tuned.
+    unfrozen_layers : list of str, optional
+        Names of the base's layers unfrozen for fine-tuning.
+    unchanged_from_base : bool, optional
+        True when no fine-tuning epoch beat the base: same weights.
+    """
+
     backbone: str
     image_size: int  # square input side in pixels; the model takes raw 0-255 RGB
     classes: list[str]  # output order of the probabilities
@@ -122,7 +148,22 @@ class ModelSpec:
 
 
 def trained_on(split: pd.DataFrame, views: list[str]) -> dict[str, Any]:
-    """The spec's ``views`` and ``ages`` for a model trained on the train part of ``split``."""
+    """The spec's ``views`` and ``ages`` for a model trained on the train part of ``split``.
+
+    Parameters
+    ----------
+    split : pandas.DataFrame
+        The split table; its optional ``age`` column is read (non-numbers ignored).
+    views : list of str
+        The views kept for training (``filter.views``).
+
+    Returns
+    -------
+    dict of str to Any
+        ``views``: the list of views; ``ages``: ``{"min", "max"}`` of the recorded ages,
+        ``recorded`` (train images with an age) and ``images`` (train images), or None when no train
+        image records an age.
+    """
     train = split_part(split, "train")
     ages = pd.to_numeric(train["age"], errors="coerce").dropna() if "age" in train else pd.Series(dtype=float)
     age_range = (

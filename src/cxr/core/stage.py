@@ -20,8 +20,30 @@ from cxr.core.errors import CxrError, StageInterrupted, one_line
 
 
 def arguments(doc: str | None, *paths: str, names: tuple[str, ...] = ()) -> argparse.Namespace:
-    """Parse the stage's command line: ``names`` as positional words, then each of ``paths`` as a
-    required ``--<path>`` option (``-`` in the option, ``_`` in the attribute), read as a Path."""
+    """Parse the stage's command line.
+
+    ``names`` are positional words, then each of ``paths`` is a required ``--<path>`` option (``-`` in
+    the option, ``_`` in the attribute), read as a Path.
+
+    Parameters
+    ----------
+    doc : str or None
+        The stage script's docstring; its first line is the help's description.
+    *paths : str
+        Names of the required path options.
+    names : tuple of str, optional
+        Names of the positional arguments.
+
+    Returns
+    -------
+    argparse.Namespace
+        The parsed arguments.
+
+    Raises
+    ------
+    SystemExit
+        When the command line is wrong or help was asked for (argparse).
+    """
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
     for name in names:
         parser.add_argument(name)
@@ -31,10 +53,25 @@ def arguments(doc: str | None, *paths: str, names: tuple[str, ...] = ()) -> argp
 
 
 def run(main: Callable[[], None], *, restorable: bool = True) -> None:
-    """Run a stage's ``main``; a :class:`CxrError` or an operating-system error (disk full, permission)
-    ends it with one line on stderr and exit status 1. Under DVC, which removes a stage's outputs
-    before running it, the line ends with the command that restores them (unless ``restorable`` is
-    false: outputs not worth restoring)."""
+    """Run a stage's ``main``, ending it with one line and an exit status on known failures.
+
+    A :class:`CxrError` or an operating-system error (disk full, permission) ends it with one line on
+    stderr and exit status 1; a stop signal (:class:`StageInterrupted`) with status 128 + the signal
+    number. Under DVC, which removes a stage's outputs before running it, the line ends with the
+    command that restores them (unless ``restorable`` is false: outputs not worth restoring).
+
+    Parameters
+    ----------
+    main : callable
+        The stage's body, called without arguments.
+    restorable : bool, optional
+        Whether the failure line names the command that restores the stage's outputs (default True).
+
+    Raises
+    ------
+    SystemExit
+        When ``main`` raises a :class:`CxrError` or OSError or is stopped by a signal.
+    """
     previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
     _stop_with_parent()
     try:

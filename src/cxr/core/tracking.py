@@ -44,6 +44,15 @@ def repo_root() -> Path:
 
 
 def tracking_uri() -> str:
+    """The MLflow tracking URI: ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` (SQLite) in the repository root.
+
+    The repository root is ``DVC_ROOT`` when set, else the working directory.
+
+    Returns
+    -------
+    str
+        The URI.
+    """
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
@@ -79,7 +88,13 @@ def check_tracking_store(uri: str) -> None:
 
 
 def require_tracking_store() -> None:
-    """Stop a stage before any work when its runs could not be logged (see check_tracking_store)."""
+    """Stop a stage before any work when its runs could not be logged (see check_tracking_store).
+
+    Raises
+    ------
+    TrackingError
+        When the tracking store at :func:`tracking_uri` cannot take runs.
+    """
     check_tracking_store(tracking_uri())
 
 
@@ -103,7 +118,22 @@ def flat_params(config: Config) -> dict[str, str]:
 
 
 def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """Nested numeric metrics as ``a.b.c`` -> float for MLflow; None, text and NaN are left out."""
+    """Nested numeric metrics as ``a.b.c`` -> float for MLflow; None, text and NaN are left out.
+
+    Characters MLflow does not allow in a metric name are replaced by ``_``.
+
+    Parameters
+    ----------
+    metrics : dict
+        Nested metrics.
+    prefix : str, optional
+        Put before every name.
+
+    Returns
+    -------
+    dict of str to float
+        The flat metrics.
+    """
     flat = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
@@ -115,6 +145,23 @@ def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
 
 
 def file_md5(path: Path) -> str:
+    """The MD5 hex digest of a file's bytes (how runs and registered versions name a model file).
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+
+    Returns
+    -------
+    str
+        32 hexadecimal digits.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be read.
+    """
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
@@ -185,8 +232,22 @@ def log_split_inputs(split_file: Path, digest: str) -> None:
 
 
 def log_table_input(rows: pd.DataFrame, source: Path, context: str, digest: str) -> None:
-    """``rows`` of the table file ``source`` as the active run's dataset input for ``context``
-    (``train``, ``external``...), named ``<file>:<context>``, with the file's DVC hash as digest."""
+    """Log rows of a table file as the active run's dataset input.
+
+    ``rows`` of the table file ``source`` become the dataset input for ``context`` (``train``,
+    ``external``...), named ``<file>:<context>``, with the file's DVC hash as digest.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        The rows; their ``image_id``, ``patient_id``, ``source`` and ``class`` columns are logged.
+    source : Path
+        The table file they come from.
+    context : str
+        What the rows are to the run.
+    digest : str
+        The file's DVC hash.
+    """
     columns = [column for column in ("image_id", "patient_id", "source", "class") if column in rows]
     dataset = mlflow.data.from_pandas(
         rows[columns], source=source.as_posix(), targets="class", name=f"{source.name}:{context}", digest=digest

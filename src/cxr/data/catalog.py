@@ -28,13 +28,40 @@ class CatalogError(CxrError):
 def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
     """Merge sources ``names`` (default: ``sources.use``) into a catalog; return it with its data report.
 
-    The report (``reports/data/catalog.json``) holds counts per source, label, view and modality,
-    metadata nulls, dropped rows, ``duplicates`` (how many duplicate groups, conflicting labels and
-    what ``duplicates.conflicting_labels`` did) and ``duplicate_groups`` (every group of two or more
-    images: ids, sources, patient ids, labels, the hash distances of its pairs). Raises
-    :class:`CatalogError` for an unmapped finding, :class:`cxr.data.image_files.ImageFileError` for
-    a file training could not read, :class:`cxr.data.duplicates.DuplicateError` for conflicting
-    labels when the params say so.
+    Each source's images are mapped to labels (findings the ``labels`` parameters do not list are
+    left out and counted), opened and fingerprinted, grouped into duplicate groups, and their label
+    conflicts settled as ``duplicates.conflicting_labels`` says.
+
+    Parameters
+    ----------
+    config : Config
+        The configuration (``sources``, ``labels``, ``duplicates``).
+    raw_root : Path
+        The folder holding each source's extracted folder ``raw_root/<name>``.
+    names : list of str or None, optional
+        The sources to merge; None: ``sources.use``.
+
+    Returns
+    -------
+    catalog : pandas.DataFrame
+        One row per image, in the catalog's column order, with its ``duplicate_group``.
+    report : dict
+        The data report (``reports/data/catalog.json``): counts per source, label, view and
+        modality, metadata nulls, dropped rows, ``left_out_by_labels`` (images per finding no label
+        lists), ``duplicates`` (how many duplicate groups, conflicting labels and what
+        ``duplicates.conflicting_labels`` did) and ``duplicate_groups`` (every group of two or more
+        images: ids, sources, patient ids, labels, the hash distances of its pairs).
+
+    Raises
+    ------
+    CatalogError
+        For an unmapped finding.
+    cxr.data.image_files.ImageFileError
+        For a file training could not read.
+    cxr.data.duplicates.DuplicateError
+        For conflicting labels when the params say so.
+    SchemaError
+        When a source's reader gives rows without the source columns.
     """
     names = config.sources.use if names is None else names
     tables = {name: read_source(name, raw_root / name, config) for name in names}
@@ -59,7 +86,23 @@ def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tup
 
 
 def read(path: Path) -> pd.DataFrame:
-    """Load a catalog CSV written by a stage, with its columns typed."""
+    """Load a catalog CSV written by a stage, with its columns typed.
+
+    Parameters
+    ----------
+    path : Path
+        The CSV file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The catalog: text columns as text, its integer columns (image size, orientation...) as integers.
+
+    Raises
+    ------
+    SchemaError
+        When a catalog column is missing.
+    """
     return schema.read_catalog(path)
 
 
@@ -108,7 +151,23 @@ def data_report(catalog: pd.DataFrame, tables: dict[str, SourceTable]) -> dict:
 def filter_views(catalog: pd.DataFrame, rules: Filter) -> tuple[pd.DataFrame, dict]:
     """Keep ``rules.views`` and ``rules.modalities`` (exact match); return the kept rows and counts.
 
-    Images from a source that records no view are kept or dropped by ``rules.missing_view``.
+    Images from a source that records no view are kept or dropped by ``rules.missing_view``. An
+    empty list of views or modalities keeps every one.
+
+    Parameters
+    ----------
+    catalog : pandas.DataFrame
+        The catalog, with ``view``, ``modality``, ``source`` and ``label`` columns.
+    rules : Filter
+        The ``filter`` parameters: ``views``, ``modalities`` and ``missing_view`` (``keep``/``drop``).
+
+    Returns
+    -------
+    kept : pandas.DataFrame
+        The rows kept, index reset.
+    report : dict
+        ``images_in``, ``images_kept``, ``dropped_by_rule`` (images dropped per rule),
+        ``kept_without_view_record`` and ``kept_per_source_label`` (``{source: {label: images}}``).
     """
     no_view = catalog["view"].isna()
     kept = pd.Series(True, index=catalog.index)

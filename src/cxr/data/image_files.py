@@ -83,6 +83,13 @@ class Limits:
     Decoding one image at the limit takes about 18 bytes per pixel at its peak for a PNG or JPEG
     (float32 RGB and its resize) and 27 for a 16-bit DICOM (its LUTs in float64): 1.2 and 1.8 GB at
     the defaults (``bench/inputs.py``). A server bounds its memory by the number of concurrent decodes.
+
+    Parameters
+    ----------
+    max_file_bytes : int, optional
+        Largest file, in bytes (default 512 MiB).
+    max_pixels : int, optional
+        Largest image, in pixels, width x height x frames (default 8192 x 8192).
     """
 
     max_file_bytes: int = 512 * 2**20

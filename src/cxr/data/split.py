@@ -47,7 +47,20 @@ def assign_classes(catalog: pd.DataFrame, config: Config, origin: str,
 
 
 def left_out_note(left_out: dict[str, int], task: str) -> str:
-    """Why a class may be empty or short: the labels the task's classes do not list, with counts."""
+    """Why a class may be empty or short: the labels the task's classes do not list, with counts.
+
+    Parameters
+    ----------
+    left_out : dict of str to int
+        Images per label left out.
+    task : str
+        The task.
+
+    Returns
+    -------
+    str
+        The note, or "" when nothing was left out.
+    """
     if not left_out:
         return ""
     listed = ", ".join(f"{label!r} ({count} image(s))" for label, count in sorted(left_out.items()))
@@ -149,8 +162,7 @@ def source_confound(frame: pd.DataFrame) -> dict:
 
 def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFrame,
                       origin: str) -> tuple[pd.DataFrame, dict]:
-    """Images of the external sources in the task's classes, minus any that is the same radiograph
-    as an image of ``training`` (the split).
+    """External-source images in the task's classes, minus copies of any image of ``training`` (the split).
 
     Classes the external sources lack are simply absent; a byte-identical or near-duplicate copy of
     a split image (:func:`cxr.data.duplicates.spanning`) is dropped, counted and listed (report key
@@ -158,6 +170,31 @@ def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFr
     scores a radiograph the model was trained, tuned or tested on. When the
     filter keeps no external image at all (a CT experiment, X-ray-only external sources), the
     set is empty and the report says why: there is then no external test, rather than a false one.
+
+    Parameters
+    ----------
+    catalog : pandas.DataFrame
+        The filtered catalog of the external sources.
+    config : Config
+        The configuration (``task``, ``classes``, ``duplicates``, ``sources.external``, ``filter``).
+    training : pandas.DataFrame
+        The split table (train, val and test images).
+    origin : str
+        What messages name as the data's origin (the catalog file).
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+        The external test set, ``split`` = ``external``, in split-table column order.
+    report : dict
+        ``task``, ``labels_left_out_by_task``, ``duplicates_of_split_images``,
+        ``images_per_source_class`` and ``patients``; for an empty set ``task``, ``images`` (0) and
+        ``note``.
+
+    Raises
+    ------
+    SplitError
+        When images pass the filter but none is left in the task's classes.
     """
     if catalog.empty:
         note = (f"no image of the external sources {config.sources.external} passes the filter "
@@ -182,7 +219,35 @@ def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFr
 
 
 def make_split(catalog: pd.DataFrame, config: Config, origin: str) -> tuple[pd.DataFrame, dict]:
-    """The split table (image, patient, class, split, and the catalog columns it came with)."""
+    """The split table (image, patient, class, split, and the catalog columns it came with).
+
+    Images get the task's class, are capped at ``split.max_per_class`` per class and assigned to
+    train, val and test with ``split.seed``: images linked by a shared patient or duplicate group
+    go to the same split, stratified by class and source.
+
+    Parameters
+    ----------
+    catalog : pandas.DataFrame
+        The filtered catalog.
+    config : Config
+        The configuration (``task``, ``classes``, ``split``).
+    origin : str
+        What messages name as the data's origin (the catalog file).
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+        The split table, in split-table order.
+    report : dict
+        ``labels_left_out_by_task``, ``task``, ``images`` and ``patients`` (per split),
+        ``images_per_class`` (``{split: {class: images}}``), ``images_per_split_source_class`` and
+        ``source_confound`` (how much the source alone predicts the class).
+
+    Raises
+    ------
+    SplitError
+        When a class of the task has no images.
+    """
     frame, report = assign_classes(catalog, config, origin)
     frame = cap_per_class(frame, config.split.max_per_class, config.split.seed)
     frame["split"] = assign_splits(frame, config.split.fractions, config.split.seed)

@@ -50,7 +50,17 @@ class DataValidationError(CxrError):
 
 @dataclass(frozen=True)
 class Table:
-    """A frame to validate, the expectations it must meet, and what it is called in messages."""
+    """A frame to validate, the expectations it must meet, and what it is called in messages.
+
+    Parameters
+    ----------
+    name : str
+        The table's name in messages and in the validation report.
+    frame : pandas.DataFrame
+        The rows to validate.
+    expectations : list of great_expectations.expectations.Expectation
+        What the rows must meet.
+    """
 
     name: str
     frame: pd.DataFrame
@@ -58,9 +68,36 @@ class Table:
 
 
 def validate(stage: str, tables: list[Table], report: Path, hint: str = "") -> dict:
-    """Validate every table; write the full result to ``report`` and its Data Docs to the folder
-    of the same name; raise on any failure, with ``hint`` (what the stage knows that may explain
-    it) after the list of failures."""
+    """Validate every table; write the full result and its Data Docs; raise on any failure.
+
+    The full result goes to ``report`` and its Data Docs to the folder of the same name (without the
+    suffix); a failure's message ends with ``hint`` (what the stage knows that may explain it) after
+    the list of failures.
+
+    Parameters
+    ----------
+    stage : str
+        The stage's name, used for the suites and in messages.
+    tables : list of Table
+        The frames and their expectations.
+    report : Path
+        The JSON file of the result.
+    hint : str, optional
+        Appended to a failure's message.
+
+    Returns
+    -------
+    dict
+        ``stage``, ``success`` (True), ``failures`` (empty) and ``results`` (per table, the
+        validation result without run-specific values).
+
+    Raises
+    ------
+    DataValidationError
+        When any expectation fails; the message lists every failure.
+    OSError
+        When the report cannot be written.
+    """
     context = gx.get_context(
         mode="ephemeral",
         project_config=DataContextConfig(
@@ -167,7 +204,20 @@ def _exception_messages(info) -> list[str]:
 
 
 def catalog_expectations(labels: list[str], sources: list[str]) -> list[gxe.Expectation]:
-    """After merge: the schema, one row per image, known labels, files that opened."""
+    """After merge: the schema, one row per image, known labels, files that opened.
+
+    Parameters
+    ----------
+    labels : list of str
+        The labels a row may have.
+    sources : list of str
+        The sources a row may come from.
+
+    Returns
+    -------
+    list of great_expectations.expectations.Expectation
+        The catalog's expectations.
+    """
     return [
         gxe.ExpectTableColumnsToMatchSet(column_set=list(CATALOG_COLUMNS), exact_match=False,
                                          description="catalog has every schema column"),
@@ -189,7 +239,22 @@ def catalog_expectations(labels: list[str], sources: list[str]) -> list[gxe.Expe
 
 
 def filter_expectations(views: list[str], modalities: list[str], missing_view: str) -> list[gxe.Expectation]:
-    """After filter_pa: only the kept views and modalities remain."""
+    """After filter_pa: only the kept views and modalities remain.
+
+    Parameters
+    ----------
+    views : list of str
+        ``filter.views`` (empty: no view expectation).
+    modalities : list of str
+        ``filter.modalities`` (empty: no modality expectation).
+    missing_view : str
+        ``filter.missing_view``; ``drop`` expects every row to record a view.
+
+    Returns
+    -------
+    list of great_expectations.expectations.Expectation
+        The expectations, always including that at least one row is left.
+    """
     expectations: list[gxe.Expectation] = []
     if views:
         expectations.append(gxe.ExpectColumnValuesToBeInSet(column="view", value_set=views,
@@ -205,8 +270,24 @@ def filter_expectations(views: list[str], modalities: list[str], missing_view: s
 
 
 def split_tables(split: pd.DataFrame, classes: list[str], fractions: dict[str, float], tolerance: float) -> list[Table]:
-    """After split: no patient, identical image or duplicate group in two splits, every class
-    everywhere, shares."""
+    """After split: no patient, identical image or duplicate group in two splits, every class everywhere, shares.
+
+    Parameters
+    ----------
+    split : pandas.DataFrame
+        The split table.
+    classes : list of str
+        The task's classes.
+    fractions : dict of str to float
+        The intended share of each split (``split.train``/``val``/``test``), 0-1.
+    tolerance : float
+        ``split.tolerance``: how far a class's share in a split may deviate from its fraction.
+
+    Returns
+    -------
+    list of Table
+        ``split``, ``patients``, ``identical_images``, ``duplicate_groups`` and ``class_counts``.
+    """
     patients = split[["patient_id", "split"]].drop_duplicates()
     images = split[["sha256", "split"]].drop_duplicates()
     groups = split[["duplicate_group", "split"]].drop_duplicates()
@@ -250,6 +331,20 @@ def firewall_table(split: pd.DataFrame, external: pd.DataFrame, rules: Duplicate
     The split's and the external set's images are grouped afresh, together
     (:func:`cxr.data.duplicates.group`), independently of how the external stage dropped copies;
     each joint group must lie on one side only.
+
+    Parameters
+    ----------
+    split : pandas.DataFrame
+        The split table.
+    external : pandas.DataFrame
+        The external test set.
+    rules : Duplicates
+        The ``duplicates`` parameters.
+
+    Returns
+    -------
+    Table
+        ``split_and_external``: one row per joint group and side, expected unique per group.
     """
     both = pd.concat([split.assign(side="split"), external.assign(side="external")], ignore_index=True)
     joint, _ = duplicates.group(both, rules)

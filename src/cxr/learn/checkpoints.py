@@ -148,8 +148,20 @@ class LearningRateLog(keras.callbacks.Callback):
 
 
 def work_folder(model_folder: Path) -> Path:
-    """Where the fit of ``model_folder`` keeps its checkpoints until it is saved: a sibling
-    ``.resume/<name>``, outside the output folder that is replaced at once when saved."""
+    """Where the fit of ``model_folder`` keeps its checkpoints until it is saved.
+
+    A sibling ``.resume/<name>``, outside the output folder that is replaced at once when saved.
+
+    Parameters
+    ----------
+    model_folder : Path
+        The folder the model is saved to.
+
+    Returns
+    -------
+    Path
+        ``<parent>/.resume/<name>``.
+    """
     return model_folder.parent / ".resume" / model_folder.name
 
 
@@ -157,7 +169,20 @@ def resume_dir(folder: Path, key: dict) -> Path:
     """The checkpoint folder of one configuration: state left by another configuration is wiped.
 
     ``key`` holds everything the fit depends on (params, split md5, stage); a killed run re-run
-    with the same key resumes, a run with changed params starts afresh.
+    with the same key resumes, a run with changed params starts afresh. The key's SHA-256 is kept in
+    the folder's ``fingerprint`` file.
+
+    Parameters
+    ----------
+    folder : Path
+        The fit's work folder (:func:`work_folder`).
+    key : dict
+        What the fit depends on; JSON-serialised (other values as text) to fingerprint it.
+
+    Returns
+    -------
+    Path
+        ``folder``, created if needed.
     """
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     stamp = folder / "fingerprint"

@@ -55,7 +55,20 @@ def label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 
 def center_box(size: int, fraction: float) -> slice:
-    """Rows (and columns) of the central square whose side is ``fraction`` of ``size``."""
+    """Rows (and columns) of the central square whose side is ``fraction`` of ``size``.
+
+    Parameters
+    ----------
+    size : int
+        The image side, in pixels.
+    fraction : float
+        The square's side as a fraction of ``size`` (``audit.lung_box``), 0-1.
+
+    Returns
+    -------
+    slice
+        The pixel rows (and columns) of the square.
+    """
     margin = int(round(size * (1 - fraction) / 2))
     return slice(margin, size - margin)
 

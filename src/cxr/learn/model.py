@@ -120,8 +120,25 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 def unfreeze_last(model: keras.Model, count: int) -> list[str]:
     """Make the last ``count`` weighted layers of the base trainable; BatchNorm stays frozen.
 
-    Returns the names of the layers unfrozen. The base is still called with training=False,
-    so BatchNorm statistics are not updated either.
+    The base is still called with training=False, so BatchNorm statistics are not updated either.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A classifier built by :func:`cxr.learn.model.build_classifier`.
+    count : int
+        How many of the base's weighted, non-BatchNorm layers to unfreeze, from the last
+        (``finetune.unfreeze``).
+
+    Returns
+    -------
+    list of str
+        The names of the layers unfrozen.
+
+    Raises
+    ------
+    BackboneError
+        When ``count`` is negative or more than the base's layers that can be unfrozen.
     """
     base = base_of(model)
     candidates = [

@@ -55,7 +55,27 @@ def save_model(model: keras.Model, folder: Path, spec: ModelSpec, history: pd.Da
 
 
 def load_model(folder: Path) -> tuple[keras.Model, ModelSpec]:
-    """A model written by :func:`save_model`; a missing or unreadable file is named."""
+    """A model written by :func:`save_model`; a missing or unreadable file is named.
+
+    Parameters
+    ----------
+    folder : Path
+        The model folder (the Keras model file and ``meta.json``).
+
+    Returns
+    -------
+    model : keras.Model
+        The model.
+    spec : ModelSpec
+        What it is (:func:`read_spec`).
+
+    Raises
+    ------
+    ModelFileError
+        When a file is missing, the model cannot be loaded, or ``meta.json`` is not valid JSON.
+    SpecError
+        When ``meta.json`` lacks a required field or has a wrong type.
+    """
     path, meta_path = folder / MODEL_FILE, folder / SPEC_FILE
     for required in (path, meta_path):
         if not required.is_file():
@@ -68,7 +88,25 @@ def load_model(folder: Path) -> tuple[keras.Model, ModelSpec]:
 
 
 def read_spec(folder: Path) -> ModelSpec:
-    """The spec of the model in ``folder``, without loading the model."""
+    """The spec of the model in ``folder``, without loading the model.
+
+    Parameters
+    ----------
+    folder : Path
+        The model folder.
+
+    Returns
+    -------
+    ModelSpec
+        The spec read from its ``meta.json``.
+
+    Raises
+    ------
+    ModelFileError
+        When ``meta.json`` is missing or not valid JSON.
+    SpecError
+        When a required field is missing or has a wrong type (:meth:`ModelSpec.from_json`).
+    """
     path = folder / SPEC_FILE
     if not path.is_file():
         raise ModelFileError(f"{path}: not found; run the stage that trains it (dvc repro)")

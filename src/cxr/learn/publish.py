@@ -30,6 +30,11 @@ class EpochMetrics(keras.callbacks.Callback):
     resumes a killed one first logs the epochs the killed run committed (its
     :class:`~cxr.learn.checkpoints.Checkpoint`) into this run, so the run's metric history is whole,
     and tags it ``resumed_from_run`` with the id of the run that was killed.
+
+    Parameters
+    ----------
+    work_dir : Path or None, optional
+        The fit's resume folder; None: no resumed epochs are logged.
     """
 
     def __init__(self, work_dir: Path | None = None):
@@ -96,11 +101,36 @@ def publish(
     title: str,
     extra: dict | None = None,
 ) -> dict:
-    """Save the model to ``folder`` and its curves under ``curves`` (``<metric>/<folder name>.csv``),
-    log the fit to the active MLflow run, tag the run with the model file's md5 (how the
-    ``register@`` stages and ``evaluate`` find it), then write ``report``.
+    """Save a fitted model, its curves and metrics, and log the fit to the active MLflow run.
 
-    Returns the metrics written to ``report``: :func:`summary`'s keys plus ``extra``'s.
+    The model goes to ``folder`` and its curves under ``curves`` (``<metric>/<folder name>.csv``); the
+    fit is logged to the active MLflow run, the run tagged with the model file's md5 (how the
+    ``register@`` stages and ``evaluate`` find it), then ``report`` written.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The fitted model.
+    result : FitResult
+        Its fit: the history (one row per epoch) and the best epoch.
+    spec : ModelSpec
+        What the model is, saved as ``meta.json``.
+    folder : Path
+        The model folder.
+    curves : Path
+        The folder of the training curves (DVC plots).
+    report : Path
+        The JSON metrics file.
+    title : str
+        The title of the logged curves figure.
+    extra : dict or None, optional
+        More metrics for ``report``.
+
+    Returns
+    -------
+    dict
+        The metrics written to ``report``: :func:`summary`'s keys (``epochs``, ``best_epoch``,
+        ``train``, ``val``, ``best``) plus ``extra``'s.
     """
     metrics = summary(result) | (extra or {})
     save_model(model, folder, spec, result.history)

@@ -34,7 +34,23 @@ class FitResult:
 
 
 def configure_runtime(params: Train, seed: int) -> tf.distribute.Strategy:
-    """Seeds, op determinism, precision policy and the distribution strategy, before any model."""
+    """Seeds, op determinism, precision policy and the distribution strategy, before any model.
+
+    Op determinism is enabled only without a GPU; mixed precision (``mixed_float16``) only with one.
+
+    Parameters
+    ----------
+    params : Train
+        The ``train`` parameters (``deterministic``, ``mixed_precision``, ``distribute``).
+    seed : int
+        The random seed of Python, NumPy and TensorFlow.
+
+    Returns
+    -------
+    tf.distribute.Strategy
+        A MirroredStrategy (``distribute: mirrored``, or ``auto`` with more than one GPU), else the
+        default strategy.
+    """
     keras.utils.set_random_seed(seed)
     gpus = tf.config.list_physical_devices("GPU")
     if params.deterministic and not gpus:
@@ -119,8 +135,44 @@ def train_classifier(
     callbacks: list[keras.callbacks.Callback] = (),
     hidden_center: float | None = None,
 ) -> tuple[keras.Model, FitResult]:
-    """A new classifier of ``backbone`` for ``classes`` (base frozen, the head of ``params``),
-    fitted by :func:`train_frozen`: how ``train@`` trains, and how the audit retrains."""
+    """A new classifier of ``backbone`` for ``classes``, fitted with its base frozen.
+
+    The head is that of ``params``; the fit is :func:`train_frozen`'s: how ``train@`` trains, and how
+    the audit retrains.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        The backbone's registry entry.
+    split : pandas.DataFrame
+        The split table; its train and val rows are used.
+    classes : list of str
+        The classes, in output order.
+    size : int
+        The input side, in pixels.
+    params : Train
+        The ``train`` parameters.
+    seed : int
+        The random seed.
+    work_dir : Path
+        The fit's checkpoint folder.
+    callbacks : list of keras.callbacks.Callback, optional
+        More callbacks for the fit.
+    hidden_center : float or None, optional
+        When given, the central square of that fraction of the image side is blanked in every image.
+
+    Returns
+    -------
+    model : keras.Model
+        The fitted classifier.
+    result : FitResult
+        Its history and best epoch.
+
+    Raises
+    ------
+    BackboneError
+        When the base's starting weights cannot be loaded.
+    """
     model = build_classifier(backbone, size, len(classes), params.head, params.weights)
     return model, train_frozen(model, split, classes, size, params, seed, work_dir, callbacks, hidden_center)
 
@@ -193,7 +245,36 @@ def train_whole(
     work_dir: Path,
     callbacks: list[keras.callbacks.Callback] = (),
 ) -> FitResult:
-    """Fit the whole model as it is (e.g. after unfreezing layers), with augmentation if enabled."""
+    """Fit the whole model as it is (e.g. after unfreezing layers), with augmentation if enabled.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model, its trainable layers set.
+    split : pandas.DataFrame
+        The split table; its train and val rows are used.
+    classes : list of str
+        The classes, in output order.
+    size : int
+        The input side, in pixels.
+    params : Train
+        The ``train`` parameters (batch size, cache, augmentation, class weights, early stopping).
+    epochs : int
+        The most epochs to fit.
+    learning_rate : float
+        The optimizer's learning rate.
+    seed : int
+        The random seed of the batches and augmentation.
+    work_dir : Path
+        The fit's checkpoint folder.
+    callbacks : list of keras.callbacks.Callback, optional
+        More callbacks for the fit.
+
+    Returns
+    -------
+    FitResult
+        The history (one row per epoch) and the best epoch, whose weights the model keeps.
+    """
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
     train_images = images.image_dataset(
         train_rows,

@@ -83,9 +83,33 @@ def calibration_on_test(raw: np.ndarray, calibrated: np.ndarray, table: pd.DataF
 def evaluate_model(
     name: str, model: keras.Model, spec: ModelSpec, test: pd.DataFrame, assessment: dict, config: Config
 ) -> ModelResult:
-    """Predict ``test`` (the split's test rows) with ``model``, calibrate the probabilities with the
-    temperature in ``assessment`` (its ``reports/register/<name>.json``) and measure them, at its
-    operating point too."""
+    """Predict, calibrate and measure one model on the test split.
+
+    ``test`` (the split's test rows) is predicted with ``model``, the probabilities calibrated with
+    the temperature in ``assessment`` (its ``reports/register/<name>.json``) and measured, at its
+    operating point too; intervals are from a bootstrap over patients.
+
+    Parameters
+    ----------
+    name : str
+        The model's name (its folder).
+    model : keras.Model
+        The model.
+    spec : ModelSpec
+        What it is (classes, input size).
+    test : pandas.DataFrame
+        The test rows of the split.
+    assessment : dict
+        Its ``register`` stage's result (:func:`cxr.serve.register.assess`).
+    config : Config
+        The configuration (``train``, ``evaluate``).
+
+    Returns
+    -------
+    ModelResult
+        The predictions table, report, intervals, comparison row, metrics, assessment, calibration
+        scores and operating point.
+    """
     classes = spec.classes
     raw = np.asarray(evaluation.predict(model, test, classes, spec.image_size, config.train), dtype=np.float64)
     calibrated = calibration.apply_temperature(raw, assessment["calibration"]["temperature"])
@@ -104,8 +128,23 @@ def evaluate_model(
 
 
 def write_model_reports(result: ModelResult, staging: Path) -> None:
-    """``models/<name>/`` (predictions.csv, report.json/.txt, confusion.png, roc.png, reliability.png),
-    ``confusion/<name>.csv`` and ``reliability/<name>.csv`` (the DVC plots' rows) under ``staging``."""
+    """Write one model's reports under ``staging``.
+
+    ``models/<name>/`` (predictions.csv, report.json/.txt, confusion.png, roc.png, reliability.png),
+    ``confusion/<name>.csv`` and ``reliability/<name>.csv`` (the DVC plots' rows).
+
+    Parameters
+    ----------
+    result : ModelResult
+        The model's test results.
+    staging : Path
+        The folder to write to.
+
+    Raises
+    ------
+    OSError
+        When a file cannot be written.
+    """
     classes, name = result.spec.classes, result.name
     folder = staging / "models" / name
     write_csv(folder / "predictions.csv", result.table)
@@ -208,8 +247,32 @@ def selection_markdown(results: list[ModelResult], chosen: dict) -> list[str]:
 def write_comparison(
     results: list[ModelResult], histories: dict[str, pd.DataFrame], staging: Path, config: Config
 ) -> pd.DataFrame:
-    """comparison.csv/.md/.png, mcnemar.csv, training_curves.png, headline.json, metrics.json and
-    release.json (the selection) under ``staging``; returns the comparison table (one row per model)."""
+    """Write the comparison of every model under ``staging``.
+
+    comparison.csv/.md/.png, mcnemar.csv (pairwise McNemar tests), training_curves.png,
+    headline.json, metrics.json and release.json (the selection).
+
+    Parameters
+    ----------
+    results : list of ModelResult
+        Every model's test results.
+    histories : dict of str to pandas.DataFrame
+        Each model's training history (one row per epoch).
+    staging : Path
+        The folder to write to.
+    config : Config
+        The configuration (``sources.origin``, classes, ``release.select_by``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The comparison table, one row per model.
+
+    Raises
+    ------
+    OSError
+        When a file cannot be written.
+    """
     comparison = pd.DataFrame([result.row for result in results])
     tests = mcnemar.pairwise_mcnemar({result.name: result.table for result in results})
     metrics = {result.name: result.metrics for result in results}
@@ -233,10 +296,31 @@ def write_comparison(
 def log_to_training_runs(
     results: list[ModelResult], models: Path, reports: Path, config: Config, split_md5: str
 ) -> None:
-    """Each model's test metrics and reports (``reports/models/<name>``) into the run that trained
+    """Log each model's test results into the run that trained it, and set the registry's aliases.
+
+    Each model's test metrics and reports (``reports/models/<name>``) go into the run that trained
     it, its registered version tagged with the lead statistics, calibration and operating point;
-    then ``@candidate`` and ``@champion`` as :func:`selection` names them (no model passing
-    the gate: ``@champion`` is removed). A model no run holds is named in a warning and skipped."""
+    then ``@candidate`` and ``@champion`` as :func:`selection` names them (no model passing the gate:
+    ``@champion`` is removed). A model no run holds is named in a warning and skipped.
+
+    Parameters
+    ----------
+    results : list of ModelResult
+        Every model's test results.
+    models : Path
+        The folder of the model folders.
+    reports : Path
+        The folder of the evaluation reports.
+    config : Config
+        The configuration (``task``, ``release.select_by``).
+    split_md5 : str
+        The md5 of the split table, as a version tag.
+
+    Raises
+    ------
+    TrackingError
+        When the model registry refuses a write.
+    """
     name = registry.model_name(config.task)
     versions = {}
     for result in results:

@@ -178,8 +178,19 @@ def interval_text(values, statistic: str) -> str:
 
 # What the comparison of experiments leads with: per model, these with their 95% intervals.
 def lead_metrics(metrics: dict[str, dict]) -> dict[str, dict]:
-    """``{model: {accuracy, accuracy_low, accuracy_high, macro_f1, ...}}``: the registry's ``lead``
-    metrics (:mod:`cxr.report.metrics`) from every model's metrics."""
+    """The registry's ``lead`` metrics (:mod:`cxr.report.metrics`) from every model's metrics.
+
+    Parameters
+    ----------
+    metrics : dict of str to dict
+        ``{model: metrics}`` (the comparison rows' numbers).
+
+    Returns
+    -------
+    dict of str to dict
+        ``{model: {accuracy, accuracy_low, accuracy_high, macro_f1, ...}}``: each lead statistic and
+        its 95% interval's ends (None where missing).
+    """
     return {
         model: {
             f"{statistic}{end}": values.get(f"{statistic}{end}")

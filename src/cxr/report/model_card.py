@@ -25,14 +25,40 @@ def model_card(
     model_md5: str,
     note: str,
 ) -> str:
-    """``reports/model_card.md`` for the released model (``@candidate``: a trained backbone or the
-    fine-tuned model), from the pipeline's own reports.
+    """``reports/model_card.md`` for the released model, from the pipeline's own reports.
 
-    ``report`` is the model's evaluation report (with ``intervals``, ``calibration``,
-    ``operating_point`` and ``release``); ``audit_metrics`` the audit of its backbone (the one it
-    was fine-tuned from); ``spec`` what the model is (its base, starting weights, unfrozen layers,
-    input and classes). The card names the model by its file's md5, never by an MLflow run id, so
-    the same model gives the same card on every run.
+    The released model is ``@candidate``: a trained backbone or the fine-tuned model. The card names
+    the model by its file's md5, never by an MLflow run id, so the same model gives the same card on
+    every run.
+
+    Parameters
+    ----------
+    config : Config
+        The configuration (sources, filter, ``positive_class``, ``release.min_images``).
+    spec : ModelSpec
+        What the model is (its base, starting weights, unfrozen layers, input and classes).
+    model_file : str
+        The model file's name.
+    report : dict
+        The model's evaluation report (with ``intervals``, ``calibration``, ``operating_point`` and
+        ``release``).
+    split_report : dict
+        The split stage's report (``images_per_class``, ``source_confound``).
+    audit_metrics : dict or None
+        The audit of its backbone (the one it was fine-tuned from); None: not audited.
+    external_report : dict or None
+        The external stage's report; None: no external test.
+    registered_name : str
+        The registered model (``cxr-<task>``).
+    model_md5 : str
+        The model file's md5.
+    note : str
+        A paragraph on the data's origin.
+
+    Returns
+    -------
+    str
+        The Markdown text, ending in a newline.
     """
     classes, base, positive = spec.classes, spec.finetuned_from or spec.backbone, config.positive_class
     intervals = flat_intervals(report["intervals"])

@@ -46,8 +46,15 @@ CHUNK = 256
 
 @dataclass(frozen=True)
 class Unreadable:
-    """An input known to fail before it is read (a null request cell, a row over the limit, a
-    symlink loop): ``message`` is its row's error."""
+    """An input known to fail before it is read (a null request cell, a row over the limit, a symlink loop).
+
+    Parameters
+    ----------
+    name : str
+        The input's name in its row (``path``).
+    message : str
+        Its row's error.
+    """
 
     name: str
     message: str
@@ -63,10 +70,29 @@ Explain = Callable[[object, list[str], np.ndarray, np.ndarray], list[tuple[str, 
 
 @dataclass(frozen=True)
 class Decision:
-    """What a registered model adds to its probabilities: the ``temperature`` fitted on the
-    validation split (1: none), the ``threshold`` on the calibrated p(``positive_class``) chosen on
-    it (None: none), and ``release``, the release gate's one-line result for this model. A model
-    folder, which no gate has judged, gets the defaults."""
+    """What a registered model adds to its probabilities.
+
+    The ``temperature`` fitted on the validation split (1: none), the ``threshold`` on the calibrated
+    p(``positive_class``) chosen on it (None: none), and ``release``, the release gate's one-line
+    result for this model. A model folder, which no gate has judged, gets the defaults.
+
+    Parameters
+    ----------
+    temperature : float, optional
+        The temperature that divides the logits (temperature scaling, Guo et al. 2017); 1: none.
+    positive_class : str or None, optional
+        The class the threshold is on.
+    threshold : float or None, optional
+        Decide ``positive_class`` when its calibrated probability is at least this (0-1); None: no
+        decision.
+    release : str, optional
+        The release gate's one-line result.
+
+    References
+    ----------
+    Guo, C., Pleiss, G., Sun, Y. & Weinberger, K. Q. (2017). On Calibration of Modern Neural
+    Networks. ICML 2017.
+    """
 
     temperature: float = 1.0
     positive_class: str | None = None
@@ -140,6 +166,18 @@ def read_source(
 
 
 def source_name(source: Source) -> str:
+    """The name a source's row shows: an Unreadable's name, a pair's name, or the path as text.
+
+    Parameters
+    ----------
+    source : Source
+        A Path, a ``(name, bytes)`` pair or an :class:`Unreadable`.
+
+    Returns
+    -------
+    str
+        Its name.
+    """
     if isinstance(source, Unreadable):
         return source.name
     return source[0] if isinstance(source, tuple) else str(source)
@@ -171,12 +209,46 @@ def predict_sources(
     decode_slots: threading.Semaphore | None = None,
     decision: Decision = Decision(),
 ) -> pd.DataFrame:
-    """One row per source, in order: path (its name), predicted class, ``p_<class>`` per class of
-    ``spec`` (calibrated by ``decision``; None where the row failed), ``decision`` (at the operating
-    point), ``release`` (the model's release gate result), warning, error, and overlay (what
-    ``explain`` wrote for it, when given). A source that cannot be read gets its one-line error in
-    its row; the others go on. ``decode_slots`` bounds how many files are decoded at once across
-    threads (a server's memory)."""
+    """Classify images: one row per source, in order.
+
+    A row holds path (its name), predicted class, ``p_<class>`` per class of ``spec`` (calibrated by
+    ``decision``; None where the row failed), ``decision`` (at the operating point), ``release`` (the
+    model's release gate result), warning, error, and overlay (what ``explain`` wrote for it, when
+    given). A source that cannot be read gets its one-line error in its row; the others go on, and a
+    batch the model fails on gets the failure in each of its rows. ``decode_slots`` bounds how many
+    files are decoded at once across threads (a server's memory).
+
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier (or anything with Keras' ``predict``).
+    spec : ModelSpec
+        What it is (classes, input size).
+    sources : list of Source
+        Image files (Path), ``(name, bytes)`` pairs or :class:`Unreadable` inputs.
+    batch_size : int
+        Images per model call.
+    views : list of str or None, optional
+        Overrides the views the model records it was trained on (None: ``spec.views``); a DICOM of
+        another view gets a warning.
+    progress : bool, optional
+        Show a progress bar on stderr.
+    explain : callable or None, optional
+        Writes an overlay per image from ``(model, names, pixels, predicted class indices)`` and
+        returns ``(overlay, note)`` pairs; None: no overlay column.
+    limits : Limits, optional
+        File and image size limits.
+    decode_slots : threading.Semaphore or None, optional
+        Bounds concurrent decodes; None: unbounded.
+    decision : Decision, optional
+        Temperature, threshold and release gate result (default: none).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``path``, ``predicted``, ``p_<class>``..., ``decision``, ``release``, ``warning``,
+        ``error`` and, with ``explain``, ``overlay``.
+    """
     classes, rows = spec.classes, []
     columns = ["path", "predicted", *[f"p_{name}" for name in classes], "decision", "release", "warning", "error"]
     columns += ["overlay"] if explain is not None else []

@@ -104,13 +104,39 @@ def log_servable(folder: Path, spec: ModelSpec, example: Path, registered_name: 
 
 
 def assess(model, spec: ModelSpec, split: pd.DataFrame, external: pd.DataFrame, audit: dict, config: Config) -> dict:
-    """A model on the validation split of ``split``, and its audit (``reports/audit/<backbone>.json``,
-    the base's for a fine-tuned model) against the release gate.
+    """A model on the validation split of ``split``, and its audit against the release gate.
 
-    Returns ``{"calibration": {"method", "temperature", "ece_bins", "validation": {"before",
-    "after", "images"}}, "operating_point": operating_point.choose's dict (on the calibrated
-    probabilities), "validation": {"accuracy", "macro_f1", "balanced_accuracy", "images"},
-    "release": release.gate's dict}``; ``before``/``after`` are calibration.scores' dicts.
+    The audit is ``reports/audit/<backbone>.json`` (the base's for a fine-tuned model). The
+    probabilities on the validation split are calibrated by temperature scaling (Guo et al. 2017)
+    and the operating point is chosen on the calibrated probabilities.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model.
+    spec : ModelSpec
+        What it is (classes, input size).
+    split : pandas.DataFrame
+        The split table; its val rows are predicted, its test rows counted for the gate.
+    external : pandas.DataFrame
+        The external test set (may be empty); its positive-class images are counted for the gate.
+    audit : dict
+        The backbone's audit metrics.
+    config : Config
+        The configuration (``positive_class``, ``train``, ``evaluate``, ``release``).
+
+    Returns
+    -------
+    dict
+        ``{"calibration": {"method", "temperature", "ece_bins", "validation": {"before", "after",
+        "images"}}, "operating_point": operating_point.choose's dict (on the calibrated
+        probabilities), "validation": {"accuracy", "macro_f1", "balanced_accuracy", "images"},
+        "release": release.gate's dict}``; ``before``/``after`` are calibration.scores' dicts.
+
+    References
+    ----------
+    Guo, C., Pleiss, G., Sun, Y. & Weinberger, K. Q. (2017). On Calibration of Modern Neural
+    Networks. ICML 2017.
     """
     classes, positive = spec.classes, config.positive_class
     val = split_part(split, "val").reset_index(drop=True)
@@ -161,21 +187,60 @@ def decision_config(assessment: dict) -> dict:
 
 
 def example_image(split: pd.DataFrame) -> Path:
-    """The image a registered model shows as its input example: the first of the val split."""
+    """The image a registered model shows as its input example: the first of the val split.
+
+    Parameters
+    ----------
+    split : pandas.DataFrame
+        The split table.
+
+    Returns
+    -------
+    Path
+        The image's path.
+
+    Raises
+    ------
+    IndexError
+        When the val split is empty.
+    """
     return Path(split_part(split, "val").iloc[0]["path"])
 
 
 def register(folder: Path, spec: ModelSpec, task: str, example: Path, assessment: dict) -> dict:
-    """Log ``folder`` as the servable pyfunc, with :func:`assess`'s ``assessment``, into the run that
-    trained it (found by its ``model_md5`` tag) and register it as a version of ``cxr-<task>``,
-    tagged with the model's name, its md5 and its release gate result. A re-registration of the
-    same model file (serving code changed) takes over the tags, description and aliases of the
-    version it replaces, since ``evaluate`` has nothing new to measure.
+    """Log a model folder as the servable pyfunc and register it as a version of ``cxr-<task>``.
 
-    Returns ``{"model", "model_md5", "registered_model", "requirements"} | assessment``: what the
-    stage writes (nothing that changes between two registrations of the same model, no version
-    number); ``registered_model`` is None when no run on this tracking server trained the file
-    (its training was restored from DVC's cache on another server), and a warning says so.
+    ``folder`` is logged, with :func:`assess`'s ``assessment``, into the run that trained it (found by
+    its ``model_md5`` tag) and registered, tagged with the model's name, its md5, its release gate
+    result and temperature. A re-registration of the same model file (serving code changed) takes
+    over the tags, description and aliases of the version it replaces, since ``evaluate`` has nothing
+    new to measure.
+
+    Parameters
+    ----------
+    folder : Path
+        The model folder.
+    spec : ModelSpec
+        What the model is.
+    task : str
+        The task; the registered model is ``cxr-<task>``.
+    example : Path
+        The input example image (:func:`example_image`).
+    assessment : dict
+        :func:`assess`'s result.
+
+    Returns
+    -------
+    dict
+        ``{"model", "model_md5", "registered_model", "requirements"} | assessment``: what the
+        stage writes (nothing that changes between two registrations of the same model, no version
+        number); ``registered_model`` is None when no run on this tracking server trained the file
+        (its training was restored from DVC's cache on another server), and a warning says so.
+
+    Raises
+    ------
+    TrackingError
+        When the model registry refuses a write.
     """
     model_file = folder / MODEL_FILE
     name, md5 = registry.model_name(task), tracking.file_md5(model_file)

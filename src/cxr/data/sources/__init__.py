@@ -36,13 +36,50 @@ def params_of(name: str, config: Config):
 
 
 def check_sources(config: Config) -> None:
-    """Every source section of params.yaml against its module (for checks made outside a data stage)."""
+    """Every source section of params.yaml against its module (for checks made outside a data stage).
+
+    Parameters
+    ----------
+    config : Config
+        The configuration; every section under ``sources`` is checked, not only ``sources.use``.
+
+    Raises
+    ------
+    ConfigError
+        When a section names no source module or does not fit that module's parameters.
+    """
     for name in unrestricted(config).sources.sections:
         params_of(name, config)
 
 
 def download_source(name: str, config: Config, raw_root: Path) -> Path:
-    """Fetch, verify and extract source ``name`` into ``raw_root/name``; return that folder."""
+    """Fetch, verify and extract source ``name`` into ``raw_root/name``; return that folder.
+
+    The archive is extracted within ``download``'s size limits into a staging folder that replaces
+    ``raw_root/name`` only when every check passes; the folder gets a manifest of its files and a
+    provenance record (URL, archive and manifest sha256, commit where the source has one).
+
+    Parameters
+    ----------
+    name : str
+        The source, a key of :data:`MODULES`.
+    config : Config
+        The configuration (``sources.<name>``, ``sources.origin``, ``download``).
+    raw_root : Path
+        The folder of the extracted sources.
+
+    Returns
+    -------
+    Path
+        ``raw_root/name``.
+
+    Raises
+    ------
+    ConfigError
+        When ``sources.<name>`` names no source module or its section is wrong.
+    FetchError
+        When the extracted files differ from the pinned ``manifest_sha256``.
+    """
     module, params = MODULES[name], params_of(name, config)
     limits = Limits(config.download.max_archive_bytes, config.download.max_member_bytes,
                     config.download.max_total_bytes)

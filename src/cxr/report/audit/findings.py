@@ -13,7 +13,27 @@ EXTERNAL_DROP = 0.2  # positive-class sensitivity this much lower on the externa
 
 
 def evidence(metrics: dict, n_classes: int, positive: str) -> dict[str, bool]:
-    """Which of the four tests point at a source shortcut, for one backbone's audit metrics."""
+    """Which of the four tests point at a source shortcut, for one backbone's audit metrics.
+
+    Parameters
+    ----------
+    metrics : dict
+        One backbone's audit metrics (``source_probe``, ``lungs_hidden``, ``saliency``,
+        ``classifier`` and optionally ``external``).
+    n_classes : int
+        The number of classes (chance balanced accuracy is ``1 / n_classes``).
+    positive : str
+        The positive class, whose sensitivity the external test compares.
+
+    Returns
+    -------
+    dict of str to bool
+        ``probe`` (the within-class source probe is at least the margin above chance),
+        ``lungs_hidden`` (the lower end of the lungs-hidden balanced accuracy interval is above
+        chance), ``saliency`` (Grad-CAM's lung-box share is the margin or more below an even
+        spread's) and ``external`` (the positive class's sensitivity drops by the margin or more on
+        the external source).
+    """
     probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
     external, internal = metrics.get("external", {}), metrics["classifier"]
     key = f"sensitivity_{positive}"
@@ -29,7 +49,22 @@ def evidence(metrics: dict, n_classes: int, positive: str) -> dict[str, bool]:
 
 
 def evidence_text(metrics: dict | None, n_classes: int, positive: str) -> str:
-    """The audit's tests that point at a source shortcut, for a registered version's tag."""
+    """The audit's tests that point at a source shortcut, for a registered version's tag.
+
+    Parameters
+    ----------
+    metrics : dict or None
+        One backbone's audit metrics; None: not audited.
+    n_classes : int
+        The number of classes.
+    positive : str
+        The positive class.
+
+    Returns
+    -------
+    str
+        The tests' names joined by commas, ``none of the four tests`` or ``not audited``.
+    """
     if metrics is None:
         return "not audited"
     found = [name for name, shown in evidence(metrics, n_classes, positive).items() if shown]
@@ -37,8 +72,29 @@ def evidence_text(metrics: dict | None, n_classes: int, positive: str) -> str:
 
 
 def verdict(backbone: str, metrics: dict, n_classes: int, positive: str, min_images: int | None = None) -> str:
-    """One paragraph, generated from the numbers, on whether the ``positive`` result is detection of it;
-    a within-class probe score on fewer than ``min_images`` images of a source is marked not interpretable."""
+    """One paragraph, generated from the numbers, on whether the ``positive`` result is detection of it.
+
+    A within-class probe score on fewer than ``min_images`` images of a source is marked not
+    interpretable.
+
+    Parameters
+    ----------
+    backbone : str
+        The backbone, named at the start of the paragraph.
+    metrics : dict
+        Its audit metrics (:func:`cxr.report.audit.measures.summary`).
+    n_classes : int
+        The number of classes.
+    positive : str
+        The positive class.
+    min_images : int or None, optional
+        The fewest test images per source for a within-class probe score to be interpretable.
+
+    Returns
+    -------
+    str
+        The Markdown paragraph.
+    """
     found = evidence(metrics, n_classes, positive)
     key = f"sensitivity_{positive}"
     probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
@@ -151,9 +207,45 @@ def audit_markdown(
     positive: str,
     min_images: int | None = None,
 ) -> str:
-    """``reports/eval/audit.md``: the source x class table, one row of numbers per backbone,
-    the generated verdicts, and what each number means; a within-class probe score whose smallest
-    source has fewer than ``min_images`` images (``release.min_images``) is marked not interpretable."""
+    """``reports/eval/audit.md``: the shortcut audit of every backbone as Markdown.
+
+    The source x class table, one row of numbers per backbone, the generated verdicts, and what each
+    number means; a within-class probe score whose smallest source has fewer than ``min_images``
+    images (``release.min_images``) is marked not interpretable. The lungs-hidden test follows
+    Maguolo & Nanni (2021); the saliency maps are Grad-CAM (Selvaraju et al., ICCV 2017).
+
+    Parameters
+    ----------
+    results : dict of str to dict
+        ``{backbone: audit metrics}`` (:func:`cxr.report.audit.measures.summary`'s dicts).
+    confound : dict
+        The split report's ``source_confound``: ``images_per_source_class``, ``source_only_rule``,
+        ``source_only_accuracy`` and ``majority_class_accuracy``.
+    external : dict or None
+        The external stage's report (``images_per_source_class``, or ``note`` when there is no
+        external test); None: no external source.
+    classes : list of str
+        The task's classes.
+    note : str
+        A paragraph on the data's origin, put under the title.
+    positive : str
+        The positive class (``positive_class``), whose sensitivity is reported.
+    min_images : int or None, optional
+        The fewest test images per source for a within-class probe score to be interpretable.
+
+    Returns
+    -------
+    str
+        The Markdown text, ending in a newline.
+
+    References
+    ----------
+    Maguolo, G. & Nanni, L. (2021). A critic evaluation of methods for COVID-19 automatic detection
+    from X-ray images.
+
+    Selvaraju, R. R. et al. (2017). Grad-CAM: Visual explanations from deep networks via
+    gradient-based localization. ICCV 2017.
+    """
     class_header = " | ".join(classes)
     key = f"sensitivity_{positive}"
     lines = [

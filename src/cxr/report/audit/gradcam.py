@@ -14,7 +14,22 @@ from cxr.learn.model import HEAD_LAYER, POOL_LAYER, PREPROCESS_LAYER, base_of
 
 
 def saliency_sample(test: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
-    """A fixed sample of test images, ``per_class`` of each class (fewer if a class has fewer)."""
+    """A fixed sample of test images, ``per_class`` of each class (fewer if a class has fewer).
+
+    Parameters
+    ----------
+    test : pandas.DataFrame
+        The test rows of the split.
+    per_class : int
+        Images per class (``audit.saliency_images_per_class``).
+    seed : int
+        The random seed; each class is drawn with its own generator seeded by it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The sampled rows, sorted by class and image id, index reset.
+    """
     parts = [
         rows.sample(n=min(per_class, len(rows)), random_state=np.random.default_rng([seed, index]))
         for index, (_, rows) in enumerate(test.groupby("class", sort=True))
@@ -29,9 +44,29 @@ def gradcam(model: keras.Model, batch: np.ndarray, class_indices: np.ndarray, la
     pool -> head). The map is ReLU(sum_k a_k A_k) of the base's feature maps A at ``layer``
     (None: the base's output), where a_k is the mean gradient of the class score y^c over A_k,
     resized to the input size and scaled so each image's maximum is 1 (all zero if none is
-    positive). As Grad-CAM defines it (Selvaraju et al., ICCV 2017), y^c is the score before the
-    softmax (:func:`class_scores`): the softmax's gradient p(1 - p) would shrink the maps of
-    confident predictions towards zero.
+    positive). As Grad-CAM defines it, y^c is the score before the softmax (:func:`class_scores`):
+    the softmax's gradient p(1 - p) would shrink the maps of confident predictions towards zero.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier.
+    batch : numpy.ndarray
+        The images, shape (n, height, width, 3), raw 0-255 RGB.
+    class_indices : numpy.ndarray
+        The class of each image whose map is wanted, shape (n,), integer indices.
+    layer : str or None
+        The base's layer whose feature maps are read; None: the base's output.
+
+    Returns
+    -------
+    numpy.ndarray
+        The maps, shape (n, height, width), float32 in [0, 1].
+
+    References
+    ----------
+    Selvaraju, R. R. et al. (2017). Grad-CAM: Visual explanations from deep networks via
+    gradient-based localization. ICCV 2017.
     """
     base = base_of(model)
     target = base.get_layer(layer).output if layer else base.output
@@ -77,7 +112,20 @@ def even_share(size: int, fraction: float) -> float:
 
 
 def map_side(model: keras.Model, layer: str | None) -> int:
-    """The side of the feature map Grad-CAM reads: its resolution before upsampling."""
+    """The side of the feature map Grad-CAM reads: its resolution before upsampling.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier.
+    layer : str or None
+        The base's layer; None: the base's output.
+
+    Returns
+    -------
+    int
+        The feature map's side, in cells.
+    """
     base = base_of(model)
     return int((base.get_layer(layer).output if layer else base.output).shape[1])
 
@@ -85,7 +133,33 @@ def map_side(model: keras.Model, layer: str | None) -> int:
 def saliency(
     model: keras.Model, backbone: Backbone, sample: pd.DataFrame, classes: list[str], size: int, box: float
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Grad-CAM of the predicted class for each sampled image: (images, maps, one row per image)."""
+    """Grad-CAM of the predicted class for each sampled image.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier.
+    backbone : Backbone
+        Its registry entry (``gradcam_layer``).
+    sample : pandas.DataFrame
+        The images (``path``, orientation, ``image_id``, ``source``, ``class``).
+    classes : list of str
+        The classes, in output order.
+    size : int
+        The input side, in pixels.
+    box : float
+        The lung box's side as a fraction of the image side (``audit.lung_box``).
+
+    Returns
+    -------
+    images : numpy.ndarray
+        The decoded images, shape (n, size, size, 3), raw 0-255.
+    maps : numpy.ndarray
+        Their Grad-CAM maps, shape (n, size, size), in [0, 1].
+    table : pandas.DataFrame
+        One row per image: ``image_id``, ``source``, ``class``, ``predicted`` and ``lung_box_share``
+        (the share of the map's mass inside the lung box).
+    """
     batch = np.stack(
         [
             images.decode_resize(tf.constant(path), size, int(orientation)).numpy()

@@ -80,13 +80,54 @@ def predicted_table(
     config: Config,
     hidden_center: float | None = None,
 ) -> pd.DataFrame:
+    """A model's predictions for ``rows``: one row per image, actual, predicted and ``p_<class>``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier.
+    rows : pandas.DataFrame
+        The images to predict (split-table rows).
+    classes : list of str
+        The classes, in output order.
+    size : int
+        The input side, in pixels.
+    config : Config
+        The configuration (``train``: batch size, cache).
+    hidden_center : float or None, optional
+        When given, the central square of that fraction of the image side is blanked first.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The predictions table (:func:`cxr.report.evaluation.predictions_frame`).
+    """
     probabilities = evaluation.predict(model, rows, classes, size, config.train, hidden_center)
     return evaluation.predictions_frame(rows, classes, probabilities)
 
 
 def source_probe(backbone: Backbone, split: pd.DataFrame, size: int, config: Config, work_dir: Path) -> pd.DataFrame:
-    """Train the backbone and head to predict each image's source; its test predictions, with
-    ``actual``/``predicted`` sources and the image's task ``class``."""
+    """Train the backbone and head to predict each image's source; its test predictions.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        The backbone's registry entry.
+    split : pandas.DataFrame
+        The split table; its ``source`` column is the target.
+    size : int
+        The input side, in pixels.
+    config : Config
+        The configuration (``train``, ``seed``).
+    work_dir : Path
+        The fit's checkpoint folder.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per test image, with ``actual``/``predicted`` sources, ``p_<source>`` and the
+        image's task ``class``.
+    """
     sources = sorted(split["source"].unique())
     as_sources = split.assign(**{"class": split["source"]})
     model, _ = training.train_classifier(backbone, as_sources, sources, size, config.train, config.seed, work_dir)
@@ -99,7 +140,36 @@ def source_probe(backbone: Backbone, split: pd.DataFrame, size: int, config: Con
 def lungs_hidden(
     backbone: Backbone, split: pd.DataFrame, classes: list[str], size: int, config: Config, work_dir: Path
 ) -> pd.DataFrame:
-    """Train and test the classifier on images whose lung box is blanked; its test predictions."""
+    """Train and test the classifier on images whose lung box is blanked; its test predictions.
+
+    The test follows Maguolo & Nanni (2021): a classifier that still scores above chance without the
+    lungs uses something else.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        The backbone's registry entry.
+    split : pandas.DataFrame
+        The split table.
+    classes : list of str
+        The task's classes.
+    size : int
+        The input side, in pixels.
+    config : Config
+        The configuration (``audit.lung_box``, ``train``, ``seed``).
+    work_dir : Path
+        The fit's checkpoint folder.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per test image: actual, predicted and ``p_<class>``.
+
+    References
+    ----------
+    Maguolo, G. & Nanni, L. (2021). A critic evaluation of methods for COVID-19 automatic detection
+    from X-ray images.
+    """
     box = config.audit.lung_box
     model, _ = training.train_classifier(
         backbone, split, classes, size, config.train, config.seed, work_dir, hidden_center=box
@@ -118,8 +188,42 @@ def summary(
     layer: str | None,
     map_side: int,
 ) -> dict:
-    """The audit's metrics for one backbone (``reports/audit/<backbone>.json``) from its prediction
-    tables (``classifier``, ``source_probe``, ``lungs_hidden``, ``external``) and saliency table."""
+    """The audit's metrics for one backbone (``reports/audit/<backbone>.json``).
+
+    From its prediction tables (``classifier``, ``source_probe``, ``lungs_hidden``, ``external``) and
+    saliency table; intervals are from a bootstrap over patients (``evaluate.bootstrap_resamples``,
+    ``evaluate.bootstrap_seed``). NaN values are written as None.
+
+    Parameters
+    ----------
+    tables : dict of str to pandas.DataFrame
+        Prediction tables: ``classifier``, ``source_probe``, ``lungs_hidden`` and optionally
+        ``external``.
+    saliency_table : pandas.DataFrame
+        :func:`cxr.report.audit.gradcam.saliency`'s table.
+    split : pandas.DataFrame
+        The split table.
+    classes : list of str
+        The task's classes.
+    size : int
+        The input side, in pixels.
+    config : Config
+        The configuration (``evaluate``, ``audit.lung_box``).
+    layer : str or None
+        The layer Grad-CAM read; None: the base's output.
+    map_side : int
+        The side of that feature map, in cells.
+
+    Returns
+    -------
+    dict
+        ``classifier`` (its scores), ``source_probe`` (``accuracy``, ``class_only_accuracy``,
+        ``within_class_accuracy``, ``within_class_chance``, ``within_class_evidence``,
+        ``within_class`` and its scores), ``lungs_hidden`` (its scores, ``source_only_accuracy``,
+        ``majority_class_accuracy``), ``saliency`` (``lung_box_share``, ``per_class``,
+        ``uniform_share``, ``layer``, ``map_side``, ``images``) and, with an external table,
+        ``external`` (``images`` and its scores).
+    """
     resamples, seed = config.evaluate.bootstrap_resamples, config.evaluate.bootstrap_seed
     probe = tables["source_probe"]
     within = within_class_source_accuracy(probe, resamples=resamples, seed=seed)
