@@ -17,7 +17,7 @@ from cxr.core.config import as_dict, load
 from cxr.core.outputs import staged_directory, write_csv, write_json
 from cxr.core.schema import split_part
 from cxr.core.stage import arguments, run
-from cxr.learn import checkpoints, images, training
+from cxr.learn import checkpoints, images, runtime
 from cxr.learn.model_files import load_model
 from cxr.report.audit import findings, gradcam, measures
 
@@ -27,7 +27,7 @@ def main() -> None:
     config = load()
     tracking.require_tracking_store()
     backbone = backbones.get(args.backbone)
-    strategy = training.configure_runtime(config.train, config.seed)
+    strategy = runtime.configure_runtime(config.train, config.seed)
     split = pd.read_csv(args.split)
     test = split_part(split, "test").reset_index(drop=True)
     classifier, spec = load_model(args.model)

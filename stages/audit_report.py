@@ -19,7 +19,7 @@ from cxr.core.outputs import write_text
 from cxr.core.spec import MODEL_FILE
 from cxr.core.stage import arguments, run
 from cxr.learn.model_files import read_spec
-from cxr.report.audit import findings
+from cxr.report.audit import findings, markdown
 from cxr.report.model_card import model_card
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     classes, positive = config.class_names(), config.positive_class
     write_text(
         args.audit_md,
-        findings.audit_markdown(
+        markdown.audit_markdown(
             results, split_report["source_confound"], external, classes, note, positive, config.release.min_images
         ),
     )

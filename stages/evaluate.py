@@ -25,7 +25,7 @@ from cxr.core.schema import split_part
 from cxr.core.spec import HISTORY_FILE
 from cxr.core.stage import arguments, run
 from cxr.learn.model_files import load_model
-from cxr.report import comparison, evaluation
+from cxr.report import comparison, evaluation, mlflow_log
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
             comparison.write_model_reports(results[-1], staging)
             histories[name] = pd.read_csv(args.models / name / HISTORY_FILE)
         table = comparison.write_comparison(results, histories, staging, config)
-    comparison.log_to_training_runs(results, args.models, args.out, config, tracking.file_md5(args.split))
+    mlflow_log.log_to_training_runs(results, args.models, args.out, config, tracking.file_md5(args.split))
     metrics = {result.name: result.metrics for result in results}
     with runs.stage_run(config, "evaluate", args.split, config.backbone):
         mlflow.log_metrics(

@@ -9,8 +9,9 @@ from cxr.core.config import load
 from cxr.core.outputs import write_csv, write_json
 from cxr.core.stage import arguments, run
 from cxr.data import catalog
+from cxr.data.expectations import catalog_expectations, firewall_table
 from cxr.data.split import external_test_set
-from cxr.data.validation import Table, catalog_expectations, firewall_table, validate
+from cxr.data.validation import Table, validate
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ from cxr.core.config import load
 from cxr.core.outputs import write_csv, write_json
 from cxr.core.stage import arguments, run
 from cxr.data import catalog
-from cxr.data.validation import Table, filter_expectations, validate
+from cxr.data.expectations import filter_expectations
+from cxr.data.validation import Table, validate
 
 
 def main() -> None:

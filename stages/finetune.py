@@ -13,7 +13,7 @@ from cxr.core import runs, tracking
 from cxr.core.config import as_dict, load
 from cxr.core.spec import MODEL_FILE
 from cxr.core.stage import arguments, run
-from cxr.learn import checkpoints, publish, training
+from cxr.learn import checkpoints, publish, runtime, training
 from cxr.learn.model import unfreeze_last
 from cxr.learn.model_files import load_model
 
@@ -23,7 +23,7 @@ def main() -> None:
     config = load()
     tracking.require_tracking_store()
     split = pd.read_csv(args.split)
-    strategy = training.configure_runtime(config.train, config.seed)
+    strategy = runtime.configure_runtime(config.train, config.seed)
     with runs.stage_run(config, "finetune", args.split, config.backbone):
         with strategy.scope():
             model, spec = load_model(args.base)

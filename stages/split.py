@@ -4,8 +4,9 @@ from cxr.core.config import load
 from cxr.core.outputs import write_csv, write_json
 from cxr.core.stage import arguments, run
 from cxr.data import catalog
+from cxr.data.expectations import split_tables
 from cxr.data.split import left_out_note, make_split
-from cxr.data.validation import split_tables, validate
+from cxr.data.validation import validate
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from cxr.core import backbones, runs, tracking
 from cxr.core.config import as_dict, load
 from cxr.core.spec import ModelSpec, trained_on
 from cxr.core.stage import arguments, run
-from cxr.learn import checkpoints, publish, training
+from cxr.learn import checkpoints, publish, runtime, training
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
         checkpoints.work_folder(args.model),
         {"config": as_dict(config), "split": tracking.file_md5(args.split), "stage": "train"},
     )
-    strategy = training.configure_runtime(config.train, config.seed)
+    strategy = runtime.configure_runtime(config.train, config.seed)
     with runs.stage_run(config, f"train@{backbone.name}", args.split, backbone.name):
         with strategy.scope():
             model, result = training.train_classifier(

@@ -15,7 +15,7 @@ from cxr.core.config import ConfigError
 from cxr.data import catalog
 from cxr.data.sources import SourceLayoutError, download_source, read_source
 from cxr.data.split import SplitError, external_test_set, make_split, source_confound
-from cxr.learn import training
+from cxr.learn import runtime
 from cxr.report.audit import findings, gradcam, measures
 
 
@@ -240,7 +240,7 @@ def shortcut_split(source_shift: bool, root: Path) -> tuple[pd.DataFrame, object
     table, _ = catalog.build(config, root)
     kept, _ = catalog.filter_views(table, config.filter)
     frame, _ = make_split(kept, config, "synthetic")
-    training.configure_runtime(config.train, config.seed)
+    runtime.configure_runtime(config.train, config.seed)
     return frame, config
 
 

@@ -10,9 +10,10 @@ from cxr.core.config import Filter
 from cxr.core.schema import CATALOG_COLUMNS, SchemaError
 from cxr.data import catalog
 from cxr.data.catalog import CatalogError
+from cxr.data.expectations import catalog_expectations
 from cxr.data.image_files import ImageFileError
 from cxr.data.sources import SourceTable
-from cxr.data.validation import DataValidationError, Table, catalog_expectations, validate
+from cxr.data.validation import DataValidationError, Table, validate
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ from conftest import make_config
 
 from cxr.data import catalog, duplicates
 from cxr.data.duplicates import DuplicateError, fingerprint, hash_words, near_pairs
+from cxr.data.expectations import firewall_table, split_tables
 from cxr.data.sources import download_source
 from cxr.data.sources.synthetic import COPY_CHANGES
 from cxr.data.split import external_test_set, make_split
-from cxr.data.validation import DataValidationError, firewall_table, split_tables, validate
+from cxr.data.validation import DataValidationError, validate
 
 # Patients of the COVID collection's stand-in past synthetic.patients: the shared radiographs,
 # each as an original (odd offset) and a copy (even offset) under a second patient id.

@@ -6,8 +6,9 @@ from conftest import make_config
 
 from cxr.core.config import Filter
 from cxr.data import catalog
+from cxr.data.expectations import split_tables
 from cxr.data.split import SplitError, group_ids, make_split, source_quotas
-from cxr.data.validation import DataValidationError, split_tables, validate
+from cxr.data.validation import DataValidationError, validate
 
 
 @pytest.fixture(scope="module")

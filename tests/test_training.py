@@ -400,7 +400,8 @@ from cxr.core import backbones, registry
 from cxr.core.config import Head, load
 from cxr.learn.images import TrainingBatches
 from cxr.learn.model import build_classifier
-from cxr.learn.training import configure_runtime, fit
+from cxr.learn.runtime import configure_runtime
+from cxr.learn.training import fit
 strategy = configure_runtime(replace(load("{params}").train, distribute="{mode}", deterministic=False), seed=0)
 print("replicas", strategy.num_replicas_in_sync)
 with strategy.scope():

@@ -1,5 +1,5 @@
-"""Fitting: runtime set-up, class weights, the fit (resumed from its checkpoint), and the two
-training paths.
+"""Fitting: class weights, the fit (resumed from its checkpoint), and the two training paths
+(the runtime they run in is set up by :func:`cxr.learn.runtime.configure_runtime`).
 
 With the base frozen and no augmentation, the base's output for an image never changes, so
 its pooled features are computed once and the head is trained on them: the same model and
@@ -31,35 +31,6 @@ HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lea
 class FitResult:
     history: pd.DataFrame  # one row per epoch, HISTORY_COLUMNS
     best: dict  # epoch (0: the starting weights), val_loss, val_accuracy of the weights kept
-
-
-def configure_runtime(params: Train, seed: int) -> tf.distribute.Strategy:
-    """Seeds, op determinism, precision policy and the distribution strategy, before any model.
-
-    Op determinism is enabled only without a GPU; mixed precision (``mixed_float16``) only with one.
-
-    Parameters
-    ----------
-    params : Train
-        The ``train`` parameters (``deterministic``, ``mixed_precision``, ``distribute``).
-    seed : int
-        The random seed of Python, NumPy and TensorFlow.
-
-    Returns
-    -------
-    tf.distribute.Strategy
-        A MirroredStrategy (``distribute: mirrored``, or ``auto`` with more than one GPU), else the
-        default strategy.
-    """
-    keras.utils.set_random_seed(seed)
-    gpus = tf.config.list_physical_devices("GPU")
-    if params.deterministic and not gpus:
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy("mixed_float16" if params.mixed_precision and gpus else "float32")
-    if params.distribute == "mirrored" or (params.distribute == "auto" and len(gpus) > 1):
-        devices = None if gpus else [device.name for device in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
-    return tf.distribute.get_strategy()
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:

@@ -1,6 +1,7 @@
-"""What the audit's numbers say: which tests point at a source shortcut, the verdict paragraph
-generated from the numbers, and ``audit.md``. ``positive`` is the class the study asks about
-(``positive_class`` in params.yaml): its sensitivity is what the external test compares."""
+"""What the audit's numbers say: which tests point at a source shortcut, and the verdict paragraph
+generated from the numbers (``audit.md`` is :mod:`cxr.report.audit.markdown`). ``positive`` is
+the class the study asks about (``positive_class`` in params.yaml): its sensitivity is what the
+external test compares."""
 
 from __future__ import annotations
 
@@ -121,14 +122,14 @@ def verdict(backbone: str, metrics: dict, n_classes: int, positive: str, min_ima
         f"With the lungs hidden, the classifier still reaches a balanced accuracy of "
         f"{evaluation.interval_text(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) "
         f"and a {positive} sensitivity of "
-        f"{_number(hidden.get(key))}.",
-        f"Grad-CAM puts {_number(saliency['lung_box_share'])} of its mass inside the lung box "
+        f"{two_decimals(hidden.get(key))}.",
+        f"Grad-CAM puts {two_decimals(saliency['lung_box_share'])} of its mass inside the lung box "
         f"({saliency['uniform_share']:.2f} if it were spread evenly; {_map(saliency)}).",
     ]
     if "external" in metrics:
         sentences.append(
-            f"On the external source, {positive} sensitivity is {_number(metrics['external'].get(key))}"
-            f" against {_number(internal.get(key))} on the test split."
+            f"On the external source, {positive} sensitivity is {two_decimals(metrics['external'].get(key))}"
+            f" against {two_decimals(internal.get(key))} on the test split."
         )
     others = [name for name in ("lungs_hidden", "saliency", "external") if found[name]]
     if found["probe"] and others:
@@ -194,157 +195,6 @@ def _map(saliency: dict) -> str:
     return "map size unknown" if side is None else f"a {side}x{side} feature map"
 
 
-def _number(value) -> str:
+def two_decimals(value) -> str:
+    """``value`` with two decimals; ``-`` for None."""
     return "-" if value is None else f"{value:.2f}"
-
-
-def audit_markdown(
-    results: dict[str, dict],
-    confound: dict,
-    external: dict | None,
-    classes: list[str],
-    note: str,
-    positive: str,
-    min_images: int | None = None,
-) -> str:
-    """``reports/eval/audit.md``: the shortcut audit of every backbone as Markdown.
-
-    The source x class table, one row of numbers per backbone, the generated verdicts, and what each
-    number means; a within-class probe score whose smallest source has fewer than ``min_images``
-    images (``release.min_images``) is marked not interpretable. The lungs-hidden test follows
-    Maguolo & Nanni (2021); the saliency maps are Grad-CAM (Selvaraju et al., ICCV 2017).
-
-    Parameters
-    ----------
-    results : dict of str to dict
-        ``{backbone: audit metrics}`` (:func:`cxr.report.audit.measures.summary`'s dicts).
-    confound : dict
-        The split report's ``source_confound``: ``images_per_source_class``, ``source_only_rule``,
-        ``source_only_accuracy`` and ``majority_class_accuracy``.
-    external : dict or None
-        The external stage's report (``images_per_source_class``, or ``note`` when there is no
-        external test); None: no external source.
-    classes : list of str
-        The task's classes.
-    note : str
-        A paragraph on the data's origin, put under the title.
-    positive : str
-        The positive class (``positive_class``), whose sensitivity is reported.
-    min_images : int or None, optional
-        The fewest test images per source for a within-class probe score to be interpretable.
-
-    Returns
-    -------
-    str
-        The Markdown text, ending in a newline.
-
-    References
-    ----------
-    Maguolo, G. & Nanni, L. (2021). A critic evaluation of methods for COVID-19 automatic detection
-    from X-ray images.
-
-    Selvaraju, R. R. et al. (2017). Grad-CAM: Visual explanations from deep networks via
-    gradient-based localization. ICCV 2017.
-    """
-    class_header = " | ".join(classes)
-    key = f"sensitivity_{positive}"
-    lines = [
-        f"# Shortcut audit: {positive}, or the source of the image?",
-        "",
-        note,
-        "",
-        "## How much the source alone gives away",
-        "",
-        f"| source | {class_header} |",
-        "|---|" + "---|" * len(classes),
-    ]
-    for source, counts in confound["images_per_source_class"].items():
-        lines.append(f"| {source} | " + " | ".join(str(counts.get(name, 0)) for name in classes) + " |")
-    rule = ", ".join(f"{source} -> {name}" for source, name in confound["source_only_rule"].items())
-    lines += [
-        "",
-        f"Predicting the class from the source alone (each source's most common training class: "
-        f"{rule}) scores {confound['source_only_accuracy']:.2f} test accuracy; "
-        f"predicting the most common class for every image scores {confound['majority_class_accuracy']:.2f}.",
-    ]
-    if external and external.get("note"):
-        lines += ["", f"External test source: none ({external['note']})."]
-    elif external:
-        counts = "; ".join(
-            f"{source}: " + ", ".join(f"{count} {name}" for name, count in values.items())
-            for source, values in external["images_per_source_class"].items()
-        )
-        lines += ["", f"External test source (never trained on): {counts}."]
-    lines += [
-        "",
-        "## Results",
-        "",
-        "| backbone | test accuracy | source probe within class (chance) | source probe accuracy "
-        f"(class-only guess) | lungs hidden: balanced accuracy | lungs hidden: {positive} sensitivity | "
-        f"Grad-CAM mass in lung box (even spread; map) | external: accuracy | external: {positive} sensitivity |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for backbone, metrics in results.items():
-        probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
-        external_metrics = metrics.get("external", {})
-        lines.append(
-            " | ".join(
-                [
-                    f"| {backbone}",
-                    evaluation.interval_text(metrics["classifier"], "accuracy"),
-                    f"{_number(probe['within_class_accuracy'])} ({probe['within_class_chance']:.2f})",
-                    f"{_number(probe['accuracy'])} ({probe['class_only_accuracy']:.2f})",
-                    evaluation.interval_text(hidden, "balanced_accuracy"),
-                    _number(hidden.get(key)),
-                    f"{_number(saliency['lung_box_share'])} ({saliency['uniform_share']:.2f}; "
-                    f"{saliency.get('map_side')}x{saliency.get('map_side')} map)",
-                    evaluation.interval_text(external_metrics, "accuracy"),
-                    _number(external_metrics.get(key)),
-                ]
-            )
-            + " |"
-        )
-    lines += [
-        "",
-        "### Source probe within each class",
-        "",
-        "Scored only where a class has test images from two or more sources; each score rests on the images it names.",
-        "",
-        "| backbone | class | test images per source | balanced accuracy [95% CI] (chance) |",
-        "|---|---|---|---|",
-    ]
-    for backbone, metrics in results.items():
-        probe = metrics["source_probe"]
-        for name, result in probe.get("within_class", {}).items():
-            images = ", ".join(f"{source} {count}" for source, count in result["images"].items())
-            lines.append(
-                f"| {backbone} | {name} | {images} | {evaluation.interval_text(result, 'balanced_accuracy')} "
-                f"({probe['within_class_chance']:.2f}){too_few(result, min_images)} |"
-            )
-    lines += ["", "## Verdict", ""]
-    for backbone, metrics in results.items():
-        lines += [verdict(backbone, metrics, len(classes), positive, min_images), ""]
-    lines += [
-        "## What the numbers are",
-        "",
-        "- **Source probe**: the same backbone and head, trained like `train@<backbone>` but to predict "
-        "each image's source. *Within class* is its sensitivity averaged over sources, among test images of one "
-        "class, averaged over the classes that more than one source provides: a guess from the class alone "
-        "scores exactly the chance level, so anything above it is the look of the source. A margin of "
-        f"{PROBE_MARGIN} above chance counts as a difference.",
-        "- **Lungs hidden**: the classifier retrained and tested on images whose central square (side "
-        "`audit.lung_box` of the image) is black, as Maguolo & Nanni (2021) did. Its balanced accuracy "
-        "counts as above chance when the lower end of its 95% patient-bootstrap interval is.",
-        "- **Grad-CAM**: saliency of the predicted class at the backbone's last feature map (layer in the "
-        "backbone registry), for `audit.saliency_images_per_class` test images per class; the share of its "
-        "mass inside the lung box, against the share an even spread would have; "
-        f"{SALIENCY_MARGIN} or more below it counts as looking elsewhere. A feature map of 1x1 (small inputs) "
-        "cannot localise anything. Overlays: "
-        + ", ".join(f"[{backbone}](../audit/{backbone}/gradcam.png)" for backbone in results)
-        + ".",
-        f"- **External**: the trained classifier on the external source's images; a {positive} sensitivity "
-        f"{EXTERNAL_DROP} or more below the test split's counts as a drop.",
-        "- Intervals are 95% percentile intervals of a bootstrap over patients; a proportion at 0 or 1 in every "
-        "resample has the exact Clopper-Pearson interval on its images instead.",
-    ]
-    return "\n".join(lines) + "\n"
