@@ -41,7 +41,8 @@ from PIL import Image  # noqa: E402
 from cxr.core.config import from_dict  # noqa: E402
 from cxr.data import duplicates  # noqa: E402
 from cxr.data.image_files import describe_images  # noqa: E402
-from cxr.data.sources.synthetic import ADULT, CHILD, COPY_CHANGES, OTHER_SITE, draw_chest, encode, republished  # noqa: E402
+from cxr.data.sources.drawing import ADULT, CHILD, OTHER_SITE, draw_chest  # noqa: E402
+from cxr.data.sources.synthetic import COPY_CHANGES, encode, republished  # noqa: E402
 
 PATTERNS = ("normal", "covid", "bacteria", "viral")
 STYLES = (ADULT, CHILD, OTHER_SITE)

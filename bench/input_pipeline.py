@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 from common import Timer, median, save, synthetic_split  # noqa: E402
 
 from cxr.core import backbones  # noqa: E402
-from cxr.core.config import Augment  # noqa: E402
+from cxr.core.sections import Augment  # noqa: E402
 from cxr.learn import images  # noqa: E402
 from cxr.learn.model import keras_preprocess_input, preprocessing  # noqa: E402
 

@@ -43,7 +43,7 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage  # noqa: E402
 
 from cxr.core import backbones  # noqa: E402
-from cxr.core.config import Head  # noqa: E402
+from cxr.core.sections import Head  # noqa: E402
 from cxr.core.spec import ModelSpec  # noqa: E402
 from cxr.data.image_files import DEFAULT_LIMITS  # noqa: E402
 from cxr.learn.model import build_classifier  # noqa: E402

@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 from common import Timer, save, synthetic_split  # noqa: E402
 
 from cxr.core import backbones  # noqa: E402
-from cxr.core.config import Head  # noqa: E402
+from cxr.core.sections import Head  # noqa: E402
 from cxr.learn.model import build_classifier  # noqa: E402
 from cxr.learn.model_files import save_model  # noqa: E402
 from cxr.serve.classify import predict_sources  # noqa: E402

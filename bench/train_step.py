@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from common import Timer, median, save, synthetic_split  # noqa: E402
 
 from cxr.core import backbones  # noqa: E402
-from cxr.core.config import Augment, Head  # noqa: E402
+from cxr.core.sections import Augment, Head  # noqa: E402
 from cxr.learn.model import build_classifier, feature_extractor, unfreeze_last  # noqa: E402
 
 if TYPE_CHECKING:

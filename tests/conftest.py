@@ -192,7 +192,7 @@ def model_folder(tmp_path_factory) -> Path:
     import pandas as pd
 
     from cxr.core import backbones
-    from cxr.core.config import Head
+    from cxr.core.sections import Head
     from cxr.core.spec import ModelSpec
     from cxr.learn.model import build_classifier
     from cxr.learn.model_files import save_model
@@ -217,7 +217,7 @@ def model_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def chest() -> np.ndarray:
     """A grey 112 x 96 chest image spanning the whole 0-255 range."""
-    from cxr.data.sources.synthetic import CHILD, draw_chest
+    from cxr.data.sources.drawing import CHILD, draw_chest
 
     pixels = draw_chest(np.random.default_rng(0), 96, 112, "covid", CHILD)
     pixels[0, 0], pixels[0, 1] = 0, 255

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from conftest import make_config
 
-from cxr.core.config import Filter
 from cxr.core.schema import CATALOG_COLUMNS, SchemaError
+from cxr.core.sections import Filter
 from cxr.data import catalog
 from cxr.data.catalog import CatalogError
 from cxr.data.expectations import catalog_expectations

@@ -6,7 +6,7 @@ import pytest
 
 from cxr.core import backbones
 from cxr.core.backbones import BackboneError
-from cxr.core.config import Head
+from cxr.core.sections import Head
 from cxr.learn.model import (
     base_of,
     build_base,

@@ -9,7 +9,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import KFold
 
-from cxr.core.config import Release
+from cxr.core.sections import Release
 from cxr.report import calibration, release
 from cxr.serve.classify import Decision
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from conftest import make_config
 
-from cxr.core.config import Filter
+from cxr.core.sections import Filter
 from cxr.data import catalog
 from cxr.data.expectations import split_tables
 from cxr.data.split import SplitError, group_ids, make_split, source_quotas

@@ -63,7 +63,7 @@ def test_a_file_training_could_not_read_stops_merge_in_one_line(project, kind):
     a PNG header claiming 65535 x 65535 px: merge stops on the file with one line naming it, and writes nothing."""
     from test_inputs import bomb_header_png, pil_bytes
 
-    from cxr.data.sources.synthetic import CHILD, draw_chest
+    from cxr.data.sources.drawing import CHILD, draw_chest
 
     chest = draw_chest(np.random.default_rng(0), 96, 112, "covid", CHILD)
     folder = {"webp": "data/raw/covid_chestxray/images", "tiff": "data/raw/kermany", "bomb": "data/raw/kermany"}[kind]

@@ -397,7 +397,8 @@ import numpy as np, pandas as pd, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from cxr.core import backbones, registry
-from cxr.core.config import Head, load
+from cxr.core.config import load
+from cxr.core.sections import Head
 from cxr.learn.images import TrainingBatches
 from cxr.learn.model import build_classifier
 from cxr.learn.runtime import configure_runtime

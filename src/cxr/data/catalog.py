@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.core.config import Config, Filter
 from cxr.core import schema
+from cxr.core.config import Config
 from cxr.core.errors import CxrError
+from cxr.core.sections import Filter
 from cxr.data import duplicates
 from cxr.data.image_files import describe_images
 from cxr.data.sources import read_source
@@ -72,8 +73,9 @@ def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tup
     left_out = images["label"].isna()
     left_out_counts = images.loc[left_out, "finding"].value_counts().sort_index()
     images = images[~left_out].reset_index(drop=True)
-    described = describe_images(images["path"].tolist(), measure=duplicates.fingerprint,
-                                measured=schema.FINGERPRINT_COLUMNS)
+    described = describe_images(
+        images["path"].tolist(), measure=duplicates.fingerprint, measured=schema.FINGERPRINT_COLUMNS
+    )
     catalog = pd.concat([images, described], axis=1)
     catalog["duplicate_group"], groups = duplicates.group(catalog, config.duplicates)
     catalog, settled = duplicates.settle_conflicts(catalog, groups, config.duplicates, where=f"sources {names}")
@@ -113,8 +115,9 @@ def map_findings(images: pd.DataFrame, labels: dict[str, str | None]) -> pd.Seri
     the whole text is looked up first, then its last part (``COVID-19``), so one map serves the
     April-2020 table and later ones.
     """
-    findings = images["finding"].where(images["finding"].isin(list(labels)),
-                                       images["finding"].str.rsplit("/", n=1).str[-1].str.strip())
+    findings = images["finding"].where(
+        images["finding"].isin(list(labels)), images["finding"].str.rsplit("/", n=1).str[-1].str.strip()
+    )
     unknown = images.loc[~findings.isin(list(labels))]
     if not unknown.empty:
         lines = [
@@ -122,7 +125,8 @@ def map_findings(images: pd.DataFrame, labels: dict[str, str | None]) -> pd.Seri
             for finding, rows in unknown.groupby("finding", sort=True)
         ]
         raise CatalogError(
-            "finding(s) not in the `labels` map of params.yaml: " + "; ".join(lines)
+            "finding(s) not in the `labels` map of params.yaml: "
+            + "; ".join(lines)
             + ". Add each to `labels` with the label it means; unknown findings are never guessed."
         )
     return findings.map(labels)
@@ -130,6 +134,7 @@ def map_findings(images: pd.DataFrame, labels: dict[str, str | None]) -> pd.Seri
 
 def data_report(catalog: pd.DataFrame, tables: dict[str, SourceTable]) -> dict:
     """What the study printed about its data, and what it should have: counts and gaps."""
+
     def crosstab(column: str) -> dict:
         values = catalog[column].fillna("(none)")
         return pd.crosstab(catalog["source"], values).to_dict(orient="index")
@@ -142,7 +147,8 @@ def data_report(catalog: pd.DataFrame, tables: dict[str, SourceTable]) -> dict:
         "images_per_source_modality": crosstab("modality"),
         "metadata_nulls": {
             name: {"rows": len(table.metadata), "nulls": table.metadata.isna().sum().to_dict()}
-            for name, table in tables.items() if table.metadata is not None
+            for name, table in tables.items()
+            if table.metadata is not None
         },
         "dropped_rows": [row for table in tables.values() for row in table.dropped],
     }
@@ -186,7 +192,8 @@ def filter_views(catalog: pd.DataFrame, rules: Filter) -> tuple[pd.DataFrame, di
         "images_kept": int(kept.sum()),
         "dropped_by_rule": rules_applied,
         "kept_without_view_record": int((kept & no_view).sum()),
-        "kept_per_source_label": pd.crosstab(catalog.loc[kept, "source"], catalog.loc[kept, "label"])
-        .to_dict(orient="index"),
+        "kept_per_source_label": pd.crosstab(catalog.loc[kept, "source"], catalog.loc[kept, "label"]).to_dict(
+            orient="index"
+        ),
     }
     return catalog.loc[kept].reset_index(drop=True), report

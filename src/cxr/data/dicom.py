@@ -27,8 +27,12 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
-                         ImplicitVRLittleEndian)
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from cxr.core.errors import CxrError, one_line
 
@@ -101,17 +105,23 @@ def read_header(data: bytes, name: str, *, max_pixels: int, max_decoded_bytes: i
     rows, columns = _integer(dataset, "Rows", name), _integer(dataset, "Columns", name)
     frames = int(_number(dataset.get("NumberOfFrames", 1), 1) or 1)
     if rows * columns * frames > max_pixels:
-        raise DicomError(f"{name}: {columns} x {rows} px" + (f" x {frames} frames" if frames > 1 else "")
-                         + f", over the limit of {max_pixels:,} pixels per image (max_pixels)")
+        raise DicomError(
+            f"{name}: {columns} x {rows} px"
+            + (f" x {frames} frames" if frames > 1 else "")
+            + f", over the limit of {max_pixels:,} pixels per image (max_pixels)"
+        )
     samples = int(_number(dataset.get("SamplesPerPixel", 1), 1) or 1)
     allocated = int(_number(dataset.get("BitsAllocated", 16), 16) or 16)
     decoded = rows * columns * frames * samples * -(-allocated // 8)
     if decoded > max_decoded_bytes:
-        raise DicomError(f"{name}: its pixel data decodes to {decoded:,} bytes, over the limit of "
-                         f"{max_decoded_bytes:,} (max_decoded_bytes)")
+        raise DicomError(
+            f"{name}: its pixel data decodes to {decoded:,} bytes, over the limit of "
+            f"{max_decoded_bytes:,} (max_decoded_bytes)"
+        )
     syntax = dataset.file_meta.get("TransferSyntaxUID", "") if hasattr(dataset, "file_meta") else ""
-    return DicomHeader(rows, columns, frames, str(dataset.get("PhotometricInterpretation", "") or "").strip(),
-                       str(syntax))
+    return DicomHeader(
+        rows, columns, frames, str(dataset.get("PhotometricInterpretation", "") or "").strip(), str(syntax)
+    )
 
 
 def read_dicom(data: bytes, name: str, *, max_pixels: int, max_decoded_bytes: int) -> DicomImage:
@@ -120,11 +130,15 @@ def read_dicom(data: bytes, name: str, *, max_pixels: int, max_decoded_bytes: in
     pixel data, an unsupported transfer syntax or photometric interpretation, a blank image."""
     found = read_header(data, name, max_pixels=max_pixels, max_decoded_bytes=max_decoded_bytes)
     if found.frames > 1:
-        raise DicomError(f"{name}: multi-frame DICOM ({found.frames} frames) is not supported; save the X-ray frame "
-                         "as a single-frame file")
+        raise DicomError(
+            f"{name}: multi-frame DICOM ({found.frames} frames) is not supported; save the X-ray frame "
+            "as a single-frame file"
+        )
     if found.photometric not in MONOCHROME + COLOUR:
-        raise DicomError(f"{name}: PhotometricInterpretation {found.photometric or '(none)'} is not supported "
-                         f"(supported: {', '.join(MONOCHROME + COLOUR)})")
+        raise DicomError(
+            f"{name}: PhotometricInterpretation {found.photometric or '(none)'} is not supported "
+            f"(supported: {', '.join(MONOCHROME + COLOUR)})"
+        )
     dataset = _read(data, name, stop_before_pixels=False)
     if "PixelData" not in dataset:
         raise DicomError(f"{name}: DICOM file without pixel data")
@@ -132,8 +146,9 @@ def read_dicom(data: bytes, name: str, *, max_pixels: int, max_decoded_bytes: in
     try:
         values = dataset.pixel_array
     except Exception as exc:  # pydicom raises many types for unsupported or broken pixel data
-        raise DicomError(f"{name}: its pixel data ({_syntax_name(found.transfer_syntax)}) cannot be decoded "
-                         f"({one_line(exc)})") from None
+        raise DicomError(
+            f"{name}: its pixel data ({_syntax_name(found.transfer_syntax)}) cannot be decoded ({one_line(exc)})"
+        ) from None
     try:
         values = _grey(values, dataset, found.photometric, notes)
     except Exception as exc:  # a broken LUT or window: pydicom raises ValueError, TypeError, IndexError
@@ -146,25 +161,43 @@ def read_dicom(data: bytes, name: str, *, max_pixels: int, max_decoded_bytes: in
     pixels = np.round((values - low) / (high - low) * 255).astype(np.uint8)
     view = str(dataset.get("ViewPosition", "") or "").strip().upper() or None
     age, age_note = age_in_years(dataset.get("PatientAge", ""))
-    return DicomImage(pixels=pixels, view=view, age=age, photometric=found.photometric,
-                      notes=tuple(notes + ([age_note] if age_note else [])))
+    return DicomImage(
+        pixels=pixels,
+        view=view,
+        age=age,
+        photometric=found.photometric,
+        notes=tuple(notes + ([age_note] if age_note else [])),
+    )
 
 
 def _read(data: bytes, name: str, *, stop_before_pixels: bool) -> Dataset:
     """The dataset of ``data``. A file without the preamble and file meta (older exports, some CD
     viewers) is read by its content, and its transfer syntax is the encoding it was read with."""
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels,
-                                  force=data[128:132] != b"DICM")
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, struct.error,
-            zlib.error, NotImplementedError, AttributeError, IndexError) as exc:
+        dataset = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=stop_before_pixels, force=data[128:132] != b"DICM"
+        )
+    except (
+        InvalidDicomError,
+        OSError,
+        ValueError,
+        EOFError,
+        KeyError,
+        TypeError,
+        struct.error,
+        zlib.error,
+        NotImplementedError,
+        AttributeError,
+        IndexError,
+    ) as exc:
         raise DicomError(f"{name}: not a readable DICOM file ({one_line(exc)})") from None
     if "TransferSyntaxUID" not in dataset.file_meta:
         implicit, little = dataset.original_encoding
         if implicit is None:
             raise DicomError(f"{name}: not a readable DICOM file (no file meta, and no data element could be read)")
-        dataset.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                                               ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        dataset.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
     return dataset
 
 
@@ -211,9 +244,11 @@ def _drop_invalid(dataset: Dataset, notes: list[str]) -> None:
         width = _number(dataset.get("WindowWidth"), None)
         center = _number(dataset.get("WindowCenter"), None)
         if width is None or width < 1 or center is None:
-            notes.append(f"window (WindowCenter {_shown(dataset.get('WindowCenter'))}, WindowWidth "
-                         f"{_shown(dataset.get('WindowWidth'))}) is not valid (width at least 1); the full range "
-                         "is shown")
+            notes.append(
+                f"window (WindowCenter {_shown(dataset.get('WindowCenter'))}, WindowWidth "
+                f"{_shown(dataset.get('WindowWidth'))}) is not valid (width at least 1); the full range "
+                "is shown"
+            )
             for keyword in ("WindowWidth", "WindowCenter", "VOILUTFunction"):
                 if keyword in dataset:
                     del dataset[keyword]

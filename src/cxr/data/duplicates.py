@@ -35,9 +35,9 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from cxr.core.config import Duplicates
 from cxr.core.errors import CxrError
 from cxr.core.schema import FINGERPRINT_COLUMNS
+from cxr.core.sections import Duplicates
 
 # Rows of the candidate scan compared against every image at once (its XOR takes block x images x 8 bytes).
 SCAN_BLOCK = 128

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cxr.core.config import Duplicates
 from cxr.core.schema import CATALOG_COLUMNS, CATALOG_REQUIRED, SPLIT_NAMES
+from cxr.core.sections import Duplicates
 from cxr.data import duplicates
 from cxr.data.validation import Table, gxe
 
@@ -32,21 +32,27 @@ def catalog_expectations(labels: list[str], sources: list[str]) -> list[gxe.Expe
         The catalog's expectations.
     """
     return [
-        gxe.ExpectTableColumnsToMatchSet(column_set=list(CATALOG_COLUMNS), exact_match=False,
-                                         description="catalog has every schema column"),
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=list(CATALOG_COLUMNS), exact_match=False, description="catalog has every schema column"
+        ),
         gxe.ExpectColumnValuesToBeUnique(column="image_id", description="image ids are unique"),
-        *[gxe.ExpectColumnValuesToNotBeNull(column=column, description="required value present")
-          for column in CATALOG_REQUIRED],
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(column=column, description="required value present")
+            for column in CATALOG_REQUIRED
+        ],
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=labels, description="label is known"),
         gxe.ExpectColumnValuesToBeInSet(column="source", value_set=sources, description="source is configured"),
-        gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$",
-                                           description="file was hashed"),
-        *[gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=["int64", "int32"],
-                                                description="image size is an integer")
-          for column in ("width", "height")],
+        gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$", description="file was hashed"),
+        *[
+            gxe.ExpectColumnValuesToBeInTypeList(
+                column=column, type_list=["int64", "int32"], description="image size is an integer"
+            )
+            for column in ("width", "height")
+        ],
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1, description="image opened"),
-        gxe.ExpectColumnValuesToBeBetween(column="orientation", min_value=1, max_value=8,
-                                          description="EXIF orientation is 1-8"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="orientation", min_value=1, max_value=8, description="EXIF orientation is 1-8"
+        ),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=1, description="image opened"),
     ]
 
@@ -70,14 +76,17 @@ def filter_expectations(views: list[str], modalities: list[str], missing_view: s
     """
     expectations: list[gxe.Expectation] = []
     if views:
-        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="view", value_set=views,
-                                                             description="only filter.views remain"))
+        expectations.append(
+            gxe.ExpectColumnValuesToBeInSet(column="view", value_set=views, description="only filter.views remain")
+        )
     if modalities:
-        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="modality", value_set=modalities,
-                                                            description="only filter.modalities remain"))
+        expectations.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="modality", value_set=modalities, description="only filter.modalities remain"
+            )
+        )
     if missing_view == "drop":
-        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column="view",
-                                                              description="no image without a view"))
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column="view", description="no image without a view"))
     expectations.append(gxe.ExpectTableRowCountToBeBetween(min_value=1, description="something is left"))
     return expectations
 
@@ -115,26 +124,50 @@ def split_tables(split: pd.DataFrame, classes: list[str], fractions: dict[str, f
     counts["deviation"] = (counts["images"] / totals.where(totals > 0) - counts["split"].map(fractions)).abs()
     counts["cell"] = counts["split"] + "/" + counts["class"]
     return [
-        Table("split", split, [
-            gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLIT_NAMES), description="known split"),
-            gxe.ExpectColumnValuesToBeInSet(column="class", value_set=classes, description="class of the task"),
-            gxe.ExpectColumnValuesToBeUnique(column="image_id", description="each image once"),
-        ]),
-        Table("patients", patients, [
-            gxe.ExpectColumnValuesToBeUnique(column="patient_id", description="no patient in two splits"),
-        ]),
-        Table("identical_images", images, [
-            gxe.ExpectColumnValuesToBeUnique(column="sha256", description="no identical image in two splits"),
-        ]),
-        Table("duplicate_groups", groups, [
-            gxe.ExpectColumnValuesToBeUnique(column="duplicate_group", description="no duplicate group in two splits"),
-        ]),
-        Table("class_counts", counts, [
-            gxe.ExpectColumnValuesToBeBetween(column="images", min_value=1,
-                                              description="every class in every split"),
-            gxe.ExpectColumnValuesToBeBetween(column="deviation", max_value=tolerance,
-                                              description="class share per split within split.tolerance"),
-        ]),
+        Table(
+            "split",
+            split,
+            [
+                gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLIT_NAMES), description="known split"),
+                gxe.ExpectColumnValuesToBeInSet(column="class", value_set=classes, description="class of the task"),
+                gxe.ExpectColumnValuesToBeUnique(column="image_id", description="each image once"),
+            ],
+        ),
+        Table(
+            "patients",
+            patients,
+            [
+                gxe.ExpectColumnValuesToBeUnique(column="patient_id", description="no patient in two splits"),
+            ],
+        ),
+        Table(
+            "identical_images",
+            images,
+            [
+                gxe.ExpectColumnValuesToBeUnique(column="sha256", description="no identical image in two splits"),
+            ],
+        ),
+        Table(
+            "duplicate_groups",
+            groups,
+            [
+                gxe.ExpectColumnValuesToBeUnique(
+                    column="duplicate_group", description="no duplicate group in two splits"
+                ),
+            ],
+        ),
+        Table(
+            "class_counts",
+            counts,
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="images", min_value=1, description="every class in every split"
+                ),
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="deviation", max_value=tolerance, description="class share per split within split.tolerance"
+                ),
+            ],
+        ),
     ]
 
 
@@ -162,7 +195,12 @@ def firewall_table(split: pd.DataFrame, external: pd.DataFrame, rules: Duplicate
     both = pd.concat([split.assign(side="split"), external.assign(side="external")], ignore_index=True)
     joint, _ = duplicates.group(both, rules)
     sides = both.assign(joint_group=joint)[["joint_group", "side"]].drop_duplicates()
-    return Table("split_and_external", sides, [
-        gxe.ExpectColumnValuesToBeUnique(column="joint_group",
-                                         description="no duplicate group spans the split and the external set"),
-    ])
+    return Table(
+        "split_and_external",
+        sides,
+        [
+            gxe.ExpectColumnValuesToBeUnique(
+                column="joint_group", description="no duplicate group spans the split and the external set"
+            ),
+        ],
+    )

@@ -101,15 +101,18 @@ class Limits:
 
     def check_file_size(self, size: int, name: str) -> None:
         if size > self.max_file_bytes:
-            raise ImageFileError(f"{name}: {size:,} bytes, over the limit of {self.max_file_bytes:,} bytes per file "
-                                 "(max_file_bytes)")
+            raise ImageFileError(
+                f"{name}: {size:,} bytes, over the limit of {self.max_file_bytes:,} bytes per file (max_file_bytes)"
+            )
 
     def check_pixels(self, width: int, height: int, name: str, frames: int = 1) -> None:
         pixels = int(width) * int(height) * int(frames)
         if pixels > self.max_pixels:
             shape = f"{width} x {height}" + (f" x {frames} frames" if frames > 1 else "")
-            raise ImageFileError(f"{name}: {shape} px ({pixels:,} pixels), over the limit of {self.max_pixels:,} "
-                                 "pixels per image (max_pixels); downscale it first")
+            raise ImageFileError(
+                f"{name}: {shape} px ({pixels:,} pixels), over the limit of {self.max_pixels:,} "
+                "pixels per image (max_pixels); downscale it first"
+            )
 
 
 DEFAULT_LIMITS = Limits()
@@ -139,12 +142,15 @@ def sniff(data: bytes, name: str) -> str:
     if data[128:132] == b"DICM":
         return "dicom"
     for magic, offset, more, label in OTHER_FORMATS:
-        if data.startswith(magic) and data[offset:offset + len(more)] == more:
-            raise ImageFileError(f"{name}: a {label} file (whatever its name says); cxr reads PNG, JPEG and DICOM: "
-                                 "convert it to PNG")
+        if data.startswith(magic) and data[offset : offset + len(more)] == more:
+            raise ImageFileError(
+                f"{name}: a {label} file (whatever its name says); cxr reads PNG, JPEG and DICOM: convert it to PNG"
+            )
     if re.match(rb"P[1-7]\s", data):
-        raise ImageFileError(f"{name}: a Netpbm (PBM/PGM/PPM) file (whatever its name says); cxr reads PNG, JPEG and "
-                             "DICOM: convert it to PNG")
+        raise ImageFileError(
+            f"{name}: a Netpbm (PBM/PGM/PPM) file (whatever its name says); cxr reads PNG, JPEG and "
+            "DICOM: convert it to PNG"
+        )
     if dicom.is_dicom(name, data):  # by its suffix: a DICOM written without the preamble
         return "dicom"
     raise ImageFileError(f"{name}: not a PNG, JPEG or DICOM file (it starts with {data[:8]!r})")
@@ -169,13 +175,13 @@ def accepted_format(data: bytes, name: str, limits: Limits, formats: tuple[str, 
     limits.check_file_size(len(data), name)
     kind = sniff(data, name)
     if kind not in formats:
-        raise ImageFileError(f"{name}: a {kind.upper()} file; here only {', '.join(f.upper() for f in formats)} "
-                             "are read")
+        raise ImageFileError(
+            f"{name}: a {kind.upper()} file; here only {', '.join(f.upper() for f in formats)} are read"
+        )
     return kind
 
 
-def header(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS
-           ) -> Header:
+def header(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS) -> Header:
     """Format, upright size, mode and orientation of a file's bytes, with every limit checked and
     no pixel decoded. ``formats``: those accepted here (merge takes only what training reads).
     Raises :class:`ImageFileError` (or :class:`cxr.data.dicom.DicomError`) naming the file."""
@@ -194,10 +200,14 @@ def header(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tup
         claimed = re.search(r"\((\d+) pixels\)", str(exc))
         count = int(claimed[1]) if claimed else None
         if count is not None and count <= limits.max_pixels:
-            raise ImageFileError(f"{name}: {count:,} pixels, over Pillow's own limit of "
-                                 f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels per image; downscale it first") from None
-        raise ImageFileError(f"{name}: {f'{count:,} pixels' if count else 'more pixels than Pillow opens'}, over the "
-                             f"limit of {limits.max_pixels:,} pixels per image (max_pixels); downscale it first") from None
+            raise ImageFileError(
+                f"{name}: {count:,} pixels, over Pillow's own limit of "
+                f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels per image; downscale it first"
+            ) from None
+        raise ImageFileError(
+            f"{name}: {f'{count:,} pixels' if count else 'more pixels than Pillow opens'}, over the "
+            f"limit of {limits.max_pixels:,} pixels per image (max_pixels); downscale it first"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageFileError(f"{name}: cannot be decoded as an image ({one_line(exc)})") from None
     orientation = orientation if 1 <= orientation <= 8 else 1
@@ -247,8 +257,9 @@ class Decoded:
     dicom: dicom.DicomImage | None  # the DICOM's header facts (view, age, modality, ...), for DICOMs
 
 
-def decode(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS
-           ) -> Decoded:
+def decode(
+    data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS
+) -> Decoded:
     """A file's bytes -> :class:`Decoded`: limits and format checked, the header read before any pixel
     is decoded (a DICOM's once, by :func:`cxr.data.dicom.read_dicom`), then the format's decoder.
     Raises :class:`ImageFileError` (a :class:`cxr.core.errors.CxrError`) with one line naming the file."""
@@ -264,8 +275,9 @@ def decode(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tup
     try:
         pixels = decode_tensor(tf.constant(data), found.orientation)
     except tf.errors.OpError as exc:
-        raise ImageFileError(f"{name}: cannot be decoded as an image ({found.format.upper()}: "
-                             f"{one_line(exc.message)})") from None
+        raise ImageFileError(
+            f"{name}: cannot be decoded as an image ({found.format.upper()}: {one_line(exc.message)})"
+        ) from None
     return Decoded(pixels, found, None)
 
 
@@ -276,15 +288,21 @@ def describe_image(path: str, limits: Limits = DEFAULT_LIMITS, measure: Measure 
     data = read_file(path, limits)
     decoded = decode(data, path, limits, TRAINING_FORMATS)
     found = decoded.header
-    row = {"sha256": hashlib.sha256(data).hexdigest(), "width": found.width, "height": found.height,
-           "mode": found.mode, "orientation": found.orientation}
+    row = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "width": found.width,
+        "height": found.height,
+        "mode": found.mode,
+        "orientation": found.orientation,
+    }
     if measure is not None:
         row.update(measure((decoded.pixels.numpy() * 255).round().astype(np.uint8)))
     return row
 
 
-def describe_images(paths: list[str], limits: Limits = DEFAULT_LIMITS, measure: Measure | None = None,
-                    measured: tuple[str, ...] = ()) -> pd.DataFrame:
+def describe_images(
+    paths: list[str], limits: Limits = DEFAULT_LIMITS, measure: Measure | None = None, measured: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """:func:`describe_image` of every path (in parallel), one row each in the catalog's image columns
     and the ``measured`` keys that ``measure`` returns; the first file that cannot be read raises its
     :class:`ImageFileError`."""

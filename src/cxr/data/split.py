@@ -16,8 +16,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cxr.core.config import Config
 from cxr.core.errors import CxrError
-from cxr.core.schema import SPLIT_NAMES, split_order
-from cxr.core.schema import split_part
+from cxr.core.schema import SPLIT_NAMES, split_order, split_part
 from cxr.data import duplicates
 
 
@@ -25,8 +24,9 @@ class SplitError(CxrError):
     """The filtered catalog cannot be split for the task (e.g. a class has no images)."""
 
 
-def assign_classes(catalog: pd.DataFrame, config: Config, origin: str,
-                   every_class: bool = True) -> tuple[pd.DataFrame, dict]:
+def assign_classes(
+    catalog: pd.DataFrame, config: Config, origin: str, every_class: bool = True
+) -> tuple[pd.DataFrame, dict]:
     """Add the task's ``class`` column; rows whose label the task leaves out are dropped.
 
     With ``every_class`` (training data), a class left without images is an error.
@@ -64,8 +64,10 @@ def left_out_note(left_out: dict[str, int], task: str) -> str:
     if not left_out:
         return ""
     listed = ", ".join(f"{label!r} ({count} image(s))" for label, count in sorted(left_out.items()))
-    return (f"Labels that no class of task {task!r} lists were left out: {listed}; if one of them belongs "
-            f"to a class, map its finding to that class's label in `labels` or add it under classes.{task}")
+    return (
+        f"Labels that no class of task {task!r} lists were left out: {listed}; if one of them belongs "
+        f"to a class, map its finding to that class's label in `labels` or add it under classes.{task}"
+    )
 
 
 def source_quotas(counts: dict[str, int], limit: int) -> dict[str, int]:
@@ -160,8 +162,9 @@ def source_confound(frame: pd.DataFrame) -> dict:
     }
 
 
-def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFrame,
-                      origin: str) -> tuple[pd.DataFrame, dict]:
+def external_test_set(
+    catalog: pd.DataFrame, config: Config, training: pd.DataFrame, origin: str
+) -> tuple[pd.DataFrame, dict]:
     """External-source images in the task's classes, minus copies of any image of ``training`` (the split).
 
     Classes the external sources lack are simply absent; a byte-identical or near-duplicate copy of
@@ -197,8 +200,10 @@ def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFr
         When images pass the filter but none is left in the task's classes.
     """
     if catalog.empty:
-        note = (f"no image of the external sources {config.sources.external} passes the filter "
-                f"(filter.modalities={config.filter.modalities}, filter.views={config.filter.views})")
+        note = (
+            f"no image of the external sources {config.sources.external} passes the filter "
+            f"(filter.modalities={config.filter.modalities}, filter.views={config.filter.views})"
+        )
         empty = catalog.assign(**{"class": pd.Series(dtype=str), "split": pd.Series(dtype=str)})
         return split_order(empty), {"task": config.task, "images": 0, "note": note}
     frame, report = assign_classes(catalog, config, origin, every_class=False)
@@ -209,12 +214,14 @@ def external_test_set(catalog: pd.DataFrame, config: Config, training: pd.DataFr
         raise SplitError(f"{origin}: no external image is left in the classes of task {config.task!r}")
     frame["split"] = "external"
     frame = split_order(frame)
-    report.update({
-        "task": config.task,
-        "duplicates_of_split_images": copies[["image_id", "duplicate_of"]].to_dict(orient="records"),
-        "images_per_source_class": pd.crosstab(frame["source"], frame["class"]).to_dict(orient="index"),
-        "patients": int(frame["patient_id"].nunique()),
-    })
+    report.update(
+        {
+            "task": config.task,
+            "duplicates_of_split_images": copies[["image_id", "duplicate_of"]].to_dict(orient="records"),
+            "images_per_source_class": pd.crosstab(frame["source"], frame["class"]).to_dict(orient="index"),
+            "patients": int(frame["patient_id"].nunique()),
+        }
+    )
     return frame, report
 
 
@@ -253,14 +260,16 @@ def make_split(catalog: pd.DataFrame, config: Config, origin: str) -> tuple[pd.D
     frame["split"] = assign_splits(frame, config.split.fractions, config.split.seed)
     frame = split_order(frame)
     counts = pd.crosstab(frame["split"], frame["class"]).reindex(index=list(SPLIT_NAMES), fill_value=0)
-    report.update({
-        "task": config.task,
-        "images": {name: int(counts.loc[name].sum()) for name in SPLIT_NAMES},
-        "patients": {name: int(frame.loc[frame["split"] == name, "patient_id"].nunique()) for name in SPLIT_NAMES},
-        "images_per_class": counts.to_dict(orient="index"),
-        "images_per_split_source_class": images_per_split_source_class(frame, config.class_names()),
-        "source_confound": source_confound(frame),
-    })
+    report.update(
+        {
+            "task": config.task,
+            "images": {name: int(counts.loc[name].sum()) for name in SPLIT_NAMES},
+            "patients": {name: int(frame.loc[frame["split"] == name, "patient_id"].nunique()) for name in SPLIT_NAMES},
+            "images_per_class": counts.to_dict(orient="index"),
+            "images_per_split_source_class": images_per_split_source_class(frame, config.class_names()),
+            "source_confound": source_confound(frame),
+        }
+    )
     return frame, report
 
 

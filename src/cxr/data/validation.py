@@ -40,7 +40,6 @@ from great_expectations.data_context.types.resource_identifiers import (  # noqa
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
-
 class DataValidationError(CxrError):
     """An expectation failed; the message lists each failure and where the full result is."""
 
@@ -111,8 +110,11 @@ def validate(stage: str, tables: list[Table], report: Path, hint: str = "") -> d
             .add_batch_definition_whole_dataframe("whole")
             .get_batch(batch_parameters={"dataframe": table.frame})
         )
-        suite = context.suites.add(gx.ExpectationSuite(name=f"{stage}.{table.name}",
-                                                       expectations=[copy.copy(item) for item in table.expectations]))
+        suite = context.suites.add(
+            gx.ExpectationSuite(
+                name=f"{stage}.{table.name}", expectations=[copy.copy(item) for item in table.expectations]
+            )
+        )
         result = batch.validate(suite)
         validated[table.name] = result
         results[table.name] = reproducible_result(result.to_json_dict())
@@ -123,14 +125,13 @@ def validate(stage: str, tables: list[Table], report: Path, hint: str = "") -> d
     if failures:
         raise DataValidationError(
             f"{stage}: {len(failures)} data expectation(s) failed (full result in {report}, "
-            f"{docs / 'index.html'}):\n  - "
-            + "\n  - ".join(failures) + (f"\n{hint}" if hint else "")
+            f"{docs / 'index.html'}):\n  - " + "\n  - ".join(failures) + (f"\n{hint}" if hint else "")
         )
     return summary
 
 
 # Data Docs record no time (the same data must give the same bytes): results are filed under this.
-DOCS_RUN_TIME = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+DOCS_RUN_TIME = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 GX_TIMESTAMP = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -141,10 +142,17 @@ def write_data_docs(context, stage: str, results: dict, folder: Path) -> Path:
     random element ids: both are replaced by fixed values so the same results give the same bytes.
     Its onboarding animations (3 MB of GIFs no page shows) are left out."""
     with staged_directory(folder) as staging:
-        context.add_data_docs_site(site_name=stage, site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(staging.resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
+        context.add_data_docs_site(
+            site_name=stage,
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(staging.resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
         run_id = RunIdentifier(run_name=stage, run_time=DOCS_RUN_TIME)
         for name, result in results.items():
             key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=f"{stage}.{name}"), run_id, name)
@@ -154,10 +162,14 @@ def write_data_docs(context, stage: str, results: dict, folder: Path) -> Path:
             animation.unlink()
         fixed_time = DOCS_RUN_TIME.strftime("%Y%m%dT%H%M%S.%fZ")
         for page in staging.rglob("*.html"):
-            ids: dict[str, str] = {}
-            html = GX_TIMESTAMP.sub(fixed_time, page.read_text())
-            page.write_text(UUID.sub(lambda found: ids.setdefault(found[0], f"id{len(ids) + 1}"), html))
+            page.write_text(numbered_ids(GX_TIMESTAMP.sub(fixed_time, page.read_text())))
     return folder
+
+
+def numbered_ids(html: str) -> str:
+    """``html`` with each distinct uuid replaced by ``id<n>``, numbered in order of first appearance."""
+    ids: dict[str, str] = {}
+    return UUID.sub(lambda found: ids.setdefault(found[0], f"id{len(ids) + 1}"), html)
 
 
 def reproducible_result(result: dict) -> dict:
@@ -196,5 +208,8 @@ def _exception_messages(info) -> list[str]:
     if not info:
         return []
     entries = [info] if "raised_exception" in info else list(info.values())
-    return [entry.get("exception_message") or "error" for entry in entries
-            if isinstance(entry, dict) and entry.get("raised_exception")]
+    return [
+        entry.get("exception_message") or "error"
+        for entry in entries
+        if isinstance(entry, dict) and entry.get("raised_exception")
+    ]

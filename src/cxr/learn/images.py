@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from cxr.core.config import Augment
+from cxr.core.sections import Augment
 from cxr.data.image_files import decode_tensor
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from cxr.core.backbones import Backbone, BackboneError
-from cxr.core.config import Head
+from cxr.core.sections import Head
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 

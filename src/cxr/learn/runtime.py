@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from cxr.core.config import Train
+from cxr.core.sections import Train
 
 
 def configure_runtime(params: Train, seed: int) -> tf.distribute.Strategy:

@@ -19,8 +19,8 @@ import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
 from cxr.core.backbones import Backbone
-from cxr.core.config import Train
 from cxr.core.schema import split_part
+from cxr.core.sections import Train
 from cxr.learn import checkpoints, images
 from cxr.learn.model import HEAD_LAYER, NORMALIZE_LAYER, build_classifier, feature_extractor
 

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import classification_report, confusion_matrix, f1_score, roc_auc_score
 
-from cxr.core.config import Train
+from cxr.core.sections import Train
 from cxr.report.metrics import shown
 
 CI_LEVEL = 0.95

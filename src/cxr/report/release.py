@@ -9,7 +9,7 @@ reported. ``@candidate`` is the first-ranked model, ``@champion`` the first-rank
 
 from __future__ import annotations
 
-from cxr.core.config import Release
+from cxr.core.sections import Release
 
 
 def _criterion(name: str, value: float | None, limit: float, n: int, minimum: int, text: str, why_not: str) -> dict:

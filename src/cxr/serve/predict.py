@@ -33,7 +33,8 @@ from cxr.data.dicom import SUFFIXES as DICOM_SUFFIXES
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn.model_files import load_model
 from cxr.report.audit.gradcam import gradcam
-from cxr.serve.classify import Decision, Source, Unreadable, predict_sources, source_name
+from cxr.serve.classify import Decision, predict_sources
+from cxr.serve.reading import Source, Unreadable, source_name
 
 DISCLAIMER = (
     "cxr models are research artefacts, not diagnostic devices: never use a prediction for a decision about a patient."

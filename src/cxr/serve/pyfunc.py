@@ -36,7 +36,8 @@ from mlflow.types import ColSpec, Schema
 
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn.model_files import load_model
-from cxr.serve.classify import Decision, Source, Unreadable, predict_sources
+from cxr.serve.classify import Decision, predict_sources
+from cxr.serve.reading import Source, Unreadable
 
 COLUMN = "image"
 # What a served model accepts, unless its model config says otherwise.

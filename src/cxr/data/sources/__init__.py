@@ -18,14 +18,30 @@ from pathlib import Path
 from cxr.core.config import Config, ConfigError, source_params, unrestricted
 from cxr.core.outputs import staged_directory
 from cxr.data.sources import actualmed, covid_chestxray, kermany
-from cxr.data.sources.fetch import MANIFEST, FetchError, Limits, fetch_archive, safe_extract, sha256_file, write_manifest
+from cxr.data.sources.fetch import (
+    MANIFEST,
+    FetchError,
+    Limits,
+    fetch_archive,
+    safe_extract,
+    sha256_file,
+    write_manifest,
+)
 from cxr.data.sources.layout import SourceLayoutError, SourceTable
 
 MODULES = {module.NAME: module for module in (covid_chestxray, kermany, actualmed)}
 PROVENANCE = "SOURCE.json"
 
-__all__ = ["MODULES", "FetchError", "SourceLayoutError", "SourceTable", "check_sources", "download_source",
-           "read_source", "params_of"]
+__all__ = [
+    "MODULES",
+    "FetchError",
+    "SourceLayoutError",
+    "SourceTable",
+    "check_sources",
+    "download_source",
+    "read_source",
+    "params_of",
+]
 
 
 def params_of(name: str, config: Config):
@@ -81,8 +97,9 @@ def download_source(name: str, config: Config, raw_root: Path) -> Path:
         When the extracted files differ from the pinned ``manifest_sha256``.
     """
     module, params = MODULES[name], params_of(name, config)
-    limits = Limits(config.download.max_archive_bytes, config.download.max_member_bytes,
-                    config.download.max_total_bytes)
+    limits = Limits(
+        config.download.max_archive_bytes, config.download.max_member_bytes, config.download.max_total_bytes
+    )
     with tempfile.TemporaryDirectory(prefix=f"cxr-{name}-") as scratch:
         archive, url, pinned_sha256 = _obtain_archive(module, params, config, Path(scratch))
         with staged_directory(raw_root / name) as staging:
@@ -121,4 +138,8 @@ def _obtain_archive(module, params, config: Config, scratch: Path) -> tuple[Path
     if config.sources.origin == "upstream":
         return module.upstream_archive(params, scratch, config.download)
     generated = module.synthetic_archive(scratch / "generated", config.synthetic, params)
-    return fetch_archive(generated.resolve().as_uri(), scratch, None, config.download), f"synthetic:{generated.name}", None
+    return (
+        fetch_archive(generated.resolve().as_uri(), scratch, None, config.download),
+        f"synthetic:{generated.name}",
+        None,
+    )

@@ -15,12 +15,30 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from cxr.core.config import Synthetic
-from cxr.data.sources.layout import (METADATA, GitHubParams, SourceLayoutError, SourceTable, absent_row,
-                                     check_metadata_file, fetch_github_archive, read_metadata,
-                                     select_metadata_and_images, settle_absent_files)
-from cxr.data.sources.synthetic import (ADULT, COPY_CHANGES, NEUTRAL, OTHER_SITE, csv_text, draw_chest, encode,
-                                        image_size, pick, republished, shared_radiographs, writestr)
+from cxr.core.sections import Synthetic
+from cxr.data.sources.drawing import ADULT, NEUTRAL, OTHER_SITE, draw_chest
+from cxr.data.sources.layout import (
+    METADATA,
+    GitHubParams,
+    SourceLayoutError,
+    SourceTable,
+    absent_row,
+    check_metadata_file,
+    fetch_github_archive,
+    read_metadata,
+    select_metadata_and_images,
+    settle_absent_files,
+)
+from cxr.data.sources.synthetic import (
+    COPY_CHANGES,
+    csv_text,
+    encode,
+    image_size,
+    pick,
+    republished,
+    shared_radiographs,
+    writestr,
+)
 
 NAME = "actualmed"
 REQUIRED_COLUMNS = ["patientid", "finding", "view", "imagename"]
@@ -44,22 +62,25 @@ def read(root: Path, params: GitHubParams) -> SourceTable:
             raise SourceLayoutError(f"{metadata_path}: line {line}: empty patientid or imagename")
         relative = PurePosixPath("images") / record["imagename"]
         if pd.isna(record["finding"]):
-            dropped.append({"source": NAME, "line": str(line), "file": str(relative),
-                            "reason": "finding is empty (inconclusive)"})
+            dropped.append(
+                {"source": NAME, "line": str(line), "file": str(relative), "reason": "finding is empty (inconclusive)"}
+            )
             continue
         if not (root / relative).is_file():
             absent.append(absent_row(NAME, line, relative, METADATA))
             continue
-        rows.append({
-            "image_id": f"{NAME}/{record['imagename']}",
-            "source": NAME,
-            "path": (root / relative).as_posix(),
-            "patient_id": f"{NAME}:{record['patientid']}",
-            "finding": record["finding"],
-            "view": record["view"],
-            "modality": record["modality"] if "modality" in metadata.columns else "X-ray",
-            **{column: record.get(column) for column in EXTRA_COLUMNS},
-        })
+        rows.append(
+            {
+                "image_id": f"{NAME}/{record['imagename']}",
+                "source": NAME,
+                "path": (root / relative).as_posix(),
+                "patient_id": f"{NAME}:{record['patientid']}",
+                "finding": record["finding"],
+                "view": record["view"],
+                "modality": record["modality"] if "modality" in metadata.columns else "X-ray",
+                **{column: record.get(column) for column in EXTRA_COLUMNS},
+            }
+        )
     dropped += settle_absent_files(metadata_path, absent, params.missing_files, NAME)
     if not rows:
         raise SourceLayoutError(f"{metadata_path}: no image with a finding")
@@ -67,8 +88,19 @@ def read(root: Path, params: GitHubParams) -> SourceTable:
 
 
 METADATA_HEADER = [
-    "patientid", "offset", "sex", "age", "finding", "survival", "temperature", "pO2 saturation", "view",
-    "modality", "imagename", "artifacts/distortion", "notes",
+    "patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "survival",
+    "temperature",
+    "pO2 saturation",
+    "view",
+    "modality",
+    "imagename",
+    "artifacts/distortion",
+    "notes",
 ]
 # Findings of the Actualmed collection: about a quarter COVID-19, half normal, the rest inconclusive.
 FINDINGS = {"COVID-19": 0.25, "No finding": 0.53, "": 0.22}
@@ -89,29 +121,54 @@ def synthetic_archive(folder: Path, params: Synthetic, source: GitHubParams) -> 
     rows, images = [], {}
     for patient in range(1, params.patients[NAME] + 1):
         finding = pick(rng, FINDINGS)
-        pattern = "covid" if finding == "COVID-19" else "normal" if finding == "No finding" else rng.choice(
-            ["covid", "normal"])
+        pattern = (
+            "covid"
+            if finding == "COVID-19"
+            else "normal"
+            if finding == "No finding"
+            else rng.choice(["covid", "normal"])
+        )
         for shot in range(int(rng.integers(1, 3))):
             taken = f"202003{int(rng.integers(1, 32)):02d}"
-            imagename = (f"{rng.choice(['CR', 'DX'])}.1.2.840.113564.{rng.integers(10**10):010d}."
-                         f"{taken}{rng.integers(10**12):012d}.{rng.integers(10**13):013d}.png")
+            imagename = (
+                f"{rng.choice(['CR', 'DX'])}.1.2.840.113564.{rng.integers(10**10):010d}."
+                f"{taken}{rng.integers(10**12):012d}.{rng.integers(10**13):013d}.png"
+            )
             width, height = image_size(rng, params)
-            images[imagename] = encode(draw_chest(rng, width, height, pattern, style),
-                                       "png-16bit" if rng.random() < 0.3 else "png")
+            images[imagename] = encode(
+                draw_chest(rng, width, height, pattern, style), "png-16bit" if rng.random() < 0.3 else "png"
+            )
             row = dict.fromkeys(METADATA_HEADER, "")
-            row.update(patientid=f"ANON{patient}", offset=str(shot), sex=rng.choice(["M", "F"]),
-                       age=str(int(rng.integers(25, 90))), finding=finding, view=pick(rng, VIEWS),
-                       modality="X-ray", imagename=imagename,
-                       notes=f"{'Inconclusive' if not finding else ''}, date taken (YYYYMMDD): {taken}")
+            row.update(
+                patientid=f"ANON{patient}",
+                offset=str(shot),
+                sex=rng.choice(["M", "F"]),
+                age=str(int(rng.integers(25, 90))),
+                finding=finding,
+                view=pick(rng, VIEWS),
+                modality="X-ray",
+                imagename=imagename,
+                notes=f"{'Inconclusive' if not finding else ''}, date taken (YYYYMMDD): {taken}",
+            )
             rows.append(row)
     # Copies of radiographs the COVID collection also published (changed otherwise than its own copy).
     for index, image in enumerate(shared_radiographs(params, ADULT if params.source_shift else NEUTRAL)):
-        imagename = f"DX.1.2.840.113564.{rng.integers(10**10):010d}.20200401{index:012d}.{rng.integers(10**13):013d}.png"
+        imagename = (
+            f"DX.1.2.840.113564.{rng.integers(10**10):010d}.20200401{index:012d}.{rng.integers(10**13):013d}.png"
+        )
         images[imagename] = republished(image, COPY_CHANGES[(index + 2) % len(COPY_CHANGES)], "png")
         row = dict.fromkeys(METADATA_HEADER, "")
-        row.update(patientid=f"ANON{params.patients[NAME] + 1 + index}", offset="0", sex=rng.choice(["M", "F"]),
-                   age=str(int(rng.integers(25, 90))), finding="COVID-19", view="PA", modality="X-ray",
-                   imagename=imagename, notes=", date taken (YYYYMMDD): 20200401")
+        row.update(
+            patientid=f"ANON{params.patients[NAME] + 1 + index}",
+            offset="0",
+            sex=rng.choice(["M", "F"]),
+            age=str(int(rng.integers(25, 90))),
+            finding="COVID-19",
+            view="PA",
+            modality="X-ray",
+            imagename=imagename,
+            notes=", date taken (YYYYMMDD): 20200401",
+        )
         rows.append(row)
     table = csv_text(rows, METADATA_HEADER)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,18 +16,35 @@ import numpy as np
 import pandas as pd
 
 from cxr.core.checks import bounded
-from cxr.core.config import Synthetic
-from cxr.data.sources.layout import (METADATA, GitHubParams, SourceLayoutError, SourceTable, absent_row,
-                                     check_metadata_file, fetch_github_archive, read_metadata,
-                                     select_metadata_and_images, settle_absent_files)
-from cxr.data.sources.synthetic import (ADULT, COPY_CHANGES, NEUTRAL, PATTERN_OF_FINDING, csv_text, draw_chest,
-                                        draw_ct_slice, encode, image_size, original_bytes, pick, republished,
-                                        shared_radiographs, writestr)
+from cxr.core.sections import Synthetic
+from cxr.data.sources.drawing import ADULT, NEUTRAL, PATTERN_OF_FINDING, draw_chest, draw_ct_slice
+from cxr.data.sources.layout import (
+    METADATA,
+    GitHubParams,
+    SourceLayoutError,
+    SourceTable,
+    absent_row,
+    check_metadata_file,
+    fetch_github_archive,
+    read_metadata,
+    select_metadata_and_images,
+    settle_absent_files,
+)
+from cxr.data.sources.synthetic import (
+    COPY_CHANGES,
+    csv_text,
+    encode,
+    image_size,
+    original_bytes,
+    pick,
+    republished,
+    shared_radiographs,
+    writestr,
+)
 
 NAME = "covid_chestxray"
 REQUIRED_COLUMNS = ["patientid", "finding", "view", "modality", "folder", "filename"]
 EXTRA_COLUMNS = {"sex": "sex", "age": "age"}
-
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,7 @@ class Params(GitHubParams):
     """``sources.covid_chestxray``: the pinned commit (:class:`GitHubParams`) and its stand-in's knobs."""
 
     synthetic: StandIn
+
 
 select_member = select_metadata_and_images
 check_layout = check_metadata_file
@@ -68,58 +86,132 @@ def read(root: Path, params: Params) -> SourceTable:
     for index, record in metadata.iterrows():
         line = int(index) + 2
         if record["folder"] != "images":
-            dropped.append({"source": NAME, "line": str(line), "file": f"{record['folder']}/{record['filename']}",
-                            "reason": f"folder={record['folder']} is not an image folder (CT volume)"})
+            dropped.append(
+                {
+                    "source": NAME,
+                    "line": str(line),
+                    "file": f"{record['folder']}/{record['filename']}",
+                    "reason": f"folder={record['folder']} is not an image folder (CT volume)",
+                }
+            )
             continue
         relative = PurePosixPath("images") / record["filename"]
         if not (root / relative).is_file():
             missing.append(absent_row(NAME, line, relative, METADATA))
             continue
-        rows.append({
-            "image_id": f"{NAME}/{record['filename']}",
-            "source": NAME,
-            "path": (root / relative).as_posix(),
-            "patient_id": f"{NAME}:{record['patientid']}",
-            "finding": record["finding"],
-            "view": record["view"],
-            "modality": record["modality"],
-            **{column: record.get(original) for column, original in EXTRA_COLUMNS.items()},
-        })
+        rows.append(
+            {
+                "image_id": f"{NAME}/{record['filename']}",
+                "source": NAME,
+                "path": (root / relative).as_posix(),
+                "patient_id": f"{NAME}:{record['patientid']}",
+                "finding": record["finding"],
+                "view": record["view"],
+                "modality": record["modality"],
+                **{column: record.get(original) for column, original in EXTRA_COLUMNS.items()},
+            }
+        )
     missing = settle_absent_files(metadata_path, missing, params.missing_files, NAME)
     return SourceTable(images=pd.DataFrame(rows), metadata=metadata, dropped=dropped + missing)
 
 
 # The April-2020 header of the COVID collection's metadata.csv, spaces and trailing comma included.
 METADATA_HEADER = [
-    "patientid", "offset", "sex", "age", "finding", "survival", "intubated", "went_icu",
-    "needed_supplemental_o2", "extubated", "temperature", "pO2 saturation", "leukocyte count",
-    "neutrophil count", "lymphocyte count", "view", "modality", "date", "location", "folder",
-    "filename", "doi", " url", "license", "clinical notes", "other notes", "",
+    "patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "survival",
+    "intubated",
+    "went_icu",
+    "needed_supplemental_o2",
+    "extubated",
+    "temperature",
+    "pO2 saturation",
+    "leukocyte count",
+    "neutrophil count",
+    "lymphocyte count",
+    "view",
+    "modality",
+    "date",
+    "location",
+    "folder",
+    "filename",
+    "doi",
+    " url",
+    "license",
+    "clinical notes",
+    "other notes",
+    "",
 ]
 
 # The header of later commits: snake_case names, RT_PCR_positive and ICU columns, a trailing comma.
 LATER_METADATA_HEADER = [
-    "patientid", "offset", "sex", "age", "finding", "RT_PCR_positive", "survival", "intubated",
-    "intubation_present", "went_icu", "in_icu", "needed_supplemental_O2", "extubated", "temperature",
-    "pO2_saturation", "leukocyte_count", "neutrophil_count", "lymphocyte_count", "view", "modality", "date",
-    "location", "folder", "filename", "doi", "url", "license", "clinical_notes", "other_notes", "",
+    "patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "RT_PCR_positive",
+    "survival",
+    "intubated",
+    "intubation_present",
+    "went_icu",
+    "in_icu",
+    "needed_supplemental_O2",
+    "extubated",
+    "temperature",
+    "pO2_saturation",
+    "leukocyte_count",
+    "neutrophil_count",
+    "lymphocyte_count",
+    "view",
+    "modality",
+    "date",
+    "location",
+    "folder",
+    "filename",
+    "doi",
+    "url",
+    "license",
+    "clinical_notes",
+    "other_notes",
+    "",
 ]
 
 # Findings of the COVID collection in April 2020 with their rough shares of patients.
 COVID_FINDINGS = {
-    "COVID-19": 0.66, "COVID-19, ARDS": 0.06, "SARS": 0.06, "Streptococcus": 0.05,
-    "Klebsiella": 0.02, "Legionella": 0.02, "Chlamydophila": 0.02, "E.Coli": 0.02,
-    "Pneumocystis": 0.04, "ARDS": 0.03, "No Finding": 0.02,
+    "COVID-19": 0.66,
+    "COVID-19, ARDS": 0.06,
+    "SARS": 0.06,
+    "Streptococcus": 0.05,
+    "Klebsiella": 0.02,
+    "Legionella": 0.02,
+    "Chlamydophila": 0.02,
+    "E.Coli": 0.02,
+    "Pneumocystis": 0.04,
+    "ARDS": 0.03,
+    "No Finding": 0.02,
 }
 # Later commits: findings as paths, and findings the April table did not have ("Herpes " with its
 # trailing space, as upstream; "todo": not yet labelled), with rough shares of patients.
 LATER_FINDINGS = {
-    "Pneumonia/Viral/COVID-19": 0.62, "Pneumonia/Viral/SARS": 0.04, "Pneumonia/Viral/MERS-CoV": 0.02,
-    "Pneumonia/Viral/Influenza/H1N1": 0.01, "Pneumonia/Viral/Herpes ": 0.01,
-    "Pneumonia/Bacterial/Streptococcus": 0.04, "Pneumonia/Bacterial/Klebsiella": 0.02,
-    "Pneumonia/Bacterial/Staphylococcus/MRSA": 0.01, "Pneumonia/Bacterial": 0.02,
-    "Pneumonia/Fungal/Pneumocystis": 0.04, "Pneumonia/Lipoid": 0.02, "Tuberculosis": 0.03,
-    "Pneumonia": 0.03, "todo": 0.04, "No Finding": 0.05,
+    "Pneumonia/Viral/COVID-19": 0.62,
+    "Pneumonia/Viral/SARS": 0.04,
+    "Pneumonia/Viral/MERS-CoV": 0.02,
+    "Pneumonia/Viral/Influenza/H1N1": 0.01,
+    "Pneumonia/Viral/Herpes ": 0.01,
+    "Pneumonia/Bacterial/Streptococcus": 0.04,
+    "Pneumonia/Bacterial/Klebsiella": 0.02,
+    "Pneumonia/Bacterial/Staphylococcus/MRSA": 0.01,
+    "Pneumonia/Bacterial": 0.02,
+    "Pneumonia/Fungal/Pneumocystis": 0.04,
+    "Pneumonia/Lipoid": 0.02,
+    "Tuberculosis": 0.03,
+    "Pneumonia": 0.03,
+    "todo": 0.04,
+    "No Finding": 0.05,
 }
 # What each later finding looks like when drawn.
 LATER_PATTERNS = {"Viral/COVID-19": "covid", "Bacterial": "bacteria", "Viral": "viral", "Fungal": "perihilar"}
@@ -131,8 +223,14 @@ CT_SLICES = (1, 4)
 DATE_FORMATS = ("January 22, 2020", "3/3/2020", "03/16/20", "2020", "")
 # How the COVID collection's images are stored (web figures of every kind), with shares.
 COVID_ENCODINGS = {
-    "jpeg": 0.5, "jpeg-rgb": 0.15, "jpeg-exif-rotated": 0.05,
-    "png": 0.12, "png-rgb": 0.06, "png-rgba": 0.04, "png-palette": 0.04, "png-16bit": 0.04,
+    "jpeg": 0.5,
+    "jpeg-rgb": 0.15,
+    "jpeg-exif-rotated": 0.05,
+    "png": 0.12,
+    "png-rgb": 0.06,
+    "png-rgba": 0.04,
+    "png-palette": 0.04,
+    "png-16bit": 0.04,
 }
 
 
@@ -185,16 +283,30 @@ def synthetic_archive(folder: Path, params: Synthetic, source: Params) -> Path:
             patient += 1
             filename = _filename(rng, finding, patient, 0, "PA", "jpeg")
             images[filename] = data
-            rows.append(_row(rng, patient, rng.choice(["M", "F"]), str(int(rng.integers(25, 85))), finding, "PA",
-                             "X-ray", "images", filename, 0))
+            rows.append(
+                _row(
+                    rng,
+                    patient,
+                    rng.choice(["M", "F"]),
+                    str(int(rng.integers(25, 85))),
+                    finding,
+                    "PA",
+                    "X-ray",
+                    "images",
+                    filename,
+                    0,
+                )
+            )
     image_rows = [row for row in rows if row["folder"] == "images"]
     missing = {row["filename"] for row in image_rows[: params.missing_files]}
     # Upstream quirk: one filename cell carries a trailing space the file name does not.
     image_rows[-1]["filename"] += " "
 
-    lines = csv_text([{column: row.get(column, "") for column in header} for row in rows], header).splitlines(keepends=True)
+    lines = csv_text([{column: row.get(column, "") for column in header} for row in rows], header).splitlines(
+        keepends=True
+    )
     lines[-1] = lines[-1].rstrip("\n").removesuffix(",") + "\n"  # one ragged row, as upstream
-    table = "".join(lines).encode("utf-8").replace("Hospital Universitari".encode(), b"Hospital Universit\xe0ri")
+    table = "".join(lines).encode("utf-8").replace(b"Hospital Universitari", b"Hospital Universit\xe0ri")
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:
         writestr(archive, f"{top}/README.md", "# COVID-19 image data collection (synthetic stand-in)\n")
@@ -229,9 +341,20 @@ def _row(rng, patient, sex, age, finding, view, modality, folder, filename, shot
     """One metadata row; clinical columns are mostly empty, as they are upstream."""
     row = dict.fromkeys(METADATA_HEADER, "")
     location = "Hospital Universitari, Badalona" if rng.random() < 0.05 else "synthetic"
-    row.update(patientid=str(patient), offset=str(shot), sex=sex, age=age, finding=finding,
-               view=view, modality=modality, folder=folder, filename=filename,
-               date=DATE_FORMATS[int(rng.integers(len(DATE_FORMATS)))], location=location, license="CC BY 4.0")
+    row.update(
+        patientid=str(patient),
+        offset=str(shot),
+        sex=sex,
+        age=age,
+        finding=finding,
+        view=view,
+        modality=modality,
+        folder=folder,
+        filename=filename,
+        date=DATE_FORMATS[int(rng.integers(len(DATE_FORMATS)))],
+        location=location,
+        license="CC BY 4.0",
+    )
     if rng.random() < 0.3:
         row["survival"] = rng.choice(["Y", "N"])
     if rng.random() < 0.1:

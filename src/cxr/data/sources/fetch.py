@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 import requests
 from tqdm import tqdm
 
-from cxr.core.config import Download
 from cxr.core.errors import CxrError
+from cxr.core.sections import Download
 
 CHUNK = 1 << 20
 MANIFEST = "MANIFEST.sha256"
@@ -87,8 +87,14 @@ def download(
 def fetch_archive(url: str, scratch: Path, sha256: str | None, settings: Download) -> Path:
     """Download ``url`` into ``scratch`` under the name its path ends with, checked as :func:`download` does."""
     archive = scratch / Path(urllib.parse.urlparse(url).path).name
-    download(url, archive, sha256=sha256, retries=settings.retries, timeout_s=settings.timeout_s,
-             max_bytes=settings.max_archive_bytes)
+    download(
+        url,
+        archive,
+        sha256=sha256,
+        retries=settings.retries,
+        timeout_s=settings.timeout_s,
+        max_bytes=settings.max_archive_bytes,
+    )
     return archive
 
 
@@ -188,9 +194,7 @@ def safe_extract(
                 )
             total += info.file_size
             if total > limits.max_total_bytes:
-                raise FetchError(
-                    f"{label}: extracted size exceeds download.max_total_bytes={limits.max_total_bytes}"
-                )
+                raise FetchError(f"{label}: extracted size exceeds download.max_total_bytes={limits.max_total_bytes}")
             destination.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with zip_file.open(info) as reader, open(destination, "wb") as writer:

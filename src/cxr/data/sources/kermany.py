@@ -6,7 +6,8 @@ folder and, for pneumonia, in the file name (``person12_bacteria_47.jpeg``,
 files are ``IM-0115-0001.jpeg`` or ``NORMAL2-IM-0927-0001.jpeg``. Mendeley's version 3 renamed
 them ``BACTERIA-<patient>-0001.jpeg``, ``VIRUS-...``, ``NORMAL-...``: both are read. The Kaggle
 zip also carries a second copy of everything under ``chest_xray/chest_xray/`` and macOS
-``__MACOSX`` forks: both are skipped so each image counts once. No view is recorded (the images are paediatric anterior-posterior films).
+``__MACOSX`` forks: both are skipped so each image counts once. No view is recorded (the images
+are paediatric anterior-posterior films).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from cxr.core.config import Download, Synthetic
+from cxr.core.sections import Download, Synthetic
+from cxr.data.sources.drawing import CHILD, NEUTRAL, PATTERN_OF_FINDING, draw_chest
 from cxr.data.sources.fetch import FetchError, fetch_archive
 from cxr.data.sources.layout import SourceLayoutError, SourceTable, is_macos_junk
-from cxr.data.sources.synthetic import CHILD, NEUTRAL, PATTERN_OF_FINDING, draw_chest, encode, image_size, writestr
+from cxr.data.sources.synthetic import encode, image_size, writestr
 
 NAME = "kermany"
 TOP = "chest_xray"
@@ -111,16 +113,18 @@ def read(root: Path, params: Params) -> SourceTable:
             unknown.append(path)
             continue
         patient, finding = parsed
-        rows.append({
-            "image_id": f"{NAME}/{split}/{folder}/{filename}",
-            "source": NAME,
-            "path": path.as_posix(),
-            "patient_id": f"{NAME}:{patient}",
-            "finding": finding,
-            "view": None,
-            "modality": "X-ray",
-            "upstream_split": split,
-        })
+        rows.append(
+            {
+                "image_id": f"{NAME}/{split}/{folder}/{filename}",
+                "source": NAME,
+                "path": path.as_posix(),
+                "patient_id": f"{NAME}:{patient}",
+                "finding": finding,
+                "view": None,
+                "modality": "X-ray",
+                "upstream_split": split,
+            }
+        )
     if unknown and params.unknown_names == "error":
         shown = ", ".join(path.relative_to(root).as_posix() for path in unknown[:UNKNOWN_SHOWN])
         raise SourceLayoutError(
@@ -131,10 +135,17 @@ def read(root: Path, params: Params) -> SourceTable:
         )
     if not rows:
         raise SourceLayoutError(f"{root / TOP}: no images found")
-    dropped = [{"source": NAME, "line": "", "file": path.relative_to(root).as_posix(),
-                "reason": "file name follows no Kermany naming (sources.kermany.unknown_names=drop)"}
-               for path in unknown]
+    dropped = [
+        {
+            "source": NAME,
+            "line": "",
+            "file": path.relative_to(root).as_posix(),
+            "reason": "file name follows no Kermany naming (sources.kermany.unknown_names=drop)",
+        }
+        for path in unknown
+    ]
     return SourceTable(images=pd.DataFrame(rows), dropped=dropped)
+
 
 def upstream_archive(params: Params, scratch: Path, settings: Download) -> tuple[Path, str, str | None]:
     """The Kaggle zip (archive, where it came from, its pinned sha256), through the API or a mirror URL."""
@@ -203,8 +214,9 @@ def synthetic_archive(folder: Path, params: Synthetic, source: Params) -> Path:
         large_left -= 1
         # The real set's RGB files (grey in three channels) are all in train/PNEUMONIA.
         rgb = split == "train" and folder == "PNEUMONIA" and rng.random() < 0.1
-        files[name := f"{split}/{folder}/{filename}"] = encode(draw_chest(rng, width, height, pattern, style),
-                                                               "jpeg-rgb" if rgb else "jpeg")
+        files[name := f"{split}/{folder}/{filename}"] = encode(
+            draw_chest(rng, width, height, pattern, style), "jpeg-rgb" if rgb else "jpeg"
+        )
         return name
 
     for index in range(params.patients[NAME]):
@@ -240,8 +252,9 @@ def synthetic_archive(folder: Path, params: Synthetic, source: Params) -> Path:
             writestr(archive, f"chest_xray/chest_xray/{name}", data)
         for name in sorted(files)[::7]:
             folder, _, filename = name.rpartition("/")
-            writestr(archive, f"chest_xray/__MACOSX/chest_xray/{folder}/._{filename}",
-                      b"\x00\x05\x16\x07 resource fork")
+            writestr(
+                archive, f"chest_xray/__MACOSX/chest_xray/{folder}/._{filename}", b"\x00\x05\x16\x07 resource fork"
+            )
         for split in splits:
             writestr(archive, f"chest_xray/{split}/.DS_Store", b"\x00\x00\x00\x01Bud1")
         writestr(archive, "chest_xray/.DS_Store", b"\x00\x00\x00\x01Bud1")

@@ -9,8 +9,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import pandas as pd
 
-from cxr.core.config import Download, Synthetic
 from cxr.core.errors import CxrError
+from cxr.core.sections import Download, Synthetic
 from cxr.data.sources.fetch import fetch_archive
 
 # Columns a source module must fill; merge adds sha256, width, height, mode and label.
@@ -67,8 +67,7 @@ def read_metadata(path: Path, required: list[str]) -> pd.DataFrame:
     """
     metadata = pd.read_csv(path, dtype=str, keep_default_na=True, encoding_errors="replace")
     metadata.columns = [str(column).strip() for column in metadata.columns]
-    unnamed = [column for column in metadata.columns
-               if column.startswith("Unnamed:") and metadata[column].isna().all()]
+    unnamed = [column for column in metadata.columns if column.startswith("Unnamed:") and metadata[column].isna().all()]
     metadata = metadata.drop(columns=unnamed)
     missing_columns = [column for column in required if column not in metadata.columns]
     if missing_columns:
@@ -111,8 +110,9 @@ def check_metadata_file(root: Path) -> None:
 ABSENT_SHOWN = 10
 
 
-def settle_absent_files(metadata_path: Path, absent: list[dict[str, str]], policy: str,
-                        source: str) -> list[dict[str, str]]:
+def settle_absent_files(
+    metadata_path: Path, absent: list[dict[str, str]], policy: str, source: str
+) -> list[dict[str, str]]:
     """Metadata rows whose image is not in the archive: with ``policy`` ``error``, one error that
     counts and lists them; with ``drop``, the rows for the data report's ``dropped_rows``."""
     if absent and policy == "error":
@@ -126,8 +126,12 @@ def settle_absent_files(metadata_path: Path, absent: list[dict[str, str]], polic
 
 
 def absent_row(source: str, line: int, relative: PurePosixPath, metadata_name: str) -> dict[str, str]:
-    return {"source": source, "line": str(line), "file": str(relative),
-            "reason": f"listed in {metadata_name} but absent from the archive"}
+    return {
+        "source": source,
+        "line": str(line),
+        "file": str(relative),
+        "reason": f"listed in {metadata_name} but absent from the archive",
+    }
 
 
 @dataclass(frozen=True)
