@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -228,6 +229,9 @@ def run_queued(folder: Path, experiments: dict[str, list[str]], env: dict[str, s
     for name, overrides in experiments.items():
         assert "Queued experiment" in sh(folder, "dvc", "exp", "run", "--queue", "-n", name, *overrides, env=env)
     sh(folder, "dvc", "exp", "run", "--run-all", "-j", "2", env=env)
+    status = stdout(folder, "dvc", "queue", "status")
+    failed = [name for name in experiments if re.search(rf"\b{re.escape(name)}\s.*Failed", status)]
+    assert not failed, "\n".join([status, *(sh(folder, "dvc", "queue", "logs", name) for name in failed)])
     shown = stdout(folder, "dvc", "exp", "show", "--no-pager", "--csv").splitlines()
     for name in experiments:
         assert any(line.startswith(f"{name},") for line in shown), shown[1:]

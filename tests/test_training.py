@@ -707,15 +707,87 @@ def test_a_registry_write_refused_for_a_moment_is_retried(tmp_path):
     (here: an alias on a version another process registers a moment later) succeeds on a retry."""
     import threading
 
-    from cxr.core.registry import registry_write
+    from cxr.core.tracking import retry_write
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_registered_model("m")
     later = threading.Timer(1.0, lambda: client.create_model_version("m", source=str(tmp_path)))
     later.start()
-    registry_write(client.set_registered_model_alias, "m", "champion", "1")
+    retry_write(client.set_registered_model_alias, "m", "champion", "1")
     later.join()
     assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+
+
+# Each process starts a run, waits for the others, then logs the split as its dataset inputs.
+LOG_SPLIT_AT_ONCE = """
+import sys, time
+from pathlib import Path
+import mlflow
+from cxr.core.tracking import log_split_inputs
+url, experiment, split, ready, go = sys.argv[1:]
+mlflow.set_tracking_uri(url)
+with mlflow.start_run(experiment_id=experiment):
+    Path(ready).touch()
+    while not Path(go).exists():
+        time.sleep(0.01)
+    log_split_inputs(Path(split), "d" * 32)
+"""
+
+
+def test_experiments_logging_the_same_split_at_once_on_a_shared_server_all_succeed(tmp_path):
+    """`dvc exp run -j 2` on a team server: the experiments' first stages log the same split as their
+    runs' dataset inputs at the same moment. MLflow inserts a dataset select-then-insert, so the
+    later ones collide on its unique key (PostgreSQL); each retries and finds the row the first wrote."""
+    from cxr.serve.local import postgresql, tracking_server
+
+    split = tmp_path / "split.csv"
+    pd.DataFrame(
+        {
+            "image_id": [f"i{n}" for n in range(9)],
+            "patient_id": [f"p{n}" for n in range(9)],
+            "source": "kermany",
+            "class": ["NORMAL", "COVID", "VIRAL"] * 3,
+            "split": ["train"] * 3 + ["val"] * 3 + ["test"] * 3,
+        }
+    ).to_csv(split, index=False)
+    go, processes = tmp_path / "go", 6
+    with postgresql() as database, tracking_server(database, tmp_path / "artifacts", workers=4) as url:
+        client = MlflowClient(url)
+        experiment = client.create_experiment("cxr-multiclass")
+        started = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    LOG_SPLIT_AT_ONCE,
+                    url,
+                    experiment,
+                    str(split),
+                    str(tmp_path / f"ready{n}"),
+                    str(go),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for n in range(processes)
+        ]
+        deadline = time.monotonic() + 180
+        while len(list(tmp_path.glob("ready*"))) < processes and time.monotonic() < deadline:
+            time.sleep(0.1)
+        go.touch()
+        printed = [process.communicate(timeout=180)[0] for process in started]
+        assert [process.returncode for process in started] == [0] * processes, printed
+        runs = client.search_runs([experiment])
+        assert len(runs) == processes
+        for found in runs:
+            inputs = found.inputs.dataset_inputs
+            assert sorted(entry.dataset.name for entry in inputs) == [
+                "split.csv:test",
+                "split.csv:train",
+                "split.csv:val",
+            ]
+            assert {entry.dataset.digest for entry in inputs} == {"d" * 32}
 
 
 def test_a_retrained_model_of_the_same_bytes_finds_the_version_registered_for_them(tmp_path, monkeypatch):

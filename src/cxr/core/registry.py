@@ -6,21 +6,18 @@ of a saved model, and describing a version.
   ``@champion`` the first-ranked that passed the release gate (none may: then there is no
   ``@champion``); ``evaluate`` sets both (:mod:`cxr.report.release`).
 - A saved model's run is the one tagged with its ``model.keras`` md5 (set when it was trained).
-- Every registry write is retried (:func:`registry_write`): MLflow's SQL store races under
+- Every registry write is retried (:func:`cxr.core.tracking.retry_write`): MLflow's SQL store races under
   parallel experiments on a shared server.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from cxr.core.errors import one_line
-from cxr.core.tracking import TrackingError, experiment_name, file_md5, tracking_uri
+from cxr.core.tracking import experiment_name, file_md5, retry_write, tracking_uri
 
 
 def model_name(task: str) -> str:
@@ -122,7 +119,7 @@ def describe_version(
     Raises
     ------
     TrackingError
-        When the model registry refuses a write (:func:`registry_write`).
+        When the model registry refuses a write (:func:`cxr.core.tracking.retry_write`).
     """
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
@@ -135,28 +132,12 @@ def describe_version(
         return None
     version = max(versions, key=lambda found: int(found.version)).version
     for key, value in tags.items():
-        registry_write(client.set_model_version_tag, name, version, key, value)
+        retry_write(client.set_model_version_tag, name, version, key, value)
     if description is not None:
-        registry_write(client.update_model_version, name, version, description=description)
+        retry_write(client.update_model_version, name, version, description=description)
     if alias is not None:
-        registry_write(client.set_registered_model_alias, name, alias, version)
+        retry_write(client.set_registered_model_alias, name, alias, version)
     return version
-
-
-def registry_write(call, *args, attempts: int = 5, **kwargs):
-    """``call(*args, **kwargs)``, retried when the tracking server refuses it. MLflow's SQL store writes
-    an alias or tag as select-then-insert: two experiments evaluated at once (``dvc exp run -j 2``)
-    on a PostgreSQL-backed server can both insert, and the second fails on the unique key though a
-    moment later it would succeed."""
-    for attempt in range(attempts):
-        try:
-            return call(*args, **kwargs)
-        except MlflowException as exc:
-            if attempt == attempts - 1:
-                raise TrackingError(
-                    f"the MLflow registry refused {call.__name__}{args[:3]} {attempts} times: {one_line(exc.message)}"
-                ) from None
-            time.sleep(0.5 * 2**attempt)
 
 
 def latest_version_of(name: str, model_md5: str) -> str | None:
@@ -171,8 +152,8 @@ def carry_over(name: str, previous: str, version: str) -> None:
     client = MlflowClient()
     old = client.get_model_version(name, previous)
     for key, value in old.tags.items():
-        registry_write(client.set_model_version_tag, name, version, key, value)
+        retry_write(client.set_model_version_tag, name, version, key, value)
     if old.description:
-        registry_write(client.update_model_version, name, version, description=old.description)
+        retry_write(client.update_model_version, name, version, description=old.description)
     for alias in old.aliases:
-        registry_write(client.set_registered_model_alias, name, alias, version)
+        retry_write(client.set_registered_model_alias, name, alias, version)

@@ -23,6 +23,7 @@ import hashlib
 import os
 import re
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from cxr.core.config import Config, as_dict
-from cxr.core.errors import CxrError
+from cxr.core.errors import CxrError, one_line
 
 SYNTHETIC_NOTE = (
     "Trained on SYNTHETIC generated images (sources.origin=synthetic): a test of the pipeline, not a medical result."
@@ -252,7 +253,47 @@ def log_table_input(rows: pd.DataFrame, source: Path, context: str, digest: str)
     dataset = mlflow.data.from_pandas(
         rows[columns], source=source.as_posix(), targets="class", name=f"{source.name}:{context}", digest=digest
     )
-    mlflow.log_input(dataset, context=context)
+    # Two experiments logging the same split at once on a shared server race to insert the dataset.
+    retry_write(mlflow.log_input, dataset, context=context)
+
+
+def retry_write(call, *args, attempts: int = 5, **kwargs):
+    """``call(*args, **kwargs)``, retried when the tracking server refuses it.
+
+    MLflow's SQL stores write select-then-insert: a registry alias or tag, a run's dataset input
+    (one row per experiment, name and digest). Two experiments at once (``dvc exp run -j 2``) on a
+    PostgreSQL-backed server can both insert, and the second fails on the unique key, though a
+    moment later it would succeed (finding the row the first wrote).
+
+    Parameters
+    ----------
+    call : callable
+        The MLflow write (e.g. ``MlflowClient().set_registered_model_alias``, ``mlflow.log_input``).
+    *args, **kwargs
+        Its arguments.
+    attempts : int, optional
+        Tries before giving up (default 5), 0.5 s apart, doubling.
+
+    Returns
+    -------
+    Any
+        What ``call`` returns.
+
+    Raises
+    ------
+    TrackingError
+        When every attempt was refused; the message names the call and the server's last answer.
+    """
+    for attempt in range(attempts):
+        try:
+            return call(*args, **kwargs)
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == attempts - 1:
+                raise TrackingError(
+                    f"the MLflow tracking server refused {call.__name__}{args[:3]} {attempts} times: "
+                    f"{one_line(exc.message)}"
+                ) from None
+            time.sleep(0.5 * 2**attempt)
 
 
 def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, confusion: pd.DataFrame) -> None:

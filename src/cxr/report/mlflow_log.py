@@ -89,7 +89,7 @@ def set_aliases(name: str, versions: dict[str, str | None], chosen: dict) -> Non
         model = chosen[alias]
         version = versions.get(model) if model else None
         if version is not None:
-            registry.registry_write(client.set_registered_model_alias, name, alias, version)
+            tracking.retry_write(client.set_registered_model_alias, name, alias, version)
             print(f"{name} version {version} ({model}) is @{alias}")
             continue
         if model is not None:
@@ -101,6 +101,6 @@ def set_aliases(name: str, versions: dict[str, str | None], chosen: dict) -> Non
             client.get_model_version_by_alias(name, alias)
         except MlflowException:
             continue
-        registry.registry_write(client.delete_registered_model_alias, name, alias)
+        tracking.retry_write(client.delete_registered_model_alias, name, alias)
     if chosen["champion"] is None:
         print(f"{name}: no @champion, no model passed the release gate (reports/eval/comparison.md, 'Release')")

@@ -266,7 +266,7 @@ def register(folder: Path, spec: ModelSpec, task: str, example: Path, assessment
             "temperature": f"{assessment['calibration']['temperature']:.4f}",
         }
         for key, value in tags.items():
-            registry.registry_write(client.set_model_version_tag, name, version, key, value)
+            tracking.retry_write(client.set_model_version_tag, name, version, key, value)
     return {
         "model": folder.name,
         "model_md5": tracking.file_md5(model_file),
