@@ -30,6 +30,25 @@ SMALL = {
 }
 
 
+# The end-to-end files, longest first: under ``make test`` each starts at once on its own worker.
+LONGEST_FIRST = ("test_pipeline.py", "test_recipes_end_to_end.py")
+
+
+def pytest_collection_modifyitems(config, items: list) -> None:
+    """On a pytest-xdist worker (``make test``: two workers, ``--dist loadfile --no-loadscope-reorder``,
+    one file at a time, in this order), the end-to-end files first, so that one worker starts on the
+    shared pipeline workspace (the longest file), the other on the recipes, and both then take the
+    remaining files. A run without xdist keeps pytest's order."""
+    if not hasattr(config, "workerinput"):
+        return
+
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
+
+
 def deep_merge(base: dict, overrides: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
@@ -222,3 +241,56 @@ def chest() -> np.ndarray:
     pixels = draw_chest(np.random.default_rng(0), 96, 112, "covid", CHILD)
     pixels[0, 0], pixels[0, 1] = 0, 255
     return pixels
+
+
+# A user's shell and a user's clone, for the end-to-end tests (test_pipeline, test_recipes_end_to_end).
+
+
+def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's shell: this Python's tools first, and no MLflow URI that this test process set
+    (``mlflow.set_tracking_uri`` exports one) unless ``extra`` names it."""
+    inherited = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    return {**inherited, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(extra or {})}
+
+
+def sh(folder: Path, *command: str, env: dict[str, str] | None = None) -> str:
+    """Run ``command`` in ``folder`` as a user would (:func:`user_env` plus ``env``); assert it succeeds;
+    return what it printed (stdout, then stderr)."""
+    env = user_env(env)
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def stdout(folder: Path, *command: str) -> str:
+    """What ``command`` prints on stdout alone (for machine-readable output)."""
+    env = user_env()
+    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{command} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def project_clone(folder: Path) -> Path:
+    """The tracked and untracked (not ignored) project files in ``folder``, at test size (SMALL, few
+    epochs), committed in a new git repo: what a user's ``git clone`` holds, without a dvc.lock."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, folder / name)
+    (folder / "dvc.lock").unlink(missing_ok=True)
+    params = deep_merge(yaml.safe_load((folder / "params.yaml").read_text()), SMALL)
+    params["train"].update(epochs=4, image_size=75)
+    params["finetune"]["epochs"] = 1
+    params["evaluate"]["bootstrap_resamples"] = 100
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(folder, "git", "init", "-q")
+    sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
+    return folder

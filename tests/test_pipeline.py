@@ -5,7 +5,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -15,58 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, SMALL, deep_merge, serve_model
+from conftest import project_clone, serve_model, sh, stdout, user_env
 
 pytestmark = pytest.mark.slow
 
 
-def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A user's shell: this Python's tools first, and no MLflow URI that this test process set
-    (``mlflow.set_tracking_uri`` exports one) unless ``extra`` names it."""
-    inherited = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    return {**inherited, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(extra or {})}
-
-
-def sh(folder: Path, *command: str, env: dict[str, str] | None = None) -> str:
-    env = user_env(env)
-    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    """The tracked and untracked (not ignored) project files, committed in a new git repo."""
-    folder = tmp_path_factory.mktemp("clone")
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
-        if (REPO / name).is_file():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, folder / name)
-    (folder / "dvc.lock").unlink(missing_ok=True)
-    params = deep_merge(yaml.safe_load((folder / "params.yaml").read_text()), SMALL)
-    params["train"].update(epochs=4, image_size=75)
-    params["finetune"]["epochs"] = 1
-    params["evaluate"]["bootstrap_resamples"] = 100
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(folder, "git", "init", "-q")
-    sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
-    sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
-    return folder
-
-
-def stdout(folder: Path, *command: str) -> str:
-    """What ``command`` prints on stdout alone (for machine-readable output)."""
-    env = user_env()
-    result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{command} failed:\n{result.stderr}"
-    return result.stdout
+    """The project, cloned at test size (:func:`conftest.project_clone`): the workspace the tests share."""
+    return project_clone(tmp_path_factory.mktemp("clone"))
 
 
 def mlflow_runs(folder: Path, uri: str | None = None) -> pd.DataFrame:
@@ -409,81 +365,3 @@ def test_a_team_shares_one_tracking_server_and_one_dvc_remote(clone, tmp_path_fa
         assert "2 file(s), 2 predicted" in printed
         table = pd.read_csv(second / "predictions.csv", keep_default_na=False)
         assert set(table["model_version"].astype(str)) == {latest}
-
-
-TINY = [
-    "--set",
-    "train.epochs=1",
-    "--set",
-    "train.image_size=75",
-    "--set",
-    "finetune.epochs=1",
-    "--set",
-    "evaluate.bootstrap_resamples=50",
-]
-
-
-ONE_BACKBONE = ["--set", "backbones=[vgg16]", "--set", "backbone=vgg16"]
-
-
-@pytest.mark.parametrize(
-    ("recipe", "modalities", "classes"),
-    [
-        ("ct_scans", {"CT"}, {"COVID", "OTHER"}),
-        ("larger_dataset", {"X-ray"}, {"BACTERIA", "COVID", "NORMAL", "VIRAL"}),
-    ],
-)
-def test_further_investigation_recipes_run_offline(clone, recipe, modalities, classes):
-    """The study's open questions 2 and 3 end to end on the demo data (one backbone, to keep the
-    suite's time; the recipes themselves train every backbone)."""
-    # larger_dataset's demo block doubles the shipped demo's patients; here, the suite's smaller set's.
-    larger = ["--set", "synthetic.patients.covid_chestxray=80", "--set", "synthetic.patients.kermany=28"]
-    output = sh(
-        clone,
-        "cxr-recipe",
-        recipe,
-        "--settings",
-        "demo",
-        *TINY,
-        *ONE_BACKBONE,
-        *(larger if recipe == "larger_dataset" else []),
-    )
-    assert "dvc exp run" in output
-    split = pd.read_csv(clone / "data/processed/split.csv")
-    assert set(split["modality"]) == modalities
-    assert split.groupby("patient_id")["split"].nunique().max() == 1, "a patient in two splits"
-    report = json.loads((clone / "reports/data/split.json").read_text())
-    assert set(split["class"]) == classes and set(report["images_per_class"]["test"]) == classes
-    assert report["task"] == ("binary" if recipe == "ct_scans" else "multiclass") and set(
-        json.loads((clone / "reports/eval/metrics.json").read_text())
-    ) == {"vgg16", "finetuned"}
-    card = (clone / "reports/model_card.md").read_text()
-    print(recipe, {name: counts for name, counts in report["images_per_class"].items()})
-    if recipe == "ct_scans":
-        assert set(split["source"]) == {"covid_chestxray"} and set(split["view"]) <= {"Axial", "Coronal"}
-        assert split["patient_id"].value_counts().max() > 1  # series of several slices, kept together
-        assert (
-            "External test source: none (no image of the external sources ['actualmed'] passes the filter"
-            in (clone / "reports/eval/audit.md").read_text()
-        )
-        assert "slices chosen for publication in case reports" in card and "no external test" in card
-    else:
-        assert set(split["source"]) == {"covid_chestxray", "kermany"}
-        assert split["finding"].str.startswith("Pneumonia/").any(), "the later commit's findings"
-        assert (
-            split.loc[split["source"] == "kermany", "patient_id"].nunique()
-            > 3 * SMALL["synthetic"]["patients"]["kermany"]
-        )
-        assert "slices chosen for publication" not in card  # X-rays only
-
-
-@pytest.mark.parametrize("recipe", ["nasnet_no_augmentation", "main_comparison", "first_try", "binary_finetune"])
-def test_a_queued_recipe_is_validated_and_queued(clone, recipe):
-    """Queued, not run, to keep the suite's time: main_comparison is the four-backbone pipeline that
-    test_repro_noop_and_experiments runs; NASNetLarge stages are the slowest of the suite; first_try's
-    path (the COVID collection alone, binary) is the one ct_scans runs, and binary_finetune's (binary,
-    fine-tuned) the one ct_scans and test_repro's fine-tunes run. Queuing still validates the params."""
-    output = sh(clone, "cxr-recipe", recipe, "--settings", "demo", "--queue", *TINY)
-    assert "Queued experiment" in output
-    assert "Queued" in sh(clone, "dvc", "queue", "status")
-    sh(clone, "dvc", "queue", "remove", "--all")
