@@ -2,7 +2,7 @@
 
     python bench/duplicates.py [--sizes 1000 10000 50000] [--side 128] [--files 400] [--workers 2]
 
-1. Fingerprint, on merge's path: :func:`cxr.data.image_files.describe_images` over ``--files``
+1. Fingerprint, on merge's path: :func:`cxr.data.catalog.describe_images` over ``--files``
    generated radiographs (JPEGs of 160-320 px, as the demo's), with and without the fingerprint
    (:func:`cxr.data.duplicates.fingerprint`): images per second, and the fingerprint's share.
 2. Grouping, for each size N: N distinct generated radiographs (``--side`` px, drawn and fingerprinted
@@ -40,7 +40,7 @@ from PIL import Image  # noqa: E402
 
 from cxr.core.config import from_dict  # noqa: E402
 from cxr.data import duplicates  # noqa: E402
-from cxr.data.image_files import describe_images  # noqa: E402
+from cxr.data.catalog import describe_images  # noqa: E402
 from cxr.data.sources.drawing import ADULT, CHILD, OTHER_SITE, draw_chest  # noqa: E402
 from cxr.data.sources.synthetic import COPY_CHANGES, encode, republished  # noqa: E402
 

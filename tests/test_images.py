@@ -144,7 +144,7 @@ def test_exif_orientation_is_applied_as_pil_does(tmp_path, orientation):
 
 
 def test_exif_rotated_jpeg_reaches_the_model_upright(tmp_path):
-    from cxr.data.image_files import describe_image
+    from cxr.data.catalog import describe_image
     from cxr.data.sources.synthetic import encode
 
     pixels = np.zeros((48, 32), np.uint8)

@@ -29,8 +29,9 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from cxr.core.errors import one_line
 from cxr.data import catalog
+from cxr.data.catalog import describe_image
 from cxr.data.dicom import DicomError
-from cxr.data.image_files import ImageFileError, Limits, decode, describe_image
+from cxr.data.image_files import ImageFileError, Limits, decode
 from cxr.data.sources.synthetic import encode
 from cxr.learn.model_files import load_model
 from cxr.serve import predict

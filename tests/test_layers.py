@@ -72,3 +72,15 @@ def test_the_rule_finds_an_upward_import(tmp_path):
 @pytest.mark.parametrize("name", LAYERS)
 def test_every_layer_is_a_package(name):
     assert (PACKAGE / name / "__init__.py").is_file()
+
+
+# Issue 28: a module longer than this does more than one job; split it by job, as core/config was.
+MAX_MODULE_LINES = 300
+
+
+def test_no_module_is_longer_than_the_limit():
+    lengths = {
+        path.relative_to(PACKAGE).as_posix(): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")
+    }
+    assert {name: lines for name, lines in lengths.items() if lines > MAX_MODULE_LINES} == {}
+    assert max(lengths.values()) > MAX_MODULE_LINES // 2, "the package was found and read"

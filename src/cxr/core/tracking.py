@@ -294,17 +294,3 @@ def retry_write(call, *args, attempts: int = 5, **kwargs):
                     f"{one_line(exc.message)}"
                 ) from None
             time.sleep(0.5 * 2**attempt)
-
-
-def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, confusion: pd.DataFrame) -> None:
-    """Test metrics, reports, figures and predictions of one model, added to its training run."""
-    client = MlflowClient()
-    timestamp = int(pd.Timestamp.now().timestamp() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[
-            mlflow.entities.Metric(key, value, timestamp, 0) for key, value in metrics.items() if value is not None
-        ],
-    )
-    client.log_artifacts(run_id, str(folder), "evaluation")
-    client.log_table(run_id, confusion, "evaluation/confusion_table.json")

@@ -8,18 +8,28 @@ and perceptual fingerprint, and groups the images that are the same radiograph
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cxr.core import schema
 from cxr.core.config import Config
 from cxr.core.errors import CxrError
+from cxr.core.schema import IMAGE_COLUMNS
 from cxr.core.sections import Filter
 from cxr.data import duplicates
-from cxr.data.image_files import describe_images
+from cxr.data.image_files import DEFAULT_LIMITS, TRAINING_FORMATS, Limits, decode, read_file
 from cxr.data.sources import read_source
 from cxr.data.sources.layout import SourceTable
+
+# What describe_image may also compute from a file's decoded pixels (uint8, height x width x 3).
+Measure = Callable[[np.ndarray], dict]
+# Files decoded at once while the catalog is built.
+IMAGE_READERS = 4
 
 
 class CatalogError(CxrError):
@@ -197,3 +207,33 @@ def filter_views(catalog: pd.DataFrame, rules: Filter) -> tuple[pd.DataFrame, di
         ),
     }
     return catalog.loc[kept].reset_index(drop=True), report
+
+
+def describe_image(path: str, limits: Limits = DEFAULT_LIMITS, measure: Measure | None = None) -> dict:
+    """sha256, upright width and height, PIL mode and EXIF orientation (1-8; 1 when absent) of one
+    training image (PNG or JPEG), decoded by training's decoder to prove training can read it; with
+    ``measure``, also what it returns for the decoded upright pixels (uint8, height x width x 3)."""
+    data = read_file(path, limits)
+    decoded = decode(data, path, limits, TRAINING_FORMATS)
+    found = decoded.header
+    row = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "width": found.width,
+        "height": found.height,
+        "mode": found.mode,
+        "orientation": found.orientation,
+    }
+    if measure is not None:
+        row.update(measure((decoded.pixels.numpy() * 255).round().astype(np.uint8)))
+    return row
+
+
+def describe_images(
+    paths: list[str], limits: Limits = DEFAULT_LIMITS, measure: Measure | None = None, measured: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """:func:`describe_image` of every path (in parallel), one row each in the catalog's image columns
+    and the ``measured`` keys that ``measure`` returns; the first file that cannot be read raises its
+    :class:`ImageFileError`."""
+    with ThreadPoolExecutor(IMAGE_READERS) as pool:
+        rows = list(pool.map(lambda path: describe_image(path, limits, measure), paths))
+    return pd.DataFrame(rows, columns=list(IMAGE_COLUMNS) + list(measured))

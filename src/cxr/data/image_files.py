@@ -19,31 +19,21 @@ A file merge accepts is therefore a file training can read. Every failure is an
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from cxr.core.errors import CxrError, one_line
-from cxr.core.schema import IMAGE_COLUMNS
 from cxr.data import dicom
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-# What describe_image may also compute from a file's decoded pixels (uint8, height x width x 3).
-Measure = Callable[[np.ndarray], dict]
-
-IMAGE_READERS = 4
 # EXIF orientations that turn the image a quarter (5-8): width and height swap when upright.
 QUARTER_TURNS = (5, 6, 7, 8)
 # The formats training reads (the catalog's images) and the ones a trained model takes.
@@ -279,33 +269,3 @@ def decode(
             f"{name}: cannot be decoded as an image ({found.format.upper()}: {one_line(exc.message)})"
         ) from None
     return Decoded(pixels, found, None)
-
-
-def describe_image(path: str, limits: Limits = DEFAULT_LIMITS, measure: Measure | None = None) -> dict:
-    """sha256, upright width and height, PIL mode and EXIF orientation (1-8; 1 when absent) of one
-    training image (PNG or JPEG), decoded by training's decoder to prove training can read it; with
-    ``measure``, also what it returns for the decoded upright pixels (uint8, height x width x 3)."""
-    data = read_file(path, limits)
-    decoded = decode(data, path, limits, TRAINING_FORMATS)
-    found = decoded.header
-    row = {
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "width": found.width,
-        "height": found.height,
-        "mode": found.mode,
-        "orientation": found.orientation,
-    }
-    if measure is not None:
-        row.update(measure((decoded.pixels.numpy() * 255).round().astype(np.uint8)))
-    return row
-
-
-def describe_images(
-    paths: list[str], limits: Limits = DEFAULT_LIMITS, measure: Measure | None = None, measured: tuple[str, ...] = ()
-) -> pd.DataFrame:
-    """:func:`describe_image` of every path (in parallel), one row each in the catalog's image columns
-    and the ``measured`` keys that ``measure`` returns; the first file that cannot be read raises its
-    :class:`ImageFileError`."""
-    with ThreadPoolExecutor(IMAGE_READERS) as pool:
-        rows = list(pool.map(lambda path: describe_image(path, limits, measure), paths))
-    return pd.DataFrame(rows, columns=list(IMAGE_COLUMNS) + list(measured))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -58,7 +59,7 @@ def log_to_training_runs(
             continue
         matrix = result.report["confusion_matrix"]
         confusion = pd.DataFrame(matrix["matrix"], columns=matrix["labels"], index=matrix["labels"])
-        tracking.log_evaluation(
+        log_evaluation(
             run_id,
             {f"test_{key}": value for key, value in result.metrics.items()},
             reports / "models" / result.name,
@@ -104,3 +105,17 @@ def set_aliases(name: str, versions: dict[str, str | None], chosen: dict) -> Non
         tracking.retry_write(client.delete_registered_model_alias, name, alias)
     if chosen["champion"] is None:
         print(f"{name}: no @champion, no model passed the release gate (reports/eval/comparison.md, 'Release')")
+
+
+def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, confusion: pd.DataFrame) -> None:
+    """Test metrics, reports, figures and predictions of one model, added to its training run."""
+    client = MlflowClient()
+    timestamp = int(pd.Timestamp.now().timestamp() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[
+            mlflow.entities.Metric(key, value, timestamp, 0) for key, value in metrics.items() if value is not None
+        ],
+    )
+    client.log_artifacts(run_id, str(folder), "evaluation")
+    client.log_table(run_id, confusion, "evaluation/confusion_table.json")

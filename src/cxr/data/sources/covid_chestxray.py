@@ -116,69 +116,19 @@ def read(root: Path, params: Params) -> SourceTable:
 
 
 # The April-2020 header of the COVID collection's metadata.csv, spaces and trailing comma included.
-METADATA_HEADER = [
-    "patientid",
-    "offset",
-    "sex",
-    "age",
-    "finding",
-    "survival",
-    "intubated",
-    "went_icu",
-    "needed_supplemental_o2",
-    "extubated",
-    "temperature",
-    "pO2 saturation",
-    "leukocyte count",
-    "neutrophil count",
-    "lymphocyte count",
-    "view",
-    "modality",
-    "date",
-    "location",
-    "folder",
-    "filename",
-    "doi",
-    " url",
-    "license",
-    "clinical notes",
-    "other notes",
-    "",
-]
+METADATA_HEADER = (
+    "patientid,offset,sex,age,finding,survival,intubated,went_icu,needed_supplemental_o2,extubated,"
+    "temperature,pO2 saturation,leukocyte count,neutrophil count,lymphocyte count,view,modality,date,"
+    "location,folder,filename,doi, url,license,clinical notes,other notes,"
+).split(",")
 
 # The header of later commits: snake_case names, RT_PCR_positive and ICU columns, a trailing comma.
-LATER_METADATA_HEADER = [
-    "patientid",
-    "offset",
-    "sex",
-    "age",
-    "finding",
-    "RT_PCR_positive",
-    "survival",
-    "intubated",
-    "intubation_present",
-    "went_icu",
-    "in_icu",
-    "needed_supplemental_O2",
-    "extubated",
-    "temperature",
-    "pO2_saturation",
-    "leukocyte_count",
-    "neutrophil_count",
-    "lymphocyte_count",
-    "view",
-    "modality",
-    "date",
-    "location",
-    "folder",
-    "filename",
-    "doi",
-    "url",
-    "license",
-    "clinical_notes",
-    "other_notes",
-    "",
-]
+LATER_METADATA_HEADER = (
+    "patientid,offset,sex,age,finding,RT_PCR_positive,survival,intubated,intubation_present,went_icu,"
+    "in_icu,needed_supplemental_O2,extubated,temperature,pO2_saturation,leukocyte_count,neutrophil_count,"
+    "lymphocyte_count,view,modality,date,location,folder,filename,doi,url,license,clinical_notes,"
+    "other_notes,"
+).split(",")
 
 # Findings of the COVID collection in April 2020 with their rough shares of patients.
 COVID_FINDINGS = {
@@ -283,28 +233,15 @@ def synthetic_archive(folder: Path, params: Synthetic, source: Params) -> Path:
             patient += 1
             filename = _filename(rng, finding, patient, 0, "PA", "jpeg")
             images[filename] = data
-            rows.append(
-                _row(
-                    rng,
-                    patient,
-                    rng.choice(["M", "F"]),
-                    str(int(rng.integers(25, 85))),
-                    finding,
-                    "PA",
-                    "X-ray",
-                    "images",
-                    filename,
-                    0,
-                )
-            )
+            sex, age = rng.choice(["M", "F"]), str(int(rng.integers(25, 85)))
+            rows.append(_row(rng, patient, sex, age, finding, "PA", "X-ray", "images", filename, 0))
     image_rows = [row for row in rows if row["folder"] == "images"]
     missing = {row["filename"] for row in image_rows[: params.missing_files]}
     # Upstream quirk: one filename cell carries a trailing space the file name does not.
     image_rows[-1]["filename"] += " "
 
-    lines = csv_text([{column: row.get(column, "") for column in header} for row in rows], header).splitlines(
-        keepends=True
-    )
+    table_rows = [{column: row.get(column, "") for column in header} for row in rows]
+    lines = csv_text(table_rows, header).splitlines(keepends=True)
     lines[-1] = lines[-1].rstrip("\n").removesuffix(",") + "\n"  # one ragged row, as upstream
     table = "".join(lines).encode("utf-8").replace(b"Hospital Universitari", b"Hospital Universit\xe0ri")
     path.parent.mkdir(parents=True, exist_ok=True)
