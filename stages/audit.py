@@ -2,7 +2,7 @@
 
 For the backbone's model: a source probe and a lungs-hidden classifier (both retrained like
 train@<backbone>), Grad-CAM on a fixed sample of test images, and the external test source.
-Writes the metrics file (DVC metrics) and the output folder (predictions, saliency table,
+Writes the audit report (reports/audit/<backbone>.json) and the output folder (predictions, saliency table,
 overlays); logs the numbers and overlays to an MLflow run `audit@<backbone>`.
 """
 

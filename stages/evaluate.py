@@ -3,8 +3,9 @@
 Writes reports/eval/models/<model>/ (predictions, classification report, confusion matrix and
 ROC figures), reports/eval/confusion/<model>.csv (DVC confusion plots), the comparison table
 (comparison.md/.csv/.png), McNemar tests (mcnemar.csv), all training curves side by side, and
-two DVC metrics files: reports/eval/headline.json (accuracy and macro-F1 with intervals, what
-`dvc exp show` leads with) and reports/eval/metrics.json (every statistic). Test metrics and
+reports/eval/headline.json, the pipeline's one DVC metrics file (per model: accuracy, macro-F1, and
+the positive class's sensitivity and specificity, then their intervals: what `dvc exp show`
+compares), and reports/eval/metrics.json (every statistic). Test metrics and
 reports are added to each model's MLflow training run, and the headline to the pipeline's parent
 run; one `evaluate` run holds the comparison. Probabilities are calibrated with the temperature each
 model's `register` stage fitted on the validation split (reports/register/<model>.json), and
@@ -55,7 +56,7 @@ def main() -> None:
                 if value is not None
             }
         )
-        runs.log_headline_metrics(evaluation.lead_metrics(metrics))
+        runs.log_headline_metrics(evaluation.lead_metrics(metrics, config.positive_class))
         mlflow.log_table(table, "comparison.json")
         for artifact in ("comparison.md", "comparison.csv", "comparison.png", "mcnemar.csv", "training_curves.png"):
             mlflow.log_artifact(str(args.out / artifact))

@@ -6,7 +6,7 @@ Per model (:func:`evaluate_model`): calibrated predictions (the temperature its 
 stage fitted on the validation split), sklearn's report, patient-bootstrap intervals
 (:mod:`cxr.report.evaluation`), ECE and Brier score before and after calibration, and the test
 numbers at its operating point. Across models (:func:`write_comparison`): the comparison table,
-McNemar tests, the selection and release gate, the figures and the two DVC metrics files, written
+McNemar tests, the selection and release gate, the figures, headline.json and metrics.json, written
 into one staging folder that the caller moves into place as a set.
 """
 
@@ -285,6 +285,6 @@ def write_comparison(
     write_json(staging / "release.json", chosen)
     figures.comparison_bars(comparison, ["accuracy", "macro_f1"]).savefig(staging / "comparison.png")
     figures.curves_side_by_side(histories).savefig(staging / "training_curves.png")
-    write_json(staging / "headline.json", evaluation.lead_metrics(metrics))
+    write_json(staging / "headline.json", evaluation.lead_metrics(metrics, config.positive_class))
     write_json(staging / "metrics.json", metrics)
     return comparison

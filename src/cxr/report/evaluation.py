@@ -76,8 +76,9 @@ def roc_auc(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float | 
 
 
 def headline(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
-    """The statistics that get confidence intervals: accuracy, macro F1, sensitivity per class, and
-    balanced accuracy (mean sensitivity over the classes present; chance is 1/classes)."""
+    """The statistics that get confidence intervals: accuracy, macro F1, sensitivity and specificity
+    per class (one class against the rest), and balanced accuracy (mean sensitivity over the classes
+    present; chance is 1/classes)."""
     actual, predicted = predictions["actual"].to_numpy(), predictions["predicted"].to_numpy()
     values = {
         "accuracy": float((actual == predicted).mean()),
@@ -86,6 +87,7 @@ def headline(predictions: pd.DataFrame, classes: list[str]) -> dict[str, float]:
     for name in classes:
         mask = actual == name
         values[f"sensitivity_{name}"] = float((predicted[mask] == name).mean()) if mask.any() else math.nan
+        values[f"specificity_{name}"] = float((predicted[~mask] != name).mean()) if (~mask).any() else math.nan
     sensitivities = [values[f"sensitivity_{name}"] for name in classes if not math.isnan(values[f"sensitivity_{name}"])]
     values["balanced_accuracy"] = float(np.mean(sensitivities)) if sensitivities else math.nan
     return values
@@ -177,28 +179,34 @@ def interval_text(values, statistic: str) -> str:
 
 
 # What the comparison of experiments leads with: per model, these with their 95% intervals.
-def lead_metrics(metrics: dict[str, dict]) -> dict[str, dict]:
-    """The registry's ``lead`` metrics (:mod:`cxr.report.metrics`) from every model's metrics.
+def lead_metrics(metrics: dict[str, dict], positive_class: str) -> dict[str, dict]:
+    """The registry's ``lead`` metrics (:mod:`cxr.report.metrics`) from every model's metrics: what
+    ``dvc exp show`` and the pipeline's parent run show, rounded to three decimals.
+
+    The values come first, then their 95% intervals' ends, so that a terminal too narrow for every
+    column (``dvc exp show`` hides the middle ones) still shows each model's values.
 
     Parameters
     ----------
     metrics : dict of str to dict
         ``{model: metrics}`` (the comparison rows' numbers).
+    positive_class : str
+        The class whose sensitivity and specificity lead (``config.positive_class``).
 
     Returns
     -------
     dict of str to dict
-        ``{model: {accuracy, accuracy_low, accuracy_high, macro_f1, ...}}``: each lead statistic and
-        its 95% interval's ends (None where missing).
+        ``{model: {accuracy, macro_f1, sensitivity_<positive>, specificity_<positive>, accuracy_low,
+        accuracy_high, macro_f1_low, ...}}`` (None where missing or undefined).
     """
-    return {
-        model: {
-            f"{statistic}{end}": values.get(f"{statistic}{end}")
-            for statistic, _ in shown("lead", [])
-            for end in ("", "_low", "_high")
-        }
-        for model, values in metrics.items()
-    }
+    statistics = [key for key, _ in shown("lead", [positive_class])]
+    keys = [*statistics, *(f"{statistic}{end}" for statistic in statistics for end in ("_low", "_high"))]
+    return {model: {key: rounded(values.get(key)) for key in keys} for model, values in metrics.items()}
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    """``value`` rounded for display; None for a missing or undefined (NaN) one."""
+    return None if value is None or math.isnan(value) else round(float(value), digits)
 
 
 def comparison_row(name: str, model_report: dict, intervals: dict, classes: list[str]) -> dict:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 class Metric:
     """One statistic. ``key`` and ``label`` hold ``{cls}`` when there is one per class; the flags say
     where it is shown: ``table`` a column of comparison.md, ``card`` a row of the model card,
-    ``lead`` in headline.json and the parent run, ``tag`` a tag of the registered version."""
+    ``lead`` in headline.json and the parent run (per-class ones for the positive class only), ``tag``
+    a tag of the registered version."""
 
     key: str
     label: str
@@ -70,6 +71,13 @@ METRICS = (
         "share of the class's test images the model assigns to it (recall)",
         table=True,
         card=True,
+        lead=True,
+    ),
+    Metric(
+        "specificity_{cls}",
+        "specificity {cls}",
+        "share of the other classes' test images the model does not assign to the class",
+        lead=True,
     ),
     Metric(
         "ece",
