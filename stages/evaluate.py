@@ -48,14 +48,6 @@ def main() -> None:
     mlflow_log.log_to_training_runs(results, args.models, args.out, config, tracking.file_md5(args.split))
     metrics = {result.name: result.metrics for result in results}
     with runs.stage_run(config, "evaluate", args.split, config.backbone):
-        mlflow.log_metrics(
-            {
-                f"{name}.{key}": value
-                for name, values in metrics.items()
-                for key, value in values.items()
-                if value is not None
-            }
-        )
         runs.log_headline_metrics(evaluation.lead_metrics(metrics, config.positive_class))
         mlflow.log_table(table, "comparison.json")
         for artifact in ("comparison.md", "comparison.csv", "comparison.png", "mcnemar.csv", "training_curves.png"):

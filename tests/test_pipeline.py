@@ -69,6 +69,16 @@ def test_repro_runs_every_stage_and_records_one_parent_run(clone):
         ["evaluate", "finetune", "audit_report"]
         + [f"{stage}@{name}" for stage in ("train", "audit") for name in backbones]
     )
+    # Each stage run logs the params its dvc.yaml entry declares, with its own values: a train@ run
+    # its own backbone and input side, not the fine-tuned model's base; the parent run every param.
+    by_stage = runs.set_index("tags.mlflow.runName")
+    for name in backbones:
+        for stage in ("train", "audit"):
+            assert by_stage.loc[f"{stage}@{name}", "params.backbone"] == name, stage
+        assert by_stage.loc[f"train@{name}", "params.image_size_px"] == "75"
+    assert by_stage.loc["finetune", "params.backbone"] == "xception"
+    assert pd.isna(by_stage.loc["train@vgg16", "params.split.seed"]), "split.seed is not a train@ param"
+    assert pd.notna(by_stage.loc["train@vgg16", "params.train.epochs"])
     assert "**xception.**" in (clone / "reports/eval/audit.md").read_text()
     assert (clone / "reports/model_card.md").is_file()
     comparison = (clone / "reports/eval/comparison.md").read_text()

@@ -18,7 +18,9 @@ import pandas as pd
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from cxr.core import backbones
 from cxr.core.config import Config, unrestricted
+from cxr.core.declared import DeclaredParams
 from cxr.core.errors import StageInterrupted
 from cxr.core.outputs import process_exists
 from cxr.core.tracking import (
@@ -35,6 +37,8 @@ from cxr.core.tracking import (
 )
 
 PIPELINE_KEY = "cxr.pipeline"
+# Stages whose runs record MLflow system metrics (CPU, memory, disk, network; GPU where pynvml sees one).
+TRAINING_STAGES = ("train@", "finetune")
 
 
 def pipeline_identity(commit: str) -> tuple[str, str]:
@@ -121,15 +125,17 @@ def log_headline_metrics(headline: dict[str, dict]) -> None:
 def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run for one stage execution, a child of the pipeline's parent run.
 
-    The run has params, tags and dataset inputs; it ends FAILED if the stage raises, KILLED if a
-    signal stops it (:class:`StageInterrupted`). The run records every parameter, not only those the
-    stage declares, and which process runs it; runs of the same stage left RUNNING by a process that
-    is gone (SIGKILL) are ended as KILLED first.
+    The run has params (:func:`stage_params`: under DVC those the stage declares, with its own
+    values), tags and dataset inputs; it ends FAILED if the stage raises, KILLED if a signal stops it
+    (:class:`StageInterrupted`). A training stage's run records MLflow's system metrics (psutil:
+    CPU, memory, disk, network; GPU with pynvml). It records which process runs it; runs of the same
+    stage left RUNNING by a process that is gone (SIGKILL) are ended as KILLED first. The pipeline's
+    parent run holds every parameter.
 
     Parameters
     ----------
-    config : Config
-        The configuration (a stage's restricted view is unwrapped).
+    config : Config or DeclaredParams
+        The configuration, or under DVC the stage's view of it (:func:`cxr.core.config.load`).
     stage : str
         The stage's name, the run's name (e.g. ``train@resnet50``).
     split_file : Path
@@ -147,6 +153,7 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
     TrackingError
         When the tracking store cannot take runs (:func:`cxr.core.tracking.require_tracking_store`).
     """
+    params = stage_params(config, stage)
     config = unrestricted(config)
     require_tracking_store()
     mlflow.set_tracking_uri(tracking_uri())
@@ -162,9 +169,13 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
         description = SYNTHETIC_NOTE if config.sources.origin == "synthetic" else None
         close_orphaned_runs(experiment_id, stage)
         with mlflow.start_run(
-            experiment_id=experiment_id, run_name=stage, tags=tags | process_tags(), description=description
+            experiment_id=experiment_id,
+            run_name=stage,
+            tags=tags | process_tags(),
+            description=description,
+            log_system_metrics=stage.startswith(TRAINING_STAGES),
         ) as run:
-            mlflow.log_params(flat_params(config))
+            mlflow.log_params(params)
             log_split_inputs(split_file, tags["split_md5"])
             try:
                 yield run
@@ -174,6 +185,44 @@ def stage_run(config: Config, stage: str, split_file: Path, backbone: str) -> It
     finally:
         if outer:
             os.environ["MLFLOW_RUN_ID"] = outer
+
+
+def stage_params(config: Config | DeclaredParams, stage: str) -> dict[str, str]:
+    """The params a stage run logs: what the stage depends on, with the stage's own values.
+
+    Under DVC (``config`` is the stage's :class:`~cxr.core.declared.DeclaredParams` view) only the
+    keys its dvc.yaml entry declares, so MLflow's run comparison shows what differs between two
+    stage runs. A stage of a ``foreach`` over the backbones (``train@vgg16``, ``register@vgg16``,
+    ``audit@vgg16``) logs its own backbone as ``backbone`` and its input side as ``image_size_px``
+    (``train.image_size``, or the backbone's native size for ``native``), where the params hold the
+    fine-tuned model's base and the setting. Outside DVC (a stage run by hand) every parameter.
+
+    Parameters
+    ----------
+    config : Config or DeclaredParams
+        The configuration, or a stage's view of it.
+    stage : str
+        The stage's name (``train@vgg16``, ``finetune``...).
+
+    Returns
+    -------
+    dict of str to str
+        ``section.key`` -> value, names as :func:`cxr.core.tracking.flat_params` writes them.
+    """
+    full = unrestricted(config)
+    params = flat_params(full)
+    if isinstance(config, DeclaredParams):
+        declared = config._declared
+        params = {
+            key: value
+            for key, value in params.items()
+            if any(key == name or key.startswith(f"{name}.") for name in declared)
+        }
+    item = stage.partition("@")[2]
+    if item in backbones.BACKBONES:
+        params["backbone"] = item
+        params["image_size_px"] = str(backbones.get(item).input_size(full.train.image_size))
+    return params
 
 
 def process_tags() -> dict[str, str]:

@@ -22,9 +22,18 @@ from cxr.learn import checkpoints
 from cxr.learn.model_files import save_model
 from cxr.learn.training import FitResult
 
+# Per-epoch values that are settings, not measurements: the run's params hold them (the learning rate
+# is constant within a fit; history.json keeps it per epoch).
+NOT_METRICS = ("learning_rate",)
+
+
+def epoch_metrics(values: dict) -> dict[str, float]:
+    """One epoch's logs as MLflow metrics: every value but :data:`NOT_METRICS`."""
+    return {key: float(value) for key, value in values.items() if key not in NOT_METRICS}
+
 
 class EpochMetrics(keras.callbacks.Callback):
-    """Log each epoch's metrics (loss, accuracy, val_*, learning_rate) to the active run.
+    """Log each epoch's metrics (loss, accuracy, val_loss, val_accuracy) to the active run.
 
     ``work_dir`` is the fit's resume folder (:func:`cxr.learn.checkpoints.resume_dir`). A fit that
     resumes a killed one first logs the epochs the killed run committed (its
@@ -50,12 +59,11 @@ class EpochMetrics(keras.callbacks.Callback):
             mlflow.set_tag("resumed_from_run", marker.read_text().strip())
             for row in checkpoints.Checkpoint(self.work_dir).history.to_dict("records"):
                 epoch = int(row.pop("epoch"))
-                mlflow.log_metrics({key: float(value) for key, value in row.items()}, step=epoch)
+                mlflow.log_metrics(epoch_metrics(row), step=epoch)
         marker.write_text(current)
 
     def on_epoch_end(self, epoch, logs=None):
-        metrics = {key: float(value) for key, value in (logs or {}).items()}
-        mlflow.log_metrics(metrics, step=epoch + 1)
+        mlflow.log_metrics(epoch_metrics(logs or {}), step=epoch + 1)
 
 
 def summary(result: FitResult) -> dict:

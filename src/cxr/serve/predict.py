@@ -4,8 +4,9 @@
 
 The model is a registry URI (default ``models:/cxr-<task>@champion``, the model the release gate
 let through; without one, the run stops with one line naming ``@candidate`` and why it failed),
-a run URI (``runs:/<run id>/model``) or a pipeline folder (``models/<name>``: uncalibrated, no
-operating point, not judged by the gate). Every image is read as training read it (:mod:`cxr.serve.classify`). A file
+a run URI (``runs:/<run id>/<model>``, e.g. ``runs:/<id>/vgg16``) or a pipeline folder
+(``models/<name>``: uncalibrated, no operating point, not judged by the gate). Every image is read
+as training read it (:mod:`cxr.serve.classify`). A file
 that cannot be read gets its error in its own row and the others go on; the exit status is 1 when
 any row failed. Models are research artefacts, not diagnostic devices, and every run says so.
 """
@@ -117,7 +118,7 @@ class LoadedModel:
 
 def load_reference(reference: str) -> LoadedModel:
     """A model by registry URI (``models:/name@alias``, ``models:/name/3``), run URI
-    (``runs:/<id>/model``) or pipeline folder; a reference that does not resolve is named."""
+    (``runs:/<id>/<model>``) or pipeline folder; a reference that does not resolve is named."""
     if not reference.startswith(("models:/", "runs:/")):
         model, spec = load_model(Path(reference))
         digest = tracking.file_md5(Path(reference) / MODEL_FILE)
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model",
         help="models:/<name>@<alias> or models:/<name>/<version> (MLflow registry), "
-        "runs:/<run id>/model, or a pipeline folder such as models/finetuned; default: "
+        "runs:/<run id>/<model> (e.g. runs:/<id>/vgg16), or a pipeline folder such as models/finetuned; default: "
         "models:/cxr-<task>@champion",
     )
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="the CSV to write")

@@ -89,7 +89,7 @@ def log_servable(folder: Path, spec: ModelSpec, example: Path, registered_name: 
     ``decision`` as its model config, and cxr's code, and register it as ``registered_name``;
     returns MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``)."""
     info = mlflow.pyfunc.log_model(
-        name="model",
+        name=logged_name(folder, spec),
         python_model=str(Path(pyfunc.__file__).with_name("model_code.py")),
         artifacts={"model": str(folder)},
         code_paths=[str(Path(cxr.__file__).parent)],
@@ -207,6 +207,25 @@ def example_image(split: pd.DataFrame) -> Path:
     return Path(split_part(split, "val").iloc[0]["path"])
 
 
+def logged_name(folder: Path, spec: ModelSpec) -> str:
+    """What the logged model is called in its run: the backbone (``vgg16``), or ``finetuned-<base>``
+    (``finetuned-xception``); ``runs:/<run id>/<that name>`` loads it."""
+    return f"{folder.name}-{spec.finetuned_from}" if spec.finetuned_from else folder.name
+
+
+def version_description(folder: Path, spec: ModelSpec, assessment: dict) -> str:
+    """The registered version's description: what the model is and what the register stage measured
+    on the validation split (macro-F1, temperature, operating point) and the release gate's result."""
+    threshold = assessment["operating_point"].get("threshold")
+    return (
+        f"{logged_name(folder, spec)}: {spec.backbone} at {spec.image_size} px, classes {', '.join(spec.classes)}. "
+        f"Validation: macro-F1 {assessment['validation']['macro_f1']:.3f} on {assessment['validation']['images']} "
+        f"images; temperature {assessment['calibration']['temperature']:.2f}"
+        + (f"; decision threshold {threshold:.3f}" if threshold is not None else "")
+        + f". Release gate: {assessment['release']['summary']}."
+    )
+
+
 def register(folder: Path, spec: ModelSpec, task: str, example: Path, assessment: dict) -> dict:
     """Log a model folder as the servable pyfunc and register it as a version of ``cxr-<task>``.
 
@@ -267,6 +286,8 @@ def register(folder: Path, spec: ModelSpec, task: str, example: Path, assessment
         }
         for key, value in tags.items():
             tracking.retry_write(client.set_model_version_tag, name, version, key, value)
+        description = version_description(folder, spec, assessment)
+        tracking.retry_write(client.update_model_version, name, version, description=description)
     return {
         "model": folder.name,
         "model_md5": tracking.file_md5(model_file),
