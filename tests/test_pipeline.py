@@ -150,6 +150,18 @@ def test_two_queued_experiments_run_two_at_a_time_and_record_their_runs(clone):
         "lr-small": ["-S", "finetune.learning_rate=0.00003"],
     }
     run_queued(clone, queued)
+    # README's one screen: the experiments, the params they set and the headline values they changed,
+    # nothing else (no other model's metrics, no dependency hashes, no reports).
+    one_screen = ["--only-changed", "--drop", ONE_SCREEN_DROP]
+    columns = stdout(clone, "dvc", "exp", "show", "--no-pager", "--csv", *one_screen).splitlines()[0].split(",")
+    shown = set(columns) - {"Experiment", "rev", "typ", "parent", "State", "Executor"}
+    lead = ["accuracy", "macro_f1", "sensitivity_COVID", "specificity_COVID"]
+    allowed = {
+        "backbone",
+        "finetune.learning_rate",
+        *(f"finetuned.{key}{end}" for key in lead for end in ("", "_low", "_high")),
+    }
+    assert {"backbone", "finetune.learning_rate", "finetuned.accuracy"} <= shown <= allowed, columns
     runs = mlflow_runs(clone)
     check_experiment_runs(clone, mlflow_client(clone), runs, queued)
     assert len(mlflow_client(clone).search_model_versions(finetuned)) == versions + 2
@@ -182,6 +194,10 @@ def test_an_experiment_on_another_split_shows_in_exp_show_and_plots(clone):
     plots = sh(clone, "dvc", "plots", "show", "-o", "plots")
     html = (clone / "plots/index.html").read_text()
     assert "plots" in plots and "val_accuracy" in html and "reports_eval_confusion_vgg16_csv" in html
+
+
+# README's `dvc exp show --only-changed --drop ...`: the dates, dependency hashes and reports.
+ONE_SCREEN_DROP = r"Created|models.*|params\.yaml|reports/.*"
 
 
 def run_queued(folder: Path, experiments: dict[str, list[str]], env: dict[str, str] | None = None) -> None:
