@@ -124,10 +124,12 @@ def test_a_second_repro_does_nothing_and_a_forced_rerun_writes_the_same_bytes(cl
     assert "Data and pipelines are up to date" in again
     assert "Running stage" not in again
 
-    # Same inputs, same bytes: a forced retrain and re-evaluation write identical files, so DVC
-    # sees nothing new and nothing downstream reruns.
-    stages = ("train@xception", "evaluate")
+    # Same inputs, same bytes: every validating stage (Great Expectations results and Data Docs), a
+    # retrain and a re-evaluation, forced, write identical files, so DVC sees nothing new and nothing
+    # downstream reruns.
+    stages = ("merge", "filter_pa", "split", "external", "train@xception", "evaluate")
     before = output_bytes(clone, lock, stages)
+    assert {f"reports/validation/{stage}.json" for stage in stages[:4]} <= set(before)
     for stage in stages:
         sh(clone, "dvc", "repro", "-f", "-s", stage)
     assert output_bytes(clone, lock, stages) == before
