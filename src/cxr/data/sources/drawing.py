@@ -51,6 +51,28 @@ NEUTRAL = Style(thorax_scale=0.9, brightness=0.06, contrast=1.0, marker=False, b
 OTHER_SITE = Style(thorax_scale=0.95, brightness=-0.06, contrast=0.95, marker=False, border=0.0)
 
 
+@dataclass(frozen=True)
+class Frame:
+    """Where a drawing places its shapes: each pixel's position in the patient's frame, centred and
+    scaled (``u``, ``v``; float32 arrays, height x width), then turned as positioning varies."""
+
+    u: np.ndarray
+    v: np.ndarray
+
+    @classmethod
+    def turned(cls, x: np.ndarray, y: np.ndarray, angle: float) -> Frame:
+        """The frame of centred, scaled coordinates ``x``, ``y`` rotated by ``angle`` radians."""
+        return cls(x * np.cos(angle) - y * np.sin(angle), x * np.sin(angle) + y * np.cos(angle))
+
+    def ellipse(self, x0: float, y0: float, rx: float, ry: float) -> np.ndarray:
+        """Pixels inside the ellipse centred at (``x0``, ``y0``) with radii ``rx``, ``ry`` (bool)."""
+        return ((self.u - x0) / rx) ** 2 + ((self.v - y0) / ry) ** 2 <= 1.0
+
+    def blob(self, x0: float, y0: float, sigma: float) -> np.ndarray:
+        """A Gaussian of width ``sigma`` centred at (``x0``, ``y0``), 1 at its centre."""
+        return np.exp(-(((self.u - x0) ** 2 + (self.v - y0) ** 2) / (2 * sigma**2)))
+
+
 def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, style: Style) -> np.ndarray:
     """A grayscale chest radiograph-like image (uint8, height x width) showing ``pattern``.
 
@@ -67,14 +89,8 @@ def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, 
     cx, cy = 0.5 + rng.normal(0, 0.015), 0.55 + rng.normal(0, 0.015)
     angle = np.deg2rad(rng.uniform(-1.5, 1.5))
     x0, y0 = (xx - cx) / scale, (yy - cy) / scale
-    u = x0 * np.cos(angle) - y0 * np.sin(angle)
-    v = x0 * np.sin(angle) + y0 * np.cos(angle)
-
-    def ellipse(x0: float, y0: float, rx: float, ry: float) -> np.ndarray:
-        return ((u - x0) / rx) ** 2 + ((v - y0) / ry) ** 2 <= 1.0
-
-    def blob(x0: float, y0: float, sigma: float) -> np.ndarray:
-        return np.exp(-(((u - x0) ** 2 + (v - y0) ** 2) / (2 * sigma**2)))
+    frame = Frame.turned(x0, y0, angle)
+    u, v, ellipse, blob = frame.u, frame.v, frame.ellipse, frame.blob
 
     def size() -> float:
         return rng.uniform(0.97, 1.03)
@@ -144,14 +160,8 @@ def draw_ct_slice(rng: np.random.Generator, width: int, height: int, pattern: st
     scale, angle = rng.uniform(0.9, 1.1), np.deg2rad(rng.uniform(-5, 5))
     x0 = (xx / width - 0.5 + rng.normal(0, 0.03)) / scale
     y0 = (yy / height - 0.5 + rng.normal(0, 0.03)) / scale
-    u = x0 * np.cos(angle) - y0 * np.sin(angle)
-    v = x0 * np.sin(angle) + y0 * np.cos(angle)
-
-    def ellipse(x0: float, y0: float, rx: float, ry: float) -> np.ndarray:
-        return ((u - x0) / rx) ** 2 + ((v - y0) / ry) ** 2 <= 1.0
-
-    def blob(x0: float, y0: float, sigma: float) -> np.ndarray:
-        return np.exp(-(((u - x0) ** 2 + (v - y0) ** 2) / (2 * sigma**2)))
+    frame = Frame.turned(x0, y0, angle)
+    u, v, ellipse, blob = frame.u, frame.v, frame.ellipse, frame.blob
 
     image = np.full((height, width), 0.02, np.float32)
     if axial:
