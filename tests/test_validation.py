@@ -28,3 +28,42 @@ def test_data_docs_show_every_expectation_and_repeat_byte_for_byte(tmp_path):
             assert description in html
         assert re.search(r"unexpected_count|2 unexpected|unexpected values", html)
     assert pages[0] == pages[1]
+
+
+def test_the_index_lists_every_validation_and_expectation_offline(tmp_path):
+    """cxr's index.html: each table and each expectation with pass/fail and what was observed, and no
+    page of the site (cxr's or GX's) loads a script, a stylesheet or an image from the network."""
+    catalog = pd.DataFrame({"image_id": ["a", "b", "b"], "width": [10, 20, 30]})
+    patients = pd.DataFrame({"patient_id": ["p1", "p2"]})
+    tables = [
+        Table(
+            "catalog",
+            catalog,
+            [
+                gxe.ExpectColumnValuesToBeUnique(column="image_id", description="image ids are unique"),
+                gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1, description="image opened"),
+            ],
+        ),
+        Table("patients", patients, [gxe.ExpectColumnValuesToNotBeNull(column="patient_id", description="known")]),
+    ]
+    report = tmp_path / "merge.json"
+    with pytest.raises(DataValidationError, match=r"index\.html"):
+        validate("merge", tables, report)
+    docs = report.with_suffix("")
+    index = (docs / "index.html").read_text()
+    rows = re.findall(r"<tr><td class=\"(passed|failed)\">[^<]*</td>\n<td>([^<]*)<br>", index)
+    assert rows == [("failed", "image ids are unique"), ("passed", "image opened"), ("passed", "known")]
+    assert "2 unexpected value(s), e.g. [&#39;b&#39;, &#39;b&#39;]" in index
+    assert "2 of 3 expectations met" in index and "\u2718 failed" in index
+    [catalog_page] = re.findall(r'<a href="(validations/merge/catalog/[^"]+)">merge.catalog</a>', index)
+    assert (docs / catalog_page).is_file() and (docs / "gx-index.html").is_file()
+    for page in docs.rglob("*.html"):
+        html = page.read_text()
+        fetched = re.findall(r'<(?:script|img)[^>]*\bsrc="(https?:[^"]*)"', html)
+        assert page.name != "index.html" or not re.search(r"<script|https?://", html), page
+        assert all("great-expectations-web-assets" not in url for url in fetched), page
+        if page.name != "index.html":
+            assert "fa-check-circle::before" in html, page
+    logo = re.search(r'src="([^"]*logo-long\.png)"', catalog_page_html := (docs / catalog_page).read_text())
+    assert (docs / catalog_page).parent.joinpath(logo[1]).resolve().is_file()
+    assert "fa-times" in catalog_page_html

@@ -3,39 +3,35 @@
 Each stage validates the table it is about to write (and small tables derived from it, e.g.
 one row per patient and split) before writing anything. A failure stops the stage with one
 line per failed expectation; the full Great Expectations result goes to
-``reports/validation/<stage>.json`` either way, and its static HTML Data Docs (every expectation
-with its observed value) to ``reports/validation/<stage>/index.html``.
+``reports/validation/<stage>.json`` either way, and its Data Docs to ``reports/validation/<stage>/``:
+``index.html`` lists every expectation with pass/fail and its observed value, offline
+(:mod:`cxr.data.data_docs`).
 """
 
 from __future__ import annotations
 
 import copy
-import datetime
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from cxr.core.errors import CxrError
-from cxr.core.outputs import staged_directory, write_json
+from cxr.core.outputs import write_json
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import great_expectations as gx  # noqa: E402  (reads GX_ANALYTICS_ENABLED at import)
 import great_expectations.expectations as gxe  # noqa: E402
-from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
 from great_expectations.data_context.types.base import (  # noqa: E402
     DataContextConfig,
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
 )
-from great_expectations.data_context.types.resource_identifiers import (  # noqa: E402
-    ExpectationSuiteIdentifier,
-    ValidationResultIdentifier,
-)
+
+from cxr.data.data_docs import describe_outcome, write_data_docs  # noqa: E402
 
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
@@ -118,58 +114,18 @@ def validate(stage: str, tables: list[Table], report: Path, hint: str = "") -> d
         result = batch.validate(suite)
         validated[table.name] = result
         results[table.name] = reproducible_result(result.to_json_dict())
-        failures += [f"{table.name}: {_describe(item)}" for item in result.results if not item.success]
+        failures += [
+            f"{table.name}: {_describe(item)}" for item in results[table.name]["results"] if not item["success"]
+        ]
     summary = {"stage": stage, "success": not failures, "failures": failures, "results": results}
     write_json(report, summary)
-    docs = write_data_docs(context, stage, validated, report.with_suffix(""))
+    docs = write_data_docs(context, stage, validated, results, report.with_suffix(""))
     if failures:
         raise DataValidationError(
             f"{stage}: {len(failures)} data expectation(s) failed (full result in {report}, "
             f"{docs / 'index.html'}):\n  - " + "\n  - ".join(failures) + (f"\n{hint}" if hint else "")
         )
     return summary
-
-
-# Data Docs record no time (the same data must give the same bytes): results are filed under this.
-DOCS_RUN_TIME = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-GX_TIMESTAMP = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def write_data_docs(context, stage: str, results: dict, folder: Path) -> Path:
-    """The static HTML Data Docs of ``results`` (table name -> GX validation result) in ``folder``
-    (``index.html``, one page per suite and per result). GX stamps pages with the render time and
-    random element ids: both are replaced by fixed values so the same results give the same bytes.
-    Its onboarding animations (3 MB of GIFs no page shows) are left out."""
-    with staged_directory(folder) as staging:
-        context.add_data_docs_site(
-            site_name=stage,
-            site_config={
-                "class_name": "SiteBuilder",
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(staging.resolve()),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
-        run_id = RunIdentifier(run_name=stage, run_time=DOCS_RUN_TIME)
-        for name, result in results.items():
-            key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=f"{stage}.{name}"), run_id, name)
-            context.validation_results_store.set(key, result)
-        context.build_data_docs(site_names=[stage])
-        for animation in staging.glob("static/images/*.gif"):
-            animation.unlink()
-        fixed_time = DOCS_RUN_TIME.strftime("%Y%m%dT%H%M%S.%fZ")
-        for page in staging.rglob("*.html"):
-            page.write_text(numbered_ids(GX_TIMESTAMP.sub(fixed_time, page.read_text())))
-    return folder
-
-
-def numbered_ids(html: str) -> str:
-    """``html`` with each distinct uuid replaced by ``id<n>``, numbered in order of first appearance."""
-    ids: dict[str, str] = {}
-    return UUID.sub(lambda found: ids.setdefault(found[0], f"id{len(ids) + 1}"), html)
 
 
 def reproducible_result(result: dict) -> dict:
@@ -184,32 +140,9 @@ def reproducible_result(result: dict) -> dict:
     return result
 
 
-def _describe(result) -> str:
-    config = result.expectation_config
-    what = config.description or config.type
-    column = config.kwargs.get("column")
+def _describe(item: dict) -> str:
+    """One failed expectation (GX JSON) in one line: what it expects, its column, what was observed."""
+    config = item["expectation_config"]
+    column = config["kwargs"].get("column")
     where = f" [{column}]" if column else ""
-    outcome = result.result or {}
-    errors = _exception_messages(result.exception_info)
-    if errors:
-        detail = f"could not be evaluated: {errors[0]}"
-    elif "unexpected_count" in outcome:
-        examples = outcome.get("partial_unexpected_list", [])[:5]
-        detail = f"{outcome['unexpected_count']} unexpected value(s), e.g. {examples}"
-    elif "details" in outcome:
-        detail = f"{outcome['details']}"
-    else:
-        detail = f"observed {outcome.get('observed_value')!r}"
-    return f"{what}{where}: {detail}"
-
-
-def _exception_messages(info) -> list[str]:
-    """Great Expectations nests exceptions per metric; return their messages."""
-    if not info:
-        return []
-    entries = [info] if "raised_exception" in info else list(info.values())
-    return [
-        entry.get("exception_message") or "error"
-        for entry in entries
-        if isinstance(entry, dict) and entry.get("raised_exception")
-    ]
+    return f"{config.get('description') or config['type']}{where}: {describe_outcome(item)}"
