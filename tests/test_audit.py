@@ -344,13 +344,31 @@ def test_verdict_when_no_class_has_two_sources_in_the_test_split():
 
 def test_an_empty_map_is_named_not_drawn(tmp_path):
     """cxr-predict's overlays: a map with no positive evidence writes no blank picture and says so."""
-    from cxr.serve.predict import Explainer
+    from cxr.serve.explain import Explainer
 
     size = 16
     batch = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
-    explainer = Explainer(tmp_path / "gradcam", "vgg16", 8, ["a.png", "b.png"])
+    explainer = Explainer(tmp_path / "gradcam", "vgg16", 8, ["a.png", "b.png"], ["NORMAL", "COVID"])
     explainer.layer = None  # the stand-in model's base output
-    written = explainer(region_model(size, masked=True), ["a.png", "b.png"], batch, np.array([1, 0]))
+    previews = [np.zeros((40, 30), np.uint8)] * 2
+    probabilities = np.array([[0.2, 0.8], [0.9, 0.1]])
+    written = explainer(region_model(size, masked=True), ["a.png", "b.png"], batch, probabilities, previews)
     assert written[0] == (str(tmp_path / "gradcam" / "a.png.gradcam.png"), "")
     assert written[1][0] == "" and written[1][1].startswith("Grad-CAM map empty (no positive evidence")
     assert sorted(path.name for path in (tmp_path / "gradcam").iterdir()) == ["a.png.gradcam.png"]
+
+
+def test_the_gradcam_grid_has_a_colour_scale_and_a_labelled_lung_box():
+    from cxr.core.figures import saliency_grid
+
+    batch = np.full((2, 32, 32, 3), 128, np.float32)
+    maps = np.stack([np.tile(np.linspace(0, 1, 32), (32, 1))] * 2)
+    table = pd.DataFrame(
+        {"class": ["COVID", "NORMAL"], "predicted": ["COVID", "COVID"], "lung_box_share": [0.5, np.nan]}
+    )
+    figure = saliency_grid(batch, maps, table, slice(6, 26), "vgg16: Grad-CAM")
+    assert [text.get_text() for axis in figure.axes for text in axis.texts] == ["lung box", "lung box"]
+    titles = [axis.get_title() for axis in figure.axes if axis.get_title()]
+    assert titles == ["COVID -> COVID\nin lung box: 0.50", "NORMAL -> COVID\nin lung box: -"]
+    [scale] = [axis for axis in figure.axes if axis.get_ylabel().startswith("Grad-CAM")]
+    assert scale.get_ylim() == (0.0, 1.0)

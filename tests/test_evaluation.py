@@ -1,6 +1,7 @@
 """Evaluation metrics against hand-computed values, the patient bootstrap, McNemar, DVC plots."""
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,25 +110,38 @@ def test_pairwise_mcnemar_uses_shared_images():
     )
 
 
-def test_confusion_file_renders_with_dvc_confusion_template(tmp_path):
+def test_confusion_file_renders_with_its_counts_rows_actual_columns_predicted(tmp_path):
+    """The project's DVC template (.dvc/plots/confusion_counts.json, as dvc.yaml uses it) draws every
+    cell's count, zeros included, with actual classes on the rows and predicted on the columns."""
+    import json
+
+    import vl_convert
+
     env_bin = Path(sys.executable).parent
-    table = frame(["A", "A", "B", "C"], ["A", "B", "B", "C"])
+    table = frame(["A", "A", "A", "B", "C"], ["A", "A", "B", "B", "C"])
     (tmp_path / "eval").mkdir()
     table[["actual", "predicted"]].to_csv(tmp_path / "eval" / "model.csv", index=False)
     (tmp_path / "dvc.yaml").write_text(
-        "plots:\n  - eval/model.csv:\n      template: confusion\n      x: actual\n      y: predicted\n"
+        "plots:\n  - eval/model.csv:\n      template: confusion_counts\n      x: predicted\n      y: actual\n"
     )
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([env_bin / "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    template = Path(__file__).resolve().parents[1] / ".dvc/plots/confusion_counts.json"
+    (tmp_path / ".dvc/plots").mkdir()
+    (tmp_path / ".dvc/plots/confusion_counts.json").write_bytes(template.read_bytes())
     result = subprocess.run([env_bin / "dvc", "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    import json
-
     [plot] = json.loads(result.stdout)["data"]["eval/model.csv"]
-    assert plot["type"] == "vega"
-    values = plot["content"]["data"]["values"]
-    assert [(row["actual"], row["predicted"]) for row in values] == [("A", "A"), ("A", "B"), ("B", "B"), ("C", "C")]
-    assert "rect" in json.dumps(plot["content"]["spec"] if "spec" in plot["content"] else plot["content"])
+    encoding = plot["content"]["spec"]["encoding"]
+    assert (encoding["x"]["field"], encoding["y"]["field"]) == ("predicted", "actual")
+    svg = vl_convert.vegalite_to_svg(plot["content"])
+    # Text marks carry their cell's place: rows top to bottom A, B, C; columns left to right A, B, C.
+    cells = [
+        (float(y), float(x), text)
+        for x, y, text in re.findall(r'<text[^>]*transform="translate\(([\d.]+),([\d.]+)\)"[^>]*>(\d+)</text>', svg)
+    ]
+    counts = [text for _, _, text in sorted(cells)][-9:]
+    assert counts == ["2", "1", "0", "0", "1", "0", "0", "0", "1"], svg
 
 
 def test_comparison_markdown_has_one_row_per_model_with_intervals():

@@ -196,6 +196,32 @@ def test_an_experiment_on_another_split_shows_in_exp_show_and_plots(clone):
     plots = sh(clone, "dvc", "plots", "show", "-o", "plots")
     html = (clone / "plots/index.html").read_text()
     assert "plots" in plots and "val_accuracy" in html and "reports_eval_confusion_vgg16_csv" in html
+    # cxr-plots, offline: the confusion matrix with its counts, rows actual and columns predicted (as the
+    # MLflow PNGs), and the positive class's ROC curve.
+    sh(clone, "cxr-plots", "-o", "offline", "show", "reports/eval/confusion", "reports/eval/roc")
+    figures = {
+        caption: figure
+        for figure in (clone / "offline/offline.html").read_text().split("<figure>")[1:]
+        for caption in re.findall(r"<figcaption>(\S+) \(", figure)
+    }
+    spec = json.loads(stdout(clone, "dvc", "plots", "show", "reports/eval/confusion", "--json"))["data"]
+    [confusion_spec] = [item["content"] for item in spec["reports/eval/confusion/vgg16.csv"]]
+    assert confusion_spec["spec"]["encoding"]["x"]["field"] == "predicted"
+    assert confusion_spec["spec"]["encoding"]["y"]["field"] == "actual"
+    pairs = pd.read_csv(clone / "reports/eval/confusion/vgg16.csv")
+    cells = pd.crosstab(pairs["actual"], pairs["predicted"]).reindex(
+        index=sorted(set(pairs["actual"]) | set(pairs["predicted"])),
+        columns=sorted(set(pairs["actual"]) | set(pairs["predicted"])),
+        fill_value=0,
+    )
+    drawn = re.findall(r"<text[^>]*>(\d+)</text>", figures["reports/eval/confusion/vgg16.csv"])
+    counts = sorted(str(value) for value in cells.to_numpy().ravel())
+    assert all(drawn.count(value) >= counts.count(value) for value in set(counts)), (counts, drawn)
+    roc = pd.read_csv(clone / "reports/eval/roc/vgg16.csv")
+    assert roc.iloc[0][["false_positive_rate", "sensitivity"]].tolist() == [0, 0]
+    assert roc.iloc[-1][["false_positive_rate", "sensitivity"]].tolist() == [1, 1]
+    assert roc["false_positive_rate"].is_monotonic_increasing and roc["sensitivity"].is_monotonic_increasing
+    assert ">sensitivity</text>" in figures["reports/eval/roc/vgg16.csv"]
 
 
 # README's `dvc exp show --only-changed --drop ...`: the dates, dependency hashes and reports.

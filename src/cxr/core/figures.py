@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
@@ -141,7 +143,8 @@ def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.4
 
 
 def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box: slice, title: str) -> Figure:
-    """Overlays in one row per class, each titled actual -> predicted and its lung-box share.
+    """Overlays in one row per class, each titled actual -> predicted and its lung-box share, the lung
+    box drawn and labelled, and the colour scale on the right.
 
     Parameters
     ----------
@@ -182,12 +185,16 @@ def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box:
                     linewidth=1,
                 )
             )
+            axis.text(box.start + 1, box.start + 1, "lung box", color="white", fontsize=6, va="top")
             share = table.loc[index, "lung_box_share"]
             axis.set_title(
-                f"{name} -> {table.loc[index, 'predicted']}\nin box: {'-' if np.isnan(share) else f'{share:.2f}'}",
+                f"{name} -> {table.loc[index, 'predicted']}\nin lung box: {'-' if np.isnan(share) else f'{share:.2f}'}",
                 fontsize=8,
             )
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 0.9, 1))
+    scale = figure.add_axes((0.92, 0.15, 0.015, 0.7))
+    colours = ScalarMappable(Normalize(0, 1), "jet")
+    figure.colorbar(colours, cax=scale, label="Grad-CAM (each map scaled to its maximum)")
     plt.close(figure)
     return figure

@@ -128,7 +128,7 @@ def write_model_reports(result: ModelResult, staging: Path) -> None:
     """Write one model's reports under ``staging``.
 
     ``models/<name>/`` (predictions.csv, report.json/.txt, confusion.png, roc.png, reliability.png),
-    ``confusion/<name>.csv`` and ``reliability/<name>.csv`` (the DVC plots' rows).
+    ``confusion/<name>.csv``, ``roc/<name>.csv`` and ``reliability/<name>.csv`` (the DVC plots' rows).
 
     Parameters
     ----------
@@ -168,6 +168,8 @@ def write_model_reports(result: ModelResult, staging: Path) -> None:
     figures.roc(result.table, classes, result.report["roc_auc"], name).savefig(folder / "roc.png")
     figures.reliability(reliability, f"{name}: test split").savefig(folder / "reliability.png")
     write_csv(staging / "confusion" / f"{name}.csv", result.table[["actual", "predicted"]])
+    positive = result.assessment["operating_point"]["positive_class"]
+    write_csv(staging / "roc" / f"{name}.csv", operating_point.roc_table(result.table, positive))
     calibrated = reliability["calibrated"]
     write_csv(
         staging / "reliability" / f"{name}.csv",

@@ -138,3 +138,26 @@ def tags(point: dict) -> dict[str, str]:
             for key in ("sensitivity", "specificity", "ppv", "npv")
         },
     }
+
+
+def roc_table(predictions: pd.DataFrame, positive: str) -> pd.DataFrame:
+    """The ROC curve of class ``positive`` against the rest (sklearn's ``roc_curve``).
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        One row per image: ``actual`` and ``p_<positive>`` (a probability).
+    positive : str
+        The positive class.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per threshold: ``false_positive_rate`` (1 - specificity), ``sensitivity`` and
+        ``threshold`` (the p(positive) at or above which an image is called positive; 1.0 for the
+        curve's first point, where sklearn's is infinite).
+    """
+    false_positive, sensitivity, thresholds = roc_curve(predictions["actual"] == positive, predictions[f"p_{positive}"])
+    return pd.DataFrame(
+        {"false_positive_rate": false_positive, "sensitivity": sensitivity, "threshold": np.minimum(thresholds, 1.0)}
+    )

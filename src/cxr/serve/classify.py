@@ -33,10 +33,10 @@ LOG = logging.getLogger(__name__)
 CHUNK = 256
 
 
-# Called with the model, the names and model inputs of a batch, and the predicted class indices;
-# returns what it wrote for each image (a path, or "" for nothing), in order.
-# (model, names, pixels, predicted class indices) -> per image: (overlay path or "", a note or "").
-Explain = Callable[[object, list[str], np.ndarray, np.ndarray], list[tuple[str, str]]]
+# Called with the model, the names and model inputs of a batch, their calibrated probabilities and
+# previews (cxr.serve.explain.Explainer); returns what it wrote for each image, in order:
+# (model, names, pixels, probabilities, previews) -> per image: (overlay path or "", a note or "").
+Explain = Callable[[object, list[str], np.ndarray, np.ndarray, list[np.ndarray]], list[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ def predict_sources(
     progress : bool, optional
         Show a progress bar on stderr.
     explain : callable or None, optional
-        Writes an overlay per image from ``(model, names, pixels, predicted class indices)`` and
-        returns ``(overlay, note)`` pairs; None: no overlay column.
+        Writes an overlay per image from ``(model, names, pixels, calibrated probabilities, previews)``
+        and returns ``(overlay, note)`` pairs; None: no overlay column.
     limits : Limits, optional
         File and image size limits.
     decode_slots : threading.Semaphore or None, optional
@@ -144,7 +144,7 @@ def predict_sources(
         for source in chunk:
             try:
                 with decode_slots or nullcontext():
-                    decoded.append(read_source(source, spec, views, limits))
+                    decoded.append(read_source(source, spec, views, limits, preview=explain is not None))
             except Exception as exc:  # noqa: BLE001 - every failure (MemoryError too) is its row's answer
                 decoded.append(row_error(source, exc))
             bar.update(1)
@@ -169,7 +169,8 @@ def predict_sources(
                     model,
                     [source_name(chunk[index]) for index in good],
                     pixels,
-                    np.array([int(np.argmax(probabilities[index])) for index in good]),
+                    np.stack([probabilities[index] for index in good]),
+                    [decoded[index].preview for index in good],
                 )
                 overlays = dict(zip(good, written))
             except Exception as exc:  # noqa: BLE001 - the prediction stands; the row says the overlay failed

@@ -20,21 +20,18 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from PIL import Image
 
-from cxr.core import backbones, registry, tracking
+from cxr.core import registry, tracking
 from cxr.core.config import PARAMS_FILE, load
 from cxr.core.errors import CxrError, one_line
-from cxr.core.figures import saliency_overlay
 from cxr.core.outputs import write_csv
 from cxr.core.spec import MODEL_FILE, ModelSpec
 from cxr.data.dicom import SUFFIXES as DICOM_SUFFIXES
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn.model_files import load_model
-from cxr.report.audit.gradcam import gradcam
 from cxr.serve.classify import Decision, predict_sources
+from cxr.serve.explain import Explainer
 from cxr.serve.reading import Source, Unreadable, source_name
 
 DISCLAIMER = (
@@ -165,50 +162,6 @@ def unreleased(name: str) -> None:
     )
 
 
-class Explainer:
-    """Writes the predicted class's Grad-CAM map over each image, computed by the shortcut audit's
-    :func:`cxr.report.audit.gradcam.gradcam` at the backbone's layer, to
-    ``<folder>/<the input's path below the inputs' common folder>.gradcam.png``: two files of the same
-    name in different folders (CheXpert's ``view1_frontal.jpg``) get two overlays."""
-
-    def __init__(self, folder: Path, backbone: str, batch_size: int, names: list[str]):
-        self.folder, self.layer, self.batch_size = folder, backbones.get(backbone).gradcam_layer, batch_size
-        self.relative = overlay_names(names)
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, model, names: list[str], batch: np.ndarray, predicted: np.ndarray) -> list[tuple[str, str]]:
-        """Per image: (the overlay written, "") or, when the map is empty (no positive evidence for the
-        predicted class at the layer), ("", a note saying so): no blank picture is written."""
-        written = []
-        for start in range(0, len(names), self.batch_size):
-            part = slice(start, start + self.batch_size)
-            maps = gradcam(model, batch[part], predicted[part], self.layer)
-            for name, image, saliency in zip(names[part], batch[part], maps):
-                if not saliency.any():
-                    written.append(
-                        (
-                            "",
-                            f"Grad-CAM map empty (no positive evidence for the predicted class at "
-                            f"layer {self.layer or 'the base output'}): no overlay written",
-                        )
-                    )
-                    continue
-                target = self.folder / f"{self.relative.get(name, Path(name).name)}.gradcam.png"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(saliency_overlay(image, saliency)).save(target)
-                written.append((str(target), ""))
-        return written
-
-
-def overlay_names(names: list[str]) -> dict[str, str]:
-    """Each input path -> its path below the inputs' common folder (distinct paths stay distinct)."""
-    if not names:
-        return {}
-    absolute = [os.path.abspath(name) for name in names]
-    common = os.path.commonpath([os.path.dirname(path) for path in absolute])
-    return {name: os.path.relpath(path, common) for name, path in zip(names, absolute)}
-
-
 def summary(table: pd.DataFrame, output: Path) -> str:
     """The one-line result of a run."""
     counts = table["predicted"].dropna().value_counts().sort_index()
@@ -240,7 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("predictions.csv"), help="the CSV to write")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--explain", type=Path, metavar="DIR", help="write a Grad-CAM overlay of the predicted class per image into DIR"
+        "--explain",
+        type=Path,
+        metavar="DIR",
+        help="write a Grad-CAM overlay of the predicted class per image into DIR "
+        "(the image at its aspect, 512 px on its long side, with class, probability and colour scale)",
     )
     parser.add_argument(
         "--views",
@@ -272,7 +229,13 @@ def main(argv: list[str] | None = None) -> None:
     if not paths:
         raise SystemExit(f"error: no PNG, JPEG or DICOM file in {args.inputs}")
     explain = (
-        Explainer(args.explain, loaded.spec.backbone, args.batch_size, [source_name(path) for path in paths])
+        Explainer(
+            args.explain,
+            loaded.spec.backbone,
+            args.batch_size,
+            [source_name(path) for path in paths],
+            loaded.spec.classes,
+        )
         if args.explain
         else None
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from cxr.core.errors import CxrError, one_line
 from cxr.core.spec import ModelSpec
@@ -27,6 +28,7 @@ LOG = logging.getLogger(__name__)
 MIN_SIDE = 64
 # Views of a chest radiograph taken from the front; any other (LL, RL, LATERAL, ...) gets a warning.
 FRONTAL_VIEWS = ("PA", "AP")
+PREVIEW_SIDE = 512  # the long side of an image's preview (cxr-predict --explain overlays), in pixels
 
 
 @dataclass(frozen=True)
@@ -53,14 +55,20 @@ Source = Path | tuple[str, bytes] | Unreadable
 class ModelInput:
     pixels: np.ndarray  # float32 (size, size, 3) in [0, 255]
     warning: str  # "" when nothing is out of the ordinary
+    preview: np.ndarray | None = None  # gray uint8 at the image's aspect (preview_image), when asked
 
 
 def model_input(
-    data: bytes, name: str, spec: ModelSpec, views: list[str] | None = None, limits: Limits = DEFAULT_LIMITS
+    data: bytes,
+    name: str,
+    spec: ModelSpec,
+    views: list[str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    preview: bool = False,
 ) -> ModelInput:
     """``data``, the bytes of the file called ``name`` (PNG, JPEG or DICOM), for the model described by
-    ``spec``. ``views`` overrides the views the model records it was trained on. Raises
-    :class:`CxrError` naming the file."""
+    ``spec``. ``views`` overrides the views the model records it was trained on; ``preview`` adds the
+    image at its own aspect for an overlay. Raises :class:`CxrError` naming the file."""
     decoded = image_files.decode(data, name, limits)
     side = min(decoded.header.width, decoded.header.height)
     if side < MIN_SIDE:
@@ -69,7 +77,17 @@ def model_input(
     warning = ""
     if decoded.dicom is not None:
         warning = dicom_warning(decoded.dicom, spec.views if views is None else views, spec.ages)
-    return ModelInput(pixels.numpy(), warning)
+    return ModelInput(pixels.numpy(), warning, preview_image(decoded.pixels.numpy()) if preview else None)
+
+
+def preview_image(pixels: np.ndarray) -> np.ndarray:
+    """An upright (height, width, 3) image in [0, 1] -> gray uint8 (height', width') at the same
+    aspect with the long side :data:`PREVIEW_SIDE` (up- or downscaled; Lanczos)."""
+    height, width = pixels.shape[:2]
+    factor = PREVIEW_SIDE / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    gray = (np.clip(np.asarray(pixels, np.float32).mean(axis=-1), 0.0, 1.0) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.LANCZOS))
 
 
 def dicom_warning(dicom: DicomImage, views: list[str], ages: dict | None) -> str:
@@ -93,14 +111,18 @@ def dicom_warning(dicom: DicomImage, views: list[str], ages: dict | None) -> str
 
 
 def read_source(
-    source: Source, spec: ModelSpec, views: list[str] | None = None, limits: Limits = DEFAULT_LIMITS
+    source: Source,
+    spec: ModelSpec,
+    views: list[str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    preview: bool = False,
 ) -> ModelInput:
     """:func:`model_input` of a file on disk or of bytes already in hand."""
     if isinstance(source, Unreadable):
         raise CxrError(source.message)
     if isinstance(source, tuple):
-        return model_input(source[1], source[0], spec, views, limits)
-    return model_input(image_files.read_file(source, limits), str(source), spec, views, limits)
+        return model_input(source[1], source[0], spec, views, limits, preview)
+    return model_input(image_files.read_file(source, limits), str(source), spec, views, limits, preview)
 
 
 def source_name(source: Source) -> str:

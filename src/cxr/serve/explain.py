@@ -1,0 +1,149 @@
+"""``cxr-predict --explain``: the predicted class's Grad-CAM map over each input, as a person reads it.
+
+The map is computed on the model's square input by the shortcut audit's
+:func:`cxr.report.audit.gradcam.gradcam` (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep
+Networks via Gradient-based Localization", ICCV 2017), then stretched back onto the image at its own
+aspect (the model's input squashes it to a square), with the long side
+:data:`cxr.serve.reading.PREVIEW_SIDE` pixels.
+A caption strip under the image names the predicted class, its calibrated probability, the model
+and layer, and carries the colour scale.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from cxr.core import backbones
+from cxr.core.figures import saliency_overlay
+from cxr.report.audit.gradcam import gradcam
+
+CAPTION_HEIGHT = 44  # pixels of the caption strip under the image
+SCALE_WIDTH = 120  # pixels of the colour scale in the caption strip
+
+
+class Explainer:
+    """Writes the predicted class's Grad-CAM overlay of each image to
+    ``<folder>/<the input's path below the inputs' common folder>.gradcam.png``: two files of the same
+    name in different folders (CheXpert's ``view1_frontal.jpg``) get two overlays.
+
+    Parameters
+    ----------
+    folder : Path
+        Where the overlays go (created).
+    backbone : str
+        The model's backbone; its registry entry names the Grad-CAM layer.
+    batch_size : int
+        Images per Grad-CAM batch.
+    names : list of str
+        Every input's name, for the overlays' relative paths.
+    classes : list of str
+        The model's classes, in output order (for the caption).
+    """
+
+    def __init__(self, folder: Path, backbone: str, batch_size: int, names: list[str], classes: list[str]):
+        self.folder, self.backbone, self.batch_size, self.classes = folder, backbone, batch_size, classes
+        self.layer = backbones.get(backbone).gradcam_layer
+        self.relative = overlay_names(names)
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(
+        self, model, names: list[str], batch: np.ndarray, probabilities: np.ndarray, previews: list[np.ndarray]
+    ) -> list[tuple[str, str]]:
+        """Overlays of one batch.
+
+        Parameters
+        ----------
+        model : keras.Model
+            The classifier.
+        names : list of str
+            The images' names.
+        batch : numpy.ndarray
+            Their model inputs, shape (n, size, size, 3), 0-255.
+        probabilities : numpy.ndarray
+            Their calibrated class probabilities, shape (n, classes).
+        previews : list of numpy.ndarray
+            Each image in gray, uint8, shape (height, width) at its own aspect (the long side
+            :data:`cxr.serve.reading.PREVIEW_SIDE`).
+
+        Returns
+        -------
+        list of (str, str)
+            Per image, (the overlay written, "") or, when the map is empty (no positive evidence for
+            the predicted class at the layer), ("", a note saying so): no blank picture is written.
+        """
+        predicted = np.argmax(probabilities, axis=1)
+        written = []
+        for start in range(0, len(names), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            maps = gradcam(model, batch[part], predicted[part], self.layer)
+            for index, saliency in enumerate(maps, start=start):
+                if not saliency.any():
+                    written.append(
+                        (
+                            "",
+                            f"Grad-CAM map empty (no positive evidence for the predicted class at "
+                            f"layer {self.layer or 'the base output'}): no overlay written",
+                        )
+                    )
+                    continue
+                target = self.folder / f"{self.relative.get(names[index], Path(names[index]).name)}.gradcam.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                name = self.classes[predicted[index]]
+                caption = (
+                    f"{name}  p = {probabilities[index, predicted[index]]:.2f} (calibrated)\n"
+                    f"Grad-CAM of {name}: {self.backbone}, layer {self.layer or 'base output'}; research use only"
+                )
+                captioned_overlay(previews[index], saliency, caption).save(target)
+                written.append((str(target), ""))
+        return written
+
+
+def captioned_overlay(preview: np.ndarray, saliency: np.ndarray, caption: str) -> Image.Image:
+    """``saliency`` stretched onto ``preview`` with a caption strip and the colour scale below.
+
+    Parameters
+    ----------
+    preview : numpy.ndarray
+        The image in gray, uint8, shape (height, width).
+    saliency : numpy.ndarray
+        The map on the model's square input, shape (size, size), values in [0, 1].
+    caption : str
+        Two lines of text; the colour scale goes right of the first where it fits.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB, ``width`` x (``height`` + :data:`CAPTION_HEIGHT`).
+    """
+    height, width = preview.shape
+    stretched = np.asarray(Image.fromarray(saliency.astype(np.float32), mode="F").resize((width, height)))
+    picture = saliency_overlay(preview[..., None].astype(np.float32), np.clip(stretched, 0.0, 1.0))
+    canvas = Image.new("RGB", (width, height + CAPTION_HEIGHT), "white")
+    canvas.paste(Image.fromarray(picture), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=13)
+    first, _, rest = caption.partition("\n")
+    draw.text((6, height + 4), first, fill="black", font=font)
+    draw.multiline_text((6, height + 24), rest, fill="black", font=font, spacing=3)
+    scale = min(SCALE_WIDTH, width // 4)
+    left = width - scale - 36  # "low" and "high" either side of the ramp
+    if left > draw.textbbox((6, height + 4), first, font=font)[2] + 8:
+        ramp = matplotlib.colormaps["jet"](np.linspace(0, 1, scale))[:, :3]
+        canvas.paste(Image.fromarray((np.repeat(ramp[None], 12, axis=0) * 255).astype(np.uint8)), (left, height + 6))
+        draw.text((left - 4, height + 5), "low", fill="black", font=font, anchor="ra")
+        draw.text((left + scale + 4, height + 5), "high", fill="black", font=font)
+    return canvas
+
+
+def overlay_names(names: list[str]) -> dict[str, str]:
+    """Each input path -> its path below the inputs' common folder (distinct paths stay distinct)."""
+    if not names:
+        return {}
+    absolute = [os.path.abspath(name) for name in names]
+    common = os.path.commonpath([os.path.dirname(path) for path in absolute])
+    return {name: os.path.relpath(path, common) for name, path in zip(names, absolute)}
