@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup repro test test-fast lint lock
+.PHONY: setup repro test test-fast lint lock screenshots
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,12 @@ test: setup
 test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
+# Retake docs/screenshots/ (docs/screenshots.py): run in a fresh clone after `make repro`, then copy
+# docs/screenshots/ into the commit that changed what they show.
+screenshots: setup
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[docs]'
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python docs/screenshots.py
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -35,5 +41,5 @@ lint: setup
 # Python 3.11 (the platform tensorflow-cpu ships for). Run it, then `make setup test`, then commit the lock.
 lock: setup
 	$(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra docs --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --upgrade --custom-compile-command "make lock" -o requirements.lock

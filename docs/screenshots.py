@@ -1,30 +1,70 @@
 """Retake the screenshots in docs/screenshots/ from a repro'd checkout, as a new user sees it.
 
-    python docs/screenshots.py            # after `make repro`, from the project folder
+    make screenshots           # after `make repro`, in a fresh clone; or:
+    python docs/screenshots.py --repo <a repro'd checkout> --out docs/screenshots
 
-Starts `mlflow ui` on 127.0.0.1 (a free port) over the checkout's mlflow.db, drives headless
-Chromium (Debian's `chromium`; installed with apt-get when missing and run as root) to the
-experiment's runs, a training run's confusion matrix, the @candidate registered version, the
-DVC plots page (`cxr-plots show`, which works offline) and the split's Great Expectations Data
-Docs, and saves one PNG per page, reduced to a palette so they stay small enough to commit.
+Starts `mlflow ui` on 127.0.0.1 (a free port) over the checkout's mlflow.db and drives headless
+Chromium (Debian's `chromium`, installed with apt-get when missing and run as root) through
+Playwright (the `docs` extra), with the network off: every request that is not to 127.0.0.1, a
+file or inline data is refused, and host names other than 127.0.0.1 do not resolve. Pages: the
+runs table (Model training view, the pipeline run's stage runs expanded, the headline columns
+chosen), a training run's confusion matrix, the @candidate version with the model card, the
+`cxr-plots show` page, and the split's Data Docs (cxr's index and a Great Expectations validation
+page). MLflow's UI keeps its view in the browser's localStorage: the script sets it before each
+page loads (the runs table's columns and expanded rows, Model training rather than GenAI, the
+Assistant panel closed).
+
+Each PNG is reduced to a palette so it stays small enough to commit, and
+``docs/screenshots/manifest.json`` records, per screenshot, the md5 (from the checkout's dvc.lock)
+of each pipeline output it shows; ``tests/test_screenshots.py`` fails when the committed dvc.lock
+no longer has those md5s, i.e. when a change altered what a screenshot shows without retaking it.
+Refuses a checkout whose outputs differ from its dvc.lock (`dvc status` not clean).
 Not part of `make test`: it needs a browser and a repro'd pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from cxr.serve.local import free_port, mlflow_command, running
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+MANIFEST = "manifest.json"
+# The runs table's columns: what each stage run is, and the headline of each model's test.
+RUN_COLUMNS = [
+    "params.`backbone`",
+    "params.`image_size_px`",
+    "metrics.`test_accuracy`",
+    "metrics.`test_macro_f1`",
+    "metrics.`test_sensitivity_COVID`",
+    "metrics.`test_specificity_COVID`",
+]
+NETWORK_OFF = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One screenshot: its file name, the page, the pipeline outputs (dvc.lock paths) it shows, the
+    text to wait for (in an element matching ``selector``) before taking it, and the window size."""
+
+    name: str
+    url: str
+    shows: tuple[str, ...]
+    wait_for: str = ""
+    size: tuple[int, int] = (1440, 900)
+    selector: str = "body"
 
 
 def browser() -> str:
@@ -41,56 +81,118 @@ def browser() -> str:
     return shutil.which("chromium")
 
 
-def shoot(chromium: str, url: str, path: Path, width: int, height: int, wait_ms: int) -> None:
-    """A headless Chromium screenshot of ``url`` after ``wait_ms`` of page time, as a palette PNG."""
-    subprocess.run(
-        [
-            chromium,
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            f"--window-size={width},{height}",
-            f"--virtual-time-budget={wait_ms}",
-            f"--screenshot={path}",
-            url,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
-    with Image.open(path) as shot:
-        shot.convert("RGB").quantize(colors=128).save(path, optimize=True)
-    print(f"{path} ({path.stat().st_size // 1024} KB) <- {url}")
-
-
-def pages(repo: Path, base: str, task: str) -> dict[str, str]:
-    """Screenshot name -> URL, found from the checkout's MLflow runs and reports."""
+def shots(repo: Path, base: str, task: str) -> tuple[list[Shot], dict[str, str]]:
+    """The screenshots to take, and the localStorage MLflow's UI reads (the runs table's view)."""
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(f"cxr-{task}")
     if experiment is None:
         raise SystemExit(f"error: no experiment cxr-{task} in {repo / 'mlflow.db'}; run `make repro` first")
-    champion = client.get_model_version_by_alias(f"cxr-{task}", "candidate")
-    [train] = client.search_runs(
-        [experiment.experiment_id],
-        "attributes.run_name LIKE 'train@%'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    docs = sorted((repo / "reports/validation/split/validations").rglob("*.html"))
-    if not docs:
-        raise SystemExit("error: reports/validation/split has no Data Docs; run `make repro` first")
-    # MLflow 3.17's UI keeps a browser-wide GenAI/Model-training switch (GenAI on a first visit);
-    # ``workflowType`` in the link selects Model training, where the runs table is.
-    experiment_url = f"{base}/#/experiments/{experiment.experiment_id}"
-    return {
-        "mlflow-experiment.png": f"{experiment_url}/runs?workflowType=machine_learning",
-        "mlflow-confusion.png": f"{experiment_url}/runs/{train.info.run_id}/artifacts/evaluation/confusion.png"
-        "?workflowType=machine_learning",
-        "mlflow-champion.png": f"{base}/#/models/cxr-{task}/versions/{champion.version}",
-        "dvc-plots.png": (repo / "dvc_plots/offline.html").as_uri(),
-        "gx-data-docs.png": max(docs, key=lambda page: page.stat().st_size).as_uri(),  # the main table
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    train = next((run for run in runs if run.info.run_name.startswith("train@")), None)
+    if train is None:
+        raise SystemExit(f"error: no train@ run in {repo / 'mlflow.db'}; run `make repro` first")
+    parents = sorted({run.data.tags["mlflow.parentRunId"] for run in runs if "mlflow.parentRunId" in run.data.tags})
+    candidate = client.get_model_version_by_alias(f"cxr-{task}", "candidate")
+    validated, plots = "reports/validation/split", repo / "dvc_plots/offline.html"
+    validation = repo / validated / "validations/split/split/split/19700101T000000.000000Z/split.html"
+    view = {
+        "selectedColumns": RUN_COLUMNS,
+        "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration", *RUN_COLUMNS],
+        "columnWidths": {"attributes.`Run Name`": 200, **{column: 130 for column in RUN_COLUMNS}},
+        "runsExpanded": {parent: True for parent in parents},
+        "runsHiddenMode": "SHOW_ALL",
+        "groupBy": None,
+        "groupsExpanded": {},
+        "viewMaximized": False,
+        "runListHidden": False,
+        "autoRefreshEnabled": False,
     }
+    storage = {
+        f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment.experiment_id}"]-ReactComponentState': json.dumps(view),
+        "mlflow.workflowType_v1": json.dumps("machine_learning"),
+        "mlflow.assistant.panelOpen_v1": "false",
+        "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true",
+    }
+    experiment_url = f"{base}/#/experiments/{experiment.experiment_id}"
+    table = urllib.parse.urlencode(
+        {
+            "workflowType": "machine_learning",
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": "false",
+            "startTime": "ALL",
+            "lifecycleFilter": "Active",
+            "modelVersionFilter": "All Runs",
+            "datasetsFilter": "W10=",  # base64 of []: no dataset filter
+        }
+    )
+    return [
+        Shot(
+            "mlflow-experiment.png",
+            f"{experiment_url}/runs?{table}",
+            ("reports/eval/headline.json",),
+            "train@vgg16",
+            (1600, 900),
+            ".ag-row",  # a row of the runs table (the experiment's description also says "train@")
+        ),
+        Shot(
+            "mlflow-confusion.png",
+            f"{experiment_url}/runs/{train.info.run_id}/artifacts/evaluation/confusion.png?workflowType=machine_learning",
+            ("reports/eval/models",),
+            "confusion.png",
+        ),
+        Shot(
+            "mlflow-champion.png",
+            f"{base}/#/models/cxr-{task}/versions/{candidate.version}",
+            ("reports/model_card.md",),
+            "Model card",
+        ),
+        Shot("dvc-plots.png", plots.as_uri(), ("reports/eval/confusion", "reports/eval/roc")),
+        Shot("gx-data-docs.png", (repo / "reports/validation/split/index.html").as_uri(), (validated,)),
+        Shot("gx-validation.png", validation.as_uri(), (validated,)),
+    ], storage
+
+
+def locked_outputs(repo: Path) -> dict[str, str]:
+    """Every output path in the checkout's dvc.lock -> its md5."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def take(shots_: list[Shot], storage: dict[str, str], chromium: str, base: str, out: Path) -> None:
+    """Each shot through Playwright with the network off, saved as a palette PNG under ``out``."""
+    from playwright.sync_api import sync_playwright
+
+    refused: list[str] = []
+
+    def local_only(route) -> None:
+        url = route.request.url
+        if url.startswith((f"{base}/", "file:", "data:", "blob:")):
+            route.continue_()
+        else:
+            refused.append(url)
+            route.abort()
+
+    script = "(() => { try { for (const [k, v] of Object.entries(%s)) localStorage.setItem(k, v); } catch (e) {} })();"
+    with sync_playwright() as playwright:
+        chrome = playwright.chromium.launch(executable_path=chromium, args=[NETWORK_OFF])
+        for shot in shots_:
+            context = chrome.new_context(viewport=dict(zip(("width", "height"), shot.size)), service_workers="block")
+            context.route("**/*", local_only)
+            context.add_init_script(script % json.dumps(storage))
+            page = context.new_page()
+            page.goto(shot.url, wait_until="load")
+            if shot.wait_for:
+                page.locator(shot.selector, has_text=shot.wait_for).first.wait_for(timeout=120000)
+            page.wait_for_timeout(2500)
+            page.add_style_tag(content="button[data-assistant-ui]{display:none!important}")
+            path = out / shot.name
+            page.screenshot(path=path)
+            context.close()
+            with Image.open(path) as picture:
+                picture.convert("RGB").quantize(colors=128).save(path, optimize=True)
+            print(f"{path} ({path.stat().st_size // 1024} KB) <- {shot.url}")
+        chrome.close()
+    print(f"requests refused (network off): {len(refused)}")
 
 
 def main() -> None:
@@ -98,19 +200,32 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=Path.cwd(), help="a checkout after `make repro`")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "screenshots")
     parser.add_argument("--task", default="multiclass")
-    parser.add_argument("--wait-ms", type=int, default=15000, help="page time before each screenshot")
     args = parser.parse_args()
     repo = args.repo.resolve()
+    tools = Path(sys.executable).parent
+    status = subprocess.run([str(tools / "dvc"), "status", "--quiet"], cwd=repo, capture_output=True, text=True)
+    if status.returncode != 0:
+        raise SystemExit(f"error: {repo}'s outputs differ from its dvc.lock (`dvc status`); run `make repro` first")
     chromium = browser()
-    subprocess.run([str(Path(sys.executable).parent / "cxr-plots"), "show"], cwd=repo, check=True, capture_output=True)
+    subprocess.run(
+        [str(tools / "cxr-plots"), "show", "reports/eval/confusion", "reports/eval/roc"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     ui = mlflow_command(
         "ui", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)
     )
-    with running(ui, f"http://127.0.0.1:{port}/health", cwd=repo):
-        for name, url in pages(repo, f"http://127.0.0.1:{port}", args.task).items():
-            shoot(chromium, url, args.out / name, 1440, 900, args.wait_ms)
+    with running(ui, f"{base}/health", cwd=repo):
+        shots_, storage = shots(repo, base, args.task)
+        take(shots_, storage, chromium, base, args.out)
+    locked = locked_outputs(repo)
+    manifest = {shot.name: {path: locked[path] for path in shot.shows} for shot in shots_}
+    (args.out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    print(f"{args.out / MANIFEST}: the outputs each screenshot shows, by md5")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,10 @@ def test_repro_runs_every_stage_and_records_one_parent_run(clone):
     everything = json.loads((clone / "reports/eval/metrics.json").read_text())["xception"]
     assert {key: round(everything[key], 3) for key in headline["xception"]} == headline["xception"]
     assert all(headline["xception"][f"{key}_low"] <= headline["xception"][key] for key in lead)
+    # Each model's run has the same numbers under one name each (test_<statistic>), rounded as shown.
+    for key in headline["xception"]:
+        assert by_stage.loc["train@xception", f"metrics.test_{key}"] == headline["xception"][key], key
+    assert "metrics.learning_rate" not in runs.columns or runs["metrics.learning_rate"].isna().all()
     # One parent run groups the repro's stage runs and carries every model's headline.
     assert runs["tags.mlflow.parentRunId"].nunique() == 1
     parent = mlflow_client(clone).get_run(runs["tags.mlflow.parentRunId"].iloc[0])

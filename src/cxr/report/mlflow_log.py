@@ -61,7 +61,7 @@ def log_to_training_runs(
         confusion = pd.DataFrame(matrix["matrix"], columns=matrix["labels"], index=matrix["labels"])
         log_evaluation(
             run_id,
-            {f"test_{key}": value for key, value in result.metrics.items()},
+            {f"test_{key}": evaluation.rounded(value) for key, value in result.metrics.items()},
             reports / "models" / result.name,
             confusion.reset_index(names="actual"),
         )
@@ -108,7 +108,8 @@ def set_aliases(name: str, versions: dict[str, str | None], chosen: dict) -> Non
 
 
 def log_evaluation(run_id: str, metrics: dict[str, float | None], folder: Path, confusion: pd.DataFrame) -> None:
-    """Test metrics, reports, figures and predictions of one model, added to its training run."""
+    """Test metrics, reports, figures and predictions of one model, added to its training run (metrics
+    as the caller gives them: ``log_to_training_runs`` rounds them to 3 decimals, as headline.json)."""
     client = MlflowClient()
     timestamp = int(pd.Timestamp.now().timestamp() * 1000)
     client.log_batch(
