@@ -123,7 +123,7 @@ def one_run(reuse_venv: bool, count: int) -> dict:
         subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
         if reuse_venv:
             (clone / ".venv").symlink_to(REPO / ".venv")
-            (REPO / ".venv" / ".installed").touch()
+            (REPO / ".venv" / ".installed-cpu").touch()
         results = {"make_repro": timed(["make", "repro"], clone)}
         lock_changed = subprocess.run(
             ["git", "diff", "--stat", "dvc.lock"], cwd=clone, capture_output=True, text=True, check=True

@@ -154,3 +154,27 @@ def test_serving_without_tensorflow_is_refused():
 
     with pytest.raises(CxrError, match="no TensorFlow distribution is installed"):
         serving_requirements(lambda name: None)
+
+
+def test_a_mixed_precision_training_step_and_gradcam_are_finite():
+    """The GPU path (``train.mixed_precision``: Keras' ``mixed_float16`` policy) on this CPU: float16
+    compute, a float32 softmax, a loss-scaled training step that changes the head, and a Grad-CAM map."""
+    from cxr.report.audit.gradcam import gradcam
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_classifier(backbones.get("vgg16"), 32, 2, Head(units=4, dropout=0.0, normalize=False), None)
+        assert model.get_layer("vgg16").compute_dtype == "float16" and model.outputs[0].dtype == "float32"
+        images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+        labels = np.array([0, 1] * 4)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+        before = [weight.numpy().copy() for weight in model.layers[-1].weights]
+        loss = model.train_on_batch(images, labels)
+        after = [weight.numpy() for weight in model.layers[-1].weights]
+        assert np.isfinite(loss) and loss > 0
+        assert any(not np.array_equal(old, new) for old, new in zip(before, after))
+        maps = gradcam(model, images[:2], np.array([0, 1]), backbones.get("vgg16").gradcam_layer)
+        assert maps.dtype == np.float32 and np.isfinite(maps).all() and maps.max() > 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
