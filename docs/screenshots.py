@@ -15,9 +15,11 @@ page loads (the runs table's columns and expanded rows, Model training rather th
 Assistant panel closed).
 
 Each PNG is reduced to a palette so it stays small enough to commit, and
-``docs/screenshots/manifest.json`` records, per screenshot, the md5 (from the checkout's dvc.lock)
-of each pipeline output it shows; ``tests/test_screenshots.py`` fails when the committed dvc.lock
-no longer has those md5s, i.e. when a change altered what a screenshot shows without retaking it.
+``docs/screenshots/manifest.json`` records, per screenshot, the md5 of what it shows: each pipeline
+output's (from the checkout's dvc.lock) and each project file's that decides how it is drawn (e.g.
+the code that logs the runs table's metrics); ``tests/test_screenshots.py`` fails when the committed
+dvc.lock or files no longer have those md5s, i.e. when a change altered what a screenshot shows
+without retaking it.
 Refuses a checkout whose outputs differ from its dvc.lock (`dvc status` not clean).
 Not part of `make test`: it needs a browser and a repro'd pipeline.
 """
@@ -25,6 +27,7 @@ Not part of `make test`: it needs a browser and a repro'd pipeline.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -38,26 +41,23 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from cxr.core.config import PARAMS_FILE, load
+from cxr.data.data_docs import validation_page
 from cxr.serve.local import free_port, mlflow_command, running
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 MANIFEST = "manifest.json"
 # The runs table's columns: what each stage run is, and the headline of each model's test.
-RUN_COLUMNS = [
-    "params.`backbone`",
-    "params.`image_size_px`",
-    "metrics.`test_accuracy`",
-    "metrics.`test_macro_f1`",
-    "metrics.`test_sensitivity_COVID`",
-    "metrics.`test_specificity_COVID`",
-]
+PARAM_COLUMNS = ["backbone", "image_size_px"]
+METRIC_COLUMNS = ["test_accuracy", "test_macro_f1", "test_sensitivity_{positive}", "test_specificity_{positive}"]
 NETWORK_OFF = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
 
 
 @dataclass(frozen=True)
 class Shot:
-    """One screenshot: its file name, the page, the pipeline outputs (dvc.lock paths) it shows, the
-    text to wait for (in an element matching ``selector``) before taking it, and the window size."""
+    """One screenshot: its file name, the page, what it shows (pipeline outputs by their dvc.lock
+    path, and the project files that decide how they are drawn), the text to wait for (in an element
+    matching ``selector``) before taking it, the window size, and whether to take the whole page."""
 
     name: str
     url: str
@@ -65,6 +65,7 @@ class Shot:
     wait_for: str = ""
     size: tuple[int, int] = (1440, 900)
     selector: str = "body"
+    full_page: bool = False
 
 
 def browser() -> str:
@@ -94,11 +95,14 @@ def shots(repo: Path, base: str, task: str) -> tuple[list[Shot], dict[str, str]]
     parents = sorted({run.data.tags["mlflow.parentRunId"] for run in runs if "mlflow.parentRunId" in run.data.tags})
     candidate = client.get_model_version_by_alias(f"cxr-{task}", "candidate")
     validated, plots = "reports/validation/split", repo / "dvc_plots/offline.html"
-    validation = repo / validated / "validations/split/split/split/19700101T000000.000000Z/split.html"
+    validation = repo / validated / (validation_page(repo / validated, "split", "split") or "missing.html")
+    positive = load(repo / PARAMS_FILE).positive_class
+    columns = [f"params.`{name}`" for name in PARAM_COLUMNS]
+    columns += [f"metrics.`{name.format(positive=positive)}`" for name in METRIC_COLUMNS]
     view = {
-        "selectedColumns": RUN_COLUMNS,
-        "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration", *RUN_COLUMNS],
-        "columnWidths": {"attributes.`Run Name`": 200, **{column: 130 for column in RUN_COLUMNS}},
+        "selectedColumns": columns,
+        "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", "duration", *columns],
+        "columnWidths": {"attributes.`Run Name`": 200, **{column: 170 for column in columns}},
         "runsExpanded": {parent: True for parent in parents},
         "runsHiddenMode": "SHOW_ALL",
         "groupBy": None,
@@ -125,13 +129,13 @@ def shots(repo: Path, base: str, task: str) -> tuple[list[Shot], dict[str, str]]
             "datasetsFilter": "W10=",  # base64 of []: no dataset filter
         }
     )
-    return [
+    pages = [
         Shot(
             "mlflow-experiment.png",
             f"{experiment_url}/runs?{table}",
-            ("reports/eval/headline.json",),
+            ("reports/eval/headline.json", "src/cxr/report/mlflow_log.py", "src/cxr/core/runs.py"),
             "train@vgg16",
-            (1600, 900),
+            (1700, 900),
             ".ag-row",  # a row of the runs table (the experiment's description also says "train@")
         ),
         Shot(
@@ -141,15 +145,30 @@ def shots(repo: Path, base: str, task: str) -> tuple[list[Shot], dict[str, str]]
             "confusion.png",
         ),
         Shot(
-            "mlflow-champion.png",
+            "mlflow-candidate.png",
             f"{base}/#/models/cxr-{task}/versions/{candidate.version}",
             ("reports/model_card.md",),
             "Model card",
         ),
-        Shot("dvc-plots.png", plots.as_uri(), ("reports/eval/confusion", "reports/eval/roc")),
-        Shot("gx-data-docs.png", (repo / "reports/validation/split/index.html").as_uri(), (validated,)),
-        Shot("gx-validation.png", validation.as_uri(), (validated,)),
-    ], storage
+        Shot(
+            "dvc-plots.png",
+            plots.as_uri(),
+            ("reports/eval/confusion", "reports/eval/roc", ".dvc/plots/confusion_counts.json", "src/cxr/plots.py"),
+            full_page=True,
+        ),
+        Shot("gx-data-docs.png", (repo / validated / "index.html").as_uri(), (validated,), full_page=True),
+        Shot("gx-validation.png", validation.as_uri(), (validated,), full_page=True),
+    ]
+    for page in pages:
+        if page.url.startswith("file:") and not Path(urllib.parse.unquote(page.url.removeprefix("file://"))).is_file():
+            raise SystemExit(f"error: {page.url} does not exist; run `make repro` first")
+    return pages, storage
+
+
+def shown_md5(repo: Path, path: str) -> str:
+    """The md5 of what ``path`` holds: a pipeline output's from dvc.lock, a project file's from its bytes."""
+    locked = locked_outputs(repo)
+    return locked[path] if path in locked else hashlib.md5((repo / path).read_bytes()).hexdigest()
 
 
 def locked_outputs(repo: Path) -> dict[str, str]:
@@ -186,7 +205,7 @@ def take(shots_: list[Shot], storage: dict[str, str], chromium: str, base: str, 
             page.wait_for_timeout(2500)
             page.add_style_tag(content="button[data-assistant-ui]{display:none!important}")
             path = out / shot.name
-            page.screenshot(path=path)
+            page.screenshot(path=path, full_page=shot.full_page)
             context.close()
             with Image.open(path) as picture:
                 picture.convert("RGB").quantize(colors=128).save(path, optimize=True)
@@ -222,8 +241,7 @@ def main() -> None:
     with running(ui, f"{base}/health", cwd=repo):
         shots_, storage = shots(repo, base, args.task)
         take(shots_, storage, chromium, base, args.out)
-    locked = locked_outputs(repo)
-    manifest = {shot.name: {path: locked[path] for path in shot.shows} for shot in shots_}
+    manifest = {shot.name: {path: shown_md5(repo, path) for path in shot.shows} for shot in shots_}
     (args.out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     print(f"{args.out / MANIFEST}: the outputs each screenshot shows, by md5")
 

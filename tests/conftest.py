@@ -294,3 +294,26 @@ def project_clone(folder: Path) -> Path:
     sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(folder, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
     return folder
+
+
+def confusion_cells(svg: str) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """The count marks of a confusion matrix rendered to SVG by vl-convert (the project's DVC template):
+    (actual, predicted) -> (x, y, count), read from each mark's label and position."""
+    import re
+
+    marks = re.findall(
+        r'aria-label="predicted: ([^;"]+); actual: ([^;"]+); xy_count: (\d+)"[^>]*?'
+        r'transform="translate\(([\d.]+),([\d.]+)\)"',
+        svg,
+    )
+    return {(actual, predicted): (float(x), float(y), int(count)) for predicted, actual, count, x, y in marks}
+
+
+def rows_are_actual_and_columns_predicted(cells: dict[tuple[str, str], tuple[float, float, int]]) -> bool:
+    """Whether each actual class is one row (one y) and each predicted class one column (one x)."""
+    rows: dict[str, set[float]] = {}
+    columns: dict[str, set[float]] = {}
+    for (actual, predicted), (x, y, _) in cells.items():
+        rows.setdefault(actual, set()).add(y)
+        columns.setdefault(predicted, set()).add(x)
+    return all(len(ys) == 1 for ys in rows.values()) and all(len(xs) == 1 for xs in columns.values())

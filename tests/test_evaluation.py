@@ -1,7 +1,6 @@
 """Evaluation metrics against hand-computed values, the patient bootstrap, McNemar, DVC plots."""
 
 import math
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import confusion_cells, rows_are_actual_and_columns_predicted
 
 from cxr.report import evaluation, mcnemar
 
@@ -134,14 +134,12 @@ def test_confusion_file_renders_with_its_counts_rows_actual_columns_predicted(tm
     [plot] = json.loads(result.stdout)["data"]["eval/model.csv"]
     encoding = plot["content"]["spec"]["encoding"]
     assert (encoding["x"]["field"], encoding["y"]["field"]) == ("predicted", "actual")
-    svg = vl_convert.vegalite_to_svg(plot["content"])
-    # Text marks carry their cell's place: rows top to bottom A, B, C; columns left to right A, B, C.
-    cells = [
-        (float(y), float(x), text)
-        for x, y, text in re.findall(r'<text[^>]*transform="translate\(([\d.]+),([\d.]+)\)"[^>]*>(\d+)</text>', svg)
-    ]
-    counts = [text for _, _, text in sorted(cells)][-9:]
-    assert counts == ["2", "1", "0", "0", "1", "0", "0", "0", "1"], svg
+    cells = confusion_cells(vl_convert.vegalite_to_svg(plot["content"]))
+    expected = {(actual, predicted): 0 for actual in "ABC" for predicted in "ABC"}
+    expected |= {("A", "A"): 2, ("A", "B"): 1, ("B", "B"): 1, ("C", "C"): 1}
+    assert {cell: count for cell, (_, _, count) in cells.items()} == expected
+    assert rows_are_actual_and_columns_predicted(cells)
+    assert cells[("A", "A")][1] < cells[("B", "A")][1] < cells[("C", "A")][1]  # rows top to bottom A, B, C
 
 
 def test_comparison_markdown_has_one_row_per_model_with_intervals():
@@ -218,3 +216,19 @@ def test_numbers_at_the_operating_point_have_exact_intervals_and_their_n():
     assert numbers["specificity"] == pytest.approx({"value": 0.8, "low": 0.4439, "high": 0.9748, "n": 10}, abs=1e-4)
     assert operating_point.interval(numbers["ppv"]) == "0.88 [0.62, 0.98] (n=16)"
     assert operating_point.proportion(0, 0) == {"value": None, "low": None, "high": None, "n": 0}
+
+
+def test_the_roc_table_runs_from_no_positive_call_to_all_and_is_empty_without_both_classes():
+    from cxr.report.operating_point import roc_table
+
+    predictions = pd.DataFrame(
+        {"actual": ["COVID", "NORMAL", "COVID", "VIRAL", "NORMAL"], "p_COVID": [0.9, 0.8, 0.7, 0.2, 0.1]}
+    )
+    table = roc_table(predictions, "COVID")
+    assert list(table.columns) == ["false_positive_rate", "sensitivity", "threshold"]
+    points = table[["false_positive_rate", "sensitivity"]].values.tolist()
+    assert table.iloc[0].tolist() == [0.0, 0.0, 1.0] and points[-1] == [1.0, 1.0]
+    # The NORMAL image at 0.8 ranks between the two COVID ones: half the positives before the first false one.
+    assert [0.0, 0.5] in points
+    assert roc_table(predictions[predictions["actual"] != "COVID"], "COVID").empty
+    assert roc_table(predictions[predictions["actual"] == "COVID"], "COVID").empty

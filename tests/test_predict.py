@@ -153,16 +153,16 @@ def test_folder_with_bad_files_writes_every_row_and_fails(tmp_path, model_folder
     }
     # The overlay: the image at its own aspect, 512 px on its long side (not the model's 48 px square),
     # the map in colour over it, and a caption strip (class, probability, colour scale) below.
-    from cxr.serve.explain import CAPTION_HEIGHT
-
     height, width = chest.shape[:2]
     factor = 512 / max(height, width)
     overlay = np.asarray(Image.open(tmp_path / "gradcam" / "good.png.gradcam.png").convert("RGB")).astype(int)
-    assert overlay.shape[:2] == (round(height * factor) + CAPTION_HEIGHT, round(width * factor))
-    picture, caption = overlay[:-CAPTION_HEIGHT], overlay[-CAPTION_HEIGHT:]
+    shown = round(height * factor)
+    assert overlay.shape[1] == round(width * factor) and overlay.shape[0] > shown + 40
+    picture, caption = overlay[:shown], overlay[shown:]
     assert (np.ptp(picture, axis=-1) > 30).mean() > 0.05  # coloured where the map is, not a gray image
     assert (caption.max(axis=-1) < 80).sum() > 200  # the caption's text
-    assert (np.ptp(caption, axis=-1) > 100).sum() > 500  # the colour scale
+    assert (np.ptp(caption, axis=-1) > 60).sum() > 300  # the colour scale
+    assert (caption[:, -3:].max(axis=-1) < 200).sum() == 0  # wrapped: no text runs off the right edge
     printed = capsys.readouterr().out
     assert "7 file(s), 4 predicted" in printed and "3 failed, 2 with a warning" in printed
     assert "not diagnostic devices" in printed

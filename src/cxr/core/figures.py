@@ -8,9 +8,10 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
@@ -118,7 +119,23 @@ def comparison_bars(table: pd.DataFrame, metrics: list[str]) -> Figure:
     return figure
 
 
-def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+SALIENCY_ALPHA = 0.45  # weight of the colour map where the saliency is 1
+
+
+def saliency_colours(steps: int = 256, gray: float = 0.5, alpha: float = SALIENCY_ALPHA) -> np.ndarray:
+    """What :func:`saliency_overlay` draws for saliencies 0 to 1 over a pixel of ``gray`` (0-1): the
+    colour scale its figures show (gray at 0, the jet colour map blended in as the saliency grows).
+
+    Returns
+    -------
+    numpy.ndarray
+        RGB in [0, 1], shape (steps, 3).
+    """
+    saliency = np.linspace(0.0, 1.0, steps)[:, None]
+    return (1 - alpha * saliency) * gray + alpha * saliency * matplotlib.colormaps["jet"](saliency[:, 0])[:, :3]
+
+
+def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = SALIENCY_ALPHA) -> np.ndarray:
     """An RGB uint8 image: the X-ray in gray with its saliency map in the jet colour map on top.
 
     Parameters
@@ -185,7 +202,8 @@ def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box:
                     linewidth=1,
                 )
             )
-            axis.text(box.start + 1, box.start + 1, "lung box", color="white", fontsize=6, va="top")
+            label = axis.text(box.start + 1, box.start + 1, "lung box", color="white", fontsize=8, va="top")
+            label.set_path_effects([patheffects.withStroke(linewidth=2, foreground="black")])
             share = table.loc[index, "lung_box_share"]
             axis.set_title(
                 f"{name} -> {table.loc[index, 'predicted']}\nin lung box: {'-' if np.isnan(share) else f'{share:.2f}'}",
@@ -194,7 +212,7 @@ def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box:
     figure.suptitle(title)
     figure.tight_layout(rect=(0, 0, 0.9, 1))
     scale = figure.add_axes((0.92, 0.15, 0.015, 0.7))
-    colours = ScalarMappable(Normalize(0, 1), "jet")
-    figure.colorbar(colours, cax=scale, label="Grad-CAM (each map scaled to its maximum)")
+    colours = ScalarMappable(Normalize(0, 1), ListedColormap(saliency_colours()))
+    figure.colorbar(colours, cax=scale, label="Grad-CAM over mid-gray (each map scaled to its maximum)")
     plt.close(figure)
     return figure

@@ -115,22 +115,26 @@ def write_data_docs(context, stage: str, results: dict, summaries: dict, folder:
         run_id = RunIdentifier(run_name=stage, run_time=DOCS_RUN_TIME)
         for name, result in results.items():
             key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=f"{stage}.{name}"), run_id, name)
+            # Pages name the run from the result's meta: the stage, and no time (none is recorded).
+            result.meta["run_id"] = {"run_name": stage, "run_time": ""}
             context.validation_results_store.set(key, result)
         context.build_data_docs(site_names=[stage])
         for animation in staging.glob("static/images/*.gif"):
             animation.unlink()
         for page in staging.rglob("*.html"):
-            page.write_text(offline_page(page.read_text(), page.relative_to(staging)))
+            page.write_text(offline_page(page.read_text("utf-8"), page.relative_to(staging)), "utf-8")
         (staging / INDEX_NAME).rename(staging / GX_INDEX_NAME)
-        pages = {name: _validation_page(staging, stage, name) for name in summaries}
-        (staging / INDEX_NAME).write_text(index_page(stage, summaries, pages))
+        pages = {name: validation_page(staging, stage, name) for name in summaries}
+        (staging / INDEX_NAME).write_text(index_page(stage, summaries, pages), "utf-8")
     return folder
 
 
 def offline_page(html: str, path: Path) -> str:
-    """One GX page made reproducible and readable offline: fixed time and ids, status marks as text,
-    the logo from the site's ``static/images`` (``path`` is the page's place in the site)."""
-    html = numbered_ids(GX_TIMESTAMP.sub(FIXED_TIME, html))
+    """One GX page made reproducible and readable offline: fixed time and ids, "not recorded" where GX
+    would print ``__none__`` (the run time), status marks as text, the logo from the site's
+    ``static/images`` (``path`` is the page's place in the site). Its CDN links stay: online, they
+    style the page."""
+    html = numbered_ids(GX_TIMESTAMP.sub(FIXED_TIME, html)).replace("__none__", "not recorded")
     logo = "../" * (len(path.parts) - 1) + "static/images/logo-long.png"
     return GX_LOGO.sub(f'src="{logo}"', html).replace("</head>", STATUS_STYLE + "</head>", 1)
 
@@ -201,7 +205,8 @@ def exception_messages(info) -> list[str]:
     ]
 
 
-def _validation_page(site: Path, stage: str, name: str) -> str | None:
-    """The relative link of GX's validation page for table ``name``, or None when GX wrote none."""
+def validation_page(site: Path, stage: str, name: str) -> str | None:
+    """The relative link (from the site's folder ``site``) of GX's validation page for table ``name``
+    of ``stage``, or None when GX wrote none."""
     page = Path("validations", stage, name, stage, FIXED_TIME, f"{name}.html")
     return page.as_posix() if (site / page).is_file() else None

@@ -155,9 +155,13 @@ def roc_table(predictions: pd.DataFrame, positive: str) -> pd.DataFrame:
     pandas.DataFrame
         One row per threshold: ``false_positive_rate`` (1 - specificity), ``sensitivity`` and
         ``threshold`` (the p(positive) at or above which an image is called positive; 1.0 for the
-        curve's first point, where sklearn's is infinite).
+        curve's first point, where sklearn's is infinite). No rows when the test split holds only
+        positive or only negative images (no curve is defined).
     """
-    false_positive, sensitivity, thresholds = roc_curve(predictions["actual"] == positive, predictions[f"p_{positive}"])
+    is_positive = predictions["actual"] == positive
+    if is_positive.all() or not is_positive.any():  # a curve needs both positives and negatives
+        return pd.DataFrame(columns=["false_positive_rate", "sensitivity", "threshold"], dtype=float)
+    false_positive, sensitivity, thresholds = roc_curve(is_positive, predictions[f"p_{positive}"])
     return pd.DataFrame(
         {"false_positive_rate": false_positive, "sensitivity": sensitivity, "threshold": np.minimum(thresholds, 1.0)}
     )

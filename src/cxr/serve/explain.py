@@ -14,15 +14,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cxr.core import backbones
-from cxr.core.figures import saliency_overlay
+from cxr.core.figures import saliency_colours, saliency_overlay
 from cxr.report.audit.gradcam import gradcam
 
-CAPTION_HEIGHT = 44  # pixels of the caption strip under the image
+LINE_HEIGHT = 18  # pixels per line of the caption strip under the image
 SCALE_WIDTH = 120  # pixels of the colour scale in the caption strip
 
 
@@ -113,31 +112,46 @@ def captioned_overlay(preview: np.ndarray, saliency: np.ndarray, caption: str) -
     saliency : numpy.ndarray
         The map on the model's square input, shape (size, size), values in [0, 1].
     caption : str
-        Two lines of text; the colour scale goes right of the first where it fits.
+        Lines of text, each wrapped at word boundaries to the image's width; the colour scale goes
+        right of the first line where it fits, else on a line of its own.
 
     Returns
     -------
     PIL.Image.Image
-        RGB, ``width`` x (``height`` + :data:`CAPTION_HEIGHT`).
+        RGB, ``width`` x (``height`` + the caption strip's height).
     """
     height, width = preview.shape
-    stretched = np.asarray(Image.fromarray(saliency.astype(np.float32), mode="F").resize((width, height)))
+    stretched = np.asarray(Image.fromarray(saliency.astype(np.float32)).resize((width, height)))
     picture = saliency_overlay(preview[..., None].astype(np.float32), np.clip(stretched, 0.0, 1.0))
-    canvas = Image.new("RGB", (width, height + CAPTION_HEIGHT), "white")
-    canvas.paste(Image.fromarray(picture), (0, 0))
-    draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=13)
-    first, _, rest = caption.partition("\n")
-    draw.text((6, height + 4), first, fill="black", font=font)
-    draw.multiline_text((6, height + 24), rest, fill="black", font=font, spacing=3)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [line for text in caption.split("\n") for line in wrapped(text, font, width - 12, measure)]
     scale = min(SCALE_WIDTH, width // 4)
     left = width - scale - 36  # "low" and "high" either side of the ramp
-    if left > draw.textbbox((6, height + 4), first, font=font)[2] + 8:
-        ramp = matplotlib.colormaps["jet"](np.linspace(0, 1, scale))[:, :3]
-        canvas.paste(Image.fromarray((np.repeat(ramp[None], 12, axis=0) * 255).astype(np.uint8)), (left, height + 6))
-        draw.text((left - 4, height + 5), "low", fill="black", font=font, anchor="ra")
-        draw.text((left + scale + 4, height + 5), "high", fill="black", font=font)
+    beside = left > 6 + measure.textlength(lines[0], font=font) + 8
+    top = 0 if beside else LINE_HEIGHT  # the scale's row: beside the first line, or above the text
+    canvas = Image.new("RGB", (width, height + 8 + top + LINE_HEIGHT * len(lines)), "white")
+    canvas.paste(Image.fromarray(picture), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    ramp = (np.repeat(saliency_colours(scale)[None], 12, axis=0) * 255).astype(np.uint8)
+    canvas.paste(Image.fromarray(ramp), (left, height + 6))
+    draw.text((left - 4, height + 5), "low", fill="black", font=font, anchor="ra")
+    draw.text((left + scale + 4, height + 5), "high", fill="black", font=font)
+    for index, line in enumerate(lines):
+        draw.text((6, height + 4 + top + LINE_HEIGHT * index), line, fill="black", font=font)
     return canvas
+
+
+def wrapped(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
+    """``text`` split at spaces into lines no wider than ``width`` pixels in ``font`` (a single word
+    wider than that stays whole on its line)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def overlay_names(names: list[str]) -> dict[str, str]:
