@@ -131,8 +131,14 @@ def saliency_colours(steps: int = 256, gray: float = 0.5, alpha: float = SALIENC
     numpy.ndarray
         RGB in [0, 1], shape (steps, 3).
     """
-    saliency = np.linspace(0.0, 1.0, steps)[:, None]
-    return (1 - alpha * saliency) * gray + alpha * saliency * matplotlib.colormaps["jet"](saliency[:, 0])[:, :3]
+    return blend(np.full((steps, 1), gray), np.linspace(0.0, 1.0, steps), alpha)
+
+
+def blend(gray: np.ndarray, saliency: np.ndarray, alpha: float) -> np.ndarray:
+    """Gray levels ``gray`` (0-1, shape (..., 1)) with the jet colour of ``saliency`` (0-1, shape (...))
+    weighted ``alpha * saliency`` on top: RGB in [0, 1], shape (..., 3)."""
+    heat = matplotlib.colormaps["jet"](saliency)[..., :3]
+    return (1 - alpha * saliency[..., None]) * gray + alpha * saliency[..., None] * heat
 
 
 def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = SALIENCY_ALPHA) -> np.ndarray:
@@ -153,10 +159,7 @@ def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = SAL
         The overlay, shape (height, width, 3), dtype uint8.
     """
     gray = image.mean(axis=-1, keepdims=True) / 255.0
-    heat = matplotlib.colormaps["jet"](saliency)[..., :3]
-    return (np.clip((1 - alpha * saliency[..., None]) * gray + alpha * saliency[..., None] * heat, 0, 1) * 255).astype(
-        np.uint8
-    )
+    return (np.clip(blend(gray, saliency, alpha), 0, 1) * 255).astype(np.uint8)
 
 
 def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box: slice, title: str) -> Figure:
