@@ -27,7 +27,9 @@ def main() -> None:
     config = load()
     tracking.require_tracking_store()
     backbone = backbones.get(args.backbone)
-    strategy = runtime.configure_runtime(config.train, config.seed)
+    strategy = runtime.configure_runtime(
+        config.train, config.seed, workers=False
+    )  # one machine, whatever TF_CONFIG says
     split = pd.read_csv(args.split)
     test = split_part(split, "test").reset_index(drop=True)
     classifier, spec = load_model(args.model)

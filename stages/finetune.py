@@ -23,7 +23,9 @@ def main() -> None:
     config = load()
     tracking.require_tracking_store()
     split = pd.read_csv(args.split)
-    strategy = runtime.configure_runtime(config.train, config.seed)
+    strategy = runtime.configure_runtime(
+        config.train, config.seed, workers=False
+    )  # one machine, whatever TF_CONFIG says
     with runs.stage_run(config, "finetune", args.split, config.backbone):
         with strategy.scope():
             model, spec = load_model(args.base)

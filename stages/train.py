@@ -3,10 +3,14 @@
 Writes the model folder (model.keras, meta.json, history.csv), its metrics file and its
 accuracy/loss curves (DVC plots); logs the run in MLflow (`register@<backbone>` registers the
 model as cxr-<task>-<backbone>).
+Across workers (``TF_CONFIG``, :mod:`cxr.learn.runtime`) every worker runs this stage and trains in
+step; the chief alone writes the outputs and the MLflow run.
 """
 
+import contextlib
 import shutil
 
+import mlflow
 import pandas as pd
 
 from cxr.core import backbones, runs, tracking
@@ -30,12 +34,24 @@ def main() -> None:
         weights=config.train.weights,
         **trained_on(split, config.filter.views),
     )
+    chief = runtime.is_chief()
     work = checkpoints.resume_dir(
-        checkpoints.work_folder(args.model),
+        checkpoints.work_folder(args.model, runtime.task_name()),
         {"config": as_dict(config), "split": tracking.file_md5(args.split), "stage": "train"},
     )
     strategy = runtime.configure_runtime(config.train, config.seed)
-    with runs.stage_run(config, f"train@{backbone.name}", args.split, backbone.name):
+    with (
+        runs.stage_run(config, f"train@{backbone.name}", args.split, backbone.name)
+        if chief
+        else contextlib.nullcontext()
+    ):
+        if chief:
+            mlflow.set_tags(
+                {
+                    "distribute.strategy": runtime.strategy_name(strategy),
+                    "distribute.replicas": strategy.num_replicas_in_sync,
+                }
+            )
         with strategy.scope():
             model, result = training.train_classifier(
                 backbone,
@@ -45,8 +61,17 @@ def main() -> None:
                 config.train,
                 config.seed,
                 work,
-                callbacks=[publish.EpochMetrics(work)],
+                callbacks=[publish.EpochMetrics(work)] if chief else [],
             )
+        if not chief:
+            shutil.rmtree(work, ignore_errors=True)
+            best = result.best
+            print(
+                f"train@{backbone.name}: {runtime.task_name()} trained in step with the chief "
+                f"({strategy.num_replicas_in_sync} replicas), which writes the outputs "
+                f"(best: epoch {best['epoch']}, val_loss {best['val_loss']!r})"
+            )
+            return
         summary = publish.publish(
             model,
             result,

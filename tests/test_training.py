@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -17,8 +18,9 @@ import pytest
 from conftest import REPO, free_port, make_config, run_stage, stage_command, stage_env, write_params
 from mlflow.tracking import MlflowClient
 
+from cxr.core.errors import CxrError
 from cxr.data.sources import download_source
-from cxr.learn import checkpoints, training
+from cxr.learn import checkpoints, runtime, training
 from cxr.learn.model_files import load_model
 from cxr.serve import register
 
@@ -120,6 +122,8 @@ def test_mlflow_run_has_params_metrics_tags_and_model(trained):
     client = MlflowClient()
     [run] = runs_named(client, "train@vgg16")
     assert run.info.status == "FINISHED"
+    assert run.data.tags["distribute.strategy"] == "MultiWorkerMirroredStrategy"
+    assert run.data.tags["distribute.replicas"] == "2"
     params = run.data.params
     assert params["train.epochs"] == "3" and params["backbone"] == "vgg16" and params["split.seed"] == "42"
     assert params["labels.COVID-19_ ARDS"] == "COVID"
@@ -431,6 +435,73 @@ def test_distribution_strategy_on_two_logical_cpus(tmp_path, mode, replicas):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"replicas {replicas}" in result.stdout and "epochs 1" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "chief", "task", "workers"),
+    [
+        ("", True, "", 1),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}', True, "", 2),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}', False, "worker-1", 2),
+        (
+            '{"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}',
+            False,
+            "worker-0",
+            2,
+        ),
+        ('{"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}', True, "", 2),
+    ],
+)
+def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch, tf_config, chief, task, workers):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    assert (runtime.is_chief(), runtime.task_name(), runtime.cluster()["workers"]) == (chief, task, workers)
+    train = make_config(TINY).train
+    assert runtime.multi_worker(train) == (workers > 1)
+    assert not runtime.multi_worker(replace(train, distribute="none"))
+
+
+def test_a_tf_config_that_is_not_json_is_one_line(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{cluster: worker}")
+    with pytest.raises(CxrError, match=r"^TF_CONFIG: not valid JSON \("):
+        runtime.cluster()
+
+
+@pytest.mark.slow
+def test_two_local_workers_train_in_step_and_the_chief_alone_writes(project):
+    """TF_CONFIG as a launcher sets it, two workers on 127.0.0.1 running train@vgg16 in one folder:
+    MultiWorkerMirroredStrategy, Model.fit, the same best epoch and val_loss on both; one MLflow run."""
+    write_params(project, TINY | {"train": TINY["train"] | {"epochs": 2}})
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    workers = [
+        subprocess.Popen(
+            stage_command(project, "train", "vgg16"),
+            cwd=project,
+            env=stage_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in (0, 1)
+    ]
+    try:
+        outputs = [worker.communicate(timeout=600) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.kill(worker.pid, signal.SIGKILL)
+    assert [worker.returncode for worker in workers] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    report = json.loads((project / "reports/train/vgg16.json").read_text())
+    assert pd.read_csv(project / "models/vgg16/history.csv")["epoch"].tolist() == [1, 2]
+    said = "worker-1 trained in step with the chief (2 replicas), which writes the outputs"
+    assert f"{said} (best: epoch {report['best_epoch']}, " in outputs[1][0]
+    assert f"val_loss {report['best']['val_loss']!r})" in outputs[1][0]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    [run] = runs_named(MlflowClient(), "train@vgg16")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["distribute.strategy"] == "MultiWorkerMirroredStrategy"
+    assert run.data.tags["distribute.replicas"] == "2"
+    assert run.data.metrics["best_val_loss"] == pytest.approx(report["best"]["val_loss"])
+    assert not list(project.glob("models/.resume/vgg16*"))
 
 
 def test_evaluate_stage_reports_and_logs_to_each_training_run(trained):

@@ -118,7 +118,7 @@ class Train:
     cache: Literal["memory", "disk"]
     cache_dir: str
     cache_memory_limit_mb: float | None = bounded(low=0, low_open=True)
-    distribute: Literal["auto", "mirrored", "none"]
+    distribute: Literal["auto", "mirrored", "multi_worker", "none"]
     mixed_precision: bool
     xla: bool
     deterministic: bool

@@ -147,7 +147,7 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-def work_folder(model_folder: Path) -> Path:
+def work_folder(model_folder: Path, task: str = "") -> Path:
     """Where the fit of ``model_folder`` keeps its checkpoints until it is saved.
 
     A sibling ``.resume/<name>``, outside the output folder that is replaced at once when saved.
@@ -156,13 +156,16 @@ def work_folder(model_folder: Path) -> Path:
     ----------
     model_folder : Path
         The folder the model is saved to.
+    task : str, optional
+        A worker's task other than the chief (:func:`cxr.learn.runtime.task_name`): each worker
+        keeps its own checkpoints, on a shared file system too.
 
     Returns
     -------
     Path
-        ``<parent>/.resume/<name>``.
+        ``<parent>/.resume/<name>``, or ``<parent>/.resume/<name>.<task>``.
     """
-    return model_folder.parent / ".resume" / model_folder.name
+    return model_folder.parent / ".resume" / (model_folder.name + (f".{task}" if task else ""))
 
 
 def resume_dir(folder: Path, key: dict) -> Path:

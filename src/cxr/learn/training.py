@@ -21,7 +21,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from cxr.core.backbones import Backbone
 from cxr.core.schema import split_part
 from cxr.core.sections import Train
-from cxr.learn import checkpoints, images
+from cxr.learn import checkpoints, images, runtime
 from cxr.learn.model import HEAD_LAYER, NORMALIZE_LAYER, build_classifier, feature_extractor
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
@@ -56,13 +56,14 @@ def fit(
     callbacks: list[keras.callbacks.Callback] = (),
     xla: bool = False,
 ) -> FitResult:
-    """Compile (with XLA when ``xla``) and fit for ``epochs``, resuming from the
-    :class:`~cxr.learn.checkpoints.Checkpoint`
+    """Compile (XLA when ``xla``) and fit for ``epochs``, resuming from the :class:`~cxr.learn.checkpoints.Checkpoint`
     in ``work_dir`` if a killed fit left one, then load the best weights (:class:`~cxr.learn.checkpoints.KeepBest`).
+    Under ``MultiWorkerMirroredStrategy`` the fit is the same, of :class:`~cxr.learn.runtime.InStep` around ``model``.
 
     Returns the history (one row per epoch, :data:`HISTORY_COLUMNS`) and the best epoch's record.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
+    model = runtime.InStep(model) if runtime.across_workers() else model
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate, amsgrad=amsgrad),
         loss="sparse_categorical_crossentropy",
@@ -290,5 +291,10 @@ def _rows_and_weights(split: pd.DataFrame, classes: list[str], params: Train):
 
 
 def _features(extractor: keras.Model, dataset: tf.data.Dataset, batch_size: int) -> np.ndarray:
-    """Run the frozen base once over an (image, label) dataset: its pooled features, in order."""
-    return extractor.predict(dataset.map(lambda image, label: image).batch(batch_size), verbose=0)
+    """Run the frozen base once over an (image, label) dataset: its pooled features, in order.
+    Across workers each computes all of them itself (``predict`` would shard them between workers)."""
+    batches = dataset.map(lambda image, label: image).batch(batch_size)
+    if runtime.across_workers():
+        step = tf.function(lambda batch: extractor(batch, training=False))
+        return np.concatenate([step(batch).numpy() for batch in batches])
+    return extractor.predict(batches, verbose=0)
