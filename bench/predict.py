@@ -30,6 +30,7 @@ from common import Timer, save, synthetic_split  # noqa: E402
 
 from cxr.core import backbones  # noqa: E402
 from cxr.core.sections import Head  # noqa: E402
+from cxr.core.spec import ModelSpec  # noqa: E402
 from cxr.learn.model import build_classifier  # noqa: E402
 from cxr.learn.model_files import save_model  # noqa: E402
 from cxr.serve.classify import predict_sources  # noqa: E402
@@ -41,9 +42,16 @@ HEAD = Head(units=256, dropout=0.5, normalize=False)
 
 def model_folder(folder: Path, backbone, size: int, classes: list[str]) -> Path:
     model = build_classifier(backbone, size, len(classes), HEAD, None)
-    save_model(
-        model, folder, {"backbone": backbone.name, "image_size": size, "classes": classes}, pd.DataFrame({"epoch": [0]})
+    spec = ModelSpec(
+        backbone=backbone.name,
+        image_size=size,
+        classes=classes,
+        task="multiclass",
+        weights=None,
+        views=["PA"],
+        ages=None,
     )
+    save_model(model, folder, spec, pd.DataFrame({"epoch": [0]}))
     return folder
 
 

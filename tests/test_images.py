@@ -1,5 +1,6 @@
 """The input pipeline: every source format to RGB at the backbone's size, cached after one pass."""
 
+import io
 from dataclasses import replace
 
 import numpy as np
@@ -156,3 +157,39 @@ def test_exif_rotated_jpeg_reaches_the_model_upright(tmp_path):
     frame = pd.DataFrame([{"path": str(path), "class": "A", "sha256": "x", "orientation": 6}])
     image, _ = next(images.image_dataset(frame, ["A"], 24, cache="memory").as_numpy_iterator())
     assert image[:6].mean() > 180 and image[-6:].mean() < 40
+
+
+def radiograph_jpeg(height: int = 1300, width: int = 1500) -> bytes:
+    """A JPEG as large as the collections' (1000-1600 px): smooth anatomy-like shading, film grain."""
+    y, x = np.mgrid[0:height, 0:width] / width
+    shading = 128 + 80 * np.sin(6 * x) * np.cos(4 * y) + np.random.default_rng(0).normal(0, 8, (height, width))
+    buffer = io.BytesIO()
+    Image.fromarray(shading.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_a_jpeg_is_decoded_at_the_smallest_scale_that_keeps_twice_the_model_side(tmp_path):
+    data = radiograph_jpeg()
+    # 1300 / 4 = 325 >= 192 > 1300 / 8: libjpeg's 1/4 scale; asked for more than the image has: full size.
+    assert image_files.decode_tensor(tf.constant(data), at_least=192).shape == (325, 375, 3)
+    assert image_files.decode_tensor(tf.constant(data), at_least=5000).shape == (1300, 1500, 3)
+    assert image_files.decode_tensor(tf.constant(data)).shape == (1300, 1500, 3)
+    png = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(png, "PNG")
+    assert image_files.decode_tensor(tf.constant(png.getvalue()), at_least=192).shape == (1300, 1500, 3)
+    # The model's input (96 px, decoded at >= 192 px) is within 2 of 255 grey levels of a full decode.
+    reduced = images.decode_bytes(tf.constant(data), 96).numpy()
+    full = images.model_input(image_files.decode_tensor(tf.constant(data)), 96).numpy()
+    assert np.abs(reduced - full).max() <= 2.0 and np.abs(reduced - full).mean() <= 1.0
+    # Training's tf.data pipeline (graph mode) decodes the same pixels as the eager reader.
+    (tmp_path / "big.jpg").write_bytes(data)
+    frame = pd.DataFrame({"path": [str(tmp_path / "big.jpg")], "class": ["A"], "sha256": ["big"]})
+    [(batch, _)] = images.image_dataset(frame, ["A"], 96, cache="memory").batch(1)
+    assert np.array_equal(batch.numpy()[0], reduced)
+
+
+def test_a_truncated_jpeg_fails_at_a_reduced_scale_as_at_full_size():
+    data = radiograph_jpeg()[:60_000]
+    for at_least in (None, 192):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            image_files.decode_tensor(tf.constant(data), at_least=at_least)

@@ -171,3 +171,23 @@ def test_folder_with_bad_files_writes_every_row_and_fails(tmp_path, model_folder
 def test_a_missing_model_is_named(tmp_path):
     with pytest.raises(SystemExit, match=r"error: .*nowhere/model.keras: not found"):
         predict.main([str(tmp_path), "--model", str(tmp_path / "nowhere"), "--views"])
+
+
+def test_files_read_in_parallel_across_chunks_keep_their_rows_and_errors(model_folder, chest):
+    """More files than one chunk (classify.CHUNK), read by several threads while the model runs:
+    every row in input order, each bad file its own error, each good file the one-file answer."""
+    from cxr.serve.classify import CHUNK, predict_sources
+
+    model, spec = load_model(model_folder)
+    bad = {0, CHUNK - 1, CHUNK, 2 * CHUNK + 5}
+    sources = [
+        (f"f{index}.png", b"not an image" if index in bad else encode(np.roll(chest, index, axis=1), "png"))
+        for index in range(2 * CHUNK + 10)
+    ]
+    table = predict_sources(model, spec, sources, batch_size=16)
+    assert table["path"].tolist() == [name for name, _ in sources]
+    assert [index for index, error in enumerate(table["error"]) if error] == sorted(bad)
+    assert table.loc[CHUNK, "error"] == f"f{CHUNK}.png: not a PNG, JPEG or DICOM file (it starts with b'not an i')"
+    for index in (1, CHUNK + 1, 2 * CHUNK + 9):
+        alone = predict_sources(model, spec, [sources[index]], batch_size=16)
+        assert probabilities(table, f"f{index}.png") == pytest.approx(probabilities(alone, f"f{index}.png"), abs=1e-5)

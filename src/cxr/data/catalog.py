@@ -84,7 +84,10 @@ def build(config: Config, raw_root: Path, names: list[str] | None = None) -> tup
     left_out_counts = images.loc[left_out, "finding"].value_counts().sort_index()
     images = images[~left_out].reset_index(drop=True)
     described = describe_images(
-        images["path"].tolist(), measure=duplicates.fingerprint, measured=schema.FINGERPRINT_COLUMNS
+        images["path"].tolist(),
+        measure=duplicates.fingerprint,
+        measured=schema.FINGERPRINT_COLUMNS,
+        at_least=duplicates.FINGERPRINT_SIDE,
     )
     catalog = pd.concat([images, described], axis=1)
     catalog["duplicate_group"], groups = duplicates.group(catalog, config.duplicates)
@@ -209,12 +212,15 @@ def filter_views(catalog: pd.DataFrame, rules: Filter) -> tuple[pd.DataFrame, di
     return catalog.loc[kept].reset_index(drop=True), report
 
 
-def describe_image(path: str, limits: Limits = DEFAULT_LIMITS, measure: Measure | None = None) -> dict:
+def describe_image(
+    path: str, limits: Limits = DEFAULT_LIMITS, measure: Measure | None = None, at_least: int | None = None
+) -> dict:
     """sha256, upright width and height, PIL mode and EXIF orientation (1-8; 1 when absent) of one
-    training image (PNG or JPEG), decoded by training's decoder to prove training can read it; with
-    ``measure``, also what it returns for the decoded upright pixels (uint8, height x width x 3)."""
+    training image (PNG or JPEG), decoded by training's decoder to prove training can read it (a JPEG
+    at a reduced scale with ``at_least`` px on its shorter side); with ``measure``, also what it
+    returns for the decoded upright pixels (uint8, height x width x 3)."""
     data = read_file(path, limits)
-    decoded = decode(data, path, limits, TRAINING_FORMATS)
+    decoded = decode(data, path, limits, TRAINING_FORMATS, at_least)
     found = decoded.header
     row = {
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -229,11 +235,15 @@ def describe_image(path: str, limits: Limits = DEFAULT_LIMITS, measure: Measure 
 
 
 def describe_images(
-    paths: list[str], limits: Limits = DEFAULT_LIMITS, measure: Measure | None = None, measured: tuple[str, ...] = ()
+    paths: list[str],
+    limits: Limits = DEFAULT_LIMITS,
+    measure: Measure | None = None,
+    measured: tuple[str, ...] = (),
+    at_least: int | None = None,
 ) -> pd.DataFrame:
     """:func:`describe_image` of every path (in parallel), one row each in the catalog's image columns
     and the ``measured`` keys that ``measure`` returns; the first file that cannot be read raises its
     :class:`ImageFileError`."""
     with ThreadPoolExecutor(IMAGE_READERS) as pool:
-        rows = list(pool.map(lambda path: describe_image(path, limits, measure), paths))
+        rows = list(pool.map(lambda path: describe_image(path, limits, measure, at_least), paths))
     return pd.DataFrame(rows, columns=list(IMAGE_COLUMNS) + list(measured))

@@ -39,6 +39,9 @@ from cxr.core.errors import CxrError
 from cxr.core.schema import FINGERPRINT_COLUMNS
 from cxr.core.sections import Duplicates
 
+# The shorter side, in pixels, merge decodes a JPEG at (at least) for its fingerprint: twice the
+# largest thumbnail the hashes read (64 x 64), so Pillow's resize, not the decoder's scaling, sets it.
+FINGERPRINT_SIDE = 128
 # Rows of the candidate scan compared against every image at once (its XOR takes block x images x 8 bytes).
 SCAN_BLOCK = 128
 

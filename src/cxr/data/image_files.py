@@ -11,7 +11,9 @@ files through this module, in this order:
    header and checked against :attr:`Limits.max_pixels` before any pixel is decoded, so a
    decompression bomb (a 50 KB PNG claiming 20000 x 20000 px) costs nothing;
 4. the pixels are decoded: PNG and JPEG by TensorFlow's decoder (:func:`decode_tensor`, the very
-   op training's ``tf.data`` pipeline runs), DICOM by pydicom (:mod:`cxr.data.dicom`).
+   op training's ``tf.data`` pipeline runs), DICOM by pydicom (:mod:`cxr.data.dicom`); a JPEG at
+   libjpeg's reduced scale (1/2, 1/4, 1/8) when the reader needs a small image (``at_least``). Every
+   coefficient is still read, so a broken file fails as it would at full size.
 
 A file merge accepts is therefore a file training can read. Every failure is an
 :class:`ImageFileError` whose one-line message names the file and the cause.
@@ -34,6 +36,8 @@ from cxr.data import dicom
 if TYPE_CHECKING:
     import tensorflow as tf
 
+# The denominators of libjpeg's DCT scaling a JPEG may be decoded at, smallest image first.
+JPEG_SCALES = (8, 4, 2, 1)
 # EXIF orientations that turn the image a quarter (5-8): width and height swap when upright.
 QUARTER_TURNS = (5, 6, 7, 8)
 # The formats training reads (the catalog's images) and the ones a trained model takes.
@@ -206,13 +210,33 @@ def header(data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tup
     return Header(kind, width, height, mode, orientation)
 
 
-def decode_tensor(data: tf.Tensor, orientation: tf.Tensor | int = 1) -> tf.Tensor:
+def decode_tensor(data: tf.Tensor, orientation: tf.Tensor | int = 1, at_least: int | None = None) -> tf.Tensor:
     """A PNG or JPEG file's bytes -> float32 (height, width, 3) in [0, 1], upright. The decode op of
-    the whole project: training's ``tf.data`` pipeline calls it in graph mode, :func:`decode` eagerly."""
+    the whole project: training's ``tf.data`` pipeline calls it in graph mode, :func:`decode` eagerly.
+
+    ``at_least``: a JPEG is decoded at the smallest of libjpeg's scales 1/8, 1/4, 1/2 and 1 whose shorter
+    side (``ceil(side / denominator)``) is at least that many pixels; None: full size. PNGs: full size."""
     import tensorflow as tf  # here, not at the top: the stages that only read the catalog never load it
 
-    image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
-    return upright(image, orientation)
+    def full() -> tf.Tensor:
+        return tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
+
+    if at_least is None:
+        return upright(full(), orientation)
+    return upright(tf.cond(tf.io.is_jpeg(data), lambda: _scaled_jpeg(data, at_least), full), orientation)
+
+
+def _scaled_jpeg(data: tf.Tensor, at_least: int) -> tf.Tensor:
+    """A JPEG at the smallest :data:`JPEG_SCALES` scale with at least ``at_least`` px on its shorter side."""
+    import tensorflow as tf
+
+    side = tf.reduce_min(tf.image.extract_jpeg_shape(data)[:2])
+    enough = tf.stack([(side + scale - 1) // scale >= at_least for scale in JPEG_SCALES[:-1]] + [tf.constant(True)])
+    branches = [
+        lambda scale=scale: tf.image.convert_image_dtype(tf.io.decode_jpeg(data, channels=3, ratio=scale), tf.float32)
+        for scale in JPEG_SCALES
+    ]
+    return tf.switch_case(tf.argmax(tf.cast(enough, tf.int32), output_type=tf.int32), branches)
 
 
 def upright(image: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:
@@ -248,10 +272,15 @@ class Decoded:
 
 
 def decode(
-    data: bytes, name: str, limits: Limits = DEFAULT_LIMITS, formats: tuple[str, ...] = MODEL_FORMATS
+    data: bytes,
+    name: str,
+    limits: Limits = DEFAULT_LIMITS,
+    formats: tuple[str, ...] = MODEL_FORMATS,
+    at_least: int | None = None,
 ) -> Decoded:
     """A file's bytes -> :class:`Decoded`: limits and format checked, the header read before any pixel
-    is decoded (a DICOM's once, by :func:`cxr.data.dicom.read_dicom`), then the format's decoder.
+    is decoded (a DICOM's once, by :func:`cxr.data.dicom.read_dicom`), then the format's decoder
+    (a JPEG at a reduced scale with ``at_least`` px on its shorter side: :func:`decode_tensor`).
     Raises :class:`ImageFileError` (a :class:`cxr.core.errors.CxrError`) with one line naming the file."""
     import tensorflow as tf
 
@@ -263,7 +292,7 @@ def decode(
         return Decoded(tf.image.grayscale_to_rgb(grey), Header("dicom", width, height, image.photometric, 1), image)
     found = header(data, name, limits, formats)
     try:
-        pixels = decode_tensor(tf.constant(data), found.orientation)
+        pixels = decode_tensor(tf.constant(data), found.orientation, at_least)
     except tf.errors.OpError as exc:
         raise ImageFileError(
             f"{name}: cannot be decoded as an image ({found.format.upper()}: {one_line(exc.message)})"

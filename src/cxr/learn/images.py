@@ -32,8 +32,15 @@ def decode_resize(path: tf.Tensor, size: int, orientation: tf.Tensor | int = 1) 
 
 def decode_bytes(data: tf.Tensor, size: int, orientation: tf.Tensor | int = 1) -> tf.Tensor:
     """One PNG or JPEG file's bytes -> what :func:`decode_resize` gives for the file, decoded by
-    :func:`cxr.data.image_files.decode_tensor` (the project's one decoder)."""
-    return model_input(decode_tensor(data, orientation), size)
+    :func:`cxr.data.image_files.decode_tensor` (the project's one decoder) at :func:`decode_side`."""
+    return model_input(decode_tensor(data, orientation, decode_side(size)), size)
+
+
+def decode_side(size: int) -> int:
+    """The shorter side, in pixels, a JPEG is decoded at (at least) for a model input of ``size`` px:
+    twice it, so the antialiased resize rather than the decoder's scaling sets the pixels (within
+    2 of 255 grey levels of a full-size decode; docs/PERFORMANCE.md)."""
+    return 2 * size
 
 
 def model_input(image: tf.Tensor, size: int) -> tf.Tensor:

@@ -19,9 +19,20 @@ from cxr.core.sections import Train
 
 
 def cluster() -> dict:
-    """The cluster ``TF_CONFIG`` describes: ``{"workers": n, "chief": bool, "task": (type, index)}``
-    (``workers`` counts the chief too; ``chief``: whether the cluster names a chief task); one worker
-    and no task without ``TF_CONFIG``. Raises :class:`CxrError` when it is not valid JSON."""
+    """The cluster the ``TF_CONFIG`` environment variable describes.
+
+    Returns
+    -------
+    dict
+        ``workers`` (int: the chief and the workers), ``chief`` (bool: the cluster names a chief
+        task), ``task`` (``(type, index)`` of this process, or None); without ``TF_CONFIG``: one
+        worker, no chief, no task.
+
+    Raises
+    ------
+    CxrError
+        When ``TF_CONFIG`` is not valid JSON.
+    """
     text = os.environ.get("TF_CONFIG", "").strip()
     if not text:
         return {"workers": 1, "chief": False, "task": None}
@@ -39,8 +50,14 @@ def cluster() -> dict:
 
 
 def is_chief() -> bool:
-    """Whether this process writes outputs: the ``chief`` task, or worker 0 of a cluster without
-    one, or the only process (no ``TF_CONFIG``). TensorFlow's convention for multi-worker training."""
+    """Whether this process writes outputs (TensorFlow's convention for multi-worker training).
+
+    Returns
+    -------
+    bool
+        True for the ``chief`` task, worker 0 of a cluster without one, or the only process (no
+        ``TF_CONFIG``).
+    """
     described = cluster()
     if described["task"] is None:
         return True
@@ -49,13 +66,30 @@ def is_chief() -> bool:
 
 
 def task_name() -> str:
-    """This process's task as ``<type>-<index>`` (e.g. ``worker-1``); "" for the chief (:func:`is_chief`)."""
+    """This process's task, for its own checkpoint folder and messages.
+
+    Returns
+    -------
+    str
+        ``<type>-<index>`` (e.g. ``worker-1``); "" for the chief (:func:`is_chief`).
+    """
     return "" if is_chief() else "{}-{}".format(*cluster()["task"])
 
 
 def multi_worker(params: Train) -> bool:
-    """Whether ``params`` train on several workers: ``distribute: multi_worker``, or ``auto`` with a
-    ``TF_CONFIG`` cluster of more than one worker."""
+    """Whether ``params`` train on several workers.
+
+    Parameters
+    ----------
+    params : Train
+        The ``train`` parameters (``distribute``).
+
+    Returns
+    -------
+    bool
+        True for ``distribute: multi_worker``, or ``auto`` with a ``TF_CONFIG`` cluster of more than
+        one worker.
+    """
     return params.distribute == "multi_worker" or (params.distribute == "auto" and cluster()["workers"] > 1)
 
 
@@ -129,8 +163,19 @@ class InStep(keras.Model):
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
-    """``MultiWorkerMirroredStrategy``, ``MirroredStrategy`` or ``none`` (the default strategy): the
-    public name (TensorFlow's class behind the first is ``CollectiveAllReduceStrategy``)."""
+    """The public name of a strategy, for the run's tags.
+
+    Parameters
+    ----------
+    strategy : tf.distribute.Strategy
+        What :func:`configure_runtime` returned.
+
+    Returns
+    -------
+    str
+        ``MultiWorkerMirroredStrategy`` (TensorFlow's class behind it is ``CollectiveAllReduceStrategy``),
+        ``MirroredStrategy`` or ``none`` (the default strategy).
+    """
     names = {
         tf.distribute.MultiWorkerMirroredStrategy: "MultiWorkerMirroredStrategy",
         tf.distribute.MirroredStrategy: "MirroredStrategy",
@@ -139,5 +184,11 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
 
 
 def across_workers() -> bool:
-    """Whether the ambient strategy trains across workers (``MultiWorkerMirroredStrategy``)."""
+    """Whether the ambient strategy trains across workers.
+
+    Returns
+    -------
+    bool
+        True inside the scope of a ``MultiWorkerMirroredStrategy``.
+    """
     return isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)

@@ -11,15 +11,16 @@ traceback (the server's log), never returned.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from tqdm import tqdm
 
 from cxr.core.errors import one_line
@@ -29,8 +30,11 @@ from cxr.report.calibration import apply_temperature
 from cxr.serve.reading import ModelInput, Source, read_source, row_error, source_name
 
 LOG = logging.getLogger(__name__)
-# Images are decoded this many at a time, so a large folder never holds all its pixels at once.
-CHUNK = 256
+# Images are decoded this many at a time (two chunks at most held), so a large folder never holds
+# all its pixels at once.
+CHUNK = 128
+# Threads reading files (TensorFlow's and pydicom's decoders release the GIL).
+READERS = max(2, min(8, os.cpu_count() or 1))
 
 
 # Called with the model, the names and model inputs of a batch, their calibrated probabilities and
@@ -107,7 +111,7 @@ def predict_sources(
     Parameters
     ----------
     model : keras.Model
-        The classifier (or anything with Keras' ``predict``).
+        The classifier (or anything with Keras' ``predict_on_batch``).
     spec : ModelSpec
         What it is (classes, input size).
     sources : list of Source
@@ -139,22 +143,30 @@ def predict_sources(
     columns = ["path", "predicted", *[f"p_{name}" for name in classes], "decision", "release", "warning", "error"]
     columns += ["overlay"] if explain is not None else []
     bar = tqdm(total=len(sources), unit="image", disable=not progress, file=sys.stderr)
+
+    def read(source: Source) -> ModelInput | str:
+        try:
+            with decode_slots or nullcontext():
+                return read_source(source, spec, views, limits, preview=explain is not None)
+        except Exception as exc:  # noqa: BLE001 - every failure (MemoryError too) is its row's answer
+            return row_error(source, exc)
+
+    # Files are read READERS at a time, the next chunk while the model runs on this one.
+    pool = ThreadPoolExecutor(READERS) if len(sources) > 1 else None
+    submit = pool.submit if pool is not None else lambda function, source: _Done(function(source))
+    pending = [submit(read, source) for source in sources[:CHUNK]]
     for start in range(0, len(sources), CHUNK):
         chunk, decoded = sources[start : start + CHUNK], []
-        for source in chunk:
-            try:
-                with decode_slots or nullcontext():
-                    decoded.append(read_source(source, spec, views, limits, preview=explain is not None))
-            except Exception as exc:  # noqa: BLE001 - every failure (MemoryError too) is its row's answer
-                decoded.append(row_error(source, exc))
+        for future in pending:
+            decoded.append(future.result())
             bar.update(1)
+        pending = [submit(read, source) for source in sources[start + CHUNK : start + 2 * CHUNK]]
         good = [index for index, item in enumerate(decoded) if isinstance(item, ModelInput)]
         probabilities, overlays, overlay_failure = {}, {}, ""
         if good:
             pixels = np.stack([decoded[index].pixels for index in good])
-            batches = tf.data.Dataset.from_tensor_slices(pixels).batch(batch_size)
             try:
-                probabilities = dict(zip(good, decision.calibrated(model.predict(batches, verbose=0))))
+                probabilities = dict(zip(good, decision.calibrated(_predict(model, pixels, batch_size))))
             except Exception as exc:  # noqa: BLE001 - memory, a broken model: the batch's rows say so
                 LOG.error("the model failed on a batch of %d images", len(good), exc_info=exc)
                 for index in good:
@@ -198,4 +210,24 @@ def predict_sources(
                 row["error"] = decoded[index]
             rows.append(row)
     bar.close()
+    if pool is not None:
+        pool.shutdown()
     return pd.DataFrame(rows, columns=columns)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A result already in hand, read like a future's (a single file is read without a thread)."""
+
+    value: object
+
+    def result(self) -> object:
+        return self.value
+
+
+def _predict(model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    """``model``'s output for (n, size, size, 3) ``pixels``, ``batch_size`` images per call of its
+    compiled predict step (``predict_on_batch``: no ``tf.data`` pipeline built per call)."""
+    return np.concatenate(
+        [model.predict_on_batch(pixels[start : start + batch_size]) for start in range(0, len(pixels), batch_size)]
+    )

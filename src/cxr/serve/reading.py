@@ -69,7 +69,7 @@ def model_input(
     """``data``, the bytes of the file called ``name`` (PNG, JPEG or DICOM), for the model described by
     ``spec``. ``views`` overrides the views the model records it was trained on; ``preview`` adds the
     image at its own aspect for an overlay. Raises :class:`CxrError` naming the file."""
-    decoded = image_files.decode(data, name, limits)
+    decoded = image_files.decode(data, name, limits, at_least=images.decode_side(spec.image_size))
     side = min(decoded.header.width, decoded.header.height)
     if side < MIN_SIDE:
         raise CxrError(f"{name}: the image is {side} px on its shorter side; at least {MIN_SIDE} px are needed")
@@ -77,6 +77,8 @@ def model_input(
     warning = ""
     if decoded.dicom is not None:
         warning = dicom_warning(decoded.dicom, spec.views if views is None else views, spec.ages)
+    if preview and decoded.header.format == "jpeg":  # the model's decode may be smaller than a preview
+        decoded = image_files.decode(data, name, limits, at_least=PREVIEW_SIDE)
     return ModelInput(pixels.numpy(), warning, preview_image(decoded.pixels.numpy()) if preview else None)
 
 
