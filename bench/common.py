@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -99,6 +101,27 @@ def save(name: str, command: str, settings: dict, results) -> Path:
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+# Runs the command in a fresh process, so RUSAGE_CHILDREN covers this command's processes only.
+MEASURE = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "sys.exit(code)"
+)
+
+
+def measured(command: list[str], folder: Path, env: dict | None = None) -> dict:
+    """Run ``command`` in ``folder``: ``seconds`` (wall), ``peak_rss_mib`` (the largest resident set
+    of any one process it ran) and ``output`` (stdout and stderr). Exits naming the command if it fails."""
+    with Timer() as timer:
+        result = subprocess.run(
+            [sys.executable, "-c", MEASURE, *command], cwd=folder, env=env, capture_output=True, text=True
+        )
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    peak_kib = int(re.findall(r"peak-rss-kib (\d+)", result.stderr)[-1])
+    return {"seconds": timer.seconds, "peak_rss_mib": peak_kib / 1024, "output": result.stdout + result.stderr}
 
 
 def synthetic_split(folder: Path, *, covid_patients: int, kermany_per_class: int, min_px: int, max_px: int):

@@ -26,34 +26,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Timer, median, save
+from common import Timer, measured, median, save
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-# Runs the command in a fresh process, so RUSAGE_CHILDREN covers this command's processes only.
-MEASURE = (
-    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-    "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-    "sys.exit(code)"
-)
 
 
 def timed(command: list[str], folder: Path) -> dict:
     """Run ``command`` in ``folder`` with its .venv activated (as the README says); its wall time,
     peak RSS (MiB) and the DVC stages it ran."""
     env = {**os.environ, "PATH": f"{folder / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-    with Timer() as timer:
-        result = subprocess.run(
-            [sys.executable, "-c", MEASURE, *command], cwd=folder, env=env, capture_output=True, text=True
-        )
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    peak_kib = int(re.findall(r"peak-rss-kib (\d+)", result.stderr)[-1])
+    result = measured(command, folder, env)
     return {
-        "seconds": timer.seconds,
-        "peak_rss_mib": peak_kib / 1024,
-        "stages_run": sorted(set(re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr))),
+        "seconds": result["seconds"],
+        "peak_rss_mib": result["peak_rss_mib"],
+        "stages_run": sorted(set(re.findall(r"Running stage '([^']+)'", result["output"]))),
     }
 
 

@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import mlflow.pyfunc  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from common import Timer, save, synthetic_split  # noqa: E402
+from common import Timer, median, save, synthetic_split  # noqa: E402
 
 from cxr.core import backbones  # noqa: E402
 from cxr.core.sections import Head  # noqa: E402
@@ -55,16 +55,35 @@ def model_folder(folder: Path, backbone, size: int, classes: list[str]) -> Path:
     return folder
 
 
-def folder_rate(folder: Path, paths: list[Path], batch_size: int) -> dict:
-    """Images per second of cxr-predict's path over ``paths``, after one warm-up call."""
+def folder_rate(folder: Path, paths: list[Path], batch_size: int, repeats: int) -> dict:
+    """Images per second of cxr-predict's path over ``paths`` (median of ``repeats`` passes, after one
+    warm-up call); and of its two parts alone: reading (decode and resize, one thread) and the model
+    (``predict_on_batch``)."""
     from cxr.learn.model_files import load_model
+    from cxr.serve.reading import read_source
 
     model, meta = load_model(folder)
     predict_sources(model, meta, paths[:batch_size], batch_size=batch_size)
-    with Timer() as timer:
-        table = predict_sources(model, meta, paths, batch_size=batch_size)
-    assert (table["error"] == "").all(), table["error"].unique()
-    return {"images": len(paths), "seconds": timer.seconds, "images_per_s": len(paths) / timer.seconds}
+    whole, reading, forward = [], [], []
+    for _ in range(repeats):
+        with Timer() as timer:
+            table = predict_sources(model, meta, paths, batch_size=batch_size)
+        assert (table["error"] == "").all(), table["error"].unique()
+        whole.append(timer.seconds)
+        with Timer() as timer:
+            pixels = np.stack([read_source(path, meta).pixels for path in paths])
+        reading.append(timer.seconds)
+        with Timer() as timer:
+            for start in range(0, len(pixels), batch_size):
+                model.predict_on_batch(pixels[start : start + batch_size])
+        forward.append(timer.seconds)
+    return {
+        "images": len(paths),
+        "seconds": median(whole),
+        "images_per_s": len(paths) / median(whole),
+        "reading_one_thread_images_per_s": len(paths) / median(reading),
+        "model_alone_images_per_s": len(paths) / median(forward),
+    }
 
 
 def served_latency(folder: Path, work: Path, images: list[bytes], requests: int, clients: int) -> dict:
@@ -114,6 +133,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the folder (median)")
     args = parser.parse_args()
     backbone = backbones.get(args.backbone)
     results = []
@@ -128,7 +148,7 @@ def main() -> None:
             row = {
                 "backbone": backbone.name,
                 "size": size,
-                "cxr_predict": folder_rate(folder, paths, args.batch),
+                "cxr_predict": folder_rate(folder, paths, args.batch, args.repeats),
                 "served": served_latency(
                     folder,
                     work / f"serve-{size}",
@@ -138,9 +158,12 @@ def main() -> None:
                 ),
             }
             results.append(row)
+            rates = row["cxr_predict"]
             print(
-                f"{backbone.name} {size}px: cxr-predict {row['cxr_predict']['images_per_s']:.1f} images/s "
-                f"({len(paths)} files of 1000-1600 px); served p50 {row['served']['p50_s'] * 1000:.0f} ms, "
+                f"{backbone.name} {size}px: cxr-predict {rates['images_per_s']:.1f} images/s (reading alone, "
+                f"one thread: {rates['reading_one_thread_images_per_s']:.1f}; the model alone: "
+                f"{rates['model_alone_images_per_s']:.1f}; {len(paths)} files of 1000-1600 px); "
+                f"served p50 {row['served']['p50_s'] * 1000:.0f} ms, "
                 f"p95 {row['served']['p95_s'] * 1000:.0f} ms, {row['served']['requests_per_s']:.1f} requests/s "
                 f"({args.clients} concurrent clients, one image per request)"
             )

@@ -9,6 +9,8 @@ step; the chief alone writes the outputs and the MLflow run.
 
 import contextlib
 import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -34,12 +36,16 @@ def main() -> None:
         weights=config.train.weights,
         **trained_on(split, config.filter.views),
     )
-    chief = runtime.is_chief()
+    worker = runtime.worker_task(config.train)  # "" where this process writes the outputs
+    chief = not worker
+    # Across workers a killed fit starts over: nothing guarantees every worker committed the same epoch.
     work = checkpoints.resume_dir(
-        checkpoints.work_folder(args.model, runtime.task_name()),
+        checkpoints.work_folder(args.model, worker),
         {"config": as_dict(config), "split": tracking.file_md5(args.split), "stage": "train"},
+        fresh=runtime.multi_worker(config.train),
     )
-    strategy = runtime.configure_runtime(config.train, config.seed)
+    train = replace(config.train, cache_dir=str(Path(config.train.cache_dir) / worker)) if worker else config.train
+    strategy = runtime.configure_runtime(train, config.seed)
     with (
         runs.stage_run(config, f"train@{backbone.name}", args.split, backbone.name)
         if chief
@@ -58,7 +64,7 @@ def main() -> None:
                 split,
                 spec.classes,
                 spec.image_size,
-                config.train,
+                train,
                 config.seed,
                 work,
                 callbacks=[publish.EpochMetrics(work)] if chief else [],
@@ -67,7 +73,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
             best = result.best
             print(
-                f"train@{backbone.name}: {runtime.task_name()} trained in step with the chief "
+                f"train@{backbone.name}: {worker} trained in step with the chief "
                 f"({strategy.num_replicas_in_sync} replicas), which writes the outputs "
                 f"(best: epoch {best['epoch']}, val_loss {best['val_loss']!r})"
             )

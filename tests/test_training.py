@@ -122,8 +122,7 @@ def test_mlflow_run_has_params_metrics_tags_and_model(trained):
     client = MlflowClient()
     [run] = runs_named(client, "train@vgg16")
     assert run.info.status == "FINISHED"
-    assert run.data.tags["distribute.strategy"] == "MultiWorkerMirroredStrategy"
-    assert run.data.tags["distribute.replicas"] == "2"
+    assert (run.data.tags["distribute.strategy"], run.data.tags["distribute.replicas"]) == ("none", "1")
     params = run.data.params
     assert params["train.epochs"] == "3" and params["backbone"] == "vgg16" and params["split.seed"] == "42"
     assert params["labels.COVID-19_ ARDS"] == "COVID"
@@ -364,6 +363,9 @@ def test_changed_params_discard_checkpoints(tmp_path):
     (folder / "best.json").write_text("{}")
     assert (checkpoints.resume_dir(tmp_path / "resume", {"epochs": 3}) / "best.json").exists()
     assert not (checkpoints.resume_dir(tmp_path / "resume", {"epochs": 4}) / "best.json").exists()
+    (folder / "best.json").write_text("{}")
+    # A fit that must not resume (across workers) starts from nothing under the same key.
+    assert not (checkpoints.resume_dir(tmp_path / "resume", {"epochs": 4}, fresh=True) / "best.json").exists()
 
 
 def test_an_unreachable_tracking_server_stops_train_at_once(project):
@@ -458,6 +460,9 @@ def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch, tf_config, chief
     train = make_config(TINY).train
     assert runtime.multi_worker(train) == (workers > 1)
     assert not runtime.multi_worker(replace(train, distribute="none"))
+    # A worker of a cluster writes nothing only when it trains across workers; alone, it writes its outputs.
+    assert runtime.worker_task(train) == task
+    assert runtime.worker_task(replace(train, distribute="none")) == ""
 
 
 def test_a_tf_config_that_is_not_json_is_one_line(monkeypatch):

@@ -168,7 +168,7 @@ def work_folder(model_folder: Path, task: str = "") -> Path:
     return model_folder.parent / ".resume" / (model_folder.name + (f".{task}" if task else ""))
 
 
-def resume_dir(folder: Path, key: dict) -> Path:
+def resume_dir(folder: Path, key: dict, fresh: bool = False) -> Path:
     """The checkpoint folder of one configuration: state left by another configuration is wiped.
 
     ``key`` holds everything the fit depends on (params, split md5, stage); a killed run re-run
@@ -181,6 +181,8 @@ def resume_dir(folder: Path, key: dict) -> Path:
         The fit's work folder (:func:`work_folder`).
     key : dict
         What the fit depends on; JSON-serialised (other values as text) to fingerprint it.
+    fresh : bool, optional
+        Wipe any state the folder holds, whatever its key (a fit that must not resume).
 
     Returns
     -------
@@ -189,7 +191,7 @@ def resume_dir(folder: Path, key: dict) -> Path:
     """
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     stamp = folder / "fingerprint"
-    if folder.exists() and (not stamp.is_file() or stamp.read_text() != digest):
+    if folder.exists() and (fresh or not stamp.is_file() or stamp.read_text() != digest):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest)

@@ -134,8 +134,9 @@ def image_dataset(
 
 
 def cache_key(frame: pd.DataFrame, size: int) -> str:
-    """A name that changes whenever the images (by content), their order or the size change."""
-    digest = hashlib.sha256(f"{size}\nupright\n".encode())
+    """A name that changes whenever the images (by content), their order, the size or the decoding
+    (upright, JPEGs at :func:`decode_side`) change."""
+    digest = hashlib.sha256(f"{size}\nupright\njpeg-at-{decode_side(size)}\n".encode())
     for value in frame["sha256"]:
         digest.update(value.encode())
     return f"{size}px-{digest.hexdigest()[:16]}"

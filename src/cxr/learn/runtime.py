@@ -76,6 +76,23 @@ def task_name() -> str:
     return "" if is_chief() else "{}-{}".format(*cluster()["task"])
 
 
+def worker_task(params: Train) -> str:
+    """The task of a process that trains but writes no outputs.
+
+    Parameters
+    ----------
+    params : Train
+        The ``train`` parameters (``distribute``).
+
+    Returns
+    -------
+    str
+        :func:`task_name` when ``params`` train across workers (:func:`multi_worker`) and this
+        process is not the chief; else "" (this process writes the outputs).
+    """
+    return task_name() if multi_worker(params) else ""
+
+
 def multi_worker(params: Train) -> bool:
     """Whether ``params`` train on several workers.
 
@@ -110,9 +127,9 @@ def configure_runtime(params: Train, seed: int, workers: bool = True) -> tf.dist
     Returns
     -------
     tf.distribute.Strategy
-        MultiWorkerMirroredStrategy (``workers`` and :func:`multi_worker`); MirroredStrategy
-        (``distribute: mirrored``, or ``auto`` or ``multi_worker`` on one machine with more than one
-        GPU); else the default strategy.
+        MultiWorkerMirroredStrategy (``workers`` and :func:`multi_worker`); else MirroredStrategy
+        (``distribute: mirrored``, or ``auto`` with more than one GPU, or ``multi_worker`` with
+        ``workers`` False and more than one GPU); else the default strategy.
 
     Raises
     ------

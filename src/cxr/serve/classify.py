@@ -11,7 +11,6 @@ traceback (the server's log), never returned.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -33,8 +32,10 @@ LOG = logging.getLogger(__name__)
 # Images are decoded this many at a time (two chunks at most held), so a large folder never holds
 # all its pixels at once.
 CHUNK = 128
-# Threads reading files (TensorFlow's and pydicom's decoders release the GIL).
-READERS = max(2, min(8, os.cpu_count() or 1))
+# Files read at once by cxr-predict (TensorFlow's and pydicom's decoders release the GIL): two, so its
+# peak memory is at most twice one file's (docs/PERFORMANCE.md, "At the input limits"); a server bounds
+# its decodes by its own decode_slots.
+READERS = 2
 
 
 # Called with the model, the names and model inputs of a batch, their calibrated probabilities and
@@ -154,64 +155,66 @@ def predict_sources(
     # Files are read READERS at a time, the next chunk while the model runs on this one.
     pool = ThreadPoolExecutor(READERS) if len(sources) > 1 else None
     submit = pool.submit if pool is not None else lambda function, source: _Done(function(source))
-    pending = [submit(read, source) for source in sources[:CHUNK]]
-    for start in range(0, len(sources), CHUNK):
-        chunk, decoded = sources[start : start + CHUNK], []
-        for future in pending:
-            decoded.append(future.result())
-            bar.update(1)
-        pending = [submit(read, source) for source in sources[start + CHUNK : start + 2 * CHUNK]]
-        good = [index for index, item in enumerate(decoded) if isinstance(item, ModelInput)]
-        probabilities, overlays, overlay_failure = {}, {}, ""
-        if good:
-            pixels = np.stack([decoded[index].pixels for index in good])
-            try:
-                probabilities = dict(zip(good, decision.calibrated(_predict(model, pixels, batch_size))))
-            except Exception as exc:  # noqa: BLE001 - memory, a broken model: the batch's rows say so
-                LOG.error("the model failed on a batch of %d images", len(good), exc_info=exc)
-                for index in good:
-                    decoded[index] = (
-                        f"{source_name(chunk[index])}: the model failed on the batch of this file "
-                        f"({type(exc).__name__}: {one_line(exc)})"
+    try:
+        pending = [submit(read, source) for source in sources[:CHUNK]]
+        for start in range(0, len(sources), CHUNK):
+            chunk, decoded = sources[start : start + CHUNK], []
+            for future in pending:
+                decoded.append(future.result())
+                bar.update(1)
+            pending = [submit(read, source) for source in sources[start + CHUNK : start + 2 * CHUNK]]
+            good = [index for index, item in enumerate(decoded) if isinstance(item, ModelInput)]
+            probabilities, overlays, overlay_failure = {}, {}, ""
+            if good:
+                pixels = np.stack([decoded[index].pixels for index in good])
+                try:
+                    probabilities = dict(zip(good, decision.calibrated(_predict(model, pixels, batch_size))))
+                except Exception as exc:  # noqa: BLE001 - memory, a broken model: the batch's rows say so
+                    LOG.error("the model failed on a batch of %d images", len(good), exc_info=exc)
+                    for index in good:
+                        decoded[index] = (
+                            f"{source_name(chunk[index])}: the model failed on the batch of this file "
+                            f"({type(exc).__name__}: {one_line(exc)})"
+                        )
+                    good = []
+            if explain is not None and good:
+                try:
+                    written = explain(
+                        model,
+                        [source_name(chunk[index]) for index in good],
+                        pixels,
+                        np.stack([probabilities[index] for index in good]),
+                        [decoded[index].preview for index in good],
                     )
-                good = []
-        if explain is not None and good:
-            try:
-                written = explain(
-                    model,
-                    [source_name(chunk[index]) for index in good],
-                    pixels,
-                    np.stack([probabilities[index] for index in good]),
-                    [decoded[index].preview for index in good],
-                )
-                overlays = dict(zip(good, written))
-            except Exception as exc:  # noqa: BLE001 - the prediction stands; the row says the overlay failed
-                LOG.error("Grad-CAM overlays failed", exc_info=exc)
-                overlay_failure = f"Grad-CAM overlay not written ({type(exc).__name__}: {one_line(exc)})"
-        for index, source in enumerate(chunk):
-            row = {
-                "path": source_name(source),
-                "predicted": None,
-                **{f"p_{name}": None for name in classes},
-                "decision": "",
-                "release": decision.release,
-                "warning": "",
-                "error": "",
-            } | ({"overlay": ""} if explain is not None else {})
-            if index in probabilities:
-                row["predicted"] = classes[int(np.argmax(probabilities[index]))]
-                row.update({f"p_{name}": float(value) for name, value in zip(classes, probabilities[index])})
-                row["decision"] = decision.label(probabilities[index], classes)
-                overlay, note = overlays.get(index, ("", ""))
-                row["warning"] = "; ".join(part for part in (decoded[index].warning, overlay_failure, note) if part)
-                if explain is not None:
-                    row["overlay"] = overlay
-            else:
-                row["error"] = decoded[index]
-            rows.append(row)
-    bar.close()
-    if pool is not None:
-        pool.shutdown()
+                    overlays = dict(zip(good, written))
+                except Exception as exc:  # noqa: BLE001 - the prediction stands; the row says the overlay failed
+                    LOG.error("Grad-CAM overlays failed", exc_info=exc)
+                    overlay_failure = f"Grad-CAM overlay not written ({type(exc).__name__}: {one_line(exc)})"
+            for index, source in enumerate(chunk):
+                row = {
+                    "path": source_name(source),
+                    "predicted": None,
+                    **{f"p_{name}": None for name in classes},
+                    "decision": "",
+                    "release": decision.release,
+                    "warning": "",
+                    "error": "",
+                } | ({"overlay": ""} if explain is not None else {})
+                if index in probabilities:
+                    row["predicted"] = classes[int(np.argmax(probabilities[index]))]
+                    row.update({f"p_{name}": float(value) for name, value in zip(classes, probabilities[index])})
+                    row["decision"] = decision.label(probabilities[index], classes)
+                    overlay, note = overlays.get(index, ("", ""))
+                    row["warning"] = "; ".join(part for part in (decoded[index].warning, overlay_failure, note) if part)
+                    if explain is not None:
+                        row["overlay"] = overlay
+                else:
+                    row["error"] = decoded[index]
+                rows.append(row)
+    finally:  # an exception or Ctrl-C leaves no read running
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return pd.DataFrame(rows, columns=columns)
 
 
