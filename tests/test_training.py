@@ -500,8 +500,8 @@ def test_two_local_workers_train_in_step_and_the_chief_alone_writes(project):
     said = "worker-1 trained in step with the chief (2 replicas), which writes the outputs"
     assert f"{said} (best: epoch {report['best_epoch']}, " in outputs[1][0]
     assert f"val_loss {report['best']['val_loss']!r})" in outputs[1][0]
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    [run] = runs_named(MlflowClient(), "train@vgg16")
+    # A client of this project's store: the module's other tests read the `trained` project's.
+    [run] = runs_named(MlflowClient(f"sqlite:///{project / 'mlflow.db'}"), "train@vgg16")
     assert run.info.status == "FINISHED"
     assert run.data.tags["distribute.strategy"] == "MultiWorkerMirroredStrategy"
     assert run.data.tags["distribute.replicas"] == "2"
