@@ -44,7 +44,7 @@ def test_project_params_load_and_expand_classes():
         ({"sources": {"use": ["nih"]}}, "sources.use: 'nih' has no section sources.nih"),
         ({"sources": {"nih": {}}, "synthetic": {"patients": {"nih": 9}}}, "sources.nih: no source module of that name"),
         ({"synthetic": {"patients": {"nih": 9}}}, "synthetic.patients: needs one count per source section"),
-        ({"task": "ternary"}, "task: 'ternary' is not a task; allowed: ['binary', 'multiclass']"),
+        ({"task": "ternary"}, "task: 'ternary' is not a task; allowed: ['binary', 'covid_normal', 'multiclass']"),
         ({"classes": {"multiclass": {"COVID": ["CORONA"]}}}, "classes.multiclass.COVID: label 'CORONA'"),
         ({"split": {"train": 0.7}}, "must be positive and sum to 1"),
         ({"filter": {"views": "PA"}}, "filter.views: expected a list"),
@@ -66,7 +66,7 @@ def test_project_params_load_and_expand_classes():
         (
             {"labels": {"SARS": "VIRALL"}},
             "labels: 'VIRALL' (for 'SARS') is named by no class of any task; did you mean "
-            "'VIRAL'? Its images would be left out of multiclass",
+            "'VIRAL'? Its images would be left out of covid_normal, multiclass",
         ),
         ({"split": {"max_per_class": {"COVID": 0}}}, "split.max_per_class.COVID: 0 is out of range; it must be >= 1"),
         ({"finetune": {"unfreeze": 0}}, "finetune.unfreeze: 0 is out of range"),

@@ -22,6 +22,8 @@ from cxr.core.errors import CxrError
 from cxr.data.sources import check_sources
 
 RECIPES_FILE = Path("recipes.yaml")
+# A recipe with this block is a cross-source matrix: one experiment per training sources and seed.
+MATRIX = "matrix"
 
 
 class RecipeError(CxrError):
@@ -59,8 +61,8 @@ def overrides(book: dict, recipe: str, settings: str, baseline: dict, extra: dic
 
 
 def _common(book: dict, entry: dict) -> dict:
-    """A recipe's overrides for every settings (its keys that name no settings)."""
-    return {key: value for key, value in entry.items() if key not in book["settings"]}
+    """A recipe's overrides for every settings (its keys that name no settings and are not ``matrix``)."""
+    return {key: value for key, value in entry.items() if key not in book["settings"] and key != MATRIX}
 
 
 def lookup(params: dict, key: str):
@@ -123,24 +125,82 @@ def command(
 ) -> list[str]:
     """The ``dvc exp run`` command line for a recipe, after checking the params it would make."""
     baseline = committed_params(params_file)
-    changes = overrides(load_recipes(), recipe, settings, baseline, extra)
+    changes = _checked(recipe, settings, baseline, overrides(load_recipes(), recipe, settings, baseline, extra))
+    return _exp_run(changes, queue=queue, name=name)
+
+
+def matrix_commands(
+    recipe: str,
+    settings: str,
+    extra: dict | None = None,
+    *,
+    seeds: int | None = None,
+    queue: bool = True,
+    params_file: Path = Path("params.yaml"),
+) -> list[list[str]]:
+    """One ``dvc exp run`` command line per experiment of a matrix recipe (:func:`cxr.matrix.experiments`),
+    each checked, running the pipeline up to the ``cross_source`` stage.
+
+    Parameters
+    ----------
+    recipe : str
+        A recipe of ``recipes.yaml`` with a ``matrix:`` block.
+    settings : str
+        ``study`` or ``demo``.
+    extra : dict or None, optional
+        More overrides (``--set``), applied to every experiment.
+    seeds : int or None, optional
+        Experiments per row; None: the block's ``seeds``.
+    queue : bool, optional
+        Queue the experiments (``--queue``) rather than run them one after another.
+    params_file : Path, optional
+        params.yaml.
+
+    Returns
+    -------
+    list of list of str
+        The command lines, row by row, seed by seed.
+
+    Raises
+    ------
+    RecipeError
+        When the recipe has no ``matrix:`` block or an experiment's params are invalid.
+    """
+    from cxr.matrix import STAGE, MatrixError, experiments
+
+    book = load_recipes()
+    block = book["recipes"].get(recipe, {}).get(MATRIX)
+    if block is None:
+        raise RecipeError(f"{RECIPES_FILE}: recipe {recipe!r} has no {MATRIX}: block")
+    baseline = committed_params(params_file)
+    changes = overrides(book, recipe, settings, baseline, extra)
+    block = {**block, **({"seeds": seeds} if seeds is not None else {})}
+    try:
+        made = experiments(recipe, block, apply(baseline, changes))
+    except MatrixError as exc:
+        raise RecipeError(str(exc)) from None
+    return [
+        [*_exp_run(_checked(recipe, settings, baseline, changes | cell), queue=queue, name=name), STAGE]
+        for name, cell in made
+    ]
+
+
+def _checked(recipe: str, settings: str, baseline: dict, changes: dict) -> dict:
     try:
         check_sources(from_dict(apply(baseline, changes)))
     except ConfigError as exc:
         raise RecipeError(f"recipe {recipe!r} with settings {settings!r} makes invalid params: {exc}") from None
-    return [
-        "dvc",
-        "exp",
-        "run",
-        *(["--queue"] if queue else []),
-        *(["-n", name] if name else []),
-        *set_arguments(changes),
-    ]
+    return changes
+
+
+def _exp_run(changes: dict, *, queue: bool, name: str | None) -> list[str]:
+    options = [*(["--queue"] if queue else []), *(["-n", name] if name else [])]
+    return ["dvc", "exp", "run", *options, *set_arguments(changes)]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cxr-recipe", description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", help="a recipe of recipes.yaml (study, first_try, ...)")
+    parser.add_argument("recipe", help="a recipe of recipes.yaml (study, first_try, cross_source, ...)")
     parser.add_argument("--settings", default="study", help="study (default) or demo (offline, synthetic)")
     parser.add_argument(
         "--set",
@@ -149,9 +209,15 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="one more override, e.g. --set train.epochs=2 (YAML value)",
     )
-    parser.add_argument("--queue", action="store_true", help="queue the experiment (dvc exp run --queue)")
-    parser.add_argument("--name", help="experiment name (dvc exp run -n)")
-    parser.add_argument("--dry-run", action="store_true", help="print the dvc command only")
+    parser.add_argument("--queue", action="store_true", help="queue the experiment(s) (dvc exp run --queue)")
+    parser.add_argument("--name", help="experiment name (dvc exp run -n); not for a matrix recipe")
+    parser.add_argument("--dry-run", action="store_true", help="print the dvc command(s) only")
+    parser.add_argument("--seeds", type=int, help="a matrix recipe: experiments per row (default: its block's)")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="a matrix recipe: gather its finished experiments into reports/matrix/<recipe>.{md,csv,png} and MLflow",
+    )
     arguments = parser.parse_args(argv)
     extra = {}
     for item in arguments.set:
@@ -160,10 +226,44 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
         extra[key] = yaml.safe_load(value)
     try:
-        line = command(arguments.recipe, arguments.settings, extra, queue=arguments.queue, name=arguments.name)
+        is_matrix = MATRIX in load_recipes()["recipes"].get(arguments.recipe, {})
+        if arguments.report:
+            raise SystemExit(_report(arguments.recipe, arguments.settings, extra))
+        if is_matrix:
+            lines = matrix_commands(
+                arguments.recipe, arguments.settings, extra, seeds=arguments.seeds, queue=arguments.queue
+            )
+        else:
+            lines = [command(arguments.recipe, arguments.settings, extra, queue=arguments.queue, name=arguments.name)]
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(shlex.join(line))
-    if not arguments.dry_run:
-        raise SystemExit(subprocess.call(line))
+    for line in lines:
+        print(shlex.join(line), flush=True)
+        if not arguments.dry_run and subprocess.call(line) != 0:
+            raise SystemExit(1)
+    if is_matrix and not arguments.dry_run:
+        then = "dvc queue start -j <workers>, then " if arguments.queue else ""
+        print(f"{len(lines)} experiments; {then}cxr-recipe {arguments.recipe} --report")
+
+
+def _report(recipe: str, settings: str, extra: dict) -> int:
+    """Gather a matrix recipe's finished experiments; write and log the matrix; print it."""
+    from cxr import matrix
+    from cxr.report import cross_source
+
+    book = load_recipes()
+    if MATRIX not in book["recipes"].get(recipe, {}):
+        raise RecipeError(f"{RECIPES_FILE}: recipe {recipe!r} has no {MATRIX}: block to report")
+    baseline = committed_params(Path("params.yaml"))
+    task = apply(baseline, overrides(book, recipe, settings, baseline, extra))["task"]
+    rows, skipped = matrix.gather(recipe)
+    try:
+        frame = cross_source.table(rows)
+    except ValueError as exc:
+        raise RecipeError(f"recipe {recipe!r}: {exc}") from None
+    paths = matrix.write(frame, recipe, skipped, matrix.REPORTS)
+    run_id = matrix.log_run(frame, recipe, rows, paths, task)
+    print(paths["md"].read_text())
+    print(f"-> {paths['md']}, {paths['csv']}, {paths['png']}; MLflow run {run_id} (matrix:{recipe})")
+    return 0

@@ -22,7 +22,23 @@ CI_LEVEL = 0.95
 
 
 def predictions_frame(rows: pd.DataFrame, classes: list[str], probabilities: np.ndarray) -> pd.DataFrame:
-    """One row per test image: ids, actual and predicted class, one probability column per class."""
+    """One row per image: ids, actual and predicted class, one probability column per class.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        The images (split-table rows: ``image_id``, ``patient_id``, ``source``, ``class``).
+    classes : list of str
+        The classes, in the model's output order.
+    probabilities : numpy.ndarray
+        The model's outputs, shape (images, classes).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``image_id``, ``patient_id``, ``source``, ``actual``, ``predicted`` (the most probable class)
+        and ``p_<class>`` per class, in the order of ``rows``.
+    """
     frame = rows[["image_id", "patient_id", "source"]].reset_index(drop=True).copy()
     frame["actual"] = rows["class"].to_numpy()
     frame["predicted"] = np.asarray(classes)[np.argmax(probabilities, axis=1)]
@@ -150,7 +166,28 @@ def proportion_counts(predictions: pd.DataFrame, classes: list[str]) -> dict[str
 def predict(
     model, rows: pd.DataFrame, classes: list[str], size: int, params: Train, hidden_center: float | None = None
 ) -> np.ndarray:
-    """Class probabilities for ``rows``, in order, through the same input pipeline as training."""
+    """Class probabilities for ``rows``, in order, through the same input pipeline as training.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier.
+    rows : pandas.DataFrame
+        The images (split-table rows: ``path``, ``class``, ``orientation``).
+    classes : list of str
+        The classes, in the model's output order.
+    size : int
+        The model's input side, in pixels.
+    params : Train
+        ``train`` (batch size and image cache).
+    hidden_center : float or None, optional
+        When given, the central square of that fraction of the side is blanked first.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (images, classes), float32.
+    """
     from cxr.learn import images
 
     dataset = images.image_dataset(
