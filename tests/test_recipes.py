@@ -103,3 +103,38 @@ def test_set_values_reach_dvc_as_one_literal_each(tmp_path, capsys, monkeypatch)
     assert params["sources"]["kermany"]["url"] == urls["sources.kermany.url"]
     assert params["sources"]["covid_chestxray"]["url"] == urls["sources.covid_chestxray.url"]
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["sources"]["kermany"]["url"] is None
+
+
+def test_same_site_trains_on_actualmed_alone_and_holds_out_the_study_sources(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    values = set_values(dry_run(capsys, "same_site", "--settings", "demo"))
+    assert values["sources.use"] == '["actualmed"]' and values["task"] == "covid_normal"
+    assert values["sources.external"] == '["covid_chestxray", "kermany"]'
+
+
+def test_the_matrix_dry_run_lists_one_experiment_per_row_and_seed(capsys, monkeypatch):
+    """Rows of recipes.yaml's cross_source block, seeds from params.yaml's seed on, every other source
+    held out, each run up to the cross_source stage; --seeds overrides the block's 5."""
+    monkeypatch.chdir(REPO)
+    recipes.main(["cross_source", "--settings", "demo", "--seeds", "2", "--dry-run"])
+    lines = [shlex.split(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 6 and all(line[-1] == "cross_source" and "--queue" not in line for line in lines)
+    named = {line[line.index("-n") + 1]: set_values(line) for line in lines}
+    assert sorted(named) == [
+        "cross_source-actualmed+covid_chestxray-seed42",
+        "cross_source-actualmed+covid_chestxray-seed43",
+        "cross_source-actualmed-seed42",
+        "cross_source-actualmed-seed43",
+        "cross_source-covid_chestxray+kermany-seed42",
+        "cross_source-covid_chestxray+kermany-seed43",
+    ]
+    mixed = named["cross_source-covid_chestxray+kermany-seed43"]
+    assert mixed["sources.use"] == '["covid_chestxray", "kermany"]' and mixed["sources.external"] == '["actualmed"]'
+    assert mixed["seed"] == "43" and mixed["task"] == "covid_normal" and mixed["backbones"] == '["xception"]'
+    assert named["cross_source-actualmed-seed42"]["sources.external"] == '["covid_chestxray", "kermany"]'
+    recipes.main(["cross_source", "--settings", "demo", "--dry-run", "--queue"])
+    queued = capsys.readouterr().out.strip().splitlines()
+    assert len(queued) == 15 and all("--queue" in line for line in queued)
+    with pytest.raises(SystemExit):
+        recipes.main(["cross_source", "--seeds", "0", "--dry-run"])
+    assert "matrix.seeds must be a whole number >= 1" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import SMALL, project_clone, sh
 
 pytestmark = pytest.mark.slow
@@ -29,6 +30,9 @@ TINY = [
 
 
 ONE_BACKBONE = ["--set", "backbones=[vgg16]", "--set", "backbone=vgg16"]
+
+# The cross-source matrix's experiments run data -> train@vgg16 -> cross_source only.
+MATRIX_SETTINGS = ["--set", "train.epochs=4", "--set", "train.image_size=64"]
 
 
 @pytest.mark.parametrize(
@@ -92,3 +96,64 @@ def test_a_queued_recipe_is_validated_and_queued(clone, recipe):
     assert "Queued experiment" in output
     assert "Queued" in sh(clone, "dvc", "queue", "status")
     sh(clone, "dvc", "queue", "remove", "--all")
+
+
+def test_same_site_recipe_runs_offline(clone):
+    """DeGrave's same-site baseline: the Actualmed stand-in alone, COVID vs NORMAL, split by patient,
+    the study's two sources held out and scored by cross_source (one backbone, as above)."""
+    sh(clone, "cxr-recipe", "same_site", "--settings", "demo", *TINY, *ONE_BACKBONE)
+    split = pd.read_csv(clone / "data/processed/split.csv")
+    assert set(split["source"]) == {"actualmed"} and set(split["class"]) == {"COVID", "NORMAL"}
+    assert split.groupby("patient_id")["split"].nunique().max() == 1, "a patient in two splits"
+    external = pd.read_csv(clone / "data/processed/external.csv")
+    assert set(external["source"]) == {"covid_chestxray", "kermany"} and set(external["class"]) <= {"COVID", "NORMAL"}
+    row = json.loads((clone / "reports/eval/cross_source.json").read_text())
+    assert row["trained_on"] == ["actualmed"] and set(row["tests"]) == {"test", "covid_chestxray", "kermany"}
+    assert row["tests"]["test"]["images"] == (split["split"] == "test").sum()
+    assert row["tests"]["kermany"]["sensitivity"] is None, "the Kermany stand-in holds no COVID-19"
+    assert row["tests"]["kermany"]["images"] == (external["source"] == "kermany").sum()
+    assert "actualmed" in (clone / "reports/model_card.md").read_text()
+
+
+def test_the_matrix_report_shows_the_shortcut_off_the_diagonal_only_when_sources_differ(clone):
+    """Two one-row matrices (the study's mixed sources, two seeds, one backbone) on the demo data, its
+    sources drawn differently (synthetic.source_shift) or alike: the held-out Actualmed column drops
+    with the shift and not without; the report comes from DVC's finished experiments and goes to MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from cxr.report import cross_source
+
+    book = yaml.safe_load((clone / "recipes.yaml").read_text())
+    for name, shift in (("xs_shift", True), ("xs_alike", False)):
+        book["recipes"][name] = {
+            "task": "covid_normal",
+            "synthetic.source_shift": shift,
+            "matrix": {"train": [["covid_chestxray", "kermany"]], "seeds": 2},
+        }
+    (clone / "recipes.yaml").write_text(yaml.safe_dump(book, sort_keys=False))
+    sh(clone, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "two matrices", "recipes.yaml")
+    drops = {}
+    for name in ("xs_shift", "xs_alike"):
+        sh(clone, "cxr-recipe", name, "--settings", "demo", *MATRIX_SETTINGS, *ONE_BACKBONE)
+        output = sh(clone, "cxr-recipe", name, "--settings", "demo", "--report")
+        print(output)
+        table = pd.read_csv(clone / f"reports/matrix/{name}.csv")
+        accuracy = table[table["statistic"] == "accuracy"].set_index("test")
+        assert set(accuracy.index) == {"test", "actualmed"} and (accuracy["seeds"] == 2).all()
+        drops[name] = {
+            statistic: cross_source.drops(table, statistic)["covid_chestxray+kermany"]["actualmed"]
+            for statistic in ("accuracy", "sensitivity")
+        }
+        client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("cxr-covid_normal").experiment_id
+        runs = client.search_runs([experiment], filter_string=f"attributes.run_name = 'matrix:{name}'")
+        held_out = runs[0].data.metrics["covid_chestxray-kermany.actualmed.accuracy_mean"]
+        assert len(runs) == 1 and held_out == pytest.approx(accuracy.loc["actualmed", "mean"])
+        children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{runs[0].info.run_id}'")
+        assert len(children) == 2, "the two experiments' pipeline runs nest under the matrix run"
+    print("accuracy drop off the diagonal:", drops)
+    # With the shift, the held-out source's accuracy and COVID sensitivity fall below the test split's
+    # pooled intervals (the model learned the framing); without it, both stay within them.
+    assert all(drops["xs_shift"][statistic]["apart"] for statistic in ("accuracy", "sensitivity"))
+    assert not any(drops["xs_alike"][statistic]["apart"] for statistic in ("accuracy", "sensitivity"))
+    assert drops["xs_shift"]["sensitivity"]["drop"] > drops["xs_alike"]["sensitivity"]["drop"] + 0.3

@@ -110,7 +110,78 @@ def gather(recipe: str, repo: str | None = None) -> tuple[list[dict], list[str]]
     return rows, skipped
 
 
-def write(frame: pd.DataFrame, recipe: str, skipped: list[str], folder: Path) -> dict[str, Path]:
+def cell_text(line) -> str:
+    """``mean ± SD (pooled [low, high])`` of one table line; ``-`` where nothing was measured."""
+    if line.mean is None or pd.isna(line.mean):
+        return "-"
+    spread = f" ± {line.sd:.3f}" if line.sd is not None and not pd.isna(line.sd) else ""
+    return f"{line.mean:.3f}{spread} ({line.pooled:.3f} [{line.low:.3f}, {line.high:.3f}])"
+
+
+def markdown(frame: pd.DataFrame, recipe: str, skipped: list[str], positive: str) -> str:
+    """The matrix as markdown: one table per statistic (sensitivity and specificity: ``positive``'s),
+    rows the training sources, columns the test sets; the drops off the diagonal; one site against
+    mixed sources; the experiments left out."""
+    tests = [cross_source.IN_DISTRIBUTION, *sorted(set(frame["test"]) - {cross_source.IN_DISTRIBUTION})]
+    seeds = sorted(set(frame["seeds"]))
+    lines = [
+        f"# Cross-source matrix: {recipe}",
+        "",
+        f"Rows: training sources; columns: the test split (`{cross_source.IN_DISTRIBUTION}`, the training "
+        "sources' held-back patients) and each held-out source. Cells: mean ± SD over "
+        f"{'/'.join(map(str, seeds))} seeds, then the pooled estimate (every seed's counts summed) and its "
+        "Clopper-Pearson 95% interval, which counts each image once per seed and so understates the "
+        "spread across data sets. `-`: not measured (no image of that class, or the source is trained on).",
+    ]
+    for statistic in cross_source.STATISTICS:
+        chosen = frame[frame["statistic"] == statistic]
+        heading = statistic if statistic == "accuracy" else f"{positive} {statistic}"
+        lines += ["", f"## {heading}", "", "| trained on | " + " | ".join(tests) + " |"]
+        lines.append("|---" * (len(tests) + 1) + "|")
+        for trained_on, group in chosen.groupby("trained_on"):
+            by_test = {line.test: line for line in group.itertuples()}
+            cells = [cell_text(by_test[test]) if test in by_test else "-" for test in tests]
+            lines.append(f"| {trained_on} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Drop off the diagonal (in-distribution mean minus held-out mean)",
+        "",
+        "*apart*: the held-out pooled interval lies wholly below the test split's.",
+        "",
+    ]
+    for statistic in cross_source.STATISTICS:
+        for trained_on, found in cross_source.drops(frame, statistic).items():
+            shown = ", ".join(
+                f"{test} {entry['drop']:+.3f}{' (apart)' if entry['apart'] else ''}"
+                for test, entry in found.items()
+                if entry["drop"] is not None
+            )
+            lines.append(f"- {statistic}, {trained_on}: {shown or '-'}")
+    lines += same_site_lines(frame)
+    if skipped:
+        lines += ["", "## Experiments left out", "", *(f"- {line}" for line in skipped)]
+    return "\n".join(lines) + "\n"
+
+
+def same_site_lines(frame: pd.DataFrame) -> list[str]:
+    """Markdown lines setting each one-source row's in-distribution accuracy (the same-site baseline:
+    the source cannot be the shortcut) against each several-source row's; none without both kinds."""
+    inside = frame[frame["in_distribution"] & (frame["statistic"] == "accuracy")].set_index("trained_on")["mean"]
+    single = [name for name in inside.index if "+" not in name and pd.notna(inside[name])]
+    mixed = [name for name in inside.index if "+" in name and pd.notna(inside[name])]
+    if not single or not mixed:
+        return []
+    lines = ["", "## One site against mixed sources (test split accuracy, same classes)", ""]
+    for one in single:
+        for several in mixed:
+            lines.append(
+                f"- {several} {inside[several]:.3f} against {one} alone {inside[one]:.3f}: "
+                f"{inside[several] - inside[one]:+.3f} (what mixing sources adds, shortcut included)"
+            )
+    return lines
+
+
+def write(frame: pd.DataFrame, recipe: str, skipped: list[str], folder: Path, positive: str) -> dict[str, Path]:
     """The table (``<recipe>.csv``), its markdown (``.md``) and figure (``.png``) under ``folder``.
 
     Parameters
@@ -123,6 +194,8 @@ def write(frame: pd.DataFrame, recipe: str, skipped: list[str], folder: Path) ->
         :func:`gather`'s experiments left out, listed in the markdown.
     folder : Path
         Where to write (created).
+    positive : str
+        The positive class, named in the figure's sensitivity and specificity panels.
 
     Returns
     -------
@@ -134,14 +207,26 @@ def write(frame: pd.DataFrame, recipe: str, skipped: list[str], folder: Path) ->
     folder.mkdir(parents=True, exist_ok=True)
     paths = {kind: folder / f"{recipe}.{kind}" for kind in ("csv", "md", "png")}
     write_csv(paths["csv"], frame)
-    write_text(paths["md"], cross_source.markdown(frame, recipe, skipped))
-    figure = figures.cross_source_matrix(frame, cross_source.STATISTICS, f"Cross-source matrix: {recipe}")
+    write_text(paths["md"], markdown(frame, recipe, skipped, positive))
+    headings = {
+        "accuracy": "accuracy",
+        "sensitivity": f"{positive} sensitivity",
+        "specificity": f"{positive} specificity",
+    }
+    figure = figures.cross_source_matrix(frame, headings, f"Cross-source matrix: {recipe} (mean ± SD over seeds)")
     figure.savefig(paths["png"], dpi=110, metadata={"Software": None})
     return paths
 
 
+def metric_row(label: str) -> str:
+    """A row label as MLflow allows it in a metric name: ``covid_chestxray+kermany`` ->
+    ``covid_chestxray-kermany`` (MLflow refuses ``+``)."""
+    return label.replace("+", "-")
+
+
 def log_run(frame: pd.DataFrame, recipe: str, rows: list[dict], paths: dict[str, Path], task: str) -> str:
-    """An MLflow run ``matrix:<recipe>`` holding the table, figure and per-cell means, and made the parent
+    """An MLflow run ``matrix:<recipe>`` holding the table, the figure and the per-cell means
+    (``<row>.<test>.<statistic>_mean``, the row as :func:`metric_row` writes it), and made the parent
     of each gathered experiment's pipeline run (found by its ``DVC_EXP_NAME`` tag) where the store has it.
 
     Parameters
@@ -176,7 +261,7 @@ def log_run(frame: pd.DataFrame, recipe: str, rows: list[dict], paths: dict[str,
         mlflow.log_params({"recipe": recipe, "experiments": len(rows), "rows": len(set(frame["trained_on"]))})
         mlflow.log_metrics(
             {
-                f"{line.trained_on}.{line.test}.{line.statistic}_mean": float(line.mean)
+                f"{metric_row(line.trained_on)}.{line.test}.{line.statistic}_mean": float(line.mean)
                 for line in frame.itertuples()
                 if line.mean is not None and not pd.isna(line.mean)
             }

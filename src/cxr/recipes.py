@@ -240,11 +240,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     for line in lines:
         print(shlex.join(line), flush=True)
-        if not arguments.dry_run and subprocess.call(line) != 0:
-            raise SystemExit(1)
+        code = 0 if arguments.dry_run else subprocess.call(line)
+        if code:
+            raise SystemExit(code)
     if is_matrix and not arguments.dry_run:
         then = "dvc queue start -j <workers>, then " if arguments.queue else ""
         print(f"{len(lines)} experiments; {then}cxr-recipe {arguments.recipe} --report")
+    if not arguments.dry_run:
+        raise SystemExit(0)
 
 
 def _report(recipe: str, settings: str, extra: dict) -> int:
@@ -262,7 +265,7 @@ def _report(recipe: str, settings: str, extra: dict) -> int:
         frame = cross_source.table(rows)
     except ValueError as exc:
         raise RecipeError(f"recipe {recipe!r}: {exc}") from None
-    paths = matrix.write(frame, recipe, skipped, matrix.REPORTS)
+    paths = matrix.write(frame, recipe, skipped, matrix.REPORTS, rows[0]["positive_class"])
     run_id = matrix.log_run(frame, recipe, rows, paths, task)
     print(paths["md"].read_text())
     print(f"-> {paths['md']}, {paths['csv']}, {paths['png']}; MLflow run {run_id} (matrix:{recipe})")

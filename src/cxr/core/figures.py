@@ -119,19 +119,19 @@ def comparison_bars(table: pd.DataFrame, metrics: list[str]) -> Figure:
     return figure
 
 
-def cross_source_matrix(table: pd.DataFrame, statistics: tuple[str, ...], title: str) -> Figure:
+def cross_source_matrix(table: pd.DataFrame, statistics: dict[str, str], title: str) -> Figure:
     """One heat map per statistic: training sources (rows) by test sets (columns, the in-distribution
     test split first), each cell its mean over seeds, written with its SD; grey where not measured.
 
     ``table`` is :func:`cxr.report.cross_source.table`'s (``trained_on``, ``test``, ``in_distribution``,
-    ``statistic``, ``mean``, ``sd``)."""
+    ``statistic``, ``mean``, ``sd``); ``statistics`` maps each statistic drawn to its panel's title."""
     rows = sorted(set(table["trained_on"]))
     inside = sorted(set(table.loc[table["in_distribution"], "test"]))
     columns = [*inside, *sorted(set(table["test"]) - set(inside))]
     figure, axes = plt.subplots(
         1, len(statistics), figsize=(3.2 * len(statistics) + 1, 1.1 * len(rows) + 1.6), squeeze=False
     )
-    for axis, statistic in zip(axes[0], statistics):
+    for axis, (statistic, heading) in zip(axes[0], statistics.items()):
         chosen = table[table["statistic"] == statistic].set_index(["trained_on", "test"])
         means = np.full((len(rows), len(columns)), np.nan)
         for i, row in enumerate(rows):
@@ -140,13 +140,14 @@ def cross_source_matrix(table: pd.DataFrame, statistics: tuple[str, ...], title:
                     means[i, j] = chosen.loc[(row, column), "mean"]
                     sd = chosen.loc[(row, column), "sd"]
                     note = f"{means[i, j]:.2f}" + (f"\n± {sd:.2f}" if pd.notna(sd) else "")
-                    axis.text(j, i, note, ha="center", va="center", fontsize=8)
+                    colour = "white" if means[i, j] < 0.5 else "black"
+                    axis.text(j, i, note, ha="center", va="center", fontsize=8, color=colour)
         colours = plt.get_cmap("viridis").copy()
         colours.set_bad("lightgrey")
         axis.imshow(np.ma.masked_invalid(means), cmap=colours, vmin=0, vmax=1, aspect="auto")
         axis.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
         axis.set_yticks(range(len(rows)), rows if axis is axes[0][0] else [""] * len(rows), fontsize=8)
-        axis.set_title(statistic)
+        axis.set_title(heading)
     axes[0][0].set_ylabel("trained on")
     figure.suptitle(title)
     figure.tight_layout()

@@ -205,66 +205,33 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
-def drops(frame: pd.DataFrame, statistic: str = "accuracy") -> dict[str, dict[str, float | None]]:
-    """Per training sources, the in-distribution mean of ``statistic`` minus each held-out source's.
+def drops(frame: pd.DataFrame, statistic: str = "accuracy") -> dict[str, dict[str, dict]]:
+    """Per training sources, how far ``statistic`` falls from the test split to each held-out source.
 
     Parameters
     ----------
     frame : pandas.DataFrame
         :func:`table`'s table.
     statistic : str, optional
-        One of :data:`cxr.report.STATISTICS`.
+        One of :data:`STATISTICS`.
 
     Returns
     -------
     dict
-        ``{trained_on: {held-out source: drop}}``; None where either mean is missing.
+        ``{trained_on: {held-out source: {"drop", "apart"}}}``: ``drop`` the in-distribution mean minus
+        the held-out mean (None where either is missing); ``apart`` True when the held-out pooled
+        interval lies wholly below the in-distribution one (a drop beyond the test images' noise).
     """
     chosen = frame[frame["statistic"] == statistic]
     result = {}
     for trained_on, group in chosen.groupby("trained_on"):
-        inside = group.loc[group["in_distribution"], "mean"]
-        base = inside.iloc[0] if len(inside) else None
+        inside = group[group["in_distribution"]]
+        base = inside.iloc[0] if len(inside) and pd.notna(inside.iloc[0]["mean"]) else None
         result[str(trained_on)] = {
-            str(line.test): (None if base is None or pd.isna(line.mean) else float(base - line.mean))
+            str(line.test): {
+                "drop": None if base is None or pd.isna(line.mean) else float(base["mean"] - line.mean),
+                "apart": bool(base is not None and pd.notna(line.high) and line.high < base["low"]),
+            }
             for line in group[~group["in_distribution"]].itertuples()
         }
     return result
-
-
-def cell_text(line) -> str:
-    """``mean ± SD (pooled [low, high])`` of one table line; ``-`` where nothing was measured."""
-    if line.mean is None or pd.isna(line.mean):
-        return "-"
-    spread = f" ± {line.sd:.3f}" if line.sd is not None and not pd.isna(line.sd) else ""
-    return f"{line.mean:.3f}{spread} ({line.pooled:.3f} [{line.low:.3f}, {line.high:.3f}])"
-
-
-def markdown(frame: pd.DataFrame, recipe: str, skipped: list[str]) -> str:
-    """The matrix as markdown: one table per statistic, rows the training sources, columns the test sets."""
-    tests = [IN_DISTRIBUTION, *sorted(set(frame["test"]) - {IN_DISTRIBUTION})]
-    seeds = sorted(set(frame["seeds"]))
-    lines = [
-        f"# Cross-source matrix: {recipe}",
-        "",
-        f"Rows: training sources; columns: the test split (`{IN_DISTRIBUTION}`, the training "
-        "sources' held-back patients) and each held-out source. Cells: mean ± SD over "
-        f"{'/'.join(map(str, seeds))} seeds, then the pooled estimate (every seed's counts summed) and its "
-        "Clopper-Pearson 95% interval, which counts each image once per seed and so understates the "
-        "spread across data sets. `-`: not measured (no image of that class, or the source is trained on).",
-    ]
-    for statistic in STATISTICS:
-        chosen = frame[frame["statistic"] == statistic]
-        lines += ["", f"## {statistic}", "", "| trained on | " + " | ".join(tests) + " |"]
-        lines.append("|---" * (len(tests) + 1) + "|")
-        for trained_on, group in chosen.groupby("trained_on"):
-            by_test = {line.test: line for line in group.itertuples()}
-            cells = [cell_text(by_test[test]) if test in by_test else "-" for test in tests]
-            lines.append(f"| {trained_on} | " + " | ".join(cells) + " |")
-    lines += ["", "## Accuracy drop off the diagonal (in-distribution mean minus held-out mean)", ""]
-    for trained_on, found in drops(frame).items():
-        shown = ", ".join(f"{test} {drop:+.3f}" for test, drop in found.items() if drop is not None)
-        lines.append(f"- {trained_on}: {shown or 'no held-out source'}")
-    if skipped:
-        lines += ["", "## Experiments left out", "", *(f"- {line}" for line in skipped)]
-    return "\n".join(lines) + "\n"

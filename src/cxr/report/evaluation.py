@@ -22,22 +22,17 @@ CI_LEVEL = 0.95
 
 
 def predictions_frame(rows: pd.DataFrame, classes: list[str], probabilities: np.ndarray) -> pd.DataFrame:
-    """One row per image: ids, actual and predicted class, one probability column per class.
+    """One row per image, in the order of ``rows``: ids, actual and predicted class, probabilities.
 
     Parameters
     ----------
-    rows : pandas.DataFrame
-        The images (split-table rows: ``image_id``, ``patient_id``, ``source``, ``class``).
-    classes : list of str
-        The classes, in the model's output order.
-    probabilities : numpy.ndarray
-        The model's outputs, shape (images, classes).
+    rows, classes, probabilities
+        The images (split-table rows); the classes in output order; the model's outputs (images, classes).
 
     Returns
     -------
     pandas.DataFrame
-        ``image_id``, ``patient_id``, ``source``, ``actual``, ``predicted`` (the most probable class)
-        and ``p_<class>`` per class, in the order of ``rows``.
+        ``image_id``, ``patient_id``, ``source``, ``actual``, ``predicted`` (most probable), ``p_<class>``.
     """
     frame = rows[["image_id", "patient_id", "source"]].reset_index(drop=True).copy()
     frame["actual"] = rows["class"].to_numpy()
@@ -170,18 +165,9 @@ def predict(
 
     Parameters
     ----------
-    model : keras.Model
-        The classifier.
-    rows : pandas.DataFrame
-        The images (split-table rows: ``path``, ``class``, ``orientation``).
-    classes : list of str
-        The classes, in the model's output order.
-    size : int
-        The model's input side, in pixels.
-    params : Train
-        ``train`` (batch size and image cache).
-    hidden_center : float or None, optional
-        When given, the central square of that fraction of the side is blanked first.
+    model, rows, classes, size, params, hidden_center
+        The classifier; the images (split-table rows); the classes in output order; the input side in
+        pixels; ``train`` (batch size, image cache); when given, blank the central square of that fraction.
 
     Returns
     -------
@@ -199,12 +185,11 @@ def predict(
 
 def flat_intervals(intervals: dict) -> dict:
     """``{stat: {value, low, high}}`` -> ``{stat, stat_low, stat_high}`` (table and metrics form)."""
-    row = {}
-    for statistic, interval in intervals.items():
-        row[statistic] = interval["value"]
-        row[f"{statistic}_low"] = interval["low"]
-        row[f"{statistic}_high"] = interval["high"]
-    return row
+    return {
+        f"{statistic}{end}": interval[key]
+        for statistic, interval in intervals.items()
+        for end, key in (("", "value"), ("_low", "low"), ("_high", "high"))
+    }
 
 
 def interval_text(values, statistic: str) -> str:
@@ -215,7 +200,6 @@ def interval_text(values, statistic: str) -> str:
     return f"{value:.2f} [{values[f'{statistic}_low']:.2f}, {values[f'{statistic}_high']:.2f}]"
 
 
-# What the comparison of experiments leads with: per model, these with their 95% intervals.
 def lead_metrics(metrics: dict[str, dict], positive_class: str) -> dict[str, dict]:
     """The registry's ``lead`` metrics (:mod:`cxr.report.metrics`) from every model's metrics: what
     ``dvc exp show`` and the pipeline's parent run show, rounded to three decimals.

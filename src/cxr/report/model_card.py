@@ -169,6 +169,12 @@ def model_card(
         + ", ".join(source for source, counts in confound["images_per_source_class"].items() if counts.get(positive))
         + ".",
         "- The test set is small: differences between models within the intervals above are noise.",
+        "- One model, one seed, one split: the held-out source above is a single test of whether the score "
+        "travels. The same-site baseline and the cross-source matrix over seeds (`cxr-recipe same_site`, "
+        '`cxr-recipe cross_source`; README "Is it COVID or the source?") measure how much of it is the source. '
+        "Models trained on mixed public COVID-19 sources lose much of their score on a new hospital's images "
+        "(DeGrave, Janizek & Lee, Nature Machine Intelligence 2021); expect the same of this one until the "
+        "matrix says otherwise.",
         "- Views are filtered to those listed; the paediatric pneumonia images record no view.",
         "- The temperature and the threshold were fitted on this data's validation split; calibration, the "
         "operating point and performance on other hospitals, devices and populations are unknown.",
