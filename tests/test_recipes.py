@@ -138,3 +138,7 @@ def test_the_matrix_dry_run_lists_one_experiment_per_row_and_seed(capsys, monkey
     with pytest.raises(SystemExit):
         recipes.main(["cross_source", "--seeds", "0", "--dry-run"])
     assert "matrix.seeds must be a whole number >= 1" in capsys.readouterr().err
+    for wrong in (["first_try", "--seeds", "2"], ["first_try", "--report"], ["cross_source", "--name", "x"]):
+        with pytest.raises(SystemExit):
+            recipes.main([*wrong, "--dry-run"])
+        assert "error: " in capsys.readouterr().err

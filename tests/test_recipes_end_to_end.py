@@ -112,7 +112,10 @@ def test_same_site_recipe_runs_offline(clone):
     assert row["tests"]["test"]["images"] == (split["split"] == "test").sum()
     assert row["tests"]["kermany"]["sensitivity"] is None, "the Kermany stand-in holds no COVID-19"
     assert row["tests"]["kermany"]["images"] == (external["source"] == "kermany").sum()
-    assert "actualmed" in (clone / "reports/model_card.md").read_text()
+    card = (clone / "reports/model_card.md").read_text()
+    assert (
+        "One source (actualmed): every class comes from the same site" in card and "`cxr-recipe cross_source`" in card
+    )
 
 
 def test_the_matrix_report_shows_the_shortcut_off_the_diagonal_only_when_sources_differ(clone):
@@ -151,6 +154,14 @@ def test_the_matrix_report_shows_the_shortcut_off_the_diagonal_only_when_sources
         assert len(runs) == 1 and held_out == pytest.approx(accuracy.loc["actualmed", "mean"])
         children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{runs[0].info.run_id}'")
         assert len(children) == 2, "the two experiments' pipeline runs nest under the matrix run"
+    # Asking for a third seed skips the two experiments already run and queues the third; the report
+    # leaves the queued one out (its stash commit holds the baseline's outputs, not its own).
+    queued = sh(clone, "cxr-recipe", "xs_shift", "--settings", "demo", "--seeds", "3", "--queue", *MATRIX_SETTINGS)
+    assert queued.count("already run, skipped") == 2 and "Queued experiment" in queued
+    output = sh(clone, "cxr-recipe", "xs_shift", "--settings", "demo", "--report")
+    assert "xs_shift-covid_chestxray+kermany-seed44: queued, not finished" in output
+    assert (pd.read_csv(clone / "reports/matrix/xs_shift.csv")["seeds"] == 2).all()
+    sh(clone, "dvc", "queue", "remove", "--all")
     print("accuracy drop off the diagonal:", drops)
     # With the shift, the held-out source's accuracy and COVID sensitivity fall below the test split's
     # pooled intervals (the model learned the framing); without it, both stay within them.

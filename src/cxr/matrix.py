@@ -11,6 +11,7 @@ each experiment's ``reports/eval/cross_source.json``) and writes the table, a fi
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def experiments(recipe: str, matrix: dict, baseline: dict) -> list[tuple[str, di
         When ``train`` is empty or a row is empty or repeats a source, or ``seeds`` is below 1.
     """
     rows, seeds = matrix.get("train") or [], matrix.get("seeds", 5)
-    if not rows or any(not row or len(set(row)) != len(row) for row in rows):
+    if not rows or any(not isinstance(row, list) or not row or len(set(row)) != len(row) for row in rows):
         raise MatrixError(f"recipe {recipe!r}: matrix.train must list non-empty lists of distinct sources, got {rows}")
     if not isinstance(seeds, int) or seeds < 1:
         raise MatrixError(f"recipe {recipe!r}: matrix.seeds must be a whole number >= 1, got {seeds!r}")
@@ -72,7 +73,8 @@ def experiments(recipe: str, matrix: dict, baseline: dict) -> list[tuple[str, di
 
 
 def gather(recipe: str, repo: str | None = None) -> tuple[list[dict], list[str]]:
-    """The matrix rows of the finished experiments named ``<recipe>-...`` (newest first wins).
+    """The matrix rows of the finished experiments named ``<recipe>-...`` on the baseline at ``HEAD``
+    (``dvc exp show``'s; newest first wins).
 
     Parameters
     ----------
@@ -86,8 +88,8 @@ def gather(recipe: str, repo: str | None = None) -> tuple[list[dict], list[str]]
     rows : list of dict
         Each experiment's ``reports/eval/cross_source.json`` with ``experiment`` (its name) added.
     skipped : list of str
-        One line per experiment of the recipe left out (not finished, or a repeat of a cell row and
-        seed already gathered).
+        One line per experiment of the recipe left out: queued, running or failed; without the row
+        file, or with one its own params did not write; a repeat of a row and seed already gathered.
     """
     import dvc.api
 
@@ -96,10 +98,18 @@ def gather(recipe: str, repo: str | None = None) -> tuple[list[dict], list[str]]
         name = entry.get("Experiment")
         if not name or not name.startswith(f"{recipe}-"):
             continue
+        # Queued, running and failed experiments are listed at their stash commit, which holds the
+        # baseline's outputs: only a finished one (no executor state left, or "Success") is read.
+        if entry.get("State") not in (None, "Success"):
+            skipped.append(f"{name}: {entry['State'].lower()}, not finished")
+            continue
         try:
             row = json.loads(dvc.api.read(ROW_FILE, repo=repo, rev=entry["rev"]))
-        except Exception as exc:  # queued, running or failed: no committed row file
-            skipped.append(f"{name}: no {ROW_FILE} ({entry.get('State') or type(exc).__name__})")
+        except Exception as exc:  # a finished experiment that never ran the cross_source stage
+            skipped.append(f"{name}: no {ROW_FILE} at {entry['rev']} ({type(exc).__name__})")
+            continue
+        if (row["seed"], row["trained_on"]) != (_param(entry, "seed"), sorted(_param(entry, "sources.use") or [])):
+            skipped.append(f"{name}: its {ROW_FILE} is not its own (the stage did not run for its params)")
             continue
         key = (cross_source.row_label(row["trained_on"]), row["seed"])
         if key in seen:
@@ -108,6 +118,13 @@ def gather(recipe: str, repo: str | None = None) -> tuple[list[dict], list[str]]
         seen.add(key)
         rows.append({**row, "experiment": name})
     return rows, skipped
+
+
+def _param(entry: dict, key: str):
+    """A param of a ``dvc.api.exp_show`` row (named ``key``, or ``params.yaml:key`` where names clash),
+    as the value it reads as: DVC hands numbers back as floats and lists as their text."""
+    value = entry.get(key, entry.get(f"params.yaml:{key}"))
+    return ast.literal_eval(value) if isinstance(value, str) else value
 
 
 def cell_text(line) -> str:
@@ -227,7 +244,8 @@ def metric_row(label: str) -> str:
 def log_run(frame: pd.DataFrame, recipe: str, rows: list[dict], paths: dict[str, Path], task: str) -> str:
     """An MLflow run ``matrix:<recipe>`` holding the table, the figure and the per-cell means
     (``<row>.<test>.<statistic>_mean``, the row as :func:`metric_row` writes it), and made the parent
-    of each gathered experiment's pipeline run (found by its ``DVC_EXP_NAME`` tag) where the store has it.
+    of each gathered experiment's pipeline run (found by its ``cxr.pipeline`` tag, ``exp:<name>``) where the
+    store has it.
 
     Parameters
     ----------

@@ -225,8 +225,12 @@ def main(argv: list[str] | None = None) -> None:
         if not separator:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
         extra[key] = yaml.safe_load(value)
+    is_matrix = MATRIX in load_recipes()["recipes"].get(arguments.recipe, {})
+    if is_matrix and arguments.name:
+        parser.error("--name: a matrix recipe names its experiments <recipe>-<training sources>-seed<seed>")
+    if not is_matrix and (arguments.seeds is not None or arguments.report):
+        parser.error(f"--seeds and --report are for a recipe with a {MATRIX}: block; {arguments.recipe!r} has none")
     try:
-        is_matrix = MATRIX in load_recipes()["recipes"].get(arguments.recipe, {})
         if arguments.report:
             raise SystemExit(_report(arguments.recipe, arguments.settings, extra))
         if is_matrix:
@@ -238,7 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    existing = _experiment_names() if is_matrix and not arguments.dry_run else set()
     for line in lines:
+        if is_matrix and line[line.index("-n") + 1] in existing:
+            print(f"{line[line.index('-n') + 1]}: already run, skipped (dvc exp remove it to run it again)")
+            continue
         print(shlex.join(line), flush=True)
         code = 0 if arguments.dry_run else subprocess.call(line)
         if code:
@@ -248,6 +256,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{len(lines)} experiments; {then}cxr-recipe {arguments.recipe} --report")
     if not arguments.dry_run:
         raise SystemExit(0)
+
+
+def _experiment_names() -> set[str]:
+    """The experiments of ``HEAD`` (finished, queued or running), by name."""
+    listed = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True, check=True)
+    queued = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True, check=True)
+    names = set(listed.stdout.split())
+    names |= set(re.findall(r"^[0-9a-f]{7,}\s+(\S+)", queued.stdout, flags=re.MULTILINE))
+    return names
 
 
 def _report(recipe: str, settings: str, extra: dict) -> int:

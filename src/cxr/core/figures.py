@@ -121,10 +121,12 @@ def comparison_bars(table: pd.DataFrame, metrics: list[str]) -> Figure:
 
 def cross_source_matrix(table: pd.DataFrame, statistics: dict[str, str], title: str) -> Figure:
     """One heat map per statistic: training sources (rows) by test sets (columns, the in-distribution
-    test split first), each cell its mean over seeds, written with its SD; grey where not measured.
+    test split first), each cell its mean over seeds, written with its SD and the pooled estimate's 95%
+    interval; grey where not measured.
 
     ``table`` is :func:`cxr.report.cross_source.table`'s (``trained_on``, ``test``, ``in_distribution``,
-    ``statistic``, ``mean``, ``sd``); ``statistics`` maps each statistic drawn to its panel's title."""
+    ``statistic``, ``mean``, ``sd``, ``low``, ``high``); ``statistics`` maps each statistic drawn to its
+    panel's title."""
     rows = sorted(set(table["trained_on"]))
     inside = sorted(set(table.loc[table["in_distribution"], "test"]))
     columns = [*inside, *sorted(set(table["test"]) - set(inside))]
@@ -138,8 +140,9 @@ def cross_source_matrix(table: pd.DataFrame, statistics: dict[str, str], title: 
             for j, column in enumerate(columns):
                 if (row, column) in chosen.index and pd.notna(chosen.loc[(row, column), "mean"]):
                     means[i, j] = chosen.loc[(row, column), "mean"]
-                    sd = chosen.loc[(row, column), "sd"]
-                    note = f"{means[i, j]:.2f}" + (f"\n± {sd:.2f}" if pd.notna(sd) else "")
+                    cell = chosen.loc[(row, column)]
+                    note = f"{means[i, j]:.2f}" + (f" ± {cell['sd']:.2f}" if pd.notna(cell["sd"]) else "")
+                    note += f"\n[{cell['low']:.2f}, {cell['high']:.2f}]"
                     colour = "white" if means[i, j] < 0.5 else "black"
                     axis.text(j, i, note, ha="center", va="center", fontsize=8, color=colour)
         colours = plt.get_cmap("viridis").copy()

@@ -163,11 +163,7 @@ def model_card(
         "",
         "## Limitations",
         "",
-        f"- Source and class are confounded: the source alone predicts the class with "
-        f"{confound['source_only_accuracy']:.2f} test accuracy (most common class: "
-        f"{confound['majority_class_accuracy']:.2f}). Every {positive} image comes from "
-        + ", ".join(source for source, counts in confound["images_per_source_class"].items() if counts.get(positive))
-        + ".",
+        _confounding(confound, positive),
         "- The test set is small: differences between models within the intervals above are noise.",
         "- One model, one seed, one split: the held-out source above is a single test of whether the score "
         "travels. The same-site baseline and the cross-source matrix over seeds (`cxr-recipe same_site`, "
@@ -180,6 +176,24 @@ def model_card(
         "operating point and performance on other hospitals, devices and populations are unknown.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _confounding(confound: dict, positive: str) -> str:
+    """The limitation line on source and class: confounded, or (one source) the same-site case."""
+    sources = list(confound["images_per_source_class"])
+    if len(sources) == 1:
+        return (
+            f"- One source ({sources[0]}): every class comes from the same site, so the source cannot tell "
+            "the classes apart here (a same-site model); how the score holds on other sites is the held-out "
+            "sources' test."
+        )
+    return (
+        f"- Source and class are confounded: the source alone predicts the class with "
+        f"{confound['source_only_accuracy']:.2f} test accuracy (most common class: "
+        f"{confound['majority_class_accuracy']:.2f}). Every {positive} image comes from "
+        + ", ".join(source for source, counts in confound["images_per_source_class"].items() if counts.get(positive))
+        + "."
+    )
 
 
 def _value(value: float | None) -> str:
