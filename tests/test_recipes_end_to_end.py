@@ -156,7 +156,8 @@ def test_the_matrix_report_shows_the_shortcut_off_the_diagonal_only_when_sources
         assert len(children) == 2, "the two experiments' pipeline runs nest under the matrix run"
     # Asking for a third seed skips the two experiments already run and queues the third; the report
     # leaves the queued one out (its stash commit holds the baseline's outputs, not its own).
-    queued = sh(clone, "cxr-recipe", "xs_shift", "--settings", "demo", "--seeds", "3", "--queue", *MATRIX_SETTINGS)
+    more = ["--seeds", "3", "--queue", *MATRIX_SETTINGS, *ONE_BACKBONE]
+    queued = sh(clone, "cxr-recipe", "xs_shift", "--settings", "demo", *more)
     assert queued.count("already run, skipped") == 2 and "Queued experiment" in queued
     output = sh(clone, "cxr-recipe", "xs_shift", "--settings", "demo", "--report")
     assert "xs_shift-covid_chestxray+kermany-seed44: queued, not finished" in output
