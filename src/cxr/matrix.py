@@ -230,7 +230,8 @@ def write(frame: pd.DataFrame, recipe: str, skipped: list[str], folder: Path, po
         "sensitivity": f"{positive} sensitivity",
         "specificity": f"{positive} specificity",
     }
-    figure = figures.cross_source_matrix(frame, headings, f"Cross-source matrix: {recipe} (mean ± SD over seeds)")
+    title = f"Cross-source matrix: {recipe} (mean ± SD over seeds; below, the pooled 95% interval)"
+    figure = figures.cross_source_matrix(frame, headings, title)
     figure.savefig(paths["png"], dpi=110, metadata={"Software": None})
     return paths
 

@@ -131,7 +131,10 @@ def cross_source_matrix(table: pd.DataFrame, statistics: dict[str, str], title: 
     inside = sorted(set(table.loc[table["in_distribution"], "test"]))
     columns = [*inside, *sorted(set(table["test"]) - set(inside))]
     figure, axes = plt.subplots(
-        1, len(statistics), figsize=(3.2 * len(statistics) + 1, 1.1 * len(rows) + 1.6), squeeze=False
+        1,
+        len(statistics),
+        figsize=(len(statistics) * (1.25 * len(columns) + 0.6) + 1.6, 0.9 * len(rows) + 1.8),
+        squeeze=False,
     )
     for axis, (statistic, heading) in zip(axes[0], statistics.items()):
         chosen = table[table["statistic"] == statistic].set_index(["trained_on", "test"])
@@ -144,7 +147,7 @@ def cross_source_matrix(table: pd.DataFrame, statistics: dict[str, str], title: 
                     note = f"{means[i, j]:.2f}" + (f" ± {cell['sd']:.2f}" if pd.notna(cell["sd"]) else "")
                     note += f"\n[{cell['low']:.2f}, {cell['high']:.2f}]"
                     colour = "white" if means[i, j] < 0.5 else "black"
-                    axis.text(j, i, note, ha="center", va="center", fontsize=8, color=colour)
+                    axis.text(j, i, note, ha="center", va="center", fontsize=7, color=colour)
         colours = plt.get_cmap("viridis").copy()
         colours.set_bad("lightgrey")
         axis.imshow(np.ma.masked_invalid(means), cmap=colours, vmin=0, vmax=1, aspect="auto")
