@@ -27,7 +27,7 @@ REPORTS = Path("reports/matrix")
 
 
 class MatrixError(CxrError):
-    """A matrix block that cannot make experiments, or no finished experiment to report."""
+    """A matrix block that cannot make experiments (no rows, a row that is not a list of sources, no seeds)."""
 
 
 def experiments(recipe: str, matrix: dict, baseline: dict) -> list[tuple[str, dict]]:
