@@ -127,6 +127,15 @@ def _param(entry: dict, key: str):
     return ast.literal_eval(value) if isinstance(value, str) else value
 
 
+def headings(positive: str) -> dict[str, str]:
+    """Each statistic's heading in the markdown and the figure: sensitivity and specificity name
+    ``positive``, the class they are of."""
+    return {
+        statistic: statistic if statistic == "accuracy" else f"{positive} {statistic}"
+        for statistic in cross_source.STATISTICS
+    }
+
+
 def cell_text(line) -> str:
     """``mean ± SD (pooled [low, high])`` of one table line; ``-`` where nothing was measured."""
     if line.mean is None or pd.isna(line.mean):
@@ -152,8 +161,7 @@ def markdown(frame: pd.DataFrame, recipe: str, skipped: list[str], positive: str
     ]
     for statistic in cross_source.STATISTICS:
         chosen = frame[frame["statistic"] == statistic]
-        heading = statistic if statistic == "accuracy" else f"{positive} {statistic}"
-        lines += ["", f"## {heading}", "", "| trained on | " + " | ".join(tests) + " |"]
+        lines += ["", f"## {headings(positive)[statistic]}", "", "| trained on | " + " | ".join(tests) + " |"]
         lines.append("|---" * (len(tests) + 1) + "|")
         for trained_on, group in chosen.groupby("trained_on"):
             by_test = {line.test: line for line in group.itertuples()}
@@ -225,13 +233,8 @@ def write(frame: pd.DataFrame, recipe: str, skipped: list[str], folder: Path, po
     paths = {kind: folder / f"{recipe}.{kind}" for kind in ("csv", "md", "png")}
     write_csv(paths["csv"], frame)
     write_text(paths["md"], markdown(frame, recipe, skipped, positive))
-    headings = {
-        "accuracy": "accuracy",
-        "sensitivity": f"{positive} sensitivity",
-        "specificity": f"{positive} specificity",
-    }
     title = f"Cross-source matrix: {recipe} (mean ± SD over seeds; below, the pooled 95% interval)"
-    figure = figures.cross_source_matrix(frame, headings, title)
+    figure = figures.cross_source_matrix(frame, headings(positive), title)
     figure.savefig(paths["png"], dpi=110, metadata={"Software": None})
     return paths
 
