@@ -1,7 +1,8 @@
 """DVC stage `audit@<backbone>`: is the trained classifier reading the lungs, or the source?
 
 For the backbone's model: a source probe and a lungs-hidden classifier (both retrained like
-train@<backbone>), Grad-CAM on a fixed sample of test images, and the external test source.
+train@<backbone>), Grad-CAM on a fixed sample of test images, and the external test source; real
+lung masks (the lung_masks stage's) wherever an image has one, the central lung box elsewhere.
 Writes the audit report (reports/audit/<backbone>.json) and the output folder (predictions, saliency table,
 overlays); logs the numbers and overlays to an MLflow run `audit@<backbone>`.
 """
@@ -17,13 +18,13 @@ from cxr.core.config import as_dict, load
 from cxr.core.outputs import staged_directory, write_csv, write_json
 from cxr.core.schema import split_part
 from cxr.core.stage import arguments, run
-from cxr.learn import checkpoints, images, runtime
+from cxr.learn import checkpoints, images, lungs, runtime
 from cxr.learn.model_files import load_model
-from cxr.report.audit import findings, gradcam, measures
+from cxr.report.audit import findings, gradcam, hidden, measures
 
 
 def main() -> None:
-    args = arguments(__doc__, "split", "external", "model", "out", "metrics", names=("backbone",))
+    args = arguments(__doc__, "split", "external", "masks", "model", "out", "metrics", names=("backbone",))
     config = load()
     tracking.require_tracking_store()
     backbone = backbones.get(args.backbone)
@@ -35,7 +36,14 @@ def main() -> None:
     classifier, spec = load_model(args.model)
     classes, size = spec.classes, spec.image_size
     box = config.audit.lung_box
-    key = {"config": as_dict(config), "split": tracking.file_md5(args.split)}
+    masks = lungs.read_masks(args.masks)
+    region = lungs.hidden_region(split, masks, size, box, config.audit.mask_margin)
+    index = args.masks / lungs.MASK_INDEX
+    key = {
+        "config": as_dict(config),
+        "split": tracking.file_md5(args.split),
+        "masks": tracking.file_md5(index) if index.is_file() else None,
+    }
     work = {
         name: checkpoints.resume_dir(
             checkpoints.work_folder(args.model.with_name(f"audit-{name}-{backbone.name}")), key | {"stage": name}
@@ -44,13 +52,14 @@ def main() -> None:
     }
     tables = {"classifier": measures.predicted_table(classifier, test, classes, size, config)}
     sample = gradcam.saliency_sample(test, config.audit.saliency_images_per_class, config.audit.saliency_seed)
-    batch, maps, saliency = gradcam.saliency(classifier, backbone, sample, classes, size, box)
+    layer = gradcam.gradcam_layer(classifier, backbone)
+    batch, maps, regions, saliency = gradcam.saliency(classifier, layer[0], sample, classes, size, box, masks)
     external = pd.read_csv(args.external)
     if not external.empty:  # empty when no external image passes the filter (e.g. a CT experiment)
         tables["external"] = measures.predicted_table(classifier, external, classes, size, config)
     with strategy.scope():
         tables["source_probe"] = measures.source_probe(backbone, split, size, config, work["probe"])
-        tables["lungs_hidden"] = measures.lungs_hidden(backbone, split, classes, size, config, work["hidden"])
+        tables["lungs_hidden"] = hidden.lungs_hidden(backbone, split, classes, size, config, work["hidden"], region)
     metrics = measures.summary(
         tables,
         saliency,
@@ -58,8 +67,8 @@ def main() -> None:
         classes,
         size,
         config,
-        layer=backbone.gradcam_layer,
-        map_side=gradcam.map_side(classifier, backbone.gradcam_layer),
+        layer=layer,
+        region=hidden.region_report(region, split, masks, box),
     )
     grid = figures.saliency_grid(
         batch,
@@ -67,6 +76,7 @@ def main() -> None:
         saliency,
         images.center_box(size, box),
         f"Grad-CAM, {backbone.name} ({metrics['saliency']['layer']})",
+        regions,
     )
     with staged_directory(args.out) as staging:
         for name, table in tables.items():

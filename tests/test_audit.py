@@ -15,8 +15,9 @@ from cxr.core.config import ConfigError
 from cxr.data import catalog
 from cxr.data.sources import SourceLayoutError, download_source, read_source
 from cxr.data.split import SplitError, external_test_set, make_split, source_confound
-from cxr.learn import runtime
+from cxr.learn import lungs, runtime
 from cxr.report.audit import findings, gradcam, measures
+from cxr.report.audit.hidden import lungs_hidden
 
 
 def probe_table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
@@ -254,7 +255,9 @@ def test_source_probe_detects_the_source_shift_and_falls_to_chance_without_it(tm
     assert sum(probe["smallest_source_images"].values()) >= 15
     if source_shift:
         assert probe["value"] >= 0.9
-        hidden = measures.lungs_hidden(vgg16, frame, config.class_names(), 64, config, tmp_path / "hidden")
+        box = lungs.hidden_region(frame, {}, 64, config.audit.lung_box, config.audit.mask_margin)
+        assert box.kind == "box"
+        hidden = lungs_hidden(vgg16, frame, config.class_names(), 64, config, tmp_path / "hidden", box)
         scores = measures.scored(hidden, config.class_names(), resamples=200, seed=0)
         assert scores["balanced_accuracy_low"] > 1 / len(config.class_names())
     else:
@@ -282,7 +285,7 @@ def test_verdict_follows_the_numbers():
             "balanced_accuracy_high": 0.55,
             "sensitivity_COVID": 0.8,
         },
-        "saliency": {"lung_box_share": 0.2, "uniform_share": 0.36, "map_side": 7},
+        "saliency": {"lung_share": 0.2, "lung_area_share": 0.36, "map_side": 7, "layer": "block4_conv3"},
         "external": {"sensitivity_COVID": 0.5},
     }
     assert findings.evidence(metrics, 4, "COVID") == {
@@ -299,7 +302,7 @@ def test_verdict_follows_the_numbers():
         **metrics,
         "source_probe": {"within_class_accuracy": 0.55, "within_class_chance": 0.5},
         "lungs_hidden": {**metrics["lungs_hidden"], "balanced_accuracy_low": 0.2},
-        "saliency": {"lung_box_share": 0.35, "uniform_share": 0.36},
+        "saliency": {"lung_share": 0.35, "lung_area_share": 0.36},
         "external": {"sensitivity_COVID": 0.95},
     }
     assert not any(findings.evidence(clean, 4, "COVID").values())
@@ -316,7 +319,7 @@ def test_the_verdict_names_the_positive_class_it_is_given():
             "balanced_accuracy_high": 0.6,
             "sensitivity_PNEUMONIA": 0.2,
         },
-        "saliency": {"lung_box_share": 0.4, "uniform_share": 0.36, "map_side": 3},
+        "saliency": {"lung_share": 0.4, "lung_area_share": 0.36, "map_side": 3},
         "external": {"sensitivity_PNEUMONIA": 0.1},
     }
     assert findings.evidence(metrics, 2, "PNEUMONIA")["external"]
@@ -335,7 +338,7 @@ def test_verdict_when_no_class_has_two_sources_in_the_test_split():
             "class_only_accuracy": 1.0,
         },
         "lungs_hidden": {"balanced_accuracy": 0.3, "balanced_accuracy_low": 0.2, "balanced_accuracy_high": 0.4},
-        "saliency": {"lung_box_share": 0.5, "uniform_share": 0.36},
+        "saliency": {"lung_share": 0.5, "lung_area_share": 0.36},
     }
     assert not any(findings.evidence(metrics, 4, "COVID").values())
     text = findings.verdict("vgg16", metrics, 4, "COVID")
@@ -348,8 +351,7 @@ def test_an_empty_map_is_named_not_drawn(tmp_path):
 
     size = 16
     batch = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
-    explainer = Explainer(tmp_path / "gradcam", "vgg16", 8, ["a.png", "b.png"], ["NORMAL", "COVID"])
-    explainer.layer = None  # the stand-in model's base output
+    explainer = Explainer(tmp_path / "gradcam", "vgg16", 8, ["a.png", "b.png"], ["NORMAL", "COVID"], None)
     previews = [np.zeros((40, 30), np.uint8)] * 2
     probabilities = np.array([[0.2, 0.8], [0.9, 0.1]])
     written = explainer(region_model(size, masked=True), ["a.png", "b.png"], batch, probabilities, previews)

@@ -363,8 +363,9 @@ def test_a_model_or_grad_cam_failure_stays_in_the_rows_of_its_batch(tmp_path, ch
         error.startswith(f"{path}: the model failed on the batch of this file (") and "\n" not in error
         for path, error in zip(paths, broken["error"])
     )
-    explainer = predict.Explainer(tmp_path / "gradcam", "vgg16", 8, [str(path) for path in paths], CLASSES)
-    explainer.layer = "no_such_layer"
+    explainer = predict.Explainer(
+        tmp_path / "gradcam", "vgg16", 8, [str(path) for path in paths], CLASSES, "no_such_layer"
+    )
     explained = predict_sources(model, spec, paths, batch_size=8, explain=explainer)
     assert (explained["error"] == "").all() and set(explained["predicted"]) <= set(CLASSES)
     assert all(warning.startswith("Grad-CAM overlay not written (") for warning in explained["warning"])

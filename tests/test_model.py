@@ -161,12 +161,17 @@ def test_a_mixed_precision_training_step_and_gradcam_are_finite():
     compute, a float32 softmax, a loss-scaled training step that changes the head, and a Grad-CAM map."""
     from cxr.report.audit.gradcam import gradcam
 
+    keras.utils.set_random_seed(0)  # the initial weights, whatever the tests before drew
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = build_classifier(backbones.get("vgg16"), 32, 2, Head(units=4, dropout=0.0, normalize=False), None)
         assert model.get_layer("vgg16").compute_dtype == "float16" and model.outputs[0].dtype == "float32"
         images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
         labels = np.array([0, 1] * 4)
+        # Before the step: one step at this learning rate may leave the 4-unit head's ReLUs dead, and
+        # a dead head has no evidence to map; an empty map here means float16 gradients underflowed.
+        maps = gradcam(model, images[:2], np.array([0, 1]), backbones.get("vgg16").gradcam_layers[0])
+        assert maps.dtype == np.float32 and np.isfinite(maps).all() and maps.max() > 0
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
         assert type(model.optimizer).__name__ == "LossScaleOptimizer"
         before = [weight.numpy().copy() for weight in model.layers[-1].weights]
@@ -174,7 +179,6 @@ def test_a_mixed_precision_training_step_and_gradcam_are_finite():
         after = [weight.numpy() for weight in model.layers[-1].weights]
         assert np.isfinite(loss) and loss > 0
         assert any(not np.array_equal(old, new) for old, new in zip(before, after))
-        maps = gradcam(model, images[:2], np.array([0, 1]), backbones.get("vgg16").gradcam_layer)
-        assert maps.dtype == np.float32 and np.isfinite(maps).all() and maps.max() > 0
+
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -88,6 +88,22 @@ def test_repro_runs_every_stage_and_records_one_parent_run(clone):
     assert pd.isna(by_stage.loc["train@vgg16", "params.split.seed"]), "split.seed is not a train@ param"
     assert pd.notna(by_stage.loc["train@vgg16", "params.train.epochs"])
     assert "**xception.**" in (clone / "reports/eval/audit.md").read_text()
+    # Real lung masks (lung_masks stage) for the COVID collection's images, none for Kermany's: the audit
+    # measures Grad-CAM inside each image's own mask where it has one, in the box elsewhere, and says so.
+    masks = pd.read_csv(clone / "data/processed/lung_masks/index.csv")
+    assert len(masks) and masks["image_id"].str.startswith("covid_chestxray/").all()
+    saliency = pd.read_csv(clone / "reports/audit/vgg16/saliency.csv")
+    expected = saliency["image_id"].isin(masks["image_id"]).map({True: "mask", False: "box"})
+    assert saliency["region"].tolist() == expected.tolist() and set(expected) == {"mask", "box"}
+    audit = json.loads((clone / "reports/audit/vgg16.json").read_text())
+    assert audit["saliency"]["regions"] == expected.value_counts().to_dict()
+    assert audit["saliency"]["layer"] == "block4_conv3" and audit["saliency"]["map_side"] >= 7
+    region = audit["lungs_hidden"]["region"]
+    assert region["kind"] == "atlas" and region["masks"] > 0 and region["lungs_blanked"] > 0.9
+    assert (
+        f"real lung masks on {audit['saliency']['regions']['mask']} images"
+        in (clone / "reports/eval/audit.md").read_text()
+    )
     assert (clone / "reports/model_card.md").is_file()
     comparison = (clone / "reports/eval/comparison.md").read_text()
     for model in ("nasnetlarge", "vgg16", "xception", "inceptionresnetv2"):

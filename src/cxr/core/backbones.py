@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from cxr.core.errors import CxrError
 
+# The smallest Grad-CAM map, in cells across, that can tell the two lungs from the mediastinum
+# between them (a 3x3 map of a 96 px VGG16, or InceptionResNetV2's 1x1, cannot).
+GRADCAM_MIN_SIDE = 7
+
 
 class BackboneError(CxrError):
     """An unknown backbone, an unusable input size, or weights that cannot be had."""
@@ -26,8 +30,10 @@ class Backbone:
     min_size: int
     imagenet_file: str  # the no-top ImageNet weights file Keras caches
     unfreezable_layers: int  # layers with weights in the base, BatchNorm aside: finetune.unfreeze's ceiling
-    # Grad-CAM's layer: the last convolutional feature map before pooling; None: the base's output.
-    gradcam_layer: str | None = None
+    # Grad-CAM's candidate layers, from the last convolutional feature map (None: the base's output)
+    # to earlier, finer ones: Grad-CAM reads the first whose map is at least GRADCAM_MIN_SIDE cells
+    # across at the model's input size (cxr.report.audit.gradcam.gradcam_layer).
+    gradcam_layers: tuple[str | None, ...] = (None,)
 
     def input_size(self, image_size: int | str) -> int:
         """The side in pixels for ``train.image_size`` (a number, or "native")."""
@@ -40,7 +46,17 @@ class Backbone:
 BACKBONES = {
     backbone.name: backbone
     for backbone in (
-        Backbone("nasnetlarge", "NASNetLarge", "nasnet", "tf", 331, 32, "NASNet-large-no-top.h5", 268),
+        Backbone(
+            "nasnetlarge",
+            "NASNetLarge",
+            "nasnet",
+            "tf",
+            331,
+            32,
+            "NASNet-large-no-top.h5",
+            268,
+            gradcam_layers=(None, "normal_concat_12", "normal_concat_6"),
+        ),
         Backbone(
             "vgg16",
             "VGG16",
@@ -50,7 +66,7 @@ BACKBONES = {
             32,
             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
             13,
-            gradcam_layer="block5_conv3",
+            gradcam_layers=("block5_conv3", "block4_conv3"),
         ),
         Backbone(
             "xception",
@@ -61,6 +77,7 @@ BACKBONES = {
             71,
             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
             40,
+            gradcam_layers=(None, "block13_sepconv2_act", "block4_sepconv2_act"),
         ),
         Backbone(
             "inceptionresnetv2",
@@ -71,6 +88,7 @@ BACKBONES = {
             75,
             "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
             244,
+            gradcam_layers=(None, "block17_20_ac", "block35_10_ac"),
         ),
     )
 }

@@ -204,9 +204,17 @@ def saliency_overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = SAL
     return (np.clip(blend(gray, saliency, alpha), 0, 1) * 255).astype(np.uint8)
 
 
-def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box: slice, title: str) -> Figure:
-    """Overlays in one row per class, each titled actual -> predicted and its lung-box share, the lung
-    box drawn and labelled, and the colour scale on the right.
+def saliency_grid(
+    batch: np.ndarray,
+    maps: np.ndarray,
+    table: pd.DataFrame,
+    box: slice,
+    title: str,
+    lungs: np.ndarray | None = None,
+) -> Figure:
+    """Overlays in one row per class, each titled actual -> predicted and its share inside the lungs,
+    the lungs drawn (the image's real lung mask outlined, else the lung box, labelled), and the
+    colour scale on the right.
 
     Parameters
     ----------
@@ -215,12 +223,14 @@ def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box:
     maps : numpy.ndarray
         Their saliency maps, shape (n, height, width), values in [0, 1].
     table : pandas.DataFrame
-        One row per image, index matching ``batch``: ``class``, ``predicted`` and ``lung_box_share``
-        (NaN shown as ``-``).
+        One row per image, index matching ``batch``: ``class``, ``predicted``, ``lung_box_share``
+        and, with ``lungs``, ``region`` (``mask`` or ``box``) and ``lung_share``; NaN shown as ``-``.
     box : slice
         Rows (and columns) of the lung box, drawn as a dashed white square, in pixels.
     title : str
         The figure's title.
+    lungs : numpy.ndarray or None, optional
+        Each image's real lung mask, bool (n, height, width), outlined where ``region`` is ``mask``.
 
     Returns
     -------
@@ -236,22 +246,14 @@ def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box:
         for column, index in enumerate(table.index[table["class"] == name]):
             axis = axes[row_index, column]
             axis.imshow(saliency_overlay(batch[index], maps[index]))
-            axis.add_patch(
-                Rectangle(
-                    (box.start, box.start),
-                    box.stop - box.start,
-                    box.stop - box.start,
-                    fill=False,
-                    edgecolor="white",
-                    linestyle="--",
-                    linewidth=1,
-                )
-            )
-            label = axis.text(box.start + 1, box.start + 1, "lung box", color="white", fontsize=8, va="top")
-            label.set_path_effects([patheffects.withStroke(linewidth=2, foreground="black")])
-            share = table.loc[index, "lung_box_share"]
+            if lungs is not None and table.loc[index, "region"] == "mask":
+                axis.contour(lungs[index], levels=[0.5], colors="white", linestyles="--", linewidths=1)
+                where, share = "in lungs (mask)", table.loc[index, "lung_share"]
+            else:
+                _lung_box(axis, box)
+                where, share = "in lung box", table.loc[index, "lung_box_share"]
             axis.set_title(
-                f"{name} -> {table.loc[index, 'predicted']}\nin lung box: {'-' if np.isnan(share) else f'{share:.2f}'}",
+                f"{name} -> {table.loc[index, 'predicted']}\n{where}: {'-' if np.isnan(share) else f'{share:.2f}'}",
                 fontsize=8,
             )
     figure.suptitle(title)
@@ -261,3 +263,13 @@ def saliency_grid(batch: np.ndarray, maps: np.ndarray, table: pd.DataFrame, box:
     figure.colorbar(colours, cax=scale, label="Grad-CAM over mid-gray (each map scaled to its maximum)")
     plt.close(figure)
     return figure
+
+
+def _lung_box(axis, box: slice) -> None:
+    """The lung box on one overlay: a dashed white square, labelled."""
+    side = box.stop - box.start
+    axis.add_patch(
+        Rectangle((box.start, box.start), side, side, fill=False, edgecolor="white", linestyle="--", linewidth=1)
+    )
+    label = axis.text(box.start + 1, box.start + 1, "lung box", color="white", fontsize=8, va="top")
+    label.set_path_effects([patheffects.withStroke(linewidth=2, foreground="black")])

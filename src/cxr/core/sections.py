@@ -22,6 +22,11 @@ class Sources:
     # module in cxr.data.sources types and checks it, so adding a source never touches this file.
     sections: dict[str, dict[str, Any]] = field(metadata={"rest": True})
 
+    def image_sources(self) -> list[str]:
+        """The sections that are image sources, sorted; an annotation set's section (``lung_masks``)
+        names the image source it ``annotates`` instead."""
+        return sorted(name for name, section in self.sections.items() if "annotates" not in (section or {}))
+
 
 @dataclass(frozen=True)
 class Synthetic:
@@ -146,9 +151,13 @@ class Evaluate:
 
 @dataclass(frozen=True)
 class Audit:
-    # Side of the central square (a fraction of the image side) taken as the lung region: blanked
-    # for the lungs-hidden classifier, and where Grad-CAM saliency mass is measured.
+    # Side of the central square (a fraction of the image side) taken as the lung region where no
+    # real lung mask is had: Grad-CAM mass is measured inside it, and without any real mask it is
+    # what the lungs-hidden classifier blanks.
     lung_box: float = bounded(low=0, high=1, low_open=True, high_open=True)
+    # How far the lungs-hidden blank reaches beyond a real lung mask (or the atlas of them), as a
+    # fraction of the image side: outlines are drawn by hand and images are positioned loosely.
+    mask_margin: float = bounded(low=0, high=0.2)
     saliency_images_per_class: int = bounded(low=1, high=100, reason="overlays are for a reader to look at")
     saliency_seed: int
 

@@ -36,7 +36,7 @@ def check_semantics(config: Config, source: str) -> None:
     fractions = config.split.fractions
     if any(value <= 0 for value in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
         raise ConfigError(f"{source}: split.train/val/test must be positive and sum to 1, got {fractions}")
-    sections = sorted(config.sources.sections)
+    sections = config.sources.image_sources()
     if not config.sources.use:
         raise ConfigError(f"{source}: sources.use: at least one source is needed; allowed: {sections}")
     if not config.sources.external:
@@ -46,6 +46,11 @@ def check_semantics(config: Config, source: str) -> None:
         )
     for key in ("use", "external"):
         for name in getattr(config.sources, key):
+            if name in config.sources.sections and name not in sections:
+                raise ConfigError(
+                    f"{source}: sources.{key}: {name!r} is an annotation set, not an image source; "
+                    f"image sources: {sections}"
+                )
             if name not in config.sources.sections:
                 raise ConfigError(
                     f"{source}: sources.{key}: {name!r} has no section sources.{name}; "

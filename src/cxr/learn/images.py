@@ -13,6 +13,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ import tensorflow as tf
 
 from cxr.core.sections import Augment
 from cxr.data.image_files import decode_tensor
+
+if TYPE_CHECKING:
+    from cxr.learn.lungs import HiddenRegion
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -80,15 +84,6 @@ def center_box(size: int, fraction: float) -> slice:
     return slice(margin, size - margin)
 
 
-def hide_center(image: tf.Tensor, fraction: float) -> tf.Tensor:
-    """Blank the central square (to black) of one (size, size, 3) image: the lungs hidden."""
-    size = int(image.shape[0])
-    mask = np.ones((size, size, 1), np.float32)
-    box = center_box(size, fraction)
-    mask[box, box] = 0.0
-    return image * mask
-
-
 def decoded_megabytes(count: int, size: int) -> float:
     """Memory taken by ``count`` decoded float32 RGB images of side ``size``."""
     return count * size * size * 3 * 4 / 2**20
@@ -99,16 +94,16 @@ def image_dataset(
     classes: list[str],
     size: int,
     cache: str,
-    hidden_center: float | None = None,
+    hidden: HiddenRegion | None = None,
     memory_limit_mb: float | None = None,
     cache_dir: Path | None = None,
 ) -> tf.data.Dataset:
     """(image, label) pairs in the frame's order, decoded in parallel and cached.
 
     ``cache`` is ``memory`` or ``disk`` (files under ``cache_dir``, named by content, order and
-    size). A memory cache larger than ``memory_limit_mb`` goes to disk instead. ``hidden_center``:
-    blank the central square of that side fraction (after the cache, so the decoded images are
-    shared with the unmasked runs).
+    size). A memory cache larger than ``memory_limit_mb`` goes to disk instead. ``hidden``: blank
+    (to black) that region of each image, the lungs hidden (after the cache, so the decoded images
+    are shared with the unmasked runs).
     """
     if cache == "memory" and memory_limit_mb is not None and decoded_megabytes(len(frame), size) > memory_limit_mb:
         print(
@@ -128,8 +123,14 @@ def image_dataset(
         dataset = dataset.cache(str(cache_dir / cache_key(frame, size)))
     else:
         dataset = dataset.cache()
-    if hidden_center is not None:
-        dataset = dataset.map(lambda image, label: (hide_center(image, hidden_center), label))
+    if hidden is not None and hidden.fixed is not None:
+        kept = tf.constant((~hidden.fixed)[..., None].astype(np.float32))
+        dataset = dataset.map(lambda image, label: (image * kept, label))
+    elif hidden is not None:
+        kept_each = tf.data.Dataset.from_tensor_slices((~hidden.blanks(frame))[..., None])
+        dataset = tf.data.Dataset.zip((dataset, kept_each)).map(
+            lambda pair, kept: (pair[0] * tf.cast(kept, tf.float32), pair[1])
+        )
     return dataset
 
 

@@ -21,7 +21,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from cxr.core.backbones import Backbone
 from cxr.core.schema import split_part
 from cxr.core.sections import Train
-from cxr.learn import checkpoints, images, runtime
+from cxr.learn import checkpoints, images, lungs, runtime
 from cxr.learn.model import HEAD_LAYER, NORMALIZE_LAYER, build_classifier, feature_extractor
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
@@ -105,7 +105,7 @@ def train_classifier(
     seed: int,
     work_dir: Path,
     callbacks: list[keras.callbacks.Callback] = (),
-    hidden_center: float | None = None,
+    hidden: lungs.HiddenRegion | None = None,
 ) -> tuple[keras.Model, FitResult]:
     """A new classifier of ``backbone`` for ``classes``, fitted with its base frozen.
 
@@ -130,8 +130,8 @@ def train_classifier(
         The fit's checkpoint folder.
     callbacks : list of keras.callbacks.Callback, optional
         More callbacks for the fit.
-    hidden_center : float or None, optional
-        When given, the central square of that fraction of the image side is blanked in every image.
+    hidden : HiddenRegion or None, optional
+        When given, that region of every image is blanked (the lungs hidden).
 
     Returns
     -------
@@ -146,7 +146,7 @@ def train_classifier(
         When the base's starting weights cannot be loaded.
     """
     model = build_classifier(backbone, size, len(classes), params.head, params.weights)
-    return model, train_frozen(model, split, classes, size, params, seed, work_dir, callbacks, hidden_center)
+    return model, train_frozen(model, split, classes, size, params, seed, work_dir, callbacks, hidden)
 
 
 def train_frozen(
@@ -158,18 +158,18 @@ def train_frozen(
     seed: int,
     work_dir: Path,
     callbacks: list[keras.callbacks.Callback] = (),
-    hidden_center: float | None = None,
+    hidden: lungs.HiddenRegion | None = None,
 ) -> FitResult:
     """Fit the head of ``model`` (base frozen) on the train split, validating on val.
 
-    ``hidden_center``: train on images whose central square is blanked (the shortcut audit).
+    ``hidden``: train on images with that region blanked (the shortcut audit's lungs hidden).
     """
     train_rows, val_rows, weights = _rows_and_weights(split, classes, params)
     train_images = images.image_dataset(
-        train_rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb, Path(params.cache_dir)
+        train_rows, classes, size, params.cache, hidden, params.cache_memory_limit_mb, Path(params.cache_dir)
     )
     val_images = images.image_dataset(
-        val_rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb, Path(params.cache_dir)
+        val_rows, classes, size, params.cache, hidden, params.cache_memory_limit_mb, Path(params.cache_dir)
     )
     augment = images.augmenter(params.augment)
     head = model.get_layer(HEAD_LAYER)

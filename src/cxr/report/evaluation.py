@@ -158,16 +158,15 @@ def proportion_counts(predictions: pd.DataFrame, classes: list[str]) -> dict[str
     return counts
 
 
-def predict(
-    model, rows: pd.DataFrame, classes: list[str], size: int, params: Train, hidden_center: float | None = None
-) -> np.ndarray:
+def predict(model, rows: pd.DataFrame, classes: list[str], size: int, params: Train, hidden=None) -> np.ndarray:
     """Class probabilities for ``rows``, in order, through the same input pipeline as training.
 
     Parameters
     ----------
-    model, rows, classes, size, params, hidden_center
+    model, rows, classes, size, params, hidden
         The classifier; the images (split-table rows); the classes in output order; the input side in
-        pixels; ``train`` (batch size, image cache); when given, blank the central square of that fraction.
+        pixels; ``train`` (batch size, image cache); when given, the region to blank in each image
+        (:class:`cxr.learn.lungs.HiddenRegion`).
 
     Returns
     -------
@@ -177,7 +176,7 @@ def predict(
     from cxr.learn import images
 
     dataset = images.image_dataset(
-        rows, classes, size, params.cache, hidden_center, params.cache_memory_limit_mb, Path(params.cache_dir)
+        rows, classes, size, params.cache, hidden, params.cache_memory_limit_mb, Path(params.cache_dir)
     )
     dataset = dataset.map(lambda image, label: image).batch(params.batch_size)
     return model.predict(dataset, verbose=0)

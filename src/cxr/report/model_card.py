@@ -171,6 +171,7 @@ def model_card(
         "Models trained on mixed public COVID-19 sources lose much of their score on a new hospital's images "
         "(DeGrave, Janizek & Lee, Nature Machine Intelligence 2021); expect the same of this one until the "
         "matrix says otherwise.",
+        *_lung_outlines(audit_metrics),
         "- Views are filtered to those listed; the paediatric pneumonia images record no view.",
         "- The temperature and the threshold were fitted on this data's validation split; calibration, the "
         "operating point and performance on other hospitals, devices and populations are unknown.",
@@ -194,6 +195,24 @@ def _confounding(confound: dict, positive: str) -> str:
         + ", ".join(source for source, counts in confound["images_per_source_class"].items() if counts.get(positive))
         + "."
     )
+
+
+BLANKED = {"mask": "each image's own real lungs", "atlas": "an atlas of the real lungs", "box": "the box"}
+
+
+def _lung_outlines(audit_metrics: dict | None) -> list[str]:
+    """The limitation line on where the audit knew the lungs (real masks) and where it assumed a box."""
+    if not audit_metrics or "regions" not in audit_metrics["saliency"]:
+        return []
+    saliency, region = audit_metrics["saliency"], audit_metrics["lungs_hidden"].get("region", {})
+    box = region.get("box_lungs_blanked")
+    return [
+        f"- Real lung outlines (V7 Labs) exist for the COVID collection's images only: the audit's Grad-CAM "
+        f"measure used them on {saliency['regions']['mask']} of {saliency['images']} images and a central box "
+        "on the rest"
+        + (f", a box that covers {box:.2f} of the real lungs on average" if box is not None else "")
+        + f"; the lungs-hidden test blanked {BLANKED[region.get('kind', 'box')]}."
+    ]
 
 
 def _value(value: float | None) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from cxr.core import backbones
 from cxr.core.figures import saliency_colours, saliency_overlay
 from cxr.report.audit.gradcam import gradcam
 
@@ -35,18 +34,23 @@ class Explainer:
     folder : Path
         Where the overlays go (created).
     backbone : str
-        The model's backbone; its registry entry names the Grad-CAM layer.
+        The model's backbone, named in the caption.
     batch_size : int
         Images per Grad-CAM batch.
     names : list of str
         Every input's name, for the overlays' relative paths.
     classes : list of str
         The model's classes, in output order (for the caption).
+    layer : str or None
+        The base's layer Grad-CAM reads, None for its output: the shortcut audit's choice
+        (:func:`cxr.report.audit.gradcam.gradcam_layer`).
     """
 
-    def __init__(self, folder: Path, backbone: str, batch_size: int, names: list[str], classes: list[str]):
+    def __init__(
+        self, folder: Path, backbone: str, batch_size: int, names: list[str], classes: list[str], layer: str | None
+    ):
         self.folder, self.backbone, self.batch_size, self.classes = folder, backbone, batch_size, classes
-        self.layer = backbones.get(backbone).gradcam_layer
+        self.layer = layer
         self.relative = overlay_names(names)
         folder.mkdir(parents=True, exist_ok=True)
 

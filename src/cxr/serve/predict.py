@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.core import registry, tracking
+from cxr.core import backbones, registry, tracking
 from cxr.core.config import PARAMS_FILE, load
 from cxr.core.errors import CxrError, one_line
 from cxr.core.outputs import write_csv
@@ -30,6 +30,7 @@ from cxr.core.spec import MODEL_FILE, ModelSpec
 from cxr.data.dicom import SUFFIXES as DICOM_SUFFIXES
 from cxr.data.image_files import DEFAULT_LIMITS, Limits
 from cxr.learn.model_files import load_model
+from cxr.report.audit.gradcam import gradcam_layer
 from cxr.serve.classify import Decision, predict_sources
 from cxr.serve.explain import Explainer
 from cxr.serve.reading import Source, Unreadable, source_name
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             args.batch_size,
             [source_name(path) for path in paths],
             loaded.spec.classes,
+            gradcam_layer(loaded.model, backbones.get(loaded.spec.backbone))[0],
         )
         if args.explain
         else None

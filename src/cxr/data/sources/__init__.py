@@ -7,6 +7,10 @@ schema); and ``synthetic_archive``, the offline stand-in laid out like the origi
 included. ``download_source`` is the whole download stage for one source: obtain the archive
 (generated offline, the pinned upstream otherwise), verify it, extract the members the source
 keeps, write a per-file manifest, and only then move the result into ``data/raw/<source>``.
+
+Annotation sets (:data:`ANNOTATIONS`: ``lung_masks``, outlines of another source's images) are
+fetched, verified and extracted the same way, by modules of the same shape without ``read``; they
+are never in ``sources.use`` or ``sources.external``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from cxr.core.config import Config, ConfigError, source_params, unrestricted
 from cxr.core.outputs import staged_directory
-from cxr.data.sources import actualmed, covid_chestxray, kermany
+from cxr.data.sources import actualmed, covid_chestxray, kermany, lung_masks
 from cxr.data.sources.fetch import (
     MANIFEST,
     FetchError,
@@ -30,9 +34,12 @@ from cxr.data.sources.fetch import (
 from cxr.data.sources.layout import SourceLayoutError, SourceTable
 
 MODULES = {module.NAME: module for module in (covid_chestxray, kermany, actualmed)}
+# Not image sources: sets of annotations of a source's images, downloaded as the sources are.
+ANNOTATIONS = {lung_masks.NAME: lung_masks}
 PROVENANCE = "SOURCE.json"
 
 __all__ = [
+    "ANNOTATIONS",
     "MODULES",
     "FetchError",
     "SourceLayoutError",
@@ -45,10 +52,38 @@ __all__ = [
 
 
 def params_of(name: str, config: Config):
-    """The typed ``sources.<name>`` section, checked by the source's own ``Params``."""
-    if name not in MODULES:
-        raise ConfigError(f"params.yaml: sources.{name}: no source module of that name; known: {sorted(MODULES)}")
-    return source_params(config, name, MODULES[name].Params)
+    """The typed ``sources.<name>`` section, checked by the source's (or annotation set's) own ``Params``.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`MODULES` or :data:`ANNOTATIONS`.
+    config : Config
+        The configuration (a stage's view restricts what may be read).
+
+    Returns
+    -------
+    Any
+        The module's ``Params`` built from ``sources.<name>``.
+
+    Raises
+    ------
+    ConfigError
+        When ``name`` is neither a source nor an annotation set, or its section does not fit.
+    """
+    return source_params(config, name, _module(name).Params)
+
+
+def _module(name: str):
+    """The module of source or annotation set ``name``."""
+    if name in MODULES:
+        return MODULES[name]
+    if name in ANNOTATIONS:
+        return ANNOTATIONS[name]
+    raise ConfigError(
+        f"params.yaml: sources.{name}: no source module of that name; known: {sorted(MODULES)}, "
+        f"annotation sets: {sorted(ANNOTATIONS)}"
+    )
 
 
 def check_sources(config: Config) -> None:
@@ -62,14 +97,23 @@ def check_sources(config: Config) -> None:
     Raises
     ------
     ConfigError
-        When a section names no source module or does not fit that module's parameters.
+        When a section names no source or annotation module or does not fit its parameters, or when
+        an annotation set annotates no image source (``sources.use`` naming an annotation set is
+        refused when the configuration is read).
     """
-    for name in unrestricted(config).sources.sections:
+    full = unrestricted(config)
+    for name in full.sources.sections:
         params_of(name, config)
+    for name in sorted(ANNOTATIONS.keys() & full.sources.sections.keys()):
+        annotates = params_of(name, config).annotates
+        if annotates not in MODULES:
+            raise ConfigError(
+                f"params.yaml: sources.{name}.annotates: {annotates!r} is not an image source; known: {sorted(MODULES)}"
+            )
 
 
 def download_source(name: str, config: Config, raw_root: Path) -> Path:
-    """Fetch, verify and extract source ``name`` into ``raw_root/name``; return that folder.
+    """Fetch, verify and extract source (or annotation set) ``name`` into ``raw_root/name``; return that folder.
 
     The archive is extracted within ``download``'s size limits into a staging folder that replaces
     ``raw_root/name`` only when every check passes; the folder gets a manifest of its files and a
@@ -78,9 +122,10 @@ def download_source(name: str, config: Config, raw_root: Path) -> Path:
     Parameters
     ----------
     name : str
-        The source, a key of :data:`MODULES`.
+        The source, a key of :data:`MODULES` or :data:`ANNOTATIONS`.
     config : Config
-        The configuration (``sources.<name>``, ``sources.origin``, ``download``).
+        The configuration (``sources.<name>``, ``sources.origin``, ``download``; with a synthetic origin,
+        ``synthetic``, and for an annotation set the section of the source it annotates).
     raw_root : Path
         The folder of the extracted sources.
 
@@ -96,12 +141,12 @@ def download_source(name: str, config: Config, raw_root: Path) -> Path:
     FetchError
         When the extracted files differ from the pinned ``manifest_sha256``.
     """
-    module, params = MODULES[name], params_of(name, config)
+    module, params = _module(name), params_of(name, config)
     limits = Limits(
         config.download.max_archive_bytes, config.download.max_member_bytes, config.download.max_total_bytes
     )
     with tempfile.TemporaryDirectory(prefix=f"cxr-{name}-") as scratch:
-        archive, url, pinned_sha256 = _obtain_archive(module, params, config, Path(scratch))
+        archive, url, pinned_sha256 = _obtain_archive(name, module, params, config, Path(scratch))
         with staged_directory(raw_root / name) as staging:
             safe_extract(archive, staging, select=module.select_member, limits=limits, origin=url)
             module.check_layout(staging)
@@ -129,15 +174,18 @@ def read_source(name: str, root: Path, config: Config) -> SourceTable:
     return MODULES[name].read(root, params_of(name, config))
 
 
-def _obtain_archive(module, params, config: Config, scratch: Path) -> tuple[Path, str, str | None]:
+def _obtain_archive(name: str, module, params, config: Config, scratch: Path) -> tuple[Path, str, str | None]:
     """Return (archive path, where it came from, the pinned sha256 it was checked against).
 
     Synthetic archives are generated, then fetched through the same ``file://`` download path
-    as a mirror would be; their provenance names no temporary folder, so outputs are stable.
+    as a mirror would be; their provenance names no temporary folder, so outputs are stable. An
+    annotation set's stand-in outlines the stand-in of the source it annotates, so it gets that
+    source's section too.
     """
     if config.sources.origin == "upstream":
         return module.upstream_archive(params, scratch, config.download)
-    generated = module.synthetic_archive(scratch / "generated", config.synthetic, params)
+    extra = {"annotated": params_of(params.annotates, config)} if name in ANNOTATIONS else {}
+    generated = module.synthetic_archive(scratch / "generated", config.synthetic, params, **extra)
     return (
         fetch_archive(generated.resolve().as_uri(), scratch, None, config.download),
         f"synthetic:{generated.name}",

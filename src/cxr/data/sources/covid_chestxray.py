@@ -8,6 +8,7 @@ not images, and are left out. The archive is GitHub's commit zip, whose top fold
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -17,7 +18,8 @@ import pandas as pd
 
 from cxr.core.checks import bounded
 from cxr.core.sections import Synthetic
-from cxr.data.sources.drawing import ADULT, NEUTRAL, PATTERN_OF_FINDING, draw_chest, draw_ct_slice
+from cxr.data.sources import drawing
+from cxr.data.sources.drawing import ADULT, NEUTRAL, PATTERN_OF_FINDING, draw_chest_with_lungs, draw_ct_slice
 from cxr.data.sources.layout import (
     METADATA,
     GitHubParams,
@@ -45,6 +47,7 @@ from cxr.data.sources.synthetic import (
 NAME = "covid_chestxray"
 REQUIRED_COLUMNS = ["patientid", "finding", "view", "modality", "folder", "filename"]
 EXTRA_COLUMNS = {"sex": "sex", "age": "age"}
+Drawn = tuple[dict[str, str], bytes | None, drawing.DrawnLungs | None]  # a stand-in's row, file, lungs
 
 
 @dataclass(frozen=True)
@@ -80,20 +83,13 @@ def read(root: Path, params: Params) -> SourceTable:
             f"{metadata_path}: rows with an empty patientid, finding, folder or filename at lines {lines[:20]}"
         )
 
-    dropped: list[dict[str, str]] = []
-    rows = []
-    missing = []
+    rows, missing, dropped = [], [], []
     for index, record in metadata.iterrows():
         line = int(index) + 2
         if record["folder"] != "images":
-            dropped.append(
-                {
-                    "source": NAME,
-                    "line": str(line),
-                    "file": f"{record['folder']}/{record['filename']}",
-                    "reason": f"folder={record['folder']} is not an image folder (CT volume)",
-                }
-            )
+            file = f"{record['folder']}/{record['filename']}"
+            reason = f"folder={record['folder']} is not an image folder (CT volume)"
+            dropped.append({"source": NAME, "line": str(line), "file": file, "reason": reason})
             continue
         relative = PurePosixPath("images") / record["filename"]
         if not (root / relative).is_file():
@@ -197,49 +193,15 @@ def synthetic_archive(folder: Path, params: Synthetic, source: Params) -> Path:
     re-encoded, resized, cropped, grey-converted or with changed contrast).
     """
     path = folder / f"covid-chestxray-dataset-{source.commit}.zip"
-    rng = np.random.default_rng([params.seed, 1])
     top = f"covid-chestxray-dataset-{source.commit}"
-    style = ADULT if params.source_shift else NEUTRAL
-    rows: list[dict[str, str]] = []
-    images: dict[str, bytes] = {}
-    later = source.synthetic.findings == "hierarchical"
-    header = LATER_METADATA_HEADER if later else METADATA_HEADER
-    for patient in range(1, params.patients[NAME] + 1):
-        finding = pick(rng, LATER_FINDINGS if later else COVID_FINDINGS)
-        pattern = _later_pattern(finding) if later else PATTERN_OF_FINDING[finding]
-        sex, age = rng.choice(["M", "F"]), str(int(rng.integers(25, 85)))
-        for shot in range(int(rng.integers(1, 4))):
-            view = pick(rng, XRAY_VIEWS)
-            encoding = pick(rng, COVID_ENCODINGS)
-            filename = _filename(rng, finding, patient, shot, view, encoding)
-            width, height = image_size(rng, params)
-            images[filename] = encode(draw_chest(rng, width, height, pattern, style), encoding)
-            rows.append(_row(rng, patient, sex, age, finding, view, "X-ray", "images", filename, shot))
-        if rng.random() < source.synthetic.ct_share:
-            view = CT_VIEWS[int(rng.integers(len(CT_VIEWS)))]
-            for index in range(int(rng.integers(CT_SLICES[0], CT_SLICES[1] + 1))):
-                filename = f"{patient}-ct-{view.lower()}-{index + 1}.jpg"
-                width = height = image_size(rng, params)[0]
-                images[filename] = encode(draw_ct_slice(rng, width, height, pattern, axial=view == "Axial"), "jpeg")
-                rows.append(_row(rng, patient, sex, age, finding, view, "CT", "images", filename, 10 + index))
-        if rng.random() < 0.05:
-            rows.append(_row(rng, patient, sex, age, finding, "Axial", "CT", "volumes", f"{patient}-ct.nii.gz", 9))
-    # The same case published twice, under two patient ids: the original, then a changed copy.
-    finding = next(name for name in (LATER_FINDINGS if later else COVID_FINDINGS) if name.endswith("COVID-19"))
-    patient = params.patients[NAME]
-    for index, image in enumerate(shared_radiographs(params, style)):
-        change = COPY_CHANGES[index % len(COPY_CHANGES)]
-        for data in (original_bytes(image, change), republished(image, change, "jpeg")):
-            patient += 1
-            filename = _filename(rng, finding, patient, 0, "PA", "jpeg")
-            images[filename] = data
-            sex, age = rng.choice(["M", "F"]), str(int(rng.integers(25, 85)))
-            rows.append(_row(rng, patient, sex, age, finding, "PA", "X-ray", "images", filename, 0))
+    header = LATER_METADATA_HEADER if source.synthetic.findings == "hierarchical" else METADATA_HEADER
+    drawn = list(drawings(params, source))
+    rows = [row for row, _, _ in drawn]
+    images = {row["filename"]: data for row, data, _ in drawn if data is not None}
     image_rows = [row for row in rows if row["folder"] == "images"]
     missing = {row["filename"] for row in image_rows[: params.missing_files]}
     # Upstream quirk: one filename cell carries a trailing space the file name does not.
     image_rows[-1]["filename"] += " "
-
     table_rows = [{column: row.get(column, "") for column in header} for row in rows]
     lines = csv_text(table_rows, header).splitlines(keepends=True)
     lines[-1] = lines[-1].rstrip("\n").removesuffix(",") + "\n"  # one ragged row, as upstream
@@ -254,6 +216,57 @@ def synthetic_archive(folder: Path, params: Synthetic, source: Params) -> Path:
         # The CT volumes are not in the repository: volumes/ holds only how to download them.
         writestr(archive, f"{top}/volumes/DOWNLOAD.md", "CT volumes: see the torrent link.\n")
     return path
+
+
+def drawings(params: Synthetic, source: Params) -> Iterator[Drawn]:
+    """The stand-in's metadata rows in table order, each with its file as :func:`synthetic_archive` writes it.
+
+    Parameters
+    ----------
+    params : Synthetic
+        The generator's settings.
+    source : Params
+        ``sources.covid_chestxray`` (its ``synthetic`` section: CT share, findings).
+
+    Yields
+    ------
+    Drawn
+        The row; its file (None: a CT volume); the lungs of a patient's X-ray (None: CT, shared radiographs).
+    """
+    rng = np.random.default_rng([params.seed, 1])
+    style = ADULT if params.source_shift else NEUTRAL
+    later = source.synthetic.findings == "hierarchical"
+    for patient in range(1, params.patients[NAME] + 1):
+        finding = pick(rng, LATER_FINDINGS if later else COVID_FINDINGS)
+        pattern = _later_pattern(finding) if later else PATTERN_OF_FINDING[finding]
+        sex, age = rng.choice(["M", "F"]), str(int(rng.integers(25, 85)))
+        for shot in range(int(rng.integers(1, 4))):
+            view = pick(rng, XRAY_VIEWS)
+            encoding = pick(rng, COVID_ENCODINGS)
+            filename = _filename(rng, finding, patient, shot, view, encoding)
+            width, height = image_size(rng, params)
+            pixels, lungs = draw_chest_with_lungs(rng, width, height, pattern, style)
+            row = _row(rng, patient, sex, age, finding, view, "X-ray", "images", filename, shot)
+            yield row, encode(pixels, encoding), lungs
+        if rng.random() < source.synthetic.ct_share:
+            view = CT_VIEWS[int(rng.integers(len(CT_VIEWS)))]
+            for index in range(int(rng.integers(CT_SLICES[0], CT_SLICES[1] + 1))):
+                filename = f"{patient}-ct-{view.lower()}-{index + 1}.jpg"
+                width = height = image_size(rng, params)[0]
+                data = encode(draw_ct_slice(rng, width, height, pattern, axial=view == "Axial"), "jpeg")
+                yield _row(rng, patient, sex, age, finding, view, "CT", "images", filename, 10 + index), data, None
+        if rng.random() < 0.05:
+            yield _row(rng, patient, sex, age, finding, "Axial", "CT", "volumes", f"{patient}-ct.nii.gz", 9), None, None
+    # The same case published twice, under two patient ids: the original, then a changed copy.
+    finding = next(name for name in (LATER_FINDINGS if later else COVID_FINDINGS) if name.endswith("COVID-19"))
+    patient = params.patients[NAME]
+    for index, image in enumerate(shared_radiographs(params, style)):
+        change = COPY_CHANGES[index % len(COPY_CHANGES)]
+        for data in (original_bytes(image, change), republished(image, change, "jpeg")):
+            patient += 1
+            filename = _filename(rng, finding, patient, 0, "PA", "jpeg")
+            sex, age = rng.choice(["M", "F"]), str(int(rng.integers(25, 85)))
+            yield _row(rng, patient, sex, age, finding, "PA", "X-ray", "images", filename, 0), data, None
 
 
 def _filename(rng: np.random.Generator, finding: str, patient: int, shot: int, view: str, encoding: str) -> str:
@@ -278,22 +291,9 @@ def _row(rng, patient, sex, age, finding, view, modality, folder, filename, shot
     """One metadata row; clinical columns are mostly empty, as they are upstream."""
     row = dict.fromkeys(METADATA_HEADER, "")
     location = "Hospital Universitari, Badalona" if rng.random() < 0.05 else "synthetic"
-    row.update(
-        patientid=str(patient),
-        offset=str(shot),
-        sex=sex,
-        age=age,
-        finding=finding,
-        view=view,
-        modality=modality,
-        folder=folder,
-        filename=filename,
-        date=DATE_FORMATS[int(rng.integers(len(DATE_FORMATS)))],
-        location=location,
-        license="CC BY 4.0",
-    )
-    if rng.random() < 0.3:
-        row["survival"] = rng.choice(["Y", "N"])
-    if rng.random() < 0.1:
-        row["temperature"] = f"{rng.uniform(36.5, 39.5):.1f}"
+    row.update(patientid=str(patient), offset=str(shot), sex=sex, age=age, finding=finding, view=view)
+    row.update(modality=modality, folder=folder, filename=filename, location=location, license="CC BY 4.0")
+    row["date"] = DATE_FORMATS[int(rng.integers(len(DATE_FORMATS)))]
+    row["survival"] = rng.choice(["Y", "N"]) if rng.random() < 0.3 else ""
+    row["temperature"] = f"{rng.uniform(36.5, 39.5):.1f}" if rng.random() < 0.1 else ""
     return row

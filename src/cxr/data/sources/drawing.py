@@ -73,14 +73,75 @@ class Frame:
         return np.exp(-(((self.u - x0) ** 2 + (self.v - y0) ** 2) / (2 * sigma**2)))
 
 
+# Vertices of each lung outline :func:`draw_chest_with_lungs` returns.
+OUTLINE_VERTICES = 96
+
+
+@dataclass(frozen=True)
+class DrawnLungs:
+    """The lungs a drawing painted: its pixels (``mask``, bool, height x width) and their outlines, the
+    (right, left) ellipses as ``(n, 2)`` (x, y) polygons in pixels with (0, 0) the top-left corner of
+    the top-left pixel (pixel (column, row) spans [column, column + 1) x [row, row + 1)), as Darwin
+    JSON and COCO place polygons."""
+
+    mask: np.ndarray
+    outlines: tuple[np.ndarray, np.ndarray]
+
+
 def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, style: Style) -> np.ndarray:
     """A grayscale chest radiograph-like image (uint8, height x width) showing ``pattern``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Every random choice of the drawing; the same state gives the same image.
+    width, height : int
+        The image's size in pixels.
+    pattern : str
+        How the finding shows (a value of :data:`PATTERN_OF_FINDING`).
+    style : Style
+        The source's framing.
+
+    Returns
+    -------
+    numpy.ndarray
+        The image; :func:`draw_chest_with_lungs` draws the same one and also returns its lungs.
+    """
+    return draw_chest_with_lungs(rng, width, height, pattern, style)[0]
+
+
+def draw_chest_with_lungs(
+    rng: np.random.Generator, width: int, height: int, pattern: str, style: Style
+) -> tuple[np.ndarray, DrawnLungs]:
+    """A chest radiograph-like image, as :func:`draw_chest` draws it, and where it painted the lungs.
 
     No two drawings are the same radiograph, as no two exposures are: the soft-tissue texture and,
     slightly, body, lung and heart sizes and positioning (shift, rotation, inspiration) vary from
     image to image, so a perceptual hash tells two drawings apart as it tells two real radiographs
     apart, while a re-encoded or resized copy of one drawing stays its near-duplicate. The lungs,
     where the findings are, keep the texture faint (0.02 against 0.08 around them).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Every random choice of the drawing, drawn in the same order as :func:`draw_chest` draws them.
+    width, height : int
+        The image's size in pixels.
+    pattern : str
+        How the finding shows (a value of :data:`PATTERN_OF_FINDING`).
+    style : Style
+        The source's framing.
+
+    Returns
+    -------
+    tuple of numpy.ndarray and DrawnLungs
+        The image (uint8, height x width) and its lungs: the pixels the lungs' shade was painted on
+        and their outlines (:data:`OUTLINE_VERTICES` vertices each) in pixels of the upright image.
+
+    Raises
+    ------
+    ValueError
+        When ``pattern`` is not one the drawing knows.
     """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     yy /= height
@@ -99,9 +160,13 @@ def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, 
     body = ellipse(0.0, 0.0, 0.44 * size(), 0.5)
     image[body] = 0.5
     lung_width, lung_height = size(), size()
-    lung_right = ellipse(-0.19, -0.04, 0.15 * lung_width, 0.3 * lung_height)
-    lung_left = ellipse(0.19, -0.04, 0.14 * lung_width, 0.29 * lung_height)
-    lungs = lung_right | lung_left
+    right_lung, left_lung = (
+        (-0.19, -0.04, 0.15 * lung_width, 0.3 * lung_height),
+        (0.19, -0.04, 0.14 * lung_width, 0.29 * lung_height),
+    )
+    lungs = ellipse(*right_lung) | ellipse(*left_lung)
+    placement = (cx, cy, scale, angle, width, height)
+    drawn = DrawnLungs(lungs, (_outline(right_lung, placement), _outline(left_lung, placement)))
     image[lungs] = 0.2
     ribs = (np.sin(2 * np.pi * (v * 7.0 * size() + 1.5 * u**2) + rng.uniform(0, 2 * np.pi)) > 0.75) & lungs
     image[ribs] += 0.07
@@ -145,7 +210,22 @@ def draw_chest(rng: np.random.Generator, width: int, height: int, pattern: str, 
     if style.marker:
         image[(xx > 0.84) & (xx < 0.92) & (yy > 0.06) & (yy < 0.14)] = 0.97
     image += rng.normal(0, 0.025, image.shape).astype(np.float32)
-    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8), drawn
+
+
+def _outline(ellipse: tuple[float, float, float, float], placement: tuple) -> np.ndarray:
+    """The ellipse (``x0``, ``y0``, ``rx``, ``ry``) of the turned frame as (x, y) pixel vertices.
+
+    Inverts :func:`draw_chest_with_lungs`'s map from pixel to frame: pixel (column, row) is drawn
+    at ``xx = column / width``, ``yy = row / height``, turned by ``angle`` about the centre
+    (``cx``, ``cy``) and divided by ``scale``; its centre is at (column + 0.5, row + 0.5).
+    """
+    cx, cy, scale, angle, width, height = placement
+    x0, y0, rx, ry = ellipse
+    t = np.linspace(0, 2 * np.pi, OUTLINE_VERTICES, endpoint=False)
+    u, v = x0 + rx * np.cos(t), y0 + ry * np.sin(t)
+    x, y = u * np.cos(angle) + v * np.sin(angle), -u * np.sin(angle) + v * np.cos(angle)
+    return np.stack([(cx + scale * x) * width + 0.5, (cy + scale * y) * height + 0.5], axis=1)
 
 
 def draw_ct_slice(rng: np.random.Generator, width: int, height: int, pattern: str, axial: bool) -> np.ndarray:

@@ -9,7 +9,7 @@ from cxr.report import evaluation
 
 # Thresholds the verdict uses; audit.md states them next to the numbers.
 PROBE_MARGIN = 0.2  # within-class probe accuracy this far above chance: the sources look different
-SALIENCY_MARGIN = 0.05  # lung-box share of saliency this far below an even spread: it looks elsewhere
+SALIENCY_MARGIN = 0.05  # saliency's share in the lungs this far below an even spread's: it looks elsewhere
 EXTERNAL_DROP = 0.2  # positive-class sensitivity this much lower on the external source than on the test split
 
 
@@ -31,9 +31,9 @@ def evidence(metrics: dict, n_classes: int, positive: str) -> dict[str, bool]:
     dict of str to bool
         ``probe`` (the within-class source probe is at least the margin above chance),
         ``lungs_hidden`` (the lower end of the lungs-hidden balanced accuracy interval is above
-        chance), ``saliency`` (Grad-CAM's lung-box share is the margin or more below an even
-        spread's) and ``external`` (the positive class's sensitivity drops by the margin or more on
-        the external source).
+        chance), ``saliency`` (Grad-CAM's share inside the lungs, real mask or box, is the margin or
+        more below the lungs' share of the image) and ``external`` (the positive class's
+        sensitivity drops by the margin or more on the external source).
     """
     probe, hidden, saliency = metrics["source_probe"], metrics["lungs_hidden"], metrics["saliency"]
     external, internal = metrics.get("external", {}), metrics["classifier"]
@@ -41,8 +41,8 @@ def evidence(metrics: dict, n_classes: int, positive: str) -> dict[str, bool]:
     return {
         "probe": (probe["within_class_accuracy"] or 0) >= probe["within_class_chance"] + PROBE_MARGIN,
         "lungs_hidden": (hidden["balanced_accuracy_low"] or 0) > 1 / n_classes,
-        "saliency": saliency["lung_box_share"] is not None
-        and saliency["lung_box_share"] <= saliency["uniform_share"] - SALIENCY_MARGIN,
+        "saliency": saliency["lung_share"] is not None
+        and saliency["lung_share"] <= saliency["lung_area_share"] - SALIENCY_MARGIN,
         "external": external.get(key) is not None
         and internal.get(key) is not None
         and external[key] <= internal[key] - EXTERNAL_DROP,
@@ -119,12 +119,14 @@ def verdict(backbone: str, metrics: dict, n_classes: int, positive: str, min_ima
         )
     sentences = [
         probe_sentence,
-        f"With the lungs hidden, the classifier still reaches a balanced accuracy of "
+        f"With the lungs hidden ({region_text(hidden.get('region'))}), the classifier still reaches a "
+        f"balanced accuracy of "
         f"{evaluation.interval_text(hidden, 'balanced_accuracy')} (chance {1 / n_classes:.2f}) "
         f"and a {positive} sensitivity of "
         f"{two_decimals(hidden.get(key))}.",
-        f"Grad-CAM puts {two_decimals(saliency['lung_box_share'])} of its mass inside the lung box "
-        f"({saliency['uniform_share']:.2f} if it were spread evenly; {_map(saliency)}).",
+        f"Grad-CAM puts {two_decimals(saliency['lung_share'])} of its mass inside the lungs "
+        f"({two_decimals(saliency['lung_area_share'])} if it were spread evenly; {_regions(saliency)}; "
+        f"{_map(saliency)}).",
     ]
     if "external" in metrics:
         sentences.append(
@@ -191,8 +193,45 @@ def _listing(names: list[str]) -> str:
 
 
 def _map(saliency: dict) -> str:
-    side = saliency.get("map_side")
-    return "map size unknown" if side is None else f"a {side}x{side} feature map"
+    side, last = saliency.get("map_side"), saliency.get("last_map_side")
+    if side is None:
+        return "map size unknown"
+    finer = f", finer than the last feature map's {last}x{last}" if last is not None and last != side else ""
+    return f"a {side}x{side} feature map at {saliency.get('layer')}{finer}"
+
+
+def _regions(saliency: dict) -> str:
+    """Which images were measured with a real lung mask, and what the box gives on those."""
+    regions, real = saliency.get("regions", {}), saliency.get("real_mask", {})
+    if not regions.get("mask"):
+        return "the central lung box on every image: no image of the sample has a real lung mask"
+    return (
+        f"real lung masks on {regions['mask']} images, the central box on {regions.get('box', 0)}; on the "
+        f"masked images {two_decimals(real.get('lung_share'))} inside the lungs against "
+        f"{two_decimals(real.get('lung_area_share'))} of the image, and "
+        f"{two_decimals(real.get('lung_box_share'))} inside the box"
+    )
+
+
+def region_text(region: dict | None) -> str:
+    """What the lungs-hidden classifier blanked, in words (``lungs_hidden.region`` of an audit)."""
+    if not region:
+        return "the central lung box blanked"
+    if region["kind"] == "box":
+        text = "the central lung box blanked (no training image has a real lung mask)"
+    elif region["kind"] == "atlas":
+        text = (
+            f"a lung atlas of {region['masks']} real masks blanked in every image (grown by {region['margin_px']} px)"
+        )
+    else:
+        text = f"each image's own real lung mask blanked (grown by {region['margin_px']} px)"
+    if region.get("test_images"):
+        text += (
+            f", which covers {two_decimals(region['lungs_blanked'])} of the real lungs of "
+            f"{region['test_images']} test images (least {two_decimals(region['lungs_blanked_min'])}; "
+            f"the central box would cover {two_decimals(region['box_lungs_blanked'])})"
+        )
+    return text
 
 
 def two_decimals(value) -> str:

@@ -1,5 +1,6 @@
 """Grad-CAM saliency of a classifier on a fixed sample of test images, and the share of each map
-that falls inside the lung box (against the share an even spread would have)."""
+that falls inside the lungs (against the share an even spread would have): inside the image's real
+lung mask where it has one (:mod:`cxr.learn.lungs`), inside the central lung box otherwise."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from cxr.core.backbones import Backbone
-from cxr.learn import images
+from cxr.core.backbones import GRADCAM_MIN_SIDE, Backbone
+from cxr.learn import images, lungs
 from cxr.learn.model import HEAD_LAYER, POOL_LAYER, PREPROCESS_LAYER, base_of
 
 
@@ -100,9 +101,14 @@ def box_share(maps: np.ndarray, fraction: float) -> np.ndarray:
 
     A map spread evenly over the image gives about ``fraction ** 2``.
     """
-    box = images.center_box(maps.shape[1], fraction)
+    return mask_share(maps, lungs.box_mask(maps.shape[1], fraction)[None])
+
+
+def mask_share(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per map (n, side, side), the share of its mass inside its mask (n or 1, side, side; bool);
+    NaN for an empty map."""
     total = maps.sum(axis=(1, 2))
-    inside = maps[:, box, box].sum(axis=(1, 2))
+    inside = (maps * masks).sum(axis=(1, 2))
     return np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0)
 
 
@@ -130,17 +136,49 @@ def map_side(model: keras.Model, layer: str | None) -> int:
     return int((base.get_layer(layer).output if layer else base.output).shape[1])
 
 
-def saliency(
-    model: keras.Model, backbone: Backbone, sample: pd.DataFrame, classes: list[str], size: int, box: float
-) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Grad-CAM of the predicted class for each sampled image.
+def gradcam_layer(model: keras.Model, backbone: Backbone) -> tuple[str | None, int, int]:
+    """The layer Grad-CAM reads: the backbone's last candidate (``Backbone.gradcam_layers``) whose
+    map is at least :data:`~cxr.core.backbones.GRADCAM_MIN_SIDE` cells across at the model's input,
+    or its finest candidate when none is.
 
     Parameters
     ----------
     model : keras.Model
         The classifier.
     backbone : Backbone
-        Its registry entry (``gradcam_layer``).
+        Its registry entry.
+
+    Returns
+    -------
+    layer : str or None
+        The base's layer (None: the base's output).
+    side : int
+        Its map's side, in cells.
+    last_side : int
+        The side of the first candidate's map (the last convolutional one).
+    """
+    sides = [map_side(model, layer) for layer in backbone.gradcam_layers]
+    chosen = next((index for index, side in enumerate(sides) if side >= GRADCAM_MIN_SIDE), int(np.argmax(sides)))
+    return backbone.gradcam_layers[chosen], sides[chosen], sides[0]
+
+
+def saliency(
+    model: keras.Model,
+    layer: str | None,
+    sample: pd.DataFrame,
+    classes: list[str],
+    size: int,
+    box: float,
+    masks: dict,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+    """Grad-CAM of the predicted class for each sampled image, and its mass inside the lungs.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier.
+    layer : str or None
+        The base's layer Grad-CAM reads (:func:`gradcam_layer`).
     sample : pandas.DataFrame
         The images (``path``, orientation, ``image_id``, ``source``, ``class``).
     classes : list of str
@@ -149,6 +187,8 @@ def saliency(
         The input side, in pixels.
     box : float
         The lung box's side as a fraction of the image side (``audit.lung_box``).
+    masks : dict of str to Path
+        Real lung masks by image id (:func:`cxr.learn.lungs.read_masks`).
 
     Returns
     -------
@@ -156,9 +196,13 @@ def saliency(
         The decoded images, shape (n, size, size, 3), raw 0-255.
     maps : numpy.ndarray
         Their Grad-CAM maps, shape (n, size, size), in [0, 1].
+    regions : numpy.ndarray
+        Where each image's lungs were taken to be, bool (n, size, size): its real mask, else the box.
     table : pandas.DataFrame
-        One row per image: ``image_id``, ``source``, ``class``, ``predicted`` and ``lung_box_share``
-        (the share of the map's mass inside the lung box).
+        One row per image: ``image_id``, ``source``, ``class``, ``predicted``, ``lung_box_share``
+        (the map's mass inside the lung box), ``region`` (``mask`` where the image has a real lung
+        mask, else ``box``), ``lung_share`` (the map's mass inside that region) and
+        ``lung_area_share`` (the region's share of the image: an even map's ``lung_share``).
     """
     batch = np.stack(
         [
@@ -167,10 +211,22 @@ def saliency(
         ]
     )
     predicted = np.argmax(model.predict(batch, verbose=0), axis=1)
-    maps = gradcam(model, batch, predicted, backbone.gradcam_layer)
+    maps = gradcam(model, batch, predicted, layer)
+    regions = np.stack(
+        [
+            lungs.input_mask(masks[image_id], size) if image_id in masks else lungs.box_mask(size, box)
+            for image_id in sample["image_id"]
+        ]
+    )
     table = (
         sample[["image_id", "source", "class"]]
         .reset_index(drop=True)
-        .assign(predicted=np.asarray(classes)[predicted], lung_box_share=box_share(maps, box))
+        .assign(
+            predicted=np.asarray(classes)[predicted],
+            lung_box_share=box_share(maps, box),
+            region=["mask" if image_id in masks else "box" for image_id in sample["image_id"]],
+            lung_share=mask_share(maps, regions),
+            lung_area_share=regions.mean(axis=(1, 2)),
+        )
     )
-    return batch, maps, table
+    return batch, maps, regions, table

@@ -90,7 +90,8 @@ def audit_markdown(
         "",
         "| backbone | test accuracy | source probe within class (chance) | source probe accuracy "
         f"(class-only guess) | lungs hidden: balanced accuracy | lungs hidden: {positive} sensitivity | "
-        f"Grad-CAM mass in lung box (even spread; map) | external: accuracy | external: {positive} sensitivity |",
+        "Grad-CAM mass in the lungs (even spread; map; real masks) | external: accuracy | "
+        f"external: {positive} sensitivity |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for backbone, metrics in results.items():
@@ -105,8 +106,9 @@ def audit_markdown(
                     f"{two_decimals(probe['accuracy'])} ({probe['class_only_accuracy']:.2f})",
                     evaluation.interval_text(hidden, "balanced_accuracy"),
                     two_decimals(hidden.get(key)),
-                    f"{two_decimals(saliency['lung_box_share'])} ({saliency['uniform_share']:.2f}; "
-                    f"{saliency.get('map_side')}x{saliency.get('map_side')} map)",
+                    f"{two_decimals(saliency['lung_share'])} ({two_decimals(saliency['lung_area_share'])}; "
+                    f"{saliency.get('map_side')}x{saliency.get('map_side')} map; "
+                    f"{saliency.get('regions', {}).get('mask', 0)} of {saliency.get('images')})",
                     evaluation.interval_text(external_metrics, "accuracy"),
                     two_decimals(external_metrics.get(key)),
                 ]
@@ -141,14 +143,18 @@ def audit_markdown(
         "class, averaged over the classes that more than one source provides: a guess from the class alone "
         "scores exactly the chance level, so anything above it is the look of the source. A margin of "
         f"{PROBE_MARGIN} above chance counts as a difference.",
-        "- **Lungs hidden**: the classifier retrained and tested on images whose central square (side "
-        "`audit.lung_box` of the image) is black, as Maguolo & Nanni (2021) did. Its balanced accuracy "
-        "counts as above chance when the lower end of its 95% patient-bootstrap interval is.",
-        "- **Grad-CAM**: saliency of the predicted class at the backbone's last feature map (layer in the "
-        "backbone registry), for `audit.saliency_images_per_class` test images per class; the share of its "
-        "mass inside the lung box, against the share an even spread would have; "
-        f"{SALIENCY_MARGIN} or more below it counts as looking elsewhere. A feature map of 1x1 (small inputs) "
-        "cannot localise anything. Overlays: "
+        "- **Lungs hidden**: the classifier retrained and tested on images whose lungs are black, as "
+        "Maguolo & Nanni (2021) did: each image's own real lung mask (V7 Labs' outlines, `lung_masks` "
+        "stage) grown by `audit.mask_margin` when every image has one; otherwise one lung atlas, the "
+        "pixels inside half the training images' real masks, grown likewise, in every image (a blank "
+        "whose shape differed by source would itself tell the sources apart); without real masks, "
+        "the central square of side `audit.lung_box`. Its balanced accuracy counts as above chance "
+        "when the lower end of its 95% patient-bootstrap interval is.",
+        "- **Grad-CAM**: saliency of the predicted class, for `audit.saliency_images_per_class` test "
+        "images per class, at the backbone's last feature map, or an earlier one (registry) where that "
+        "is under 7x7 cells; the share of its mass inside the lungs (the image's real lung mask where "
+        "it has one, else the central lung box), against the lungs' share of the image (what an even "
+        f"spread would give); {SALIENCY_MARGIN} or more below it counts as looking elsewhere. Overlays: "
         + ", ".join(f"[{backbone}](../audit/{backbone}/gradcam.png)" for backbone in results)
         + ".",
         f"- **External**: the trained classifier on the external source's images; a {positive} sensitivity "

@@ -16,6 +16,7 @@ from cxr.core.config import Config
 from cxr.core.schema import split_part
 from cxr.data.split import source_confound
 from cxr.learn import training
+from cxr.learn.lungs import HiddenRegion
 from cxr.report import evaluation
 from cxr.report.audit import gradcam
 
@@ -78,7 +79,7 @@ def predicted_table(
     classes: list[str],
     size: int,
     config: Config,
-    hidden_center: float | None = None,
+    hidden: HiddenRegion | None = None,
 ) -> pd.DataFrame:
     """A model's predictions for ``rows``: one row per image, actual, predicted and ``p_<class>``.
 
@@ -94,15 +95,15 @@ def predicted_table(
         The input side, in pixels.
     config : Config
         The configuration (``train``: batch size, cache).
-    hidden_center : float or None, optional
-        When given, the central square of that fraction of the image side is blanked first.
+    hidden : HiddenRegion or None, optional
+        When given, that region of each image is blanked first.
 
     Returns
     -------
     pandas.DataFrame
         The predictions table (:func:`cxr.report.evaluation.predictions_frame`).
     """
-    probabilities = evaluation.predict(model, rows, classes, size, config.train, hidden_center)
+    probabilities = evaluation.predict(model, rows, classes, size, config.train, hidden)
     return evaluation.predictions_frame(rows, classes, probabilities)
 
 
@@ -137,46 +138,6 @@ def source_probe(backbone: Backbone, split: pd.DataFrame, size: int, config: Con
     )
 
 
-def lungs_hidden(
-    backbone: Backbone, split: pd.DataFrame, classes: list[str], size: int, config: Config, work_dir: Path
-) -> pd.DataFrame:
-    """Train and test the classifier on images whose lung box is blanked; its test predictions.
-
-    The test follows Maguolo & Nanni (2021): a classifier that still scores above chance without the
-    lungs uses something else.
-
-    Parameters
-    ----------
-    backbone : Backbone
-        The backbone's registry entry.
-    split : pandas.DataFrame
-        The split table.
-    classes : list of str
-        The task's classes.
-    size : int
-        The input side, in pixels.
-    config : Config
-        The configuration (``audit.lung_box``, ``train``, ``seed``).
-    work_dir : Path
-        The fit's checkpoint folder.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per test image: actual, predicted and ``p_<class>``.
-
-    References
-    ----------
-    Maguolo, G. & Nanni, L. (2021). A critic evaluation of methods for COVID-19 automatic detection
-    from X-ray images.
-    """
-    box = config.audit.lung_box
-    model, _ = training.train_classifier(
-        backbone, split, classes, size, config.train, config.seed, work_dir, hidden_center=box
-    )
-    return predicted_table(model, split_part(split, "test"), classes, size, config, hidden_center=box)
-
-
 def summary(
     tables: dict[str, pd.DataFrame],
     saliency_table: pd.DataFrame,
@@ -185,8 +146,8 @@ def summary(
     size: int,
     config: Config,
     *,
-    layer: str | None,
-    map_side: int,
+    layer: tuple[str | None, int, int],
+    region: dict,
 ) -> dict:
     """The audit's metrics for one backbone (``reports/audit/<backbone>.json``).
 
@@ -209,10 +170,11 @@ def summary(
         The input side, in pixels.
     config : Config
         The configuration (``evaluate``, ``audit.lung_box``).
-    layer : str or None
-        The layer Grad-CAM read; None: the base's output.
-    map_side : int
-        The side of that feature map, in cells.
+    layer : tuple of (str or None, int, int)
+        The layer Grad-CAM read (None: the base's output), its map's side and the last feature
+        map's side (:func:`cxr.report.audit.gradcam.gradcam_layer`).
+    region : dict
+        What the lungs-hidden classifier blanked (:func:`region_report`).
 
     Returns
     -------
@@ -220,14 +182,21 @@ def summary(
         ``classifier`` (its scores), ``source_probe`` (``accuracy``, ``class_only_accuracy``,
         ``within_class_accuracy``, ``within_class_chance``, ``within_class_evidence``,
         ``within_class`` and its scores), ``lungs_hidden`` (its scores, ``source_only_accuracy``,
-        ``majority_class_accuracy``), ``saliency`` (``lung_box_share``, ``per_class``,
-        ``uniform_share``, ``layer``, ``map_side``, ``images``) and, with an external table,
-        ``external`` (``images`` and its scores).
+        ``majority_class_accuracy``, ``region``), ``saliency`` (``lung_share`` and
+        ``lung_area_share``: mean Grad-CAM mass inside each image's lungs, real mask or box, and
+        the lungs' mean share of the image; ``regions``: images measured with a real mask and with
+        the box; ``real_mask``: the images with a real mask, their ``lung_share``,
+        ``lung_area_share`` and ``lung_box_share``; ``lung_box_share``, ``per_class`` and
+        ``uniform_share``: the box measure on every image; ``layer``, ``map_side``,
+        ``last_map_side``, ``images``) and, with an external table, ``external`` (``images`` and
+        its scores).
     """
     resamples, seed = config.evaluate.bootstrap_resamples, config.evaluate.bootstrap_seed
     probe = tables["source_probe"]
     within = within_class_source_accuracy(probe, resamples=resamples, seed=seed)
     confound = source_confound(split)
+    masked = saliency_table[saliency_table["region"] == "mask"]
+    name, side, last_side = layer
     return without_nan(
         {
             "classifier": scored(tables["classifier"], classes, resamples, seed),
@@ -244,13 +213,25 @@ def summary(
                 **scored(tables["lungs_hidden"], classes, resamples, seed),
                 "source_only_accuracy": confound["source_only_accuracy"],
                 "majority_class_accuracy": confound["majority_class_accuracy"],
+                "region": region,
             },
             "saliency": {
+                "lung_share": float(saliency_table["lung_share"].mean()),
+                "lung_area_share": float(saliency_table["lung_area_share"].mean()),
+                "regions": {"mask": len(masked), "box": len(saliency_table) - len(masked)},
+                "real_mask": {
+                    "images": len(masked),
+                    **{
+                        column: float(masked[column].mean())
+                        for column in ("lung_share", "lung_area_share", "lung_box_share")
+                    },
+                },
                 "lung_box_share": float(saliency_table["lung_box_share"].mean()),
-                "per_class": saliency_table.groupby("class")["lung_box_share"].mean().to_dict(),
+                "per_class": saliency_table.groupby("class")["lung_share"].mean().to_dict(),
                 "uniform_share": gradcam.even_share(size, config.audit.lung_box),
-                "layer": layer or "base output",
-                "map_side": map_side,
+                "layer": name or "base output",
+                "map_side": side,
+                "last_map_side": last_side,
                 "images": len(saliency_table),
             },
             **(
