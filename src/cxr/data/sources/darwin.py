@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from matplotlib.path import Path as MplPath
 
 from cxr.data.sources.layout import SourceLayoutError, is_macos_junk
 
@@ -158,10 +159,11 @@ def rasterise(outline: LungOutline, width: int, height: int) -> np.ndarray:
 
 
 def fill(polygons: list[np.ndarray], width: int, height: int) -> np.ndarray:
-    """The pixels whose centre lies inside a polygon (even-odd rule in each, union of them), exactly.
+    """The pixels whose centre lies inside a polygon (the union of them), by matplotlib's
+    ``Path.contains_points`` over each polygon's bounding box.
 
-    A scanline fill at pixel centres, which Pillow's ``ImageDraw.polygon`` is not: it rounds the
-    vertices to whole pixels and adds the edge pixels, about a pixel too wide all round.
+    Pillow's ``ImageDraw.polygon`` is not used: it rounds the vertices to whole pixels and adds the
+    edge pixels, about a pixel too wide all round.
 
     Parameters
     ----------
@@ -176,17 +178,12 @@ def fill(polygons: list[np.ndarray], width: int, height: int) -> np.ndarray:
         Bool, ``(height, width)``.
     """
     inside = np.zeros((height, width), bool)
-    centres = np.arange(height) + 0.5
     for polygon in polygons:
-        (x1, y1), (x2, y2) = polygon.T, np.roll(polygon, -1, axis=0).T
-        low, high = np.minimum(y1, y2), np.maximum(y1, y2)
-        rows, edges = np.nonzero((centres[:, None] >= low) & (centres[:, None] < high))
-        share = (centres[rows] - y1[edges]) / (y2[edges] - y1[edges])
-        crossings = x1[edges] + share * (x2[edges] - x1[edges])
-        # Each crossing toggles inside/outside from the first pixel whose centre is right of it.
-        toggles = np.zeros((height, width + 1), np.int32)
-        np.add.at(toggles, (rows, np.clip(np.ceil(crossings - 0.5), 0, width).astype(int)), 1)
-        inside |= np.cumsum(toggles, axis=1)[:, :width] % 2 == 1
+        left, top = np.clip(np.floor(polygon.min(axis=0)).astype(int), 0, [width, height])
+        right, bottom = np.clip(np.ceil(polygon.max(axis=0)).astype(int) + 1, 0, [width, height])
+        rows, columns = np.mgrid[top:bottom, left:right]
+        centres = np.column_stack([columns.ravel() + 0.5, rows.ravel() + 0.5])
+        inside[top:bottom, left:right] |= MplPath(polygon).contains_points(centres).reshape(rows.shape)
     return inside
 
 
