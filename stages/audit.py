@@ -54,6 +54,12 @@ def main() -> None:
     sample = gradcam.saliency_sample(test, config.audit.saliency_images_per_class, config.audit.saliency_seed)
     layer = gradcam.gradcam_layer(classifier, backbone)
     batch, maps, regions, saliency = gradcam.saliency(classifier, layer[0], sample, classes, size, box, masks)
+    masked = test[test["image_id"].isin(masks)]
+    masked_saliency = (
+        gradcam.saliency(classifier, layer[0], masked, classes, size, box, masks)[3]
+        if len(masked)
+        else saliency.iloc[:0]
+    )
     external = pd.read_csv(args.external)
     if not external.empty:  # empty when no external image passes the filter (e.g. a CT experiment)
         tables["external"] = measures.predicted_table(classifier, external, classes, size, config)
@@ -69,6 +75,7 @@ def main() -> None:
         config,
         layer=layer,
         region=hidden.region_report(region, split, masks, box),
+        masked_table=masked_saliency,
     )
     grid = figures.saliency_grid(
         batch,
@@ -82,6 +89,7 @@ def main() -> None:
         for name, table in tables.items():
             write_csv(staging / f"{name}_predictions.csv", table)
         write_csv(staging / "saliency.csv", saliency)
+        write_csv(staging / "saliency_real_mask.csv", masked_saliency)
         grid.savefig(staging / "gradcam.png")
     write_json(args.metrics, metrics)
     with runs.stage_run(config, f"audit@{backbone.name}", args.split, backbone.name):

@@ -97,6 +97,9 @@ def test_repro_runs_every_stage_and_records_one_parent_run(clone):
     assert saliency["region"].tolist() == expected.tolist() and set(expected) == {"mask", "box"}
     audit = json.loads((clone / "reports/audit/vgg16.json").read_text())
     assert audit["saliency"]["regions"] == expected.value_counts().to_dict()
+    masked_test = split[split["split"] == "test"]["image_id"].isin(masks["image_id"]).sum()
+    assert audit["saliency"]["real_mask"]["images"] == masked_test > 0
+    assert len(pd.read_csv(clone / "reports/audit/vgg16/saliency_real_mask.csv")) == masked_test
     assert audit["saliency"]["layer"] == "block4_conv3" and audit["saliency"]["map_side"] >= 7
     region = audit["lungs_hidden"]["region"]
     assert region["kind"] == "atlas" and region["masks"] > 0 and region["lungs_blanked"] > 0.9

@@ -203,11 +203,12 @@ def _map(saliency: dict) -> str:
 def _regions(saliency: dict) -> str:
     """Which images were measured with a real lung mask, and what the box gives on those."""
     regions, real = saliency.get("regions", {}), saliency.get("real_mask", {})
-    if not regions.get("mask"):
-        return "the central lung box on every image: no image of the sample has a real lung mask"
+    sampled = f"real lung masks on {regions.get('mask', 0)} images, the central box on {regions.get('box', 0)}"
+    if not real.get("images"):
+        return sampled + "; no test image has a real lung mask"
     return (
-        f"real lung masks on {regions['mask']} images, the central box on {regions.get('box', 0)}; on the "
-        f"masked images {two_decimals(real.get('lung_share'))} inside the lungs against "
+        f"{sampled}; on all {real['images']} test images with a real mask, "
+        f"{two_decimals(real.get('lung_share'))} inside the lungs against "
         f"{two_decimals(real.get('lung_area_share'))} of the image, and "
         f"{two_decimals(real.get('lung_box_share'))} inside the box"
     )
@@ -218,18 +219,16 @@ def region_text(region: dict | None) -> str:
     if not region:
         return "the central lung box blanked"
     if region["kind"] == "box":
-        text = "the central lung box blanked (no training image has a real lung mask)"
+        text = "the central lung box blanked: no training image has a real lung mask"
     elif region["kind"] == "atlas":
-        text = (
-            f"a lung atlas of {region['masks']} real masks blanked in every image (grown by {region['margin_px']} px)"
-        )
+        text = f"a lung atlas of {region['masks']} real masks, grown by {region['margin_px']} px, blanked in each image"
     else:
-        text = f"each image's own real lung mask blanked (grown by {region['margin_px']} px)"
+        text = f"each image's own real lung mask, grown by {region['margin_px']} px, blanked"
     if region.get("test_images"):
         text += (
-            f", which covers {two_decimals(region['lungs_blanked'])} of the real lungs of "
-            f"{region['test_images']} test images (least {two_decimals(region['lungs_blanked_min'])}; "
-            f"the central box would cover {two_decimals(region['box_lungs_blanked'])})"
+            f"; it covers {two_decimals(region['lungs_blanked'])} of the real lungs of "
+            f"{region['test_images']} test images, at least {two_decimals(region['lungs_blanked_min'])} each, "
+            f"where the central box would cover {two_decimals(region['box_lungs_blanked'])}"
         )
     return text
 

@@ -13,6 +13,9 @@ from cxr.core.backbones import GRADCAM_MIN_SIDE, Backbone
 from cxr.learn import images, lungs
 from cxr.learn.model import HEAD_LAYER, POOL_LAYER, PREPROCESS_LAYER, base_of
 
+# Images per Grad-CAM pass: the tape keeps every activation of the base for the batch.
+CHUNK = 16
+
 
 def saliency_sample(test: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
     """A fixed sample of test images, ``per_class`` of each class (fewer if a class has fewer).
@@ -211,7 +214,12 @@ def saliency(
         ]
     )
     predicted = np.argmax(model.predict(batch, verbose=0), axis=1)
-    maps = gradcam(model, batch, predicted, layer)
+    maps = np.concatenate(
+        [
+            gradcam(model, batch[start : start + CHUNK], predicted[start : start + CHUNK], layer)
+            for start in range(0, len(batch), CHUNK)
+        ]
+    )
     regions = np.stack(
         [
             lungs.input_mask(masks[image_id], size) if image_id in masks else lungs.box_mask(size, box)

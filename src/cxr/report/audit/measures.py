@@ -148,6 +148,7 @@ def summary(
     *,
     layer: tuple[str | None, int, int],
     region: dict,
+    masked_table: pd.DataFrame,
 ) -> dict:
     """The audit's metrics for one backbone (``reports/audit/<backbone>.json``).
 
@@ -174,7 +175,9 @@ def summary(
         The layer Grad-CAM read (None: the base's output), its map's side and the last feature
         map's side (:func:`cxr.report.audit.gradcam.gradcam_layer`).
     region : dict
-        What the lungs-hidden classifier blanked (:func:`region_report`).
+        What the lungs-hidden classifier blanked (:func:`cxr.report.audit.hidden.region_report`).
+    masked_table : pandas.DataFrame
+        :func:`cxr.report.audit.gradcam.saliency`'s table for every test image with a real lung mask.
 
     Returns
     -------
@@ -185,7 +188,7 @@ def summary(
         ``majority_class_accuracy``, ``region``), ``saliency`` (``lung_share`` and
         ``lung_area_share``: mean Grad-CAM mass inside each image's lungs, real mask or box, and
         the lungs' mean share of the image; ``regions``: images measured with a real mask and with
-        the box; ``real_mask``: the images with a real mask, their ``lung_share``,
+        the box; ``real_mask``: every test image with a real mask (``images``), their mean ``lung_share``,
         ``lung_area_share`` and ``lung_box_share``; ``lung_box_share``, ``per_class`` and
         ``uniform_share``: the box measure on every image; ``layer``, ``map_side``,
         ``last_map_side``, ``images``) and, with an external table, ``external`` (``images`` and
@@ -220,9 +223,9 @@ def summary(
                 "lung_area_share": float(saliency_table["lung_area_share"].mean()),
                 "regions": {"mask": len(masked), "box": len(saliency_table) - len(masked)},
                 "real_mask": {
-                    "images": len(masked),
+                    "images": len(masked_table),
                     **{
-                        column: float(masked[column].mean())
+                        column: float(masked_table[column].mean())
                         for column in ("lung_share", "lung_area_share", "lung_box_share")
                     },
                 },
