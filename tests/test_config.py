@@ -166,3 +166,15 @@ def test_a_stage_under_dvc_reads_only_the_params_dvc_yaml_declares(tmp_path, mon
         config.class_names()
     monkeypatch.delenv("DVC_STAGE")
     assert load(tmp_path / "params.yaml").train.epochs > 0
+
+
+def test_a_declared_key_templated_from_params_is_filled_as_dvc_fills_it(tmp_path):
+    """``sources.${sources.lung_masks.annotates}`` (download_masks) declares the annotated source's section."""
+    from cxr.core.declared import declared_params
+
+    write_params(tmp_path)
+    stage = {"cmd": "x", "params": ["sources.lung_masks", "sources.${sources.lung_masks.annotates}"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"masks": stage, "bad": {"params": ["${no.key}"]}}}))
+    assert declared_params(tmp_path / "dvc.yaml", "masks") == ["sources.lung_masks", "sources.covid_chestxray"]
+    with pytest.raises(ConfigError, match=r"stage bad: \$\{no.key\} names no params.yaml key"):
+        declared_params(tmp_path / "dvc.yaml", "bad")

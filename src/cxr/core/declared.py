@@ -6,6 +6,7 @@ not rerun the stage for; :class:`DeclaredParams` makes that read an error naming
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,31 @@ from cxr.core.checks import ConfigError, join_key
 
 
 def declared_params(pipeline: Path, stage: str) -> list[str]:
-    """The params.yaml keys that dvc.yaml declares for ``stage`` (``name`` or ``name@item``)."""
+    """The params.yaml keys that dvc.yaml declares for ``stage`` (``name`` or ``name@item``), with
+    ``${item}`` and ``${<params key>}`` filled in as DVC's templating fills them (the params file
+    beside dvc.yaml)."""
     name, _, item = stage.partition("@")
     stages = (yaml.safe_load(pipeline.read_text()) or {}).get("stages", {})
     if name not in stages:
         raise ConfigError(f"{pipeline}: no stage {name!r} (DVC_STAGE={stage})")
     definition = stages[name].get("do", stages[name])
     keys = [key for entry in definition.get("params", []) for key in ([entry] if isinstance(entry, str) else [])]
-    return [key.replace("${item}", item) for key in keys]
+    params = None
+
+    def value(match: re.Match) -> str:
+        nonlocal params
+        if match[1] == "item":
+            return item
+        if params is None:
+            params = yaml.safe_load(pipeline.with_name("params.yaml").read_text()) or {}
+        found = params
+        for part in match[1].split("."):
+            if not isinstance(found, dict) or part not in found:
+                raise ConfigError(f"{pipeline}: stage {name}: ${{{match[1]}}} names no params.yaml key")
+            found = found[part]
+        return str(found)
+
+    return [re.sub(r"\$\{([\w.]+)\}", value, key) for key in keys]
 
 
 class DeclaredParams:
