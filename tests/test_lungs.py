@@ -106,12 +106,14 @@ def test_gradcam_mass_is_measured_inside_each_image_s_lungs(tmp_path):
         ("xception", 96, "block4_sepconv2_act", 12),
         ("xception", 299, None, 10),
         ("inceptionresnetv2", 96, "block35_10_ac", 9),
+        ("nasnetlarge", 96, "normal_concat_5", 12),
     ],
 )
 def test_gradcam_reads_an_earlier_layer_where_the_last_map_is_under_7x7(name, size, layer, side):
     model = build_classifier(backbones.get(name), size, 2, Head(units=4, dropout=0.0, normalize=False), None)
     chosen, chosen_side, last_side = gradcam.gradcam_layer(model, backbones.get(name))
     assert (chosen, chosen_side) == (layer, side) and chosen_side >= backbones.GRADCAM_MIN_SIDE
-    assert last_side == gradcam.map_side(model, backbones.get(name).gradcam_layers[0])
+    sides = [gradcam.map_side(model, layer) for layer in backbones.get(name).gradcam_layers]  # every one exists
+    assert last_side == sides[0] and sides == sorted(sides)
     maps = gradcam.gradcam(model, np.full((1, size, size, 3), 128, np.float32), np.array([0]), chosen)
     assert maps.shape == (1, size, size) and np.isfinite(maps).all()

@@ -55,7 +55,7 @@ BACKBONES = {
             32,
             "NASNet-large-no-top.h5",
             268,
-            gradcam_layers=(None, "normal_concat_12", "normal_concat_6"),
+            gradcam_layers=(None, "normal_concat_12", "normal_concat_5"),
         ),
         Backbone(
             "vgg16",
