@@ -103,10 +103,9 @@ def test_repro_runs_every_stage_and_records_one_parent_run(clone):
     assert audit["saliency"]["layer"] == "block4_conv3" and audit["saliency"]["map_side"] >= 7
     region = audit["lungs_hidden"]["region"]
     assert region["kind"] == "atlas" and region["masks"] > 0 and region["lungs_blanked"] > 0.9
-    assert (
-        f"real lung masks on {audit['saliency']['regions']['mask']} images"
-        in (clone / "reports/eval/audit.md").read_text()
-    )
+    audit_md = (clone / "reports/eval/audit.md").read_text()
+    assert f"real lung masks on {audit['saliency']['regions']['mask']} images" in audit_md
+    assert f"| vgg16 | atlas of {region['masks']} masks | " in audit_md.split("### Real lungs against the box")[1]
     assert (clone / "reports/model_card.md").is_file()
     comparison = (clone / "reports/eval/comparison.md").read_text()
     for model in ("nasnetlarge", "vgg16", "xception", "inceptionresnetv2"):

@@ -115,6 +115,7 @@ def audit_markdown(
             )
             + " |"
         )
+    lines += real_lungs_table(results)
     lines += [
         "",
         "### Source probe within each class",
@@ -163,3 +164,30 @@ def audit_markdown(
         "resample has the exact Clopper-Pearson interval on its images instead.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def real_lungs_table(results: dict[str, dict]) -> list[str]:
+    """``### Real lungs against the box``: per backbone, what the lungs-hidden blank and Grad-CAM
+    give with the real lung masks, beside what the central box gives on the same test images."""
+    lines = [
+        "",
+        "### Real lungs against the box",
+        "",
+        "On the test images with a real lung mask (V7 Labs' outlines, `lung_masks` stage); a dash: no "
+        "Grad-CAM map of those images had positive evidence at its layer.",
+        "",
+        "| backbone | lungs hidden: blank | real lungs it covers (the box would) | Grad-CAM mass in the real "
+        "lungs (their share of the image) | Grad-CAM mass in the box, same images (even spread) | images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for backbone, metrics in results.items():
+        region, saliency = metrics["lungs_hidden"].get("region") or {}, metrics["saliency"]
+        real = saliency.get("real_mask") or {}
+        blank = {"mask": "each image's own mask", "atlas": f"atlas of {region.get('masks')} masks"}
+        lines.append(
+            f"| {backbone} | {blank.get(region.get('kind'), 'box')} | {two_decimals(region.get('lungs_blanked'))} "
+            f"({two_decimals(region.get('box_lungs_blanked'))}) | {two_decimals(real.get('lung_share'))} "
+            f"({two_decimals(real.get('lung_area_share'))}) | {two_decimals(real.get('lung_box_share'))} "
+            f"({two_decimals(saliency.get('uniform_share'))}) | {real.get('images', 0)} |"
+        )
+    return lines
