@@ -38,12 +38,7 @@ def main() -> None:
     box = config.audit.lung_box
     masks = lungs.read_masks(args.masks)
     region = lungs.hidden_region(split, masks, size, box, config.audit.mask_margin)
-    index = args.masks / lungs.MASK_INDEX
-    key = {
-        "config": as_dict(config),
-        "split": tracking.file_md5(args.split),
-        "masks": tracking.file_md5(index) if index.is_file() else None,
-    }
+    key = {"config": as_dict(config), "split": tracking.file_md5(args.split), "blank": region.fingerprint()}
     work = {
         name: checkpoints.resume_dir(
             checkpoints.work_folder(args.model.with_name(f"audit-{name}-{backbone.name}")), key | {"stage": name}

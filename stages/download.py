@@ -1,7 +1,8 @@
 """DVC stages `download@<source>`, `download_external@<source>` and `download_masks`: fetch, verify, extract.
 
-One image source or annotation set (lung_masks). `--root` is data/raw for training sources and annotation
-sets, data/external for external test sources; the download lands in <root>/<name>.
+One image source or annotation set (lung_masks). `--root` is data/raw for training sources,
+data/external for external test sources and data/annotations for annotation sets (outside data/raw,
+which merge reads whole); the download lands in <root>/<name>.
 """
 
 from cxr.core.config import load

@@ -127,8 +127,8 @@ def test_outlines_are_read_with_and_without_lungs(fetched, drawn):
     ]
     assert len(complex_lungs) == 1
     outline = outlines.outlines[documents[complex_lungs[0]]["image"]["original_filename"]]
-    assert outline.darwin_id == PurePosixPath(complex_lungs[0]).stem and len(outline.lungs) == 2
-    assert all(len(polygon) == 96 for polygon in outline.lungs)
+    assert outline.darwin_id == PurePosixPath(complex_lungs[0]).stem and len(outline.lungs) == 1
+    assert [len(path) for path in outline.lungs[0]] == [96, 96]
 
 
 def test_every_annotated_xray_gets_the_mask_of_the_lungs_the_generator_drew(joined, covid_rows, drawn, fetched):
@@ -159,6 +159,8 @@ def test_every_annotated_xray_gets_the_mask_of_the_lungs_the_generator_drew(join
         "images_of_source": len(covid_rows),
         "images_without_outline": len(covid_rows) - len(index),
         "outlines_without_image": 2,
+        "left_out_other_aspect": [],
+        "left_out_outside_image": [],
     }
     assert report["images_without_outline"] > 0
 
@@ -180,7 +182,7 @@ def outline_zip(folder: Path, documents: dict[str, dict]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(folder / "covid-only.zip", "w") as archive:
         for name, document in documents.items():
-            archive.writestr(name, json.dumps(document))
+            archive.writestr(name, document if isinstance(document, str) else json.dumps(document))
     return folder
 
 
@@ -199,6 +201,11 @@ def darwin(filename: str | None, annotations: list[dict] | None = None) -> dict:
         ({"1.json": darwin("a.jpg"), "3.json": darwin("a.jpg")}, r"members '1\.json' and '3\.json' both annotate"),
         ({"4.json": {**darwin("b.jpg"), "image": {"original_filename": "b.jpg"}}}, r"'4\.json': image\.width"),
         ({"5.json": darwin("c.jpg", [{"name": "Lung", "polygon": {"path": [{"x": 1}] * 3}}])}, r"'5\.json': a Lung"),
+        (
+            {"6.json": darwin("d.jpg", [{"name": "Lung", "polygon": {"path": [{"x": "nan", "y": 1}] * 3}}])},
+            r"'6\.json': a Lung annotation is malformed \(ValueError: a coordinate is not a finite number\)",
+        ),
+        ({"7.json": "{not json"}, r"member '7\.json' is not valid JSON"),
     ],
 )
 def test_a_broken_outline_is_named_by_its_member(tmp_path, documents, message):
@@ -232,3 +239,38 @@ def test_an_annotation_set_is_not_an_image_source(key):
     names = ["lung_masks"] if key == "external" else ["covid_chestxray", "lung_masks"]
     with pytest.raises(ConfigError, match=f"sources.{key}: 'lung_masks' is an annotation set, not an image source"):
         make_config({"sources": {key: names}})
+
+
+def square(low: float, high: float) -> list[dict]:
+    return [{"x": low, "y": low}, {"x": high, "y": low}, {"x": high, "y": high}, {"x": low, "y": high}]
+
+
+def test_a_complex_polygon_s_inner_path_is_a_hole(tmp_path):
+    """V7 writes a region with a hole as a complex polygon of its outer and inner contours."""
+    ring = {"name": "Lung", "complex_polygon": {"path": [square(0, 10), square(3, 7)]}}
+    folder = outline_zip(tmp_path, {"1.json": darwin("a.jpg", [ring])})
+    mask = lung_masks.rasterise(lung_masks.read_outlines(folder).outlines["a.jpg"], 10, 10)
+    assert mask.sum() == 100 - 16 and not mask[3:7, 3:7].any() and mask[:3].all()
+
+
+def test_an_outline_of_another_shape_or_outside_the_image_is_left_out_and_listed(tmp_path):
+    """An outline drawn on the stored, unturned pixels of an EXIF-rotated image (its width and height
+    swapped) would be stretched onto the wrong lungs; one outside the image outlines nothing."""
+    turned = {**darwin("turned.jpg"), "image": {"width": 10, "height": 20, "original_filename": "turned.jpg"}}
+    outside = darwin("outside.jpg", [{"name": "Lung", "polygon": {"path": square(20, 30)}}])
+    folder = outline_zip(tmp_path, {"1.json": turned, "2.json": outside, "3.json": darwin("good.jpg")})
+    rows = pd.DataFrame(
+        {
+            "image_id": [f"covid_chestxray/{name}" for name in ("turned.jpg", "outside.jpg", "good.jpg")],
+            "source": "covid_chestxray",
+            "path": ["images/turned.jpg", "images/outside.jpg", "images/good.jpg"],
+            "width": [20, 10, 20],
+            "height": [10, 10, 20],
+        }
+    )
+    index, report = lung_masks.join(rows, lung_masks.read_outlines(folder), "covid_chestxray", tmp_path / "out")
+    assert index["image_id"].tolist() == ["covid_chestxray/good.jpg"] and index["rescaled"].tolist() == [True]
+    assert report["left_out_other_aspect"] == ["covid_chestxray/turned.jpg"]
+    assert report["left_out_outside_image"] == ["covid_chestxray/outside.jpg"]
+    assert report["joined"] == 1 and report["images_without_outline"] == 0
+    assert sorted(path.name for path in (tmp_path / "out/masks").iterdir()) == ["00000.png"]

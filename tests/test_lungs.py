@@ -4,13 +4,14 @@ the lungs, and a Grad-CAM layer fine enough to tell the lungs apart."""
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from cxr.core import backbones
 from cxr.core.sections import Head
 from cxr.learn import images, lungs
 from cxr.learn.model import build_classifier
-from cxr.report.audit import gradcam
+from cxr.report.audit import gradcam, measures
 
 SIZE = 32
 
@@ -36,6 +37,31 @@ def test_a_mask_is_resized_as_its_image_is(tmp_path):
     assert mask[SIZE // 2, int(0.3 * SIZE)] and mask[SIZE // 2, int(0.7 * SIZE)]
     assert not mask[SIZE // 2, SIZE // 2] and not mask[1, 1]
     assert mask.mean() == pytest.approx(2 * np.pi * 0.15 * 0.325, abs=0.03)
+
+
+def test_a_mask_lies_over_the_same_pixels_as_its_image_at_the_model_s_input(tmp_path):
+    """The same off-centre, asymmetric shape drawn into an image and into its mask: the model input
+    (images.decode_resize, the pipeline's path) and the resized mask agree, unflipped."""
+    width, height = 90, 60
+    picture = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(picture).polygon([(5, 5), (50, 8), (12, 45)], fill=255)
+    picture.save(tmp_path / "image.png")
+    picture.save(tmp_path / "mask.png")
+    image = images.decode_resize(tf.constant(str(tmp_path / "image.png")), SIZE).numpy()[..., 0] >= 128
+    mask = lungs.input_mask(tmp_path / "mask.png", SIZE)
+    rows, columns = np.nonzero(mask)  # the shape's centre (25%, 32% of the side) stays there, unflipped
+    assert columns.mean() < 0.3 * SIZE and rows.mean() < 0.4 * SIZE
+    assert (image == mask).mean() > 0.97
+
+
+def test_a_broken_mask_index_is_named_with_its_line(tmp_path):
+    (tmp_path / "index.csv").write_text("image_id,mask\na/1.png,masks/00000.png\n")
+    with pytest.raises(lungs.LungMaskError, match=r"index.csv: line 2: no mask file 'masks/00000.png' for image"):
+        lungs.read_masks(tmp_path)
+    (tmp_path / "index.csv").write_text("image_id,file\na/1.png,masks/00000.png\n")
+    with pytest.raises(lungs.LungMaskError, match=r"index.csv: no column\(s\) \['mask'\]"):
+        lungs.read_masks(tmp_path)
+    assert lungs.read_masks(tmp_path / "absent") == {} and lungs.read_masks(None) == {}
 
 
 def test_dilation_grows_a_pixel_into_a_disc():
@@ -71,7 +97,13 @@ def test_some_images_masked_blanks_one_atlas_in_every_image(tmp_path):
     assert coverage["images"] == 1 and coverage["lungs_blanked"] > 0.97
     # The central box misses the lung bases and edges the atlas covers.
     assert coverage["box_lungs_blanked"] < coverage["lungs_blanked"] - 0.1
+    # Masks only outside the training rows (val, test, the external set) make no atlas: the box.
+    unseen = lungs.hidden_region(
+        split.assign(split=["val", "test", "test", "test", "train", "train"]), masks, SIZE, 0.6, 0.05
+    )
+    assert unseen.kind == "box"
     none = lungs.hidden_region(split, {}, SIZE, 0.6, 0.05)
+    assert region.fingerprint() != unseen.fingerprint() == none.fingerprint()
     assert none.kind == "box" and none.masks == 0
     assert np.array_equal(none.blanks(split)[0], lungs.box_mask(SIZE, 0.6))
 
@@ -117,3 +149,13 @@ def test_gradcam_reads_an_earlier_layer_where_the_last_map_is_under_7x7(name, si
     assert last_side == sides[0] and sides == sorted(sides)
     maps = gradcam.gradcam(model, np.full((1, size, size, 3), 128, np.float32), np.array([0]), chosen)
     assert maps.shape == (1, size, size) and np.isfinite(maps).all()
+
+
+def test_grad_cam_shares_leave_out_empty_maps_on_both_sides():
+    """An empty map has no share: the lungs' share it is compared with is taken over the same images."""
+    table = pd.DataFrame(
+        {"lung_share": [0.2, np.nan, 0.4], "lung_area_share": [0.3, 0.9, 0.3], "lung_box_share": [0.5, np.nan, 0.3]}
+    )
+    assert measures.shares(table) == pytest.approx(
+        {"images": 3, "empty_maps": 1, "lung_share": 0.3, "lung_area_share": 0.3, "lung_box_share": 0.4}
+    )

@@ -9,6 +9,7 @@ the same pixels.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,11 +19,16 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
+from cxr.core.errors import CxrError
 from cxr.learn.images import center_box
 
 MASK_INDEX = "index.csv"
 # A pixel belongs to the lung atlas when at least this share of the training split's masks cover it.
 ATLAS_SHARE = 0.5
+
+
+class LungMaskError(CxrError):
+    """A lung mask index that does not match its folder; the message names the file and line."""
 
 
 def read_masks(folder: Path | None) -> dict[str, Path]:
@@ -38,11 +44,25 @@ def read_masks(folder: Path | None) -> dict[str, Path]:
     -------
     dict of str to Path
         Image id -> its mask file.
+
+    Raises
+    ------
+    LungMaskError
+        When the index lacks a column, or a row names no mask file that exists (file and line named).
     """
     if folder is None or not (folder / MASK_INDEX).is_file():
         return {}
-    index = pd.read_csv(folder / MASK_INDEX, dtype={"image_id": str, "mask": str})
-    return {image_id: folder / mask for image_id, mask in zip(index["image_id"], index["mask"])}
+    path = folder / MASK_INDEX
+    index = pd.read_csv(path, dtype={"image_id": str, "mask": str})
+    lacking = sorted({"image_id", "mask"} - set(index.columns))
+    if lacking:
+        raise LungMaskError(f"{path}: no column(s) {lacking}; found {list(index.columns)}")
+    masks = {}
+    for line, (image_id, mask) in enumerate(zip(index["image_id"], index["mask"]), start=2):
+        if pd.isna(image_id) or pd.isna(mask) or not (folder / mask).is_file():
+            raise LungMaskError(f"{path}: line {line}: no mask file {mask!r} for image {image_id!r}")
+        masks[image_id] = folder / mask
+    return masks
 
 
 def input_mask(path: Path, size: int) -> np.ndarray:
@@ -85,6 +105,16 @@ class HiddenRegion:
     masks: int
     fixed: np.ndarray | None = None
     paths: dict[str, Path] | None = None
+
+    def fingerprint(self) -> str:
+        """md5 of what is blanked (kind, size, margin, and the atlas or box pixels or every mask file):
+        an interrupted lungs-hidden fit resumes only under the same blank."""
+        digest = hashlib.md5(f"{self.kind} {self.size} {self.margin}".encode())
+        if self.fixed is not None:
+            digest.update(np.packbits(self.fixed).tobytes())
+        for image_id in sorted(self.paths or {}):
+            digest.update(image_id.encode() + self.paths[image_id].read_bytes())
+        return digest.hexdigest()
 
     def blanks(self, frame: pd.DataFrame) -> np.ndarray:
         """The blanked pixels of each row's image: bool, shape (rows, size, size)."""

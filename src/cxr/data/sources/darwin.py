@@ -31,14 +31,15 @@ Polygon = tuple[tuple[float, float], ...]
 
 @dataclass(frozen=True)
 class LungOutline:
-    """One image's lungs as annotated: polygons of (x, y) pixels of the upright image at ``width`` x
-    ``height``; ``filename``: the image's file name (``image.original_filename``)."""
+    """One image's lungs as annotated: per Lung annotation, its paths (one for a ``polygon``, one or
+    more for a ``complex_polygon``, filled even-odd), each of (x, y) pixels of the upright image at
+    ``width`` x ``height``; ``filename``: the image's file name (``image.original_filename``)."""
 
     filename: str
     darwin_id: str
     width: int
     height: int
-    lungs: tuple[Polygon, ...]
+    lungs: tuple[tuple[Polygon, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,12 @@ def _parse(where: str, darwin_id: str, data: bytes) -> LungOutline:
                 paths = annotation["complex_polygon"]["path"]
             else:
                 raise ValueError("neither polygon nor complex_polygon")
-            # Each path of a complex polygon is a lung of its own (not a hole); fewer than 3 points outline nothing.
-            lungs += [tuple((float(p["x"]), float(p["y"])) for p in path) for path in paths if len(path) >= 3]
+            # A complex polygon's paths are filled even-odd: a path inside another is a hole (V7's
+            # outer and inner contours); fewer than 3 points outline nothing.
+            shape = tuple(tuple((float(p["x"]), float(p["y"])) for p in path) for path in paths if len(path) >= 3)
+            if not np.isfinite(np.asarray([point for path in shape for point in path], float)).all():
+                raise ValueError("a coordinate is not a finite number")
+            lungs += [shape] if shape else []
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise SourceLayoutError(f"{where}: a Lung annotation is malformed ({type(exc).__name__}: {exc})") from None
     return LungOutline(filename, darwin_id, int(size[0]), int(size[1]), tuple(lungs))
@@ -155,12 +160,15 @@ def rasterise(outline: LungOutline, width: int, height: int) -> np.ndarray:
         Bool, ``(height, width)``: True inside a lung.
     """
     scale = np.array([width / outline.width, height / outline.height])
-    return fill([np.asarray(polygon, float) * scale for polygon in outline.lungs], width, height)
+    mask = np.zeros((height, width), bool)
+    for shape in outline.lungs:
+        mask |= fill([np.asarray(path, float) * scale for path in shape], width, height)
+    return mask
 
 
 def fill(polygons: list[np.ndarray], width: int, height: int) -> np.ndarray:
-    """The pixels whose centre lies inside a polygon (the union of them), by matplotlib's
-    ``Path.contains_points`` over each polygon's bounding box.
+    """The pixels whose centre lies inside an odd number of the polygons (even-odd: a polygon inside
+    another is a hole), by matplotlib's ``Path.contains_points`` over each polygon's bounding box.
 
     Pillow's ``ImageDraw.polygon`` is not used: it rounds the vertices to whole pixels and adds the
     edge pixels, about a pixel too wide all round.
@@ -183,7 +191,7 @@ def fill(polygons: list[np.ndarray], width: int, height: int) -> np.ndarray:
         right, bottom = np.clip(np.ceil(polygon.max(axis=0)).astype(int) + 1, 0, [width, height])
         rows, columns = np.mgrid[top:bottom, left:right]
         centres = np.column_stack([columns.ravel() + 0.5, rows.ravel() + 0.5])
-        inside[top:bottom, left:right] |= MplPath(polygon).contains_points(centres).reshape(rows.shape)
+        inside[top:bottom, left:right] ^= MplPath(polygon).contains_points(centres).reshape(rows.shape)
     return inside
 
 

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
-from PIL import ExifTags, Image, ImageDraw
+from PIL import Image, ImageDraw
 
 from cxr.core.config import ConfigError
 from cxr.core.sections import Download, Synthetic
@@ -27,7 +27,7 @@ from cxr.data.sources.darwin import IGNORE, LUNG, LungOutline, OutlineSet, annot
 from cxr.data.sources.drawing import ADULT, draw_chest_with_lungs
 from cxr.data.sources.fetch import fetch_archive
 from cxr.data.sources.layout import SourceLayoutError, select_below_top
-from cxr.data.sources.synthetic import image_size, writestr
+from cxr.data.sources.synthetic import image_size, upright_size, writestr
 
 __all__ = [
     "NAME",
@@ -46,7 +46,8 @@ __all__ = [
 NAME = "lung_masks"
 MEMBER = "annotations/covid-only.zip"
 OUTLINES = "covid-only.zip"
-ROW_COLUMNS = ["image_id", "source", "path", "width", "height"]
+# The largest change of aspect ratio (as a log ratio, about 2%) an outline may be scaled across.
+MAX_ASPECT_CHANGE = 0.02
 INDEX_COLUMNS = ["image_id", "mask", "lung_share", "rescaled"]
 
 
@@ -139,31 +140,37 @@ def join(rows: pd.DataFrame, outlines: OutlineSet, annotates: str, out: Path) ->
         The index (image_id, mask relative to ``out``, lung_share: the mask's share of the image,
         rescaled: whether the outline's size differs from the image's), by image_id; and the counts:
         outlines, without_lungs, joined, rescaled, images_of_source, images_without_outline,
-        outlines_without_image.
+        outlines_without_image, with the image ids left out: ``left_out_other_aspect`` (an outline
+        whose aspect ratio differs from the image's by more than :data:`MAX_ASPECT_CHANGE`, e.g.
+        drawn on an EXIF-turned image's stored pixels), ``left_out_outside_image`` (no lung pixel
+        inside the image).
 
     Raises
     ------
-    ValueError
-        When ``rows`` lacks a column.
     FileExistsError
         When ``out/masks`` already holds files.
     """
-    lacking = [column for column in ROW_COLUMNS if column not in rows.columns]
-    if lacking:
-        raise ValueError(f"image rows lack column(s) {lacking}; they have {list(rows.columns)}")
     images = rows[rows["source"] == annotates].sort_values("image_id", kind="stable")
     names = [PurePosixPath(path).name for path in images["path"]]
     masks = out / "masks"
     if masks.is_dir() and any(masks.iterdir()):
         raise FileExistsError(f"{masks}: already holds files; join writes into an empty folder")
     masks.mkdir(parents=True, exist_ok=True)
-    entries = []
+    entries, skipped = [], {"other_aspect": [], "outside_image": []}
     for image_id, name, width, height in zip(images["image_id"], names, images["width"], images["height"]):
         outline = outlines.outlines.get(name)
         if outline is None:
             continue
         width, height = int(width), int(height)
+        # An outline drawn on another shape (the stored pixels of an EXIF-turned image, another crop)
+        # would be stretched onto the wrong lungs: left out, and listed.
+        if abs(np.log((outline.width / outline.height) / (width / height))) > MAX_ASPECT_CHANGE:
+            skipped["other_aspect"].append(image_id)
+            continue
         mask = rasterise(outline, width, height)
+        if not mask.any():
+            skipped["outside_image"].append(image_id)
+            continue
         relative = PurePosixPath("masks") / f"{len(entries):05d}.png"
         Image.fromarray(mask.astype(np.uint8) * 255).save(out / relative, format="PNG")
         rescaled = (outline.width, outline.height) != (width, height)
@@ -175,8 +182,9 @@ def join(rows: pd.DataFrame, outlines: OutlineSet, annotates: str, out: Path) ->
         "joined": len(index),
         "rescaled": int(index["rescaled"].sum()),
         "images_of_source": len(images),
-        "images_without_outline": len(images) - len(index),
+        "images_without_outline": len(images) - len(index) - sum(len(ids) for ids in skipped.values()),
         "outlines_without_image": len(set(outlines.outlines) - set(names)),
+        **{f"left_out_{reason}": ids for reason, ids in skipped.items()},
     }
     return index, report
 
@@ -226,7 +234,7 @@ def synthetic_archive(folder: Path, params: Synthetic, source: Params, *, annota
         )
     rng = np.random.default_rng([params.seed, 12])
     drawn = covid_chestxray.drawings(params, annotated)
-    xrays = [(row["filename"], _upright_size(data), lungs.outlines) for row, data, lungs in drawn if lungs is not None]
+    xrays = [(row["filename"], upright_size(data), lungs.outlines) for row, data, lungs in drawn if lungs is not None]
     kept = [xray for xray, draw in zip(xrays, rng.random(len(xrays))) if draw >= UNANNOTATED_SHARE]
     order = [int(index) for index in rng.permutation(len(kept))]
     few = max(2, round(NO_LUNG_SHARE * len(kept)))
@@ -267,13 +275,6 @@ def synthetic_archive(folder: Path, params: Synthetic, source: Params, *, annota
         writestr(archive, f"{top}/annotations/covid-only-coco.zip", b"PK\x03\x04 synthetic: COCO export")
         writestr(archive, f"{top}/{MEMBER}", inner.getvalue())
     return path
-
-
-def _upright_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of an image file as shown upright (EXIF orientations 5-8 turn it a quarter)."""
-    with Image.open(io.BytesIO(data)) as image:
-        turned = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
-        return (image.height, image.width) if turned else image.size
 
 
 def _marker_and_label(size: tuple[int, int]) -> list[np.ndarray]:

@@ -134,3 +134,10 @@ def pick(rng: np.random.Generator, shares: dict[str, float]) -> str:
     names = list(shares)
     weights = np.array([shares[name] for name in names])
     return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image file as shown upright (EXIF orientations 5-8 turn it a quarter)."""
+    with Image.open(io.BytesIO(data)) as image:
+        turned = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+        return (image.height, image.width) if turned else image.size

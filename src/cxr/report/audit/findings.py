@@ -206,8 +206,11 @@ def _regions(saliency: dict) -> str:
     sampled = f"real lung masks on {regions.get('mask', 0)} images, the central box on {regions.get('box', 0)}"
     if not real.get("images"):
         return sampled + "; no test image has a real lung mask"
+    shown = real["images"] - real.get("empty_maps", 0)
+    if not shown:
+        return f"{sampled}; the maps of all {real['images']} test images with a real mask are empty"
     return (
-        f"{sampled}; on all {real['images']} test images with a real mask, "
+        f"{sampled}; on the {shown} of {real['images']} test images with a real mask whose map is not empty, "
         f"{two_decimals(real.get('lung_share'))} inside the lungs against "
         f"{two_decimals(real.get('lung_area_share'))} of the image, and "
         f"{two_decimals(real.get('lung_box_share'))} inside the box"

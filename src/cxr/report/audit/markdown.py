@@ -173,8 +173,9 @@ def real_lungs_table(results: dict[str, dict]) -> list[str]:
         "",
         "### Real lungs against the box",
         "",
-        "On the test images with a real lung mask (V7 Labs' outlines, `lung_masks` stage); a dash: no "
-        "Grad-CAM map of those images had positive evidence at its layer.",
+        "On the test images with a real lung mask (V7 Labs' outlines, `lung_masks` stage). Grad-CAM's "
+        "shares are over the images whose map is not empty (images: those of all with a mask); a dash: "
+        "every map empty, no positive evidence for the predicted class at its layer.",
         "",
         "| backbone | lungs hidden: blank | real lungs it covers (the box would) | Grad-CAM mass in the real "
         "lungs (their share of the image) | Grad-CAM mass in the box, same images (even spread) | images |",
@@ -188,6 +189,7 @@ def real_lungs_table(results: dict[str, dict]) -> list[str]:
             f"| {backbone} | {blank.get(region.get('kind'), 'box')} | {two_decimals(region.get('lungs_blanked'))} "
             f"({two_decimals(region.get('box_lungs_blanked'))}) | {two_decimals(real.get('lung_share'))} "
             f"({two_decimals(real.get('lung_area_share'))}) | {two_decimals(real.get('lung_box_share'))} "
-            f"({two_decimals(saliency.get('uniform_share'))}) | {real.get('images', 0)} |"
+            f"({two_decimals(saliency.get('uniform_share'))}) | "
+            f"{real.get('images', 0) - real.get('empty_maps', 0)} of {real.get('images', 0)} |"
         )
     return lines

@@ -185,13 +185,13 @@ def summary(
         ``classifier`` (its scores), ``source_probe`` (``accuracy``, ``class_only_accuracy``,
         ``within_class_accuracy``, ``within_class_chance``, ``within_class_evidence``,
         ``within_class`` and its scores), ``lungs_hidden`` (its scores, ``source_only_accuracy``,
-        ``majority_class_accuracy``, ``region``), ``saliency`` (``lung_share`` and
-        ``lung_area_share``: mean Grad-CAM mass inside each image's lungs, real mask or box, and
-        the lungs' mean share of the image; ``regions``: images measured with a real mask and with
-        the box; ``real_mask``: every test image with a real mask (``images``), their mean ``lung_share``,
-        ``lung_area_share`` and ``lung_box_share``; ``lung_box_share``, ``per_class`` and
-        ``uniform_share``: the box measure on every image; ``layer``, ``map_side``,
-        ``last_map_side``, ``images``) and, with an external table, ``external`` (``images`` and
+        ``majority_class_accuracy``, ``region``), ``saliency`` (:func:`shares` of the
+        overlay sample: ``lung_share``, mean Grad-CAM mass inside each image's lungs, real mask or
+        box, ``lung_area_share``, the lungs' mean share of the image, ``lung_box_share``, the box
+        measure, ``images``, ``empty_maps``; ``regions``: images measured with a real mask and with
+        the box; ``real_mask``: :func:`shares` of every test image with a real mask; ``per_class``,
+        ``uniform_share`` (the box's even share), ``layer``, ``map_side``, ``last_map_side``) and,
+        with an external table, ``external`` (``images`` and
         its scores).
     """
     resamples, seed = config.evaluate.bootstrap_resamples, config.evaluate.bootstrap_seed
@@ -219,23 +219,14 @@ def summary(
                 "region": region,
             },
             "saliency": {
-                "lung_share": float(saliency_table["lung_share"].mean()),
-                "lung_area_share": float(saliency_table["lung_area_share"].mean()),
+                **shares(saliency_table),
                 "regions": {"mask": len(masked), "box": len(saliency_table) - len(masked)},
-                "real_mask": {
-                    "images": len(masked_table),
-                    **{
-                        column: float(masked_table[column].mean())
-                        for column in ("lung_share", "lung_area_share", "lung_box_share")
-                    },
-                },
-                "lung_box_share": float(saliency_table["lung_box_share"].mean()),
+                "real_mask": shares(masked_table),
                 "per_class": saliency_table.groupby("class")["lung_share"].mean().to_dict(),
                 "uniform_share": gradcam.even_share(size, config.audit.lung_box),
                 "layer": name or "base output",
                 "map_side": side,
                 "last_map_side": last_side,
-                "images": len(saliency_table),
             },
             **(
                 {
@@ -249,6 +240,31 @@ def summary(
             ),
         }
     )
+
+
+def shares(table: pd.DataFrame) -> dict:
+    """Mean Grad-CAM shares of a saliency table over the images whose map is not empty.
+
+    An empty map (no positive evidence for the predicted class at the layer) has no share; the
+    lungs' and the box's shares are averaged over the same images as the map's, so the two compare.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`cxr.report.audit.gradcam.saliency`'s table.
+
+    Returns
+    -------
+    dict
+        ``images``, ``empty_maps``, and the means ``lung_share``, ``lung_area_share`` and
+        ``lung_box_share`` (NaN when every map is empty).
+    """
+    shown = table[table["lung_share"].notna()]
+    return {
+        "images": len(table),
+        "empty_maps": len(table) - len(shown),
+        **{column: float(shown[column].mean()) for column in ("lung_share", "lung_area_share", "lung_box_share")},
+    }
 
 
 def without_nan(value):
